@@ -68,7 +68,8 @@ class RunSpec:
 
 _NUM = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
 _PATTERNS = [
-    (re.compile(rf"^joint-l{_NUM}-s{_NUM}$"), lambda m: dict(arm="joint", lambda2=float(m[1]), sigma2=float(m[2]))),
+    (re.compile(rf"^joint-l{_NUM}-s{_NUM}$"),
+     lambda m: dict(arm="joint", lambda2=float(m[1]), sigma2=float(m[2]))),
     (re.compile(rf"^ortho-g{_NUM}$"), lambda m: dict(arm="ortho", gamma=float(m[1]))),
     (re.compile(r"^solo$"), lambda m: dict(arm="solo")),
     (re.compile(r"^control$"), lambda m: dict(arm="control")),
