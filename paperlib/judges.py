@@ -214,8 +214,10 @@ def parse_choice(reply: str | None, n: int) -> int | None:
 class DiskCache:
     """JSON cache: one file per request, keyed by sha256 of (backend, model, request)."""
 
-    def __init__(self, root: str | os.PathLike | None):
+    def __init__(self, root: str | os.PathLike | None, memory_items: int = 4096):
         self.root = None if root is None else Path(root)
+        self._mem: dict[str, Any] = {}  # small in-memory layer (also used without a root)
+        self._mem_items = memory_items
 
     @staticmethod
     def key(backend: str, model: str, request: Any) -> str:
@@ -228,6 +230,8 @@ class DiskCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Any | None:
+        if key in self._mem:
+            return self._mem[key]
         if self.root is None:
             return None
         p = self._path(key)
@@ -239,6 +243,9 @@ class DiskCache:
             return None
 
     def put(self, key: str, request: Any, response: Any) -> None:
+        if len(self._mem) >= self._mem_items:
+            self._mem.pop(next(iter(self._mem)))
+        self._mem[key] = response
         if self.root is not None:
             write_json(self._path(key), {"request": request, "response": response})
 
