@@ -1,0 +1,489 @@
+"""Training of the primary SAE, alone or jointly with a meta SAE (paper §3.3, SPEC §1, §8).
+
+Arms (:class:`paperlib.runs.RunSpec`):
+
+- ``solo``: the primary BatchTopK SAE alone;
+- ``joint``: macro-steps of ``n_primary_steps`` primary steps, each with the loss
+  L_SAE + λ₂ · mean_i exp(−‖W_dec[i] − Ŵ[i]‖²/σ²), Ŵ = meta(W_dec.detach()) under ``no_grad``
+  with the meta SAE frozen (a critic), followed by ``n_meta_steps`` meta steps on the detached
+  current W_dec (own Adam). Starts with the primary;
+- ``control``: the joint architecture and schedule with λ₂ = 0 (the penalty is only logged);
+- ``ortho``: L_SAE + γ · L_orth (:func:`paperlib.penalty.orthogonality_penalty`, a fresh random
+  partition into ``profile.ortho_chunks`` chunks each step, drawn from a generator seeded by
+  (seed, step)).
+
+Determinism: the seed fixes the primary init (seed), the meta init (seed + 1_000_003) and the data
+order (a ``torch.randperm`` per epoch from a generator seeded by (seed, epoch)); solo seeds are
+therefore fully independent. Step s of epoch e reads the permutation slice [j·B, (j+1)·B) (sorted,
+for memmap locality), with j = s mod (T // B); the last partial batch of an epoch is dropped.
+Total primary steps = max(1, round(train_epochs · (T // B))).
+
+Checkpoints (every ``profile.checkpoint_every`` primary steps, and when ``max_steps`` stops a run)
+hold both models (with dead counters and running thresholds), both Adam states, the step counters,
+the metrics line count and the torch RNG state, as one safetensors file plus a JSON pointer, each
+written atomically. A run killed at any moment resumes from its last checkpoint and finishes with
+weights bitwise identical to an uninterrupted run (data order and penalty partitions are stateless
+functions of (seed, step)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from paperlib import paths
+from paperlib.io import atomic_path, provenance, read_json, write_json
+from paperlib.models import BatchTopKSAE, MetaSAE
+from paperlib.penalty import decomposability_penalty, orthogonality_penalty
+from paperlib.profiles import Profile, get_profile
+from paperlib.runs import RunSpec, parse_run
+
+META_SEED_OFFSET = 1_000_003
+ADAM_BETAS = (0.9, 0.99)
+
+# Test hook: called as _step_hook(step) after every completed primary step (incl. its meta steps).
+_step_hook: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's numbers (derived from Profile + RunSpec + data dim)."""
+
+    arm: str
+    lambda2: float
+    sigma2: float
+    gamma: float
+    seed: int
+    d_in: int
+    n_latents: int
+    k: int
+    batch_size: int
+    lr: float
+    dead_after: int
+    k_aux: int
+    aux_alpha: float
+    n_meta: int
+    k_meta: int
+    n_primary_steps: int
+    n_meta_steps: int
+    ortho_chunks: int
+    train_epochs: float
+    checkpoint_every: int
+
+    @classmethod
+    def from_profile(cls, profile: Profile, spec: RunSpec, d_in: int) -> TrainConfig:
+        p = profile
+        return cls(
+            arm=spec.arm, lambda2=float(spec.lambda2), sigma2=float(spec.sigma2),
+            gamma=float(spec.gamma), seed=int(spec.seed), d_in=int(d_in), n_latents=p.n_latents,
+            k=p.k, batch_size=p.batch_size, lr=p.lr, dead_after=p.dead_after, k_aux=p.k_aux,
+            aux_alpha=p.aux_alpha, n_meta=p.n_meta, k_meta=p.k_meta,
+            n_primary_steps=p.n_primary_steps, n_meta_steps=p.n_meta_steps,
+            ortho_chunks=p.ortho_chunks, train_epochs=p.train_epochs,
+            checkpoint_every=p.checkpoint_every,
+        )
+
+    @property
+    def uses_meta(self) -> bool:
+        return self.arm in ("joint", "control")
+
+    def validate(self) -> None:
+        """Raise ValueError listing every inconsistency (before any training happens)."""
+        bad = []
+        if self.d_in < 1:
+            bad.append(f"d_in={self.d_in} must be >= 1")
+        if not 1 <= self.k <= self.n_latents:
+            bad.append(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
+        if self.sigma2 <= 0:
+            bad.append(f"sigma2={self.sigma2} must be > 0")
+        if self.lambda2 < 0 or self.gamma < 0:
+            bad.append(f"lambda2={self.lambda2} and gamma={self.gamma} must be >= 0")
+        if self.batch_size < 1 or self.lr <= 0 or self.train_epochs <= 0:
+            bad.append("batch_size, lr and train_epochs must be > 0")
+        if self.checkpoint_every < 1 or self.dead_after < 1:
+            bad.append("checkpoint_every and dead_after must be >= 1")
+        if self.uses_meta:
+            if not 1 <= self.k_meta <= self.n_meta:
+                bad.append(f"k_meta={self.k_meta} must be in [1, n_meta={self.n_meta}]")
+            if self.n_meta >= self.n_latents:
+                bad.append(f"n_meta={self.n_meta} must be < n_latents={self.n_latents}")
+            if self.n_primary_steps < 1 or self.n_meta_steps < 1:
+                bad.append("n_primary_steps and n_meta_steps must be >= 1")
+        if self.arm == "ortho" and self.ortho_chunks < 1:
+            bad.append(f"ortho_chunks={self.ortho_chunks} must be >= 1")
+        if self.arm == "joint" and self.lambda2 == 0:
+            bad.append("joint arm with lambda2 = 0: use the 'control' arm")
+        if bad:
+            raise ValueError("invalid training configuration: " + "; ".join(bad))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def validate_data(acts: Any, cfg: TrainConfig) -> int:
+    """Check the activation array against the config; return T (number of tokens)."""
+    shape = tuple(acts.shape)
+    if len(shape) != 2:
+        raise ValueError(f"activations must be a 2-D [T, d] array, got shape {shape}")
+    T, d = shape
+    if d != cfg.d_in:
+        raise ValueError(f"activation dim {d} != d_in {cfg.d_in} of the run configuration")
+    if T < cfg.batch_size:
+        raise ValueError(f"only {T} activation rows, fewer than one batch ({cfg.batch_size})")
+    return T
+
+
+class _Data:
+    """Seed-determined, stateless batch order over an activation array [T, d]."""
+
+    def __init__(self, acts: Any, seed: int, batch_size: int, device: torch.device) -> None:
+        self.acts, self.seed, self.B, self.device = acts, seed, batch_size, device
+        self.T = int(acts.shape[0])
+        self.steps_per_epoch = self.T // batch_size
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch * 104_729 + 1)
+            self._perm = (epoch, torch.randperm(self.T, generator=gen))
+        return self._perm[1]
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        idx = self.perm(epoch)[j * self.B:(j + 1) * self.B].sort().values
+        if isinstance(self.acts, torch.Tensor):
+            x = self.acts[idx.to(self.acts.device)]
+        else:
+            x = torch.from_numpy(np.asarray(self.acts[idx.numpy()]))
+        return x.to(self.device, torch.float32)
+
+
+def _adam_tensors(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        st = opt.state.get(p, {})
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                out[f"{prefix}.{name}.{key}"] = val.detach().cpu().contiguous()
+            else:  # older torch: python number step
+                out[f"{prefix}.{name}.{key}"] = torch.tensor(float(val))
+    return out
+
+
+def _load_adam(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module,
+               tensors: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        st = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            full = f"{prefix}.{name}.{key}"
+            if full in tensors:
+                val = tensors[full]
+                st[key] = val.clone() if key == "step" else val.to(p.device).clone()
+        if st:
+            opt.state[p] = st
+
+
+class Trainer:
+    """One run's models, optimisers and step loop (use :func:`train_run`)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        cfg.validate()
+        self.cfg, self.device = cfg, device
+        self.primary = BatchTopKSAE(cfg.d_in, cfg.n_latents, cfg.k, seed=cfg.seed,
+                                    dead_after=cfg.dead_after, k_aux=cfg.k_aux,
+                                    aux_alpha=cfg.aux_alpha, device=device)
+        self.opt_p = torch.optim.Adam(self.primary.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+        self.meta: MetaSAE | None = None
+        self.opt_m: torch.optim.Optimizer | None = None
+        if cfg.uses_meta:
+            self.meta = MetaSAE(cfg.d_in, cfg.n_meta, cfg.k_meta, seed=cfg.seed + META_SEED_OFFSET,
+                                dead_after=cfg.dead_after, k_aux=cfg.k_aux,
+                                aux_alpha=cfg.aux_alpha, device=device)
+            self.opt_m = torch.optim.Adam(self.meta.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+        self.step = 0  # completed primary steps
+        self.meta_steps = 0
+        self.last_meta_mse = float("nan")
+
+    # -- steps ----------------------------------------------------------------------------------
+    def primary_step(self, x: torch.Tensor) -> dict[str, float]:
+        cfg, sae = self.cfg, self.primary
+        self.opt_p.zero_grad(set_to_none=True)
+        out = sae.training_loss(x)
+        loss = out["loss"]
+        rec: dict[str, float] = {}
+        if self.meta is not None:
+            W_hat = self.meta.reconstruct_rows(sae.W_dec)
+            if cfg.lambda2 > 0:
+                pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
+                loss = loss + cfg.lambda2 * pen
+            else:
+                with torch.no_grad():
+                    pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
+            with torch.no_grad():
+                rec["meta_err"] = float((sae.W_dec - W_hat).pow(2).sum(1).mean())
+            rec["penalty"] = float(pen)
+        elif cfg.arm == "ortho":
+            gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step * 31 + 2)
+            pen = orthogonality_penalty(sae.W_dec, cfg.ortho_chunks, gen)
+            loss = loss + cfg.gamma * pen
+            rec["penalty"] = float(pen)
+        loss.backward()
+        sae.project_decoder_grad()
+        self.opt_p.step()
+        sae.renorm_decoder()
+        rec.update(loss=float(loss.detach()), mse=float(out["mse"]), aux=float(out["aux"]),
+                   l0=float(out["l0"]), dead=int(sae.dead_mask().sum()))
+        return rec
+
+    def meta_step(self) -> float:
+        assert self.meta is not None and self.opt_m is not None
+        self.opt_m.zero_grad(set_to_none=True)
+        out = self.meta.rows_loss(self.primary.W_dec)
+        out["loss"].backward()
+        self.meta.project_decoder_grad()
+        self.opt_m.step()
+        self.meta.renorm_decoder()
+        self.meta_steps += 1
+        return float(out["mse"])
+
+    def macro_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One primary step, followed by the meta phase when a block of n_p primary steps ends."""
+        rec = self.primary_step(x)
+        self.step += 1
+        if self.meta is not None and self.step % self.cfg.n_primary_steps == 0:
+            for _ in range(self.cfg.n_meta_steps):
+                self.last_meta_mse = self.meta_step()
+            rec["meta_mse"] = self.last_meta_mse
+            rec["meta_dead"] = int(self.meta.dead_mask().sum())
+        return rec
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"primary.{k}": v.detach().cpu().contiguous() for k, v in self.primary.state_dict().items()}
+        t.update(_adam_tensors("opt_p", self.opt_p, self.primary))
+        if self.meta is not None:
+            t.update({f"meta.{k}": v.detach().cpu().contiguous() for k, v in self.meta.state_dict().items()})
+            t.update(_adam_tensors("opt_m", self.opt_m, self.meta))
+        t["rng.torch"] = torch.get_rng_state()
+        return t
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        self.primary.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("primary.")})
+        _load_adam("opt_p", self.opt_p, self.primary, t)
+        if self.meta is not None:
+            self.meta.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("meta.")})
+            _load_adam("opt_m", self.opt_m, self.meta, t)
+        torch.set_rng_state(t["rng.torch"])
+
+    def save_checkpoint(self, ckpt_dir: Path, metrics_lines: int) -> None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        fname = f"state-{self.step:09d}.safetensors"
+        with atomic_path(ckpt_dir / fname) as tmp:
+            save_file(self.state_tensors(), str(tmp))
+        write_json(ckpt_dir / "checkpoint.json", dict(
+            file=fname, step=self.step, meta_steps=self.meta_steps, metrics_lines=metrics_lines,
+            last_meta_mse=self.last_meta_mse, config=dataclasses.asdict(self.cfg),
+        ))
+        for old in ckpt_dir.glob("state-*.safetensors"):
+            if old.name != fname:
+                old.unlink(missing_ok=True)
+
+    def load_checkpoint(self, ckpt_dir: Path) -> int:
+        """Restore from ``ckpt_dir``; return the metrics line count recorded with it."""
+        meta = read_json(ckpt_dir / "checkpoint.json")
+        if meta["config"] != dataclasses.asdict(self.cfg):
+            raise ValueError(
+                f"checkpoint in {ckpt_dir} was written with a different configuration; "
+                "delete the run directory or pass resume=False"
+            )
+        self.load_state_tensors(load_file(str(ckpt_dir / meta["file"])))
+        self.step, self.meta_steps = int(meta["step"]), int(meta["meta_steps"])
+        self.last_meta_mse = float(meta["last_meta_mse"])
+        return int(meta["metrics_lines"])
+
+
+def _truncate_lines(path: Path, n_lines: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines[:n_lines] if ln.endswith("\n")]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(keep))
+
+
+def is_done(out_dir: str | Path) -> bool:
+    return (Path(out_dir) / "done.json").exists()
+
+
+def train_run(
+    profile: str | Profile,
+    spec: RunSpec | str,
+    acts: Any,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+    d_in: int | None = None,
+    data_info: dict | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Train one run into ``out_dir`` (skipped when ``done.json`` exists); return ``out_dir``.
+
+    ``acts``: [T, d] activations (np.memmap / ndarray / tensor, any float dtype). ``d_in``, when
+    given, must equal d. ``max_steps`` stops after that many primary steps in total (a
+    checkpoint is written; the run is not marked done). ``data_info`` is recorded in config.json
+    (token range name, offsets, ...).
+    """
+    profile = get_profile(profile)
+    spec = parse_run(spec) if isinstance(spec, str) else spec
+    out_dir = Path(out_dir)
+    if is_done(out_dir):
+        return out_dir
+    if len(tuple(acts.shape)) != 2:
+        raise ValueError(f"activations must be a 2-D [T, d] array, got shape {tuple(acts.shape)}")
+    d = int(acts.shape[1])
+    if d_in is not None and d_in != d:
+        raise ValueError(f"activation dim {d} != d_in {d_in}")
+    cfg = TrainConfig.from_profile(profile, spec, d)
+    cfg.validate()
+    T = validate_data(acts, cfg)
+    dev = torch.device(device) if device is not None else default_device()
+
+    ckpt_dir, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+    if not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        metrics_path.unlink(missing_ok=True)
+    trainer = Trainer(cfg, dev)
+    metrics_lines = 0
+    if resume and (ckpt_dir / "checkpoint.json").exists():
+        metrics_lines = trainer.load_checkpoint(ckpt_dir)
+    if metrics_lines:
+        _truncate_lines(metrics_path, metrics_lines)
+    else:
+        metrics_path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    data = _Data(acts, cfg.seed, cfg.batch_size, dev)
+    total = max(1, round(cfg.train_epochs * data.steps_per_epoch))
+    stop = total if max_steps is None else min(total, max_steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=trainer.step, desc=spec.name, unit="step")
+    with open(metrics_path, "a") as mf:
+        while trainer.step < stop:
+            t0 = time.perf_counter()
+            x = data.batch(trainer.step)
+            rec = trainer.macro_step(x)
+            dt = time.perf_counter() - t0
+            rec = dict(step=trainer.step, epoch=(trainer.step - 1) // data.steps_per_epoch,
+                       tokens=trainer.step * cfg.batch_size, **rec,
+                       tok_per_s=cfg.batch_size / max(dt, 1e-9))
+            mf.write(json.dumps(rec) + "\n")
+            mf.flush()
+            metrics_lines += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(mse=f"{rec['mse']:.4f}", dead=rec["dead"],
+                                tok_s=f"{rec['tok_per_s']:.0f}")
+            if _step_hook is not None:
+                _step_hook(trainer.step)
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == stop < total:
+                trainer.save_checkpoint(ckpt_dir, metrics_lines)
+    if bar is not None:
+        bar.close()
+    if trainer.step < total:
+        return out_dir
+
+    trainer.primary.save(out_dir / "sae")
+    if trainer.meta is not None:
+        trainer.meta.save(out_dir / "meta")
+    write_json(out_dir / "config.json", dict(
+        run=spec.name, spec=dataclasses.asdict(spec), seed=spec.seed, profile=profile.as_dict(),
+        train_config=dataclasses.asdict(cfg), device=str(dev),
+        tokens=dict(n_available=T, steps=total, tokens_seen=total * cfg.batch_size,
+                    epochs=cfg.train_epochs, **(data_info or {})),
+        **provenance(),
+    ))
+    write_json(out_dir / "done.json", dict(run=spec.name, steps=total, meta_steps=trainer.meta_steps))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return out_dir
+
+
+def ensure_trained(profile: str | Profile, specs: Iterable[RunSpec | str],
+                   progress: bool = True) -> dict[str, Path]:
+    """Train every run of ``specs`` that is not done into ``paths.run_dir``; return name → dir.
+
+    Training activations come from ``paperlib.activations.load_cache(profile).acts("train")``.
+    """
+    profile = get_profile(profile)
+    specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
+    out: dict[str, Path] = {}
+    cache = acts = None
+    for spec in specs:
+        rdir = paths.run_dir(profile, spec.name)
+        if not is_done(rdir):
+            if cache is None:
+                from paperlib.activations import load_cache
+
+                cache = load_cache(profile)
+                acts = cache.acts("train")
+            manifest = getattr(cache, "manifest", {}) or {}
+            info = {"range": "train"}
+            ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
+            if isinstance(ranges, dict) and "train" in ranges:
+                info["range_info"] = ranges["train"]
+            train_run(profile, spec, acts, rdir, progress=progress, d_in=getattr(cache, "d", None),
+                      data_info=info)
+        out[spec.name] = rdir
+    return out
+
+
+def _run_path(profile_or_dir: str | Profile | Path, name: str | None) -> Path:
+    if name is None:
+        return Path(profile_or_dir)
+    return paths.run_dir(profile_or_dir, name)
+
+
+def load_run(profile: str | Profile | Path, name: str | None = None,
+             device: str | torch.device = "cpu") -> BatchTopKSAE:
+    """The trained primary SAE of run ``name`` (or of the run directory ``profile``)."""
+    rdir = _run_path(profile, name)
+    if not is_done(rdir):
+        raise FileNotFoundError(f"run {rdir} is not trained (no done.json); use ensure_trained")
+    return BatchTopKSAE.load(rdir / "sae", device=device)
+
+
+def load_meta(profile: str | Profile | Path, name: str | None = None,
+              device: str | torch.device = "cpu") -> MetaSAE:
+    """The trained meta SAE of a joint/control run."""
+    rdir = _run_path(profile, name)
+    if not (rdir / "meta" / "config.json").exists():
+        raise FileNotFoundError(f"run {rdir} has no meta SAE (solo/ortho arm or not trained)")
+    return MetaSAE.load(rdir / "meta", device=device)
+
+
+def read_metrics(profile: str | Profile | Path, name: str | None = None) -> list[dict]:
+    """Per-step metrics records of a run (``metrics.jsonl``)."""
+    path = _run_path(profile, name) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics file at {path}")
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_run_config(profile: str | Profile | Path, name: str | None = None) -> dict:
+    """The ``config.json`` recorded next to a finished run."""
+    return read_json(_run_path(profile, name) / "config.json")
