@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -137,10 +138,9 @@ def test_bad_configs_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="sigma2"):
         RunSpec("joint", lambda2=0.3, sigma2=0.0)
     good = tr.TrainConfig.from_profile(_profile(), RunSpec("solo"), D)
-    for bad, msg in [(dict(k=100), "k="), (dict(sigma2=-1.0), "sigma2"), (dict(k_meta=20, arm="control"), "k_meta"),
-                     (dict(d_in=0), "d_in")]:
-        import dataclasses
-
+    cases = [(dict(k=100), "k="), (dict(sigma2=-1.0), "sigma2"),
+             (dict(k_meta=20, arm="control"), "k_meta"), (dict(d_in=0), "d_in")]
+    for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
             dataclasses.replace(good, **bad).validate()
     with pytest.raises(ValueError, match="activation dim"):
