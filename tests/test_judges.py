@@ -196,17 +196,16 @@ def test_local_judge_logprobs_match_brute_force(tmp_path):
     j = LocalLikelihoodJudge(model, tok, model_name="tiny", cache_dir=tmp_path / "c", batch_size=3)
     reqs = [("Pre: ", ["ab", "", "c"]), ("Longer prefix ", ["xyz"]), ("P", ["q", "rs", "t", "u"])]
     got = j.piece_logprobs(reqs)
-    torch.set_grad_enabled(False)
-    for (prefix, pieces), vals in zip(reqs, got, strict=True):
-        ids = [1] + tok(prefix)["input_ids"]
-        for piece, v in zip(pieces, vals, strict=True):
-            ref = 0.0
-            for t in tok(piece)["input_ids"]:
-                lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
-                ref += float(lp[t])
-                ids = ids + [t]
-            assert v == pytest.approx(ref, abs=1e-4)
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        for (prefix, pieces), vals in zip(reqs, got, strict=True):
+            ids = [1] + tok(prefix)["input_ids"]
+            for piece, v in zip(pieces, vals, strict=True):
+                ref = 0.0
+                for t in tok(piece)["input_ids"]:
+                    lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+                    ref += float(lp[t])
+                    ids = ids + [t]
+                assert v == pytest.approx(ref, abs=1e-4)
     calls = model.calls
     assert j.piece_logprobs(reqs) == got  # cached: no forward pass
     assert model.calls == calls
