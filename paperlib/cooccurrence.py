@@ -8,8 +8,8 @@ Conventions
   sparse product with **int64 data** (scipy keeps the operand dtype, so small int/bool dtypes would
   overflow or saturate); on GPU a dense binary matmul over token chunks in fp32 (every chunk count
   < 2^24, exact) is added to an int64 total. fp16 accumulation of counts is never used.
-* ``φ(i,j) = (T·N11 − N1_i·N1_j) / sqrt(N1_i (T−N1_i) N1_j (T−N1_j))``; the numerator is formed in
-  int64 (exact for T < ~3·10^9), φ = 0 where the denominator is 0 (dead or always-on features).
+* ``φ(i,j) = (T·N11 − N1_i·N1_j) / sqrt(N1_i (T−N1_i) N1_j (T−N1_j))`` in float64 from exact integer
+  counts; φ = 0 where the denominator is 0 (dead or always-on features).
 * Within-SAE statistics run over all unordered pairs i < j, including pairs with a degenerate
   (dead/always-on) feature at φ = 0 unless ``exclude_degenerate=True``. They are computed block-wise
   over rows of N11, so no n×n float64 matrix is ever held (memory ~ a few × ``block_rows·n·8`` bytes).
@@ -127,11 +127,8 @@ def count(fired: Any, *, chunk_tokens: int = 65536) -> Counts:
     """
     if isinstance(fired, torch.Tensor) and fired.is_cuda:
         return count_dense_torch(fired, chunk_tokens=chunk_tokens)
-    m = to_csr(fired)
-    T, n = m.shape
-    N1 = np.bincount(m.indices, minlength=n).astype(np.int64)
-    N11 = (m.T.tocsr() @ m).toarray().astype(np.int64, copy=False)
-    return Counts(T, N1, N11)
+    acc = SparseFiring.from_fired(fired)
+    return acc.counts()
 
 
 def count_dense_torch(fired: torch.Tensor, *, chunk_tokens: int = 65536,
@@ -174,13 +171,21 @@ def _scale(T: int, N1: np.ndarray) -> np.ndarray:
 
 
 def phi_block(T: int, N1_rows: np.ndarray, N1_cols: np.ndarray, N11_block: np.ndarray) -> np.ndarray:
-    """φ for a block of N11 ``[r, c]`` given the N1 of its rows and columns (float64)."""
-    N1r = np.asarray(N1_rows, dtype=np.int64)
-    N1c = np.asarray(N1_cols, dtype=np.int64)
-    num = T * np.asarray(N11_block, dtype=np.int64) - N1r[:, None] * N1c[None, :]
-    den = _scale(T, N1r)[:, None] * _scale(T, N1c)[None, :]
-    out = np.zeros(num.shape, dtype=np.float64)
-    np.divide(num, den, out=out, where=den > 0)
+    """φ for a block of N11 ``[r, c]`` given the N1 of its rows and columns (float64).
+
+    Computed as T·N11/(s_r s_c) − (N1_r/s_r)(N1_c/s_c) with s = sqrt(N1 (T − N1)), in place; both terms
+    are exact-input float64 products (integers < 2^53), so the error is a few ulps of the terms.
+    Degenerate rows/columns (s = 0) give φ = 0.
+    """
+    N1r = np.asarray(N1_rows, dtype=np.float64)
+    N1c = np.asarray(N1_cols, dtype=np.float64)
+    sr, sc = _scale(T, N1r), _scale(T, N1c)
+    inv_r = np.divide(1.0, sr, out=np.zeros_like(sr), where=sr > 0)
+    inv_c = np.divide(1.0, sc, out=np.zeros_like(sc), where=sc > 0)
+    out = np.asarray(N11_block).astype(np.float64)  # always a fresh array
+    out *= (T * inv_r)[:, None]
+    out *= inv_c[None, :]
+    out -= (N1r * inv_r)[:, None] * (N1c * inv_c)[None, :]
     return out
 
 
@@ -254,9 +259,16 @@ class SparseFiring:
         cols = self.csr if col_start == 0 else self.csc[:, col_start:].tocsr()
         return (rows @ cols).toarray().astype(np.int64, copy=False)
 
-    def counts(self) -> Counts:
-        """Full counts (n×n int64, for moderate n)."""
-        return Counts(self.T, self.N1, self.n11_block(0, self.n))
+    def counts(self, block_rows: int | None = None) -> Counts:
+        """Full counts (n×n int64, for moderate n), filled one row block at a time so the sparse
+        intermediate stays bounded (only the n×n int64 result is large)."""
+        n = self.n
+        N11 = np.empty((n, n), dtype=np.int64)
+        br = _block_rows(n, block_rows)
+        for s in range(0, n, br):
+            e = min(n, s + br)
+            N11[s:e] = self.n11_block(s, e)
+        return Counts(self.T, self.N1, N11)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,14 +388,20 @@ def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int,
     alive = ~(dead | always)
     acc = _WithinAccumulator(n_bins)
     for start, stop, blk in blocks:
-        ph = phi_block(T, N1[start:stop], N1[start:], blk)
         r = stop - start
-        # strictly upper triangle of the block: row i (global start+i) keeps columns j > start+i
-        mask = np.arange(ph.shape[1])[None, :] > np.arange(r)[:, None]
+        ph = phi_block(T, N1[start:stop], N1[start:], blk)
+        del blk
+        # square part [start, stop)²: strict upper triangle; rectangle [start, stop) × [stop, n): all
+        iu = np.triu_indices(r, 1)
+        tri = ph[:, :r][iu]
+        rect = ph[:, r:]
         if exclude_degenerate:
-            mask &= alive[start:stop, None] & alive[None, start:]
-        acc.update(ph[mask])
-        del ph, mask
+            al = alive[start:stop]
+            tri = tri[al[iu[0]] & al[iu[1]]]
+            rect = rect[np.ix_(al, alive[stop:])]
+        acc.update(tri)
+        acc.update(np.ascontiguousarray(rect).reshape(-1))
+        del ph, rect, tri
     var = acc.m2 / (acc.n - 1) if acc.n > 1 else float("nan")
     width = 2.0 / n_bins
     return WithinStats(
