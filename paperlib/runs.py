@@ -148,3 +148,38 @@ def selected_joint(profile: str | Profile) -> str:
     l2 = 0.3 if 0.3 in p.grid_lambda2 else p.grid_lambda2[len(p.grid_lambda2) // 2]
     s2 = 1.0 if 1.0 in p.grid_sigma2 else p.grid_sigma2[len(p.grid_sigma2) // 2]
     return RunSpec("joint", lambda2=l2, sigma2=s2).name
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [float(v) if "." in v or "e" in v else int(v) for v in value.replace(",", " ").split()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def training_plan(profile: str | Profile, sae: str = "all", lambda2=None, sigma2=None,
+                  seeds=None) -> list[RunSpec]:
+    """Runs notebook 01 should train.
+
+    ``sae`` as in :func:`select_runs`. When ``lambda2`` and/or ``sigma2`` are given (a number,
+    a list, or a comma/space separated string) the joint part of the selection is replaced by
+    that grid (missing axis: the profile's grid). ``seeds`` (list or string) trains every
+    selected run once per seed; the seed fixes both init and data order.
+    """
+    p = get_profile(profile)
+    runs = select_runs(p, sae)
+    l2s, s2s = _as_list(lambda2), _as_list(sigma2)
+    if l2s or s2s:
+        runs = [r for r in runs if r.arm != "joint"]
+        runs += [RunSpec("joint", lambda2=float(a), sigma2=float(b))
+                 for a in (l2s or p.grid_lambda2) for b in (s2s or p.grid_sigma2)]
+    seed_list = [int(s) for s in _as_list(seeds)]
+    if seed_list:
+        runs = [RunSpec(r.arm, r.lambda2, r.sigma2, r.gamma, s) for r in runs for s in seed_list]
+    out: dict[str, RunSpec] = {}
+    for r in runs:
+        out.setdefault(r.name, r)
+    return list(out.values())
