@@ -491,8 +491,10 @@ class LocalLikelihoodJudge(_Stats):
     backend = "local-likelihood"
 
     def __init__(self, model=None, tokenizer=None, model_name: str = "smollm2-135m",
-                 cache_dir: str | os.PathLike | None = None, batch_size: int = 8):
+                 cache_dir: str | os.PathLike | None = None, batch_size: int = 16,
+                 use_prefix_cache: bool = True):
         super().__init__()
+        self.use_prefix_cache = use_prefix_cache
         self._model, self._tok = model, tokenizer
         self.model_name = model_name
         self.cache = DiskCache(cache_dir)
@@ -524,7 +526,6 @@ class LocalLikelihoodJudge(_Stats):
         Pieces are tokenised separately and concatenated, so piece boundaries stay aligned with
         the SAE's tokens whatever the judge's tokenizer. Cached per (prefix, pieces).
         """
-        import torch
 
         results: list[list[float] | None] = [None] * len(requests)
         todo = []
@@ -539,38 +540,69 @@ class LocalLikelihoodJudge(_Stats):
                 todo.append((r, key, req))
         if todo:
             model, tok = self._load()
-            bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
-            pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
-            for s in range(0, len(todo), self.batch_size):
-                chunk = todo[s:s + self.batch_size]
-                seqs, spans = [], []
-                for _, _, req in chunk:
-                    ids = bos + self._ids(req["prefix"])
-                    sp = []
-                    for p in req["pieces"]:
-                        pid = self._ids(p)
-                        sp.append((len(ids), len(ids) + len(pid)))
-                        ids = ids + pid
-                    seqs.append(ids)
-                    spans.append(sp)
-                L = max(len(x) for x in seqs)
-                inp = torch.full((len(seqs), L), pad, dtype=torch.long)
-                att = torch.zeros((len(seqs), L), dtype=torch.long)
-                for b, x in enumerate(seqs):
-                    inp[b, :len(x)] = torch.tensor(x)
-                    att[b, :len(x)] = 1
-                with torch.no_grad(), self._lock:
-                    logits = model(input_ids=inp, attention_mask=att).logits.float()
-                lp = torch.log_softmax(logits, dim=-1)
-                self._count("forward_passes")
-                for b, ((r, key, req), sp) in enumerate(zip(chunk, spans, strict=True)):
-                    tgt = inp[b, 1:]
-                    tok_lp = lp[b, :-1].gather(-1, tgt[:, None])[:, 0]  # log p(token t+1)
-                    vals = [float(tok_lp[a - 1:e - 1].sum()) if e > a else 0.0 for a, e in sp]
-                    self.cache.put(key, req, vals)
-                    self._count("calls")
-                    results[r] = vals
+            # group by prefix (the prefix KV cache is shared), longest first to limit padding
+            todo.sort(key=lambda x: (x[2]["prefix"], -sum(len(self._ids(p)) for p in x[2]["pieces"])))
+            groups: dict[str, list] = {}
+            for item in todo:
+                groups.setdefault(item[2]["prefix"], []).append(item)
+            for prefix, items in groups.items():
+                for s in range(0, len(items), self.batch_size):
+                    chunk = items[s:s + self.batch_size]
+                    vals_list = self._forward(model, tok, prefix, [c[2]["pieces"] for c in chunk])
+                    self._count("forward_passes")
+                    for (r, key, req), vals in zip(chunk, vals_list, strict=True):
+                        self.cache.put(key, req, vals)
+                        self._count("calls")
+                        results[r] = vals
         return results  # type: ignore[return-value]
+
+    def _forward(self, model, tok, prefix: str, pieces_list: list[list[str]]) -> list[list[float]]:
+        """Per-piece log-probs of a batch of continuations sharing ``prefix``.
+
+        On transformers models the prefix is run once and its KV cache repeated over the batch
+        (``use_prefix_cache``); otherwise (or if disabled) every sequence is run in full.
+        """
+        import torch
+
+        bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
+        pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
+        pre = bos + self._ids(prefix)
+        conts, spans = [], []
+        for pieces in pieces_list:
+            ids: list[int] = []
+            sp = []
+            for p in pieces:
+                pid = self._ids(p)
+                sp.append((len(ids), len(ids) + len(pid)))
+                ids = ids + pid
+            conts.append(ids)
+            spans.append(sp)
+        B, L = len(conts), max(1, max(len(c) for c in conts))
+        inp = torch.full((B, L), pad, dtype=torch.long)
+        att = torch.zeros((B, L), dtype=torch.long)
+        for b, c in enumerate(conts):
+            inp[b, :len(c)] = torch.tensor(c, dtype=torch.long)
+            att[b, :len(c)] = 1
+        P = len(pre)
+        use_kv = self.use_prefix_cache and hasattr(model, "config") and P > 0
+        with torch.no_grad(), self._lock:
+            if use_kv:
+                out = model(input_ids=torch.tensor([pre]), use_cache=True)
+                pkv = out.past_key_values
+                pkv.batch_repeat_interleave(B)
+                full_att = torch.cat([torch.ones((B, P), dtype=torch.long), att], dim=1)
+                logits = model(input_ids=inp, attention_mask=full_att, past_key_values=pkv,
+                               use_cache=True).logits.float()
+                first = out.logits[0, -1].float().expand(B, -1)[:, None]
+                logits = torch.cat([first, logits[:, :-1]], dim=1)  # row t predicts cont token t
+            else:
+                full = torch.cat([torch.tensor([pre] * B, dtype=torch.long).reshape(B, P), inp], 1)
+                full_att = torch.cat([torch.ones((B, P), dtype=torch.long), att], dim=1)
+                logits = model(input_ids=full, attention_mask=full_att).logits.float()
+                logits = logits[:, P - 1:P - 1 + L]
+            lp = torch.log_softmax(logits, dim=-1).gather(-1, inp[:, :, None])[:, :, 0]
+        return [[float(lp[b, a:e].sum()) if e > a else 0.0 for a, e in sp]
+                for b, sp in enumerate(spans)]
 
     def gains(self, explanation: str, items: Sequence[JudgeItem], fuzz: bool) -> list[list[float]]:
         """Per-piece log-likelihood gain of each item's pieces (explanation vs neutral prefix)."""

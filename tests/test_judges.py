@@ -256,3 +256,31 @@ def test_disk_cache_key_stable(tmp_path):
     assert c.get(k) is None
     c.put(k, {"x": 1}, {"content": "ok"})
     assert c.get(k) == {"content": "ok"}
+
+
+def test_prefix_kv_cache_matches_full_forward():
+    """The prefix-KV path (real transformers model) equals running every sequence in full."""
+    try:
+        from paperlib.lm import load_hf
+
+        model, tok = load_hf("tiny-smollm2", device="cpu")
+    except Exception as err:  # pragma: no cover - offline model package missing
+        pytest.skip(f"tiny-smollm2 unavailable: {err}")
+    reqs = [("The following text is about cats.\n\n", [" The", " cat", " sat", "<<", " down", ">>"]),
+            ("The following text is about cats.\n\n", [" A", " dog"]),
+            ("The following text is about cats.\n\n", [" x"]),
+            ("Other prefix\n", [" one", " two", " three"])]
+    a = LocalLikelihoodJudge(model, tok, model_name="t", batch_size=3, use_prefix_cache=True)
+    b = LocalLikelihoodJudge(model, tok, model_name="t", batch_size=3, use_prefix_cache=False)
+    ra, rb = a.piece_logprobs(reqs), b.piece_logprobs(reqs)
+    for x, y in zip(ra, rb, strict=True):
+        np.testing.assert_allclose(x, y, atol=2e-3)
+    # and equals an unbatched full forward of one sequence
+    prefix, pieces = reqs[0]
+    ids = [tok.bos_token_id] + tok(prefix, add_special_tokens=False)["input_ids"]
+    P = len(ids)
+    cont = [t for p in pieces for t in tok(p, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids + cont])).logits[0].float(), -1)
+    ref = sum(float(lp[P - 1 + i, t]) for i, t in enumerate(cont))
+    assert sum(ra[0]) == pytest.approx(ref, abs=2e-3)
