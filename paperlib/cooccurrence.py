@@ -52,6 +52,7 @@ __all__ = [
 
 DEFAULT_BLOCK_ELEMS = 1 << 25  # ≈ 268 MB per int64/float64 block array
 DEFAULT_HIST_BINS = 20_000
+MAX_BLOCK_ROWS = 2048
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,22 +171,29 @@ def _scale(T: int, N1: np.ndarray) -> np.ndarray:
     return np.sqrt(N1 * (T - N1))
 
 
-def phi_block(T: int, N1_rows: np.ndarray, N1_cols: np.ndarray, N11_block: np.ndarray) -> np.ndarray:
+def phi_block(T: int, N1_rows: np.ndarray, N1_cols: np.ndarray, N11_block: np.ndarray, *,
+              out: np.ndarray | None = None, tmp: np.ndarray | None = None) -> np.ndarray:
     """φ for a block of N11 ``[r, c]`` given the N1 of its rows and columns (float64).
 
-    Computed as T·N11/(s_r s_c) − (N1_r/s_r)(N1_c/s_c) with s = sqrt(N1 (T − N1)), in place; both terms
-    are exact-input float64 products (integers < 2^53), so the error is a few ulps of the terms.
-    Degenerate rows/columns (s = 0) give φ = 0.
+    Computed as T·N11/(s_r s_c) − (N1_r/s_r)(N1_c/s_c) with s = sqrt(N1 (T − N1)); both terms are
+    float64 products of exact integers (< 2^53), so the error is a few ulps of the terms.
+    Degenerate rows/columns (s = 0) give φ = 0. ``out``/``tmp`` (float64 ``[r, c]``) avoid allocation.
     """
     N1r = np.asarray(N1_rows, dtype=np.float64)
     N1c = np.asarray(N1_cols, dtype=np.float64)
     sr, sc = _scale(T, N1r), _scale(T, N1c)
     inv_r = np.divide(1.0, sr, out=np.zeros_like(sr), where=sr > 0)
     inv_c = np.divide(1.0, sc, out=np.zeros_like(sc), where=sc > 0)
-    out = np.asarray(N11_block).astype(np.float64)  # always a fresh array
-    out *= (T * inv_r)[:, None]
+    blk = np.asarray(N11_block)
+    if out is None:
+        out = np.empty(blk.shape, dtype=np.float64)
+    np.multiply(blk, (T * inv_r)[:, None], out=out)
     out *= inv_c[None, :]
-    out -= (N1r * inv_r)[:, None] * (N1c * inv_c)[None, :]
+    if tmp is None:
+        out -= (N1r * inv_r)[:, None] * (N1c * inv_c)[None, :]
+    else:
+        np.multiply((N1r * inv_r)[:, None], (N1c * inv_c)[None, :], out=tmp)
+        out -= tmp
     return out
 
 
@@ -265,9 +273,11 @@ class SparseFiring:
         n = self.n
         N11 = np.empty((n, n), dtype=np.int64)
         br = _block_rows(n, block_rows)
-        for s in range(0, n, br):
+        for s in range(0, n, br):  # upper row blocks, mirrored (N11 is symmetric)
             e = min(n, s + br)
-            N11[s:e] = self.n11_block(s, e)
+            blk = self.n11_block(s, e, col_start=s)
+            N11[s:e, s:] = blk
+            N11[s:, s:e] = blk.T
         return Counts(self.T, self.N1, N11)
 
 
@@ -344,29 +354,41 @@ class _WithinAccumulator:
         self.max = -np.inf
         self.min = np.inf
 
-    def update(self, v: np.ndarray) -> None:
-        if v.size == 0:
-            return
-        a = np.abs(v)
+    def update(self, v: np.ndarray, fbuf: np.ndarray | None = None, ibuf: np.ndarray | None = None,
+               bbuf: np.ndarray | None = None) -> None:
+        """Add the values of a contiguous 1-D float64 array; optional scratch buffers (≥ v.size, float64 /
+        int64 / bool) avoid fresh allocations (page faults dominate at paper scale)."""
+        v = np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
         nb = v.size
-        s = float(a.sum())
+        if nb == 0:
+            return
+        f = np.empty_like(v) if fbuf is None else fbuf[:nb]
+        i = np.empty(nb, dtype=np.int64) if ibuf is None else ibuf[:nb]
+        b = np.empty(nb, dtype=bool) if bbuf is None else bbuf[:nb]
+        sq = float(np.dot(v, v))
+        np.abs(v, out=f)
+        s = float(f.sum())
         mb = s / nb
-        m2b = float(np.square(a - mb).sum())
+        m2b = max(0.0, sq - s * mb)  # within-block; |φ| has var/mean² = O(1): no cancellation issue
         tot = self.n + nb
         delta = mb - self.mean
         self.m2 += m2b + delta * delta * self.n * nb / tot
         self.mean += delta * nb / tot
         self.n = tot
         self.sum_abs += s
-        self.sumsq += float(np.square(v).sum())
+        self.sumsq += sq
         self.sum += float(v.sum())
-        self.n_neg += int(np.count_nonzero(v < 0))
+        np.less(v, 0.0, out=b)
+        self.n_neg += int(np.count_nonzero(b))
         self.max = max(self.max, float(v.max()))
         self.min = min(self.min, float(v.min()))
         nbins = len(self.hist)
-        idx = np.floor((v + 1.0) * (nbins / 2.0)).astype(np.int64)
-        np.clip(idx, 0, nbins - 1, out=idx)
-        self.hist += np.bincount(idx, minlength=nbins)
+        np.add(v, 1.0, out=f)
+        f *= nbins / 2.0
+        np.floor(f, out=f)
+        np.copyto(i, f, casting="unsafe")
+        np.clip(i, 0, nbins - 1, out=i)
+        self.hist += np.bincount(i, minlength=nbins)
 
     def median(self) -> float:
         if self.n == 0:
@@ -380,28 +402,42 @@ class _WithinAccumulator:
         return float(lo + frac * (hi - lo))
 
 
-def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, np.ndarray]],
-                        n_bins: int, exclude_degenerate: bool) -> WithinStats:
-    """Kernel: ``blocks`` yields (start, stop, N11[start:stop, start:]) row blocks covering all rows."""
+def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, np.ndarray, Any]],
+                        n_bins: int, exclude_degenerate: bool, block_rows: int) -> WithinStats:
+    """Kernel over row blocks. ``blocks`` yields (start, stop, sq, rect) with ``sq = N11[start:stop,
+    start:stop]`` and ``rect`` either ``N11[start:stop, stop:]`` or a callable ``rect(out_int64_buffer)``
+    returning it (written into the flat buffer, to avoid allocations)."""
     n = len(N1)
     dead, always = degenerate_features(T, N1)
     alive = ~(dead | always)
     acc = _WithinAccumulator(n_bins)
-    for start, stop, blk in blocks:
-        r = stop - start
-        ph = phi_block(T, N1[start:stop], N1[start:], blk)
-        del blk
-        # square part [start, stop)²: strict upper triangle; rectangle [start, stop) × [stop, n): all
+    size = block_rows * n
+    ibuf = np.empty(size, dtype=np.int64)
+    fbuf = np.empty(size, dtype=np.float64)
+    tbuf = np.empty(size, dtype=np.float64)
+    bbuf = np.empty(size, dtype=bool)
+    for start, stop, sq, rect in blocks:
+        r, c = stop - start, n - stop
+        # square part: strict upper triangle (small, allocating path)
+        ph_sq = phi_block(T, N1[start:stop], N1[start:stop], sq)
         iu = np.triu_indices(r, 1)
-        tri = ph[:, :r][iu]
-        rect = ph[:, r:]
+        tri = ph_sq[iu]
         if exclude_degenerate:
             al = alive[start:stop]
             tri = tri[al[iu[0]] & al[iu[1]]]
-            rect = rect[np.ix_(al, alive[stop:])]
         acc.update(tri)
-        acc.update(np.ascontiguousarray(rect).reshape(-1))
-        del ph, rect, tri
+        del ph_sq, tri
+        if c == 0:
+            continue
+        n11 = rect(ibuf[: r * c].reshape(r, c)) if callable(rect) else rect
+        ph = phi_block(T, N1[start:stop], N1[stop:], n11, out=fbuf[: r * c].reshape(r, c),
+                       tmp=tbuf[: r * c].reshape(r, c))
+        del n11
+        if exclude_degenerate:
+            acc.update(ph[np.ix_(alive[start:stop], alive[stop:])])
+        else:
+            acc.update(ph.reshape(-1), fbuf=tbuf, ibuf=ibuf, bbuf=bbuf)
+        del ph
     var = acc.m2 / (acc.n - 1) if acc.n > 1 else float("nan")
     width = 2.0 / n_bins
     return WithinStats(
@@ -417,7 +453,7 @@ def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int,
 
 def _block_rows(n: int, block_rows: int | None) -> int:
     if block_rows is None:
-        block_rows = max(1, DEFAULT_BLOCK_ELEMS // max(n, 1))
+        block_rows = min(MAX_BLOCK_ROWS, max(1, DEFAULT_BLOCK_ELEMS // max(n, 1)))
     return max(1, min(int(block_rows), n))
 
 
@@ -427,12 +463,12 @@ def within_stats(counts: Counts, *, n_bins: int = DEFAULT_HIST_BINS, exclude_deg
     n = counts.n
     br = _block_rows(n, block_rows)
 
-    def blocks() -> Iterator[tuple[int, int, np.ndarray]]:
+    def blocks() -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
         for s in range(0, n, br):
             e = min(n, s + br)
-            yield s, e, counts.N11[s:e, s:]
+            yield s, e, counts.N11[s:e, s:e], counts.N11[s:e, e:]
 
-    return _within_from_blocks(counts.T, counts.N1, blocks(), n_bins, exclude_degenerate)
+    return _within_from_blocks(counts.T, counts.N1, blocks(), n_bins, exclude_degenerate, br)
 
 
 def within_stats_blockwise(firing: SparseFiring | Any, *, block_rows: int | None = None,
@@ -447,12 +483,20 @@ def within_stats_blockwise(firing: SparseFiring | Any, *, block_rows: int | None
     br = _block_rows(n, block_rows)
     starts = range(0, n, br)
 
-    def blocks() -> Iterator[tuple[int, int, np.ndarray]]:
+    csc = firing.csc
+
+    def blocks() -> Iterator[tuple[int, int, np.ndarray, Any]]:
         for s in tqdm(starts, desc="within φ", disable=not progress, leave=False):
             e = min(n, s + br)
-            yield s, e, firing.n11_block(s, e, col_start=s)
+            rows = csc[:, s:e].T.tocsr()  # [r, T]
+            sq = (rows @ csc[:, s:e]).toarray()
 
-    return _within_from_blocks(T, N1, blocks(), n_bins, exclude_degenerate)
+            def rect(out: np.ndarray, rows: sp.csr_matrix = rows, e: int = e) -> np.ndarray:
+                return (rows @ csc[:, e:].tocsr()).toarray(out=out)
+
+            yield s, e, sq, rect
+
+    return _within_from_blocks(T, N1, blocks(), n_bins, exclude_degenerate, br)
 
 
 # ----------------------------------------------------------------------------------------------
