@@ -261,11 +261,22 @@ class SparseFiring:
     def N1(self) -> np.ndarray:
         return np.bincount(self.csr.indices, minlength=self.n).astype(np.int64)
 
+    def cols_T(self, start: int, stop: int | None = None) -> sp.csr_matrix:
+        """``F[:, start:stop]ᵀ`` as CSR ``[stop − start, T]``, zero-copy views of the CSC arrays."""
+        stop = self.n if stop is None else stop
+        csc = self.csc
+        p0, p1 = int(csc.indptr[start]), int(csc.indptr[stop])
+        return sp.csr_matrix((csc.data[p0:p1], csc.indices[p0:p1], csc.indptr[start:stop + 1] - p0),
+                             shape=(stop - start, self.T), copy=False)
+
+    def cols_csr(self, start: int, stop: int) -> sp.csr_matrix:
+        """``F[:, start:stop]`` as CSR ``[T, stop − start]``."""
+        return self.cols_T(start, stop).T.tocsr()
+
     def n11_block(self, start: int, stop: int, col_start: int = 0) -> np.ndarray:
-        """int64 ``N11[start:stop, col_start:]`` computed from the sparse firing matrix."""
-        rows = self.csc[:, start:stop].T.tocsr()  # [r, T]
-        cols = self.csr if col_start == 0 else self.csc[:, col_start:].tocsr()
-        return (rows @ cols).toarray().astype(np.int64, copy=False)
+        """int64 ``N11[start:stop, col_start:]`` (a transposed view) from the sparse firing matrix."""
+        prod = self.cols_T(col_start) @ self.cols_csr(start, stop)  # [n − col_start, r]
+        return prod.toarray().astype(np.int64, copy=False).T
 
     def counts(self, block_rows: int | None = None) -> Counts:
         """Full counts (n×n int64, for moderate n), filled one row block at a time so the sparse
@@ -405,8 +416,8 @@ class _WithinAccumulator:
 def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, np.ndarray, Any]],
                         n_bins: int, exclude_degenerate: bool, block_rows: int) -> WithinStats:
     """Kernel over row blocks. ``blocks`` yields (start, stop, sq, rect) with ``sq = N11[start:stop,
-    start:stop]`` and ``rect`` either ``N11[start:stop, stop:]`` or a callable ``rect(out_int64_buffer)``
-    returning it (written into the flat buffer, to avoid allocations)."""
+    start:stop]`` and ``rect`` either ``N11[start:stop, stop:]`` or a callable ``rect(flat_int64_buffer)``
+    returning the transposed block ``N11[stop:, start:stop]`` written into the buffer (no allocation)."""
     n = len(N1)
     dead, always = degenerate_features(T, N1)
     alive = ~(dead | always)
@@ -416,7 +427,7 @@ def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int,
     fbuf = np.empty(size, dtype=np.float64)
     tbuf = np.empty(size, dtype=np.float64)
     bbuf = np.empty(size, dtype=bool)
-    for start, stop, sq, rect in blocks:
+    for start, stop, sq, rect in blocks:  # rect: array [r, c] or callable(buf) -> array [c, r]
         r, c = stop - start, n - stop
         # square part: strict upper triangle (small, allocating path)
         ph_sq = phi_block(T, N1[start:stop], N1[start:stop], sq)
@@ -429,12 +440,18 @@ def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int,
         del ph_sq, tri
         if c == 0:
             continue
-        n11 = rect(ibuf[: r * c].reshape(r, c)) if callable(rect) else rect
-        ph = phi_block(T, N1[start:stop], N1[stop:], n11, out=fbuf[: r * c].reshape(r, c),
-                       tmp=tbuf[: r * c].reshape(r, c))
+        rws, cls = slice(start, stop), slice(stop, n)
+        if callable(rect):
+            n11 = rect(ibuf)
+            rws, cls = cls, rws
+        else:
+            n11 = rect
+        shape = n11.shape
+        ph = phi_block(T, N1[rws], N1[cls], n11, out=fbuf[: r * c].reshape(shape),
+                       tmp=tbuf[: r * c].reshape(shape))
         del n11
         if exclude_degenerate:
-            acc.update(ph[np.ix_(alive[start:stop], alive[stop:])])
+            acc.update(ph[np.ix_(alive[rws], alive[cls])])
         else:
             acc.update(ph.reshape(-1), fbuf=tbuf, ibuf=ibuf, bbuf=bbuf)
         del ph
@@ -483,16 +500,16 @@ def within_stats_blockwise(firing: SparseFiring | Any, *, block_rows: int | None
     br = _block_rows(n, block_rows)
     starts = range(0, n, br)
 
-    csc = firing.csc
-
     def blocks() -> Iterator[tuple[int, int, np.ndarray, Any]]:
         for s in tqdm(starts, desc="within φ", disable=not progress, leave=False):
             e = min(n, s + br)
-            rows = csc[:, s:e].T.tocsr()  # [r, T]
-            sq = (rows @ csc[:, s:e]).toarray()
+            B = firing.cols_csr(s, e)  # [T, r]
+            sq = (firing.cols_T(s, e) @ B).toarray()
 
-            def rect(out: np.ndarray, rows: sp.csr_matrix = rows, e: int = e) -> np.ndarray:
-                return (rows @ csc[:, e:].tocsr()).toarray(out=out)
+            def rect(buf: np.ndarray, B: sp.csr_matrix = B, e: int = e) -> np.ndarray:
+                # N11[e:, s:e] = F[:, e:]ᵀ F[:, s:e]  ([c, r]; avoids converting the big column range)
+                prod = firing.cols_T(e) @ B
+                return prod.toarray(out=buf[: prod.shape[0] * prod.shape[1]].reshape(prod.shape))
 
             yield s, e, sq, rect
 
