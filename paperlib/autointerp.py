@@ -419,13 +419,18 @@ def score_features(
     judge: Judge, decode: Decoder, *, out_dir: str | os.PathLike | None = None,
     explainer: Judge | None = None, do_detection: bool = True, do_spearman: bool = False,
     seed: int = 0, chunk_size: int = 4096, context_kwargs: dict | None = None,
-    show_progress: bool = True,
+    show_progress: bool = True, n_workers: int = 1,
 ) -> pd.DataFrame:
     """Collect contexts, explain and score ``features`` of one SAE; one DataFrame row per feature.
 
     With ``out_dir``: contexts go to ``out_dir/contexts.json`` and each feature's full record
     (with traces) to ``out_dir/features/<f>.json``; existing files are reused (resume).
-    Trace columns are dropped from the returned DataFrame.
+    Trace columns are dropped from the returned DataFrame. ``n_workers > 1`` scores features in a
+    thread pool (for HTTP judges; keep 1 for the local judge, whose forward passes are serialised).
+
+    Cost of the local likelihood judge: every fuzz item is two forward passes (explanation and
+    neutral prefix) of ~60 tokens, detection adds two per activating and non-activating window
+    (activation prediction reuses detection's passes through the cache).
     """
     from tqdm.auto import tqdm
 
@@ -433,7 +438,11 @@ def score_features(
     out = Path(out_dir) if out_dir is not None else None
     cpath = out / "contexts.json" if out else None
     contexts: dict[int, FeatureContexts] = {}
+    meta = {"seed": seed, **(context_kwargs or {})}
     if cpath is not None and cpath.exists():
+        stored = read_json(cpath).get("meta", {})
+        if stored != meta:
+            raise ValueError(f"{cpath} was built with {stored}, not {meta}: use another out_dir")
         contexts = load_contexts(cpath)
     missing = [f for f in feats if f not in contexts]
     if missing:
@@ -441,19 +450,30 @@ def score_features(
         contexts.update(collect_contexts(fa, token_ids, positions, features=missing, seed=seed,
                                          **(context_kwargs or {})))
         if cpath is not None:
-            save_contexts(cpath, contexts, {"seed": seed, **(context_kwargs or {})})
-    rows = []
-    for f in tqdm(feats, desc="auto-interp", disable=not show_progress):
+            save_contexts(cpath, contexts, meta)
+
+    def one(f: int) -> dict:
         fpath = out / "features" / f"{f}.json" if out else None
         if fpath is not None and fpath.exists():
             rec = read_json(fpath)
-        else:
-            rec = score_contexts(contexts[f], judge, decode, explainer=explainer,
-                                 do_detection=do_detection, do_spearman=do_spearman, seed=seed)
-            rec["judge"] = judge.name
-            if fpath is not None:
-                write_json(fpath, rec)
-        rows.append({k: v for k, v in rec.items() if not k.endswith("_trace")})
+            if rec.get("judge") == judge.name:
+                return rec
+        rec = score_contexts(contexts[f], judge, decode, explainer=explainer,
+                             do_detection=do_detection, do_spearman=do_spearman, seed=seed)
+        rec["judge"] = judge.name
+        if fpath is not None:
+            write_json(fpath, rec)
+        return rec
+
+    if n_workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n_workers) as ex:
+            recs = list(tqdm(ex.map(one, feats), total=len(feats), desc="auto-interp",
+                             disable=not show_progress))
+    else:
+        recs = [one(f) for f in tqdm(feats, desc="auto-interp", disable=not show_progress)]
+    rows = [{k: v for k, v in rec.items() if not k.endswith("_trace")} for rec in recs]
     return pd.DataFrame(rows)
 
 

@@ -173,13 +173,15 @@ class CatJudge:
         return 0
 
 
-@pytest.mark.parametrize("invert,expected", [(False, 1.0), (True, -1.0)])
-def test_score_features_with_hand_built_judge(tmp_path, invert, expected):
+@pytest.mark.parametrize("invert,expected,workers", [(False, 1.0, 1), (True, -1.0, 2)])
+def test_score_features_with_hand_built_judge(tmp_path, invert, expected, workers):
     tok, pos, acts, vals = corpus()
     judge = CatJudge(invert)
     kw = dict(window=16, n_after=3, n_explain=4, n_quantiles=4, per_quantile=3, n_non_activating=8)
-    df = score_features(IdentitySAE(), acts, tok, pos, [0], np.full(3, 0.6), judge, decode,
-                        out_dir=tmp_path, do_spearman=True, context_kwargs=kw, show_progress=False)
+    df = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), judge, decode,
+                        out_dir=tmp_path, do_spearman=True, context_kwargs=kw, show_progress=False,
+                        n_workers=workers)
+    assert df["feature"].tolist() == [0, 2]
     row = df.set_index("feature").loc[0]
     assert row["explanation"] == "the word cat"
     assert row["fuzz_score"] == pytest.approx(expected)
@@ -189,10 +191,13 @@ def test_score_features_with_hand_built_judge(tmp_path, invert, expected):
     assert not any(c.endswith("_trace") for c in df.columns)
     assert (tmp_path / "contexts.json").exists() and (tmp_path / "features" / "0.json").exists()
     calls = judge.calls
-    df2 = score_features(IdentitySAE(), acts, tok, pos, [0], np.full(3, 0.6), judge, decode,
+    df2 = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), judge, decode,
                          out_dir=tmp_path, do_spearman=True, context_kwargs=kw, show_progress=False)
     assert judge.calls == calls  # resumed from disk
     pd.testing.assert_frame_equal(df, df2)
+    with pytest.raises(ValueError, match="another out_dir"):
+        score_features(IdentitySAE(), acts, tok, pos, [0], np.full(3, 0.6), judge, decode,
+                       out_dir=tmp_path, seed=5, context_kwargs=kw, show_progress=False)
 
 
 def test_always_yes_judge_is_at_chance(tmp_path):
