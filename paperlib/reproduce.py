@@ -1,0 +1,134 @@
+"""``make reproduce``: run notebooks 01 → 08 through papermill, skipping unchanged stages.
+
+    python -m paperlib.reproduce --profile default [--force] [--only 03_cooccurrence]
+
+Each stage's key hashes the notebook, the library sources, the profile, the stage parameters and
+the keys of the stages before it; a stage whose key equals the one recorded after its last
+successful run (``executed/<profile>/stages.json``) is skipped. Executed copies with outputs are
+kept in ``executed/<profile>/`` (git-ignored). The run stops at the first failing stage and names
+the notebook and the cell. Finally ``tables/summary.md`` is regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paperlib.io import read_json, write_json
+from paperlib.paths import REPO_ROOT
+from paperlib.profiles import get_profile
+
+SECOND_MODEL = {"default": "gemma-3-270m", "smoke": "smoke", "gpt2-large": "gemma-2-9b"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    notebook: str
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return Path(self.notebook).stem
+
+
+def stages(profile: str) -> list[Stage]:
+    """The pipeline for a profile, in order."""
+    second = SECOND_MODEL.get(profile, profile)
+    return [
+        Stage("01_train.ipynb", {"profile": profile, "sae": "all"}),
+        Stage("02_calibrate.ipynb", {"profile": profile, "sae": "all"}),
+        Stage("03_cooccurrence.ipynb", {"profile": profile, "sae": "all"}),
+        Stage("04_welch.ipynb", {"profile": profile, "sae": "all"}),
+        Stage("05_autointerp.ipynb", {"profile": profile, "sae": "joint"}),
+        Stage("06_case_studies.ipynb", {"profile": profile, "sae": "joint"}),
+        Stage("07_gemma.ipynb", {"profile": second}),
+        Stage("08_ground_truth.ipynb", {"profile": profile}),
+    ]
+
+
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "paperlib").glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def stage_key(stage: Stage, upstream: str, lib: str) -> str:
+    nb = (REPO_ROOT / "notebooks" / stage.notebook).read_bytes()
+    payload = json.dumps([stage.notebook, stage.parameters, upstream, lib], sort_keys=True).encode()
+    return hashlib.sha256(nb + payload).hexdigest()[:16]
+
+
+def _fmt(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> int:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    get_profile(profile)  # fail early on an unknown name
+    out_dir = REPO_ROOT / "executed" / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_path = out_dir / "stages.json"
+    record = read_json(record_path) if record_path.exists() else {}
+    lib = _sources_digest()
+    upstream = ""
+    timings: list[tuple[str, str, float]] = []
+    pipeline = [s for s in stages(profile) if (REPO_ROOT / "notebooks" / s.notebook).exists()]
+    t_all = time.perf_counter()
+    for i, stage in enumerate(pipeline, 1):
+        key = stage_key(stage, upstream, lib)
+        upstream = key
+        wanted = only is None or stage.name in only
+        if not wanted or (not force and record.get(stage.name, {}).get("key") == key):
+            print(f"[{i}/{len(pipeline)}] {stage.name}: unchanged, skipped", flush=True)
+            timings.append((stage.name, "skipped", 0.0))
+            continue
+        print(f"[{i}/{len(pipeline)}] {stage.name} {stage.parameters} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(REPO_ROOT / "notebooks" / stage.notebook), str(out_dir / stage.notebook),
+                parameters=stage.parameters, cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
+                log_output=False, kernel_name="python3",
+            )
+        except PapermillExecutionError as err:
+            dt = time.perf_counter() - t0
+            print(f"\nFAILED: notebooks/{stage.notebook}, cell {err.cell_index} "
+                  f"(execution count {err.exec_count}) after {_fmt(dt)}: {err.ename}: {err.evalue}\n"
+                  f"The executed copy with the traceback is {out_dir / stage.notebook}", file=sys.stderr)
+            return 1
+        dt = time.perf_counter() - t0
+        record[stage.name] = {"key": key, "seconds": round(dt, 1), "finished": time.strftime("%FT%T")}
+        write_json(record_path, record)
+        timings.append((stage.name, "ran", dt))
+        print(f"    done in {_fmt(dt)}", flush=True)
+    from paperlib.summary import write_summary
+
+    path = write_summary(profile, stage_seconds={k: v.get("seconds") for k, v in record.items()})
+    print(f"\nsummary: {path}")
+    print("stage times (this invocation):")
+    for name, status, dt in timings:
+        print(f"  {name:22s} {status:8s} {_fmt(dt) if status == 'ran' else ''}")
+    print(f"total {_fmt(time.perf_counter() - t_all)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Regenerate the paper's figures and tables.")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--force", action="store_true", help="re-run every stage")
+    ap.add_argument("--only", nargs="*", help="stage names to run (e.g. 03_cooccurrence)")
+    args = ap.parse_args(argv)
+    return run(args.profile, force=args.force, only=args.only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
