@@ -94,7 +94,8 @@ def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
     dphi = _get(sel, "dphi_pct", "delta_phi_pct", spec="+.2f", unit="%")
     phis = f"solo {_get(solo, 'mean_abs_phi')}, joint {_get(sel, 'mean_abs_phi')}"
     rows.append(("Δ mean \\|φ\\| (selected vs solo)", PAPER["dphi_pct"], f"{dphi} ({phis})"))
-    rows.append(("ΔL2 (selected vs solo)", PAPER["dl2_pct"], _get(sel, "dl2_pct", "delta_l2_pct", spec="+.2f", unit="%")))
+    dl2 = _get(sel, "dl2_pct", "delta_l2_pct", spec="+.2f", unit="%")
+    rows.append(("ΔL2 (selected vs solo)", PAPER["dl2_pct"], dl2))
     welch = (f"t = {_get(sel, 'welch_t', 't', spec='.2f')}, p = {_get(sel, 'welch_p', 'p', spec='.2g')}, "
              f"pairs = {_get(sel, 'n_pairs', spec=',.0f')}")
     rows.append(("Welch t, p (mean \\|φ\\|, joint vs solo)", PAPER["welch_t"], welch))
