@@ -218,6 +218,7 @@ class DiskCache:
         self.root = None if root is None else Path(root)
         self._mem: dict[str, Any] = {}  # small in-memory layer (also used without a root)
         self._mem_items = memory_items
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(backend: str, model: str, request: Any) -> str:
@@ -230,8 +231,9 @@ class DiskCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Any | None:
-        if key in self._mem:
-            return self._mem[key]
+        with self._lock:
+            if key in self._mem:
+                return self._mem[key]
         if self.root is None:
             return None
         p = self._path(key)
@@ -243,9 +245,10 @@ class DiskCache:
             return None
 
     def put(self, key: str, request: Any, response: Any) -> None:
-        if len(self._mem) >= self._mem_items:
-            self._mem.pop(next(iter(self._mem)))
-        self._mem[key] = response
+        with self._lock:
+            if len(self._mem) >= self._mem_items:
+                self._mem.pop(next(iter(self._mem)))
+            self._mem[key] = response
         if self.root is not None:
             write_json(self._path(key), {"request": request, "response": response})
 
