@@ -31,6 +31,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -71,7 +72,15 @@ def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     cand = (flat >= t0).nonzero().squeeze(1)
     if cand.numel() > total:
         cand = cand[flat[cand].topk(total, sorted=False).indices]
-    return cand.sort().values
+    return _sorted(cand)
+
+
+def _sorted(t: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of a 1-D tensor; on CPU via numpy (torch's parallel CPU sort degrades badly
+    when the cores are oversubscribed and OpenMP threads spin)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.sort(t.numpy()))
+    return t.sort().values
 
 
 def batch_topk_mask(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -187,7 +196,7 @@ class BatchTopKSAE(nn.Module):
         # kaiming-uniform as nn.init.kaiming_uniform_ on the [n, d] (Linear-style) weight, a=√5
         bound = 1.0 / math.sqrt(d_in)
         W_enc.uniform_(-bound, bound, generator=gen)
-        W_dec = W_enc.t().clone()
+        W_dec = W_enc.t().contiguous()
         W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_enc = nn.Parameter(W_enc.to(dtype))
         self.W_dec = nn.Parameter(W_dec.to(dtype))

@@ -161,11 +161,11 @@ class _Data:
 
     def batch(self, step: int) -> torch.Tensor:
         epoch, j = divmod(step, self.steps_per_epoch)
-        idx = self.perm(epoch)[j * self.B:(j + 1) * self.B].sort().values
+        idx = np.sort(self.perm(epoch)[j * self.B:(j + 1) * self.B].numpy())
         if isinstance(self.acts, torch.Tensor):
-            x = self.acts[idx.to(self.acts.device)]
+            x = self.acts[torch.from_numpy(idx).to(self.acts.device)]
         else:
-            x = torch.from_numpy(np.asarray(self.acts[idx.numpy()]))
+            x = torch.from_numpy(np.asarray(self.acts[idx]))
         return x.to(self.device, torch.float32)
 
 
