@@ -68,6 +68,8 @@ def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, 
     x = torch.randn(batch, d) * 2 + torch.randn(d)
 
     def mark_dead(sae: BatchTopKSAE) -> None:
+        """Fix the dead set (repeating one batch would otherwise kill latents step by step)."""
+        sae.steps_since_fired.zero_()
         if dead_frac > 0:
             sae.steps_since_fired[: int(dead_frac * n)] = 10**6
 

@@ -57,7 +57,9 @@ def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     Exact: the count is exactly ``min(k·B, B·n)``. The per-row top-k values form a set of k·B
     entries whose minimum t0 is ≤ the global (k·B)-th largest value, so every entry of the global
     top k·B is ≥ t0; ``torch.topk`` over the candidates ``pre ≥ t0`` then picks exactly k·B.
-    This avoids a full-size top-k over B·n entries.
+    This avoids a full-size top-k over B·n entries. For B ≥ 64 a cheaper candidate threshold is
+    first tried (0.75 × the selection threshold of a strided subsample of ~32 rows); it is used only
+    when at least k·B entries pass it, so the result is exact either way.
     """
     if pre.ndim != 2:
         raise ValueError(f"pre must be [B, n], got shape {tuple(pre.shape)}")
@@ -68,8 +70,19 @@ def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
         return torch.arange(B * n, device=pre.device)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=pre.device)
-    t0 = pre.topk(k, dim=1, sorted=False).values.min()
-    cand = (flat >= t0).nonzero().squeeze(1)
+    cand = None
+    if B >= 64:
+        # cheap guess from a strided subsample of rows, accepted only if it keeps >= k·B candidates
+        # (a deterministic function of ``pre``; any accepted candidate set contains the top k·B)
+        sub = pre[:: max(1, B // 32)]
+        t_guess = sub.reshape(-1).topk(k * sub.shape[0], sorted=False).values.min() * 0.75
+        if t_guess > 0:
+            c = (flat >= t_guess).nonzero().squeeze(1)
+            if c.numel() >= total:
+                cand = c
+    if cand is None:
+        t0 = pre.topk(k, dim=1, sorted=False).values.min()
+        cand = (flat >= t0).nonzero().squeeze(1)
     if cand.numel() > total:
         cand = cand[flat[cand].topk(total, sorted=False).indices]
     return _sorted(cand)
@@ -240,8 +253,10 @@ class BatchTopKSAE(nn.Module):
         """(x̃, mean, scale) with x̃ = (x − mean) / scale, scale = std + 1e-5, per row."""
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         mean = x.mean(dim=-1, keepdim=True)
-        scale = x.std(dim=-1, keepdim=True) + EPS
-        return (x - mean) / scale, mean, scale
+        xc = x - mean
+        # unbiased std, computed explicitly (torch.std is ~5x slower on CPU here)
+        scale = (xc * xc).sum(dim=-1, keepdim=True).div_(max(x.shape[-1] - 1, 1)).sqrt_() + EPS
+        return xc / scale, mean, scale
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token standardised input."""
@@ -290,11 +305,13 @@ class BatchTopKSAE(nn.Module):
         self._check_input(x)
         xn, mean, scale = self.normalize_stats(x.to(self.W_enc.dtype))
         pre = torch.relu((xn - self.b_dec) @ self.W_enc)
-        if thresholds is None:
-            f = pre * batch_topk_mask(pre, self.k)
-        else:
-            th = self.threshold if isinstance(thresholds, str) else thresholds
-            f = pre * (pre > torch.as_tensor(th, dtype=pre.dtype, device=pre.device))
+        if thresholds is None:  # sparse decode of the BatchTopK codes
+            flat = batch_topk_indices(pre, self.k)
+            rows, cols = flat // self.n_latents, flat % self.n_latents
+            out = sparse_decode(pre.reshape(-1)[flat], self.W_dec, _crow(rows, pre.shape[0]), cols)
+            return (out + self.b_dec) * scale + mean
+        th = self.threshold if isinstance(thresholds, str) else thresholds
+        f = pre * (pre > torch.as_tensor(th, dtype=pre.dtype, device=pre.device))
         return self.decode(f, mean, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102

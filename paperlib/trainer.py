@@ -232,12 +232,12 @@ class Trainer:
                     pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
             with torch.no_grad():
                 rec["meta_err"] = float((sae.W_dec - W_hat).pow(2).sum(1).mean())
-            rec["penalty"] = float(pen)
+            rec["penalty"] = float(pen.detach())
         elif cfg.arm == "ortho":
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step * 31 + 2)
             pen = orthogonality_penalty(sae.W_dec, cfg.ortho_chunks, gen)
             loss = loss + cfg.gamma * pen
-            rec["penalty"] = float(pen)
+            rec["penalty"] = float(pen.detach())
         loss.backward()
         sae.project_decoder_grad()
         self.opt_p.step()

@@ -162,3 +162,16 @@ def test_bad_arguments():
     sae = BatchTopKSAE(12, 40, 4)
     with pytest.raises(ValueError, match="expected input"):
         sae.encode(torch.randn(3, 11))
+
+
+def test_batch_topk_large_batch_paths_exact():
+    g = torch.Generator().manual_seed(7)
+    for scale_rows in (False, True):
+        pre = torch.relu(torch.randn(300, 50, generator=g))
+        if scale_rows:  # heavy-tailed rows: the subsample guess may be rejected -> fallback path
+            pre = pre * torch.logspace(-3, 3, 300)[:, None]
+        for k in (1, 5, 17):
+            idx = batch_topk_indices(pre, k)
+            assert idx.numel() == k * 300 and torch.equal(idx, idx.sort().values)
+            ref = pre.flatten().topk(k * 300).values.sort().values
+            assert torch.equal(pre.flatten()[idx].sort().values, ref)
