@@ -1,0 +1,136 @@
+"""Generate notebooks/02_calibrate.ipynb, 03_cooccurrence.ipynb and 04_welch.ipynb."""
+
+from tools.nbbuild import write_notebook
+
+PARAMS = 'sae = "all"        # all | solo | joint (selected config) | control | a run name; comma lists OK'
+
+SETUP = '''from paperlib import evaluate, figures
+from paperlib.notebook import setup, save_figure, save_table
+from paperlib.runs import select_runs, selected_joint, grid_runs
+from paperlib.trainer import ensure_trained
+import pandas as pd
+
+ctx = setup(profile)
+specs = select_runs(ctx.profile, sae)
+names = ["solo"] + [r.name for r in specs if r.name != "solo"]  # solo: the baseline
+print(f"{len(names)} runs:", ", ".join(names))
+run_dirs = ensure_trained(ctx.profile, names)'''
+
+write_notebook(
+    "notebooks/02_calibrate.ipynb",
+    "02 · Firing thresholds (EER calibration, paper App. A)",
+    "Calibrates per-feature thresholds θ (equal error rate between BatchTopK-selected and "
+    "non-selected positive pre-activations) on the calibration token range, for every selected run, "
+    "and checks that threshold firing rates match BatchTopK firing rates.",
+    PARAMS,
+    [
+        SETUP,
+        ("md", "## Calibrate (cached per run in `runs/<name>/eval/calibration`)"),
+        '''cals = {n: evaluate.ensure_calibration(ctx.profile, n) for n in names}
+summary = pd.DataFrame([{"run": n, **c.summary()} for n, c in cals.items()])
+save_table(summary, ctx.tables, "calibration_summary")
+summary''',
+        '''fig = figures.calibration_firing_rates(cals)
+save_figure(fig, ctx.figures, "calibration_firing_rates")''',
+    ],
+)
+
+write_notebook(
+    "notebooks/03_cooccurrence.ipynb",
+    "03 · Co-occurrence: mean |φ|, Fig. 1a/1b, App. B, App. C",
+    "Binary firing with the calibrated thresholds on the co-occurrence token range; within-SAE φ over "
+    "all pairs i < j (exact counts). Fig. 1a compares solo with the selected joint configuration; "
+    "Fig. 1b needs the whole grid (skipped with a note otherwise).",
+    PARAMS,
+    [
+        SETUP,
+        ("md", "## Within-SAE φ per run (cached in `runs/<name>/eval/cooccurrence.json`)"),
+        '''co = {n: evaluate.ensure_cooccurrence(ctx.profile, n) for n in names}
+cols = ["n_pairs", "mean_abs_phi", "std_abs_phi", "frac_negative", "median_phi", "max_phi", "n_dead", "n_always_on"]
+phi_table = pd.DataFrame([{"run": n, **{c: co[n][c] for c in cols}} for n in names])
+phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"]["mean_abs_phi"] - 1)
+phi_table''',
+        ("md", "## Fig. 1a: solo vs the selected joint configuration"),
+        '''joint = selected_joint(ctx.profile)
+ensure_trained(ctx.profile, [joint])
+co_joint = evaluate.ensure_cooccurrence(ctx.profile, joint)
+fig = figures.fig1a_phi_density(co["solo"], co_joint, joint_label=joint)
+save_figure(fig, ctx.figures, "fig1a_phi_density_diff")''',
+        ("md", "## App. C: φ sign and shape statistics"),
+        '''import numpy as np
+def shape_row(name, c):
+    e, h = np.asarray(c["hist_edges"]), np.asarray(c["hist_counts"])
+    tail = lambda x: float(h[e[:-1] >= x - 1e-12].sum() / c["n_pairs"])
+    return {"run": name, "frac_negative": c["frac_negative"], "median_phi": c["median_phi"],
+            "mean_phi": c["mean_phi"], "min_phi": c["min_phi"], "tail_max_phi": c["max_phi"],
+            "frac_phi_gt_0.1": tail(0.1), "frac_phi_gt_0.3": tail(0.3), "mean_abs_phi": c["mean_abs_phi"],
+            "n_dead": c["n_dead"], "n_always_on": c["n_always_on"]}
+appc = pd.DataFrame([shape_row("solo", co["solo"]), shape_row(joint, co_joint)])
+save_table(appc, ctx.tables, "appC_phi_shape")
+appc''',
+        ("md", "## App. B: firing-rate distributions (thresholded encoder, co-occurrence range)"),
+        '''rec = {n: evaluate.ensure_reconstruction(ctx.profile, n) for n in ["solo", joint]}
+fig = figures.appb_firing_rates(rec)
+save_figure(fig, ctx.figures, "appB_firing_rates")''',
+        ("md", "## Fig. 1b: Δ mean |φ| vs ΔL2 over the grid"),
+        '''grid = [r.name for r in grid_runs(ctx.profile)]
+if set(grid) <= set(names):
+    table = evaluate.grid_table(ctx.profile, grid, with_ce=False)
+    fig = figures.fig1b_grid_scatter(table, selected=joint, noise_floor=table.attrs["noise_floor"])
+    save_figure(fig, ctx.figures, "fig1b_grid_scatter")
+else:
+    print(f"Fig. 1b skipped: needs the full grid (run with sae='all'); selected runs: {names}")''',
+    ],
+)
+
+write_notebook(
+    "notebooks/04_welch.ipynb",
+    "04 · Welch tests, noise floor, CE overhead: Table 1 and the selected configuration",
+    "Table 1 (per configuration vs solo: mean |φ|, Δ%, L2, ΔL2 %, CE overhead, dead latents, Welch t/df/p "
+    "from the streamed statistics over all pairs), the noise floor over the independent solo seeds, the "
+    "selection rule (best Δ mean |φ| among joint configurations within the ΔL2 bound) and the "
+    "reconstruction summary (§5.3, App. D).",
+    PARAMS,
+    [
+        SETUP,
+        ("md", "## Table 1"),
+        '''table = evaluate.grid_table(ctx.profile, names)
+save_table(table, ctx.tables, "table1_grid")
+nf = table.attrs["noise_floor"]
+if nf:
+    print(f"noise floor: mean |φ| = {nf['mean']:.4g} ± {nf['std']:.2g} over {nf['runs']} "
+          f"(rel. std {nf['rel_std_pct']:.2g}%)")
+else:
+    print("noise floor: needs solo and at least one solo-seedN run")
+table''',
+        ("md", "## Selected configuration"),
+        '''if (table["arm"] == "joint").any():
+    sel = evaluate.select_configuration(table, max_dl2_pct=ctx.profile.max_dl2_pct)
+    if set(r.name for r in grid_runs(ctx.profile) if r.arm == "joint") <= set(table["run"]):
+        evaluate.write_selection(ctx.profile, sel)
+    else:
+        print("(partial grid: selected.json not rewritten)")
+    joint = sel["selected"]
+    print(f"selected configuration: {joint}  ({sel['rule']}; Δ mean|φ| {sel['delta_phi_pct']:+.2f}%, "
+          f"ΔL2 {sel['delta_l2_pct']:+.2f}%)")
+else:
+    joint = selected_joint(ctx.profile)
+    ensure_trained(ctx.profile, [joint])
+    print(f"no joint run selected; using {joint}")''',
+        ("md", "## Reconstruction summary (§5.3, App. D): CE on the CE range, L2/L0/norms on the co-occurrence range"),
+        '''runs = list(dict.fromkeys(["solo", joint]))
+ce = evaluate.ensure_ce(ctx.profile, runs, batchtopk_for=runs)
+rows = []
+for n in runs:
+    r, c = evaluate.ensure_reconstruction(ctx.profile, n), ce[n]
+    rows.append({"run": n, "ce_clean": c["ce_clean"], "ce_spliced": c["ce_spliced"],
+                 "ce_overhead_pct": c["overhead_pct"], "ce_batchtopk": c["ce_batchtopk"],
+                 "ce_overhead_batchtopk_pct": c["overhead_batchtopk_pct"], "ce_zero": c["ce_zero"],
+                 "loss_recovered": c["recovered"], "l2": r["mse"], "fve": r["fve"], "l0": r["l0"],
+                 "dead": r["n_dead"], "input_norm_mean": r["input_norm"].get("mean"),
+                 "input_norm_std": r["input_norm"].get("std"), "recon_norm_ratio_mean": r["norm_ratio"]["mean"]})
+recon = pd.DataFrame(rows)
+save_table(recon, ctx.tables, "reconstruction_summary")
+recon''',
+    ],
+)
