@@ -204,5 +204,10 @@ def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *
 
 
 # ==============================================================================================
-# CE splice (nnsight): clean vs SAE-spliced vs zero-ablated next-token loss — lead adds this section.
+# CE splice (nnsight): clean vs SAE-spliced vs zero-ablated next-token loss. Implemented in
+# paperlib.ce (it needs the LM); re-exported here so the reconstruction metrics live in one place.
 # ==============================================================================================
+from paperlib.ce import CEResult, ce_losses, loss_recovered, overhead_pct, sae_splice, zero_splice  # noqa: E402
+
+__all__ = ["CEResult", "ReconAccumulator", "ReconMetrics", "ce_losses", "loss_recovered", "overhead_pct",
+           "reconstruction_metrics", "sae_splice", "zero_splice"]
