@@ -386,9 +386,10 @@ class BatchTopKSAE(nn.Module):
             avals = sparse_encode_values(self.W_enc, self.b_dec, xc, avals_raw, acrow, acols)
             arecon = sparse_decode(avals, self.W_dec, acrow, acols)
             aux = (arecon - (xn - recon).detach()).pow(2).mean()
-        if update_state:
-            pos = sel_vals[sel_vals > 0]
-            self._update_state(cols, pos.min() if pos.numel() else None)
+        if update_state:  # a latent "fires" when selected with a positive activation
+            positive = sel_vals > 0
+            pos = sel_vals[positive]
+            self._update_state(cols[positive], pos.min() if pos.numel() else None)
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(flat.numel() / B), n_dead=torch.tensor(n_dead),
                     recon=recon.detach())
@@ -415,9 +416,9 @@ class BatchTopKSAE(nn.Module):
             arecon = (pre * amask) @ self.W_dec
             aux = (arecon - (xn - recon).detach()).pow(2).mean()
         if update_state:
-            sel = pre.detach()[mask]
-            pos = sel[sel > 0]
-            self._update_state(mask.nonzero()[:, 1], pos.min() if pos.numel() else None)
+            active = mask & (pre.detach() > 0)
+            pos = pre.detach()[active]
+            self._update_state(active.nonzero()[:, 1], pos.min() if pos.numel() else None)
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=mask.sum() / xn.shape[0], n_dead=torch.tensor(n_dead), recon=recon.detach())
 

@@ -56,6 +56,7 @@ def test_init_and_normalisation():
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-6)
     assert torch.allclose(sae.W_dec, sae.W_enc.t() / sae.W_enc.t().norm(dim=1, keepdim=True))
     assert torch.equal(sae.b_dec, torch.zeros(12))
+    assert sae.W_dec.is_contiguous() and sae.W_enc.is_contiguous()  # embedding_bag fast path
     xn = sae.normalize(_x())
     assert torch.allclose(xn.mean(1), torch.zeros(64), atol=1e-5)
     assert torch.allclose(xn.std(1), torch.ones(64), atol=1e-3)
@@ -175,3 +176,14 @@ def test_batch_topk_large_batch_paths_exact():
             assert idx.numel() == k * 300 and torch.equal(idx, idx.sort().values)
             ref = pre.flatten().topk(k * 300).values.sort().values
             assert torch.equal(pre.flatten()[idx].sort().values, ref)
+
+
+def test_sparse_and_dense_state_updates_agree():
+    a = BatchTopKSAE(12, 40, 3, seed=2, dead_after=2, k_aux=5)
+    b = BatchTopKSAE(12, 40, 3, seed=2, dead_after=2, k_aux=5)
+    for i in range(4):
+        x = _x(seed=i)
+        la, lb = a.training_loss(x), b.dense_training_loss(x)
+        assert torch.allclose(la["loss"], lb["loss"], atol=1e-5)
+        assert torch.equal(a.steps_since_fired, b.steps_since_fired)
+        assert torch.equal(a.threshold, b.threshold)
