@@ -52,7 +52,6 @@ import dataclasses
 import hashlib
 import json
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +394,23 @@ def _train(profile: Profile, spec: RunSpec, data: SyntheticData, out_dir: Path, 
     return trainer.load_run(out_dir)
 
 
+def _train_seconds(metrics_path: Path) -> float:
+    """Training wall time summed from the trainer's per-step ``tokens / tok_per_s`` records (also valid
+    for a reused run); NaN when the metrics file is missing."""
+    if not metrics_path.exists():
+        return float("nan")
+    total = 0.0
+    with open(metrics_path) as fh:
+        prev = 0
+        for line in fh:
+            rec = json.loads(line)
+            toks = rec.get("tokens", 0) - prev
+            prev = rec.get("tokens", 0)
+            if rec.get("tok_per_s"):
+                total += toks / rec["tok_per_s"]
+    return total
+
+
 def config_key(config: SyntheticConfig) -> str:
     """Short stable hash of a config (folder name that keeps runs of different configs apart)."""
     blob = json.dumps(config.as_dict(), sort_keys=True).encode()
@@ -413,7 +429,7 @@ def run_benchmark(config: SyntheticConfig | None = None,
     ``gamma``) or explicit :class:`RunSpec` s. Trained SAEs go to ``out_dir/<config_key>/<run name>``
     (a temporary directory, deleted afterwards, when None); a finished run there is reused.
     Returns one row per arm: run name, label, the metrics of :func:`evaluate_sae`, the ground truth's
-    own ``true_mean_abs_phi``/``true_l0`` and the training time in seconds.
+    own ``true_mean_abs_phi``/``true_l0`` and ``train_seconds`` (summed per-step training time).
     """
     from tqdm.auto import tqdm
 
@@ -428,9 +444,9 @@ def run_benchmark(config: SyntheticConfig | None = None,
     with tempfile.TemporaryDirectory(prefix="synthetic-") as tmp:
         root = Path(out_dir) if out_dir is not None else Path(tmp)
         for spec in tqdm(specs, desc="arms", disable=not progress):
-            t0 = time.perf_counter()
-            sae = _train(profile, spec, data, root / config_key(config) / spec.name, progress)
-            secs = time.perf_counter() - t0
+            run_dir = root / config_key(config) / spec.name
+            sae = _train(profile, spec, data, run_dir, progress)
+            secs = _train_seconds(run_dir / "metrics.jsonl")
             if hasattr(sae, "eval"):
                 sae.eval()
             row = dict(run=spec.name, arm=spec.arm, label=spec.label, lambda2=spec.lambda2,
