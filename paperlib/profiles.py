@@ -58,6 +58,8 @@ class Profile:
     """Passes over the training token range (reshuffled each epoch)."""
     lr: float = 3e-4
     dead_after: int = 5
+    """Steps without selection after which a latent counts as dead (reference: 5 at 4096 tokens/step;
+    profiles with smaller batches scale it to keep the same token window)."""
     k_aux: int = 512
     aux_alpha: float = 1 / 32
 
@@ -117,7 +119,7 @@ PROFILES: dict[str, Profile] = {
             train=409_600, calibration=51_200, cooccurrence=102_400, autointerp=51_200,
             ce=8_192,
         ),
-        n_latents=4608, k=32, n_meta=416, k_meta=8, batch_size=1024, train_epochs=1.0,
+        n_latents=4608, k=32, n_meta=416, k_meta=8, batch_size=1024, train_epochs=1.0, dead_after=20,
         autointerp_features=200, checkpoint_every=100,
     ),
     "smoke": Profile(
