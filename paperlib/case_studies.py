@@ -42,6 +42,7 @@ __all__ = [
     "find_candidates",
     "format_context",
     "interp_records",
+    "save_case_studies",
     "studies_frame",
 ]
 
@@ -206,13 +207,15 @@ def case_study_table(cand: Candidate, *, base_sae: str, partner_sae: str, rate_b
 
 def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, max_partners: int = 4,
                  max_rate: float = 0.05, min_phi: float = 0.2, top_k: int = 8, n_contexts: int = 3,
-                 window: int = 16, judge: Any = None, progress: bool = True,
+                 window: int = 16, judge: Any = None, n_scored: int | None = None, progress: bool = True,
                  ) -> dict[str, Any]:
     """Splitting and merging case studies between runs ``solo`` and ``joint`` of ``profile``.
 
     Returns ``{"splitting": [CaseStudy], "merging": [CaseStudy], "cross": CrossTopK,
     "n_splitting": int, "n_merging": int, "fired_solo", "fired_joint"}`` (top ``n_candidates``
     of each kind). Contexts come from the co-occurrence range (the tokens φ was measured on).
+    With a ``judge``, the features of the top ``n_scored`` candidates of each kind (default: all
+    shown) get fuzz scores and explanations from ``paperlib.interp.ensure_scores``.
     """
     import torch
 
@@ -234,13 +237,19 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     W = {k: v.W_dec.detach().float().cpu().numpy() for k, v in saes.items()}
     rates = {solo: np.asarray(cross.N1_a, np.float64) / cross.T, joint: np.asarray(cross.N1_b, np.float64) / cross.T}
 
-    need = {solo: set(), joint: set()}
-    for c in split:
-        need[solo].add(c.feature)
-        need[joint].update(c.partners)
-    for c in merge:
-        need[joint].add(c.feature)
-        need[solo].update(c.partners)
+    def features_of(cs_split: list[Candidate], cs_merge: list[Candidate]) -> dict[str, set[int]]:
+        need: dict[str, set[int]] = {solo: set(), joint: set()}
+        for c in cs_split:
+            need[solo].add(c.feature)
+            need[joint].update(c.partners)
+        for c in cs_merge:
+            need[joint].add(c.feature)
+            need[solo].update(c.partners)
+        return need
+
+    need = features_of(split, merge)
+    ns = n_candidates if n_scored is None else n_scored
+    scored = features_of(split[:ns], merge[:ns])
 
     cache = load_cache(p)
     acts, ids, pos = cache.acts("cooccurrence"), cache.token_ids("cooccurrence"), cache.positions("cooccurrence")
@@ -253,13 +262,21 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
         got = _top_contexts(saes[run], acts, ids, pos, sorted(need[run]), theta, decode, n_contexts,
                             window, progress)
         ctx.update({(run, f): v for f, v in got.items()})
-        interp[run] = interp_records(p, run, sorted(need[run]), judge)
+        interp[run] = interp_records(p, run, sorted(scored[run]), judge)
+
+    fired = {solo: fs, joint: fj}
 
     def build(c: Candidate, base: str, partner: str) -> CaseStudy:
         cos = cosine_matrix(W[base][[c.feature]], W[partner][c.partners])[0] if c.partners else np.zeros(0)
         tab = case_study_table(c, base_sae=base, partner_sae=partner, rate_base=float(rates[base][c.feature]),
                                rates_partner=rates[partner], cos=cos, interp_base=interp[base],
                                interp_partner=interp[partner])
+        # a genuine split has partners that rarely co-fire with each other; duplicates co-fire
+        fp = fired[partner]
+        pp = cross_phi_matrix(fp, fp, c.partners, c.partners) if len(c.partners) > 1 else np.zeros((1, 1))
+        np.fill_diagonal(pp, -np.inf)
+        tab["max_phi_other_partners"] = [math.nan] + [float(v) if np.isfinite(v) else math.nan
+                                                      for v in pp.max(axis=1)][:len(c.partners)]
         cx = {(base, c.feature): ctx.get((base, c.feature), [])}
         cx.update({(partner, f): ctx.get((partner, f), []) for f in c.partners})
         return CaseStudy(c, tab, cx)
@@ -309,8 +326,11 @@ def case_study_markdown(studies: Sequence[CaseStudy], title: str, note: str = ""
     for i, s in enumerate(studies, 1):
         c = s.candidate
         base = s.table.iloc[0]["sae"]
+        others = s.table["max_phi_other_partners"] if "max_phi_other_partners" in s.table else pd.Series([])
+        worst = others.max() if len(others.dropna()) else math.nan
         lines += [f"## {i}. {c.kind} candidate: {base} feature {c.feature} "
-                  f"(firing rate {c.firing_rate:.4f}, second-highest cross-φ {c.score:.3f})", "",
+                  f"(firing rate {c.firing_rate:.4f}, second-highest cross-φ {c.score:.3f}; "
+                  f"max φ between its partners {_fmt(worst)} — near 1 means duplicates, not a split)", "",
                   "| SAE | Feat | Fuzz | \\|φ\\| | Rate | Dec. cos | Description |",
                   "|---|---|---|---|---|---|---|"]
         for r in s.table.itertuples():
@@ -355,3 +375,17 @@ def cross_phi_figure(fired_solo: Any, fired_joint: Any, splitting: Sequence[Cand
         fig.colorbar(im, ax=ax, shrink=0.8, label="φ")
     fig.tight_layout()
     return fig
+
+
+def save_case_studies(studies: Sequence[CaseStudy], directory, name: str, title: str, note: str = "") -> list:
+    """Write ``<name>.csv`` (stacked tables with contexts) and ``<name>.md`` (paper-style tables with
+    the contexts), atomically."""
+    from pathlib import Path
+
+    from paperlib.io import write_text
+
+    d = Path(directory)
+    csv, md = d / f"{name}.csv", d / f"{name}.md"
+    write_text(csv, studies_frame(studies).to_csv(index=False))
+    write_text(md, case_study_markdown(studies, title, note))
+    return [csv, md]
