@@ -129,3 +129,31 @@ def test_format_context_and_markdown():
     assert "a «b» c" in md and "| solo | 0 |" in md
     df = studies_frame([st])
     assert isinstance(df, pd.DataFrame) and df.loc[0, "contexts"] == "a «b» c"
+
+
+def test_second_model_table_and_dirs(tmp_path, monkeypatch):
+    import math
+
+    import pandas as pd
+
+    from paperlib import second_model as sm
+
+    monkeypatch.setenv("PAPERLIB_OUTPUTS", str(tmp_path))
+    assert sm.output_dirs("gemma-3-270m") == (tmp_path / "default" / "figures", tmp_path / "default" / "tables")
+    assert sm.output_dirs("smoke")[1] == tmp_path / "smoke" / "tables"
+    names = [r.name for r in sm.gemma_plan("gemma-3-270m", "0.1,0.3", "1.0,3.0")]
+    assert names == ["solo", "joint-l0.1-s1", "joint-l0.1-s3", "joint-l0.3-s1", "joint-l0.3-s3"]
+    assert [r.name for r in sm.gemma_plan("smoke")] == ["solo", "joint-l0.3-s1"]
+    grid = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "lambda2": [math.nan, 0.3], "sigma2": [math.nan, 1.0],
+                         "mean_abs_phi": [0.02, 0.018], "delta_phi_pct": [0.0, -10.0], "l2": [0.1, 0.105],
+                         "delta_l2_pct": [0.0, 5.0], "l0": [8.0, 8.0], "ce_overhead_pct": [1.0, 1.2],
+                         "dead_latents": [0, 1], "welch_p": [math.nan, 0.01]})
+    fuzz = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "n_fuzz": [3, 3], "fuzz_mean": [0.4, 0.5]})
+    fuzz["dfuzz_pct"] = 100 * (fuzz["fuzz_mean"] - 0.4) / 0.4
+    t = sm.gemma_table(grid, fuzz)
+    assert list(t.columns) == sm.GEMMA_COLUMNS
+    assert t.loc[1, "dphi_pct"] == -10.0 and t.loc[1, "dfuzz_pct"] == pytest.approx(25.0)
+    assert sm.gemma_table(grid)["fuzz_mean"].isna().all()
+    empty = sm.fuzz_table("smoke", ["solo", "joint-l0.3-s1"], 3, judge=None)
+    assert empty["fuzz_mean"].isna().all() and list(empty["n_fuzz"]) == [0, 0]
+    sm.gemma_figure(t)
