@@ -258,30 +258,25 @@ def ensure_ce(profile: str | Profile, names: Iterable[str], *, batchtopk_for: It
         from paperlib.lm import load_lm
 
         lm = load_lm(p.model, dtype=p.lm_dtype)
-        splices: dict[str, Any] = {}
         if ref is None:
-            splices["clean"] = None
-            splices["zero"] = zero_splice
-        for name, info in todo.items():
-            sae = load_run(p, name)
-            theta = _thresholds(p, name, progress)
-            splices[f"{name}|thr"] = sae_splice(sae, theta)
-            if info["batchtopk"]:
-                splices[f"{name}|bt"] = sae_splice(sae, None)
-        ce = ce_losses(lm, ids, p.layer, splices, batch_size=p.lm_batch_size, progress=progress)
-        if ref is None:
+            ce = ce_losses(lm, ids, p.layer, {"clean": None, "zero": zero_splice},
+                           batch_size=p.lm_batch_size, progress=progress)
             ref = {"key": ref_key, "ce_clean": ce["clean"].ce, "ce_zero": ce["zero"].ce,
                    "n_predictions": ce["clean"].n_tokens, "range": "ce"}
             write_json(ref_path, ref)
-        for name, info in todo.items():
-            clean, zero = ref["ce_clean"], ref["ce_zero"]
-            spliced = ce[f"{name}|thr"].ce
+        clean, zero = ref["ce_clean"], ref["ce_zero"]
+        for name, info in todo.items():  # one run at a time: each result is cached as soon as it exists
+            sae = load_run(p, name)
+            splices: dict[str, Any] = {"thr": sae_splice(sae, _thresholds(p, name, progress))}
+            if info["batchtopk"]:
+                splices["bt"] = sae_splice(sae, None)
+            ce = ce_losses(lm, ids, p.layer, splices, batch_size=p.lm_batch_size, progress=progress)
+            spliced = ce["thr"].ce
             res = {"run": name, "range": "ce", "key": info["key"], "ce_clean": clean, "ce_zero": zero,
                    "ce_spliced": spliced, "overhead_pct": overhead_pct(spliced, clean),
-                   "recovered": loss_recovered(spliced, clean, zero),
-                   "n_predictions": ce[f"{name}|thr"].n_tokens}
+                   "recovered": loss_recovered(spliced, clean, zero), "n_predictions": ce["thr"].n_tokens}
             if info["batchtopk"]:
-                b = ce[f"{name}|bt"].ce
+                b = ce["bt"].ce
                 res.update(ce_batchtopk=b, overhead_batchtopk_pct=overhead_pct(b, clean))
             write_json(info["path"], res)
             results[name] = res
