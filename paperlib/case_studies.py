@@ -345,11 +345,15 @@ def case_study_markdown(studies: Sequence[CaseStudy], title: str, note: str = ""
     return "\n".join(lines) + "\n"
 
 
-def cross_phi_figure(fired_solo: Any, fired_joint: Any, splitting: Sequence[Candidate],
-                     merging: Sequence[Candidate] = (), solo_label: str = "solo", joint_label: str = "joint"):
+def cross_phi_figure(fired_solo: Any, fired_joint: Any, splitting: Sequence[Candidate | CaseStudy],
+                     merging: Sequence[Candidate | CaseStudy] = (), solo_label: str = "solo",
+                     joint_label: str = "joint"):
     """Heatmaps of exact cross-φ: splitting candidates (rows, solo) × the union of their joint
     partners (columns), and merging candidates (rows, joint) × their solo partners."""
     import matplotlib.pyplot as plt
+
+    splitting = [getattr(c, "candidate", c) for c in splitting]
+    merging = [getattr(c, "candidate", c) for c in merging]
 
     panels = [(list(splitting), fired_solo, fired_joint, solo_label, joint_label, "splitting"),
               (list(merging), fired_joint, fired_solo, joint_label, solo_label, "merging")]

@@ -157,3 +157,13 @@ def test_second_model_table_and_dirs(tmp_path, monkeypatch):
     empty = sm.fuzz_table("smoke", ["solo", "joint-l0.3-s1"], 3, judge=None)
     assert empty["fuzz_mean"].isna().all() and list(empty["n_fuzz"]) == [0, 0]
     sm.gemma_figure(t)
+
+
+def test_cross_phi_figure_accepts_candidates_and_studies():
+    from paperlib.case_studies import CaseStudy, cross_phi_figure
+
+    S, J = _pair()
+    split, merge, _ = find_candidates(S, J, min_phi=0.3)
+    cross_phi_figure(S, J, split, merge)
+    cross_phi_figure(S, J, [CaseStudy(c, None) for c in split], [])
+    cross_phi_figure(S, J, [], [])
