@@ -10,11 +10,14 @@ B = 4096 (the SPEC's reference step):
   per primary token;
 - optionally (``--dead``) the same with a fraction of latents marked dead (AuxK active).
 
-Ratios are printed against the naive step measured in the same process. A comparison with SAELens /
+Times are the minimum over repetitions. Ratios are printed against the naive step measured in the
+same process. A comparison with SAELens /
 dictionary_learning is out of scope here (they would have to be installed in separate venvs; SPEC §6
 records their measured speeds on this machine: ≈1,900 and ≈2,600 tok/s at B = 4096).
 
-Usage: ``.venv/bin/python benchmarks/train.py [--batch 1024 4096] [--reps 3] [--dead 0.1]``
+Usage: ``.venv/bin/python benchmarks/train.py [--batch 1024 4096] [--reps 3] [--dead 0.1]``.
+On a shared, oversubscribed machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads
+make small parallel ops (sort, embedding_bag, ...) up to ~70x slower under contention.
 """
 
 from __future__ import annotations
@@ -55,11 +58,14 @@ def naive_dense_step(sae: BatchTopKSAE, opt: torch.optim.Optimizer, x: torch.Ten
 
 
 def _time(fn, reps: int) -> float:
+    """Minimum wall time of ``reps`` calls after one warm-up (robust to a loaded machine)."""
     fn()  # warm-up
-    t0 = time.perf_counter()
+    best = float("inf")
     for _ in range(reps):
+        t0 = time.perf_counter()
         fn()
-    return (time.perf_counter() - t0) / reps
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, k: int = 32) -> dict:
@@ -91,7 +97,7 @@ def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, 
             joint.macro_step(x)
             mark_dead(joint.primary)
 
-    t_macro = _time(macro, 1) / prof.n_primary_steps
+    t_macro = _time(macro, 2) / prof.n_primary_steps
     out = dict(batch=batch, d=d, n=n, k=k, n_meta=prof.n_meta, dead_frac=dead_frac,
                naive=batch / t_naive, solo=batch / t_solo, joint=batch / t_macro)
     out["solo_vs_naive"] = out["solo"] / out["naive"]
