@@ -57,6 +57,7 @@ class Profile:
     train_epochs: float = 1.0
     """Passes over the training token range (reshuffled each epoch)."""
     lr: float = 3e-4
+    """Adam learning rate (reference 3e-4 for 100M-token runs; short CPU profiles use a larger one)."""
     dead_after: int = 5
     """Steps without selection after which a latent counts as dead (reference: 5 at 4096 tokens/step;
     profiles with smaller batches scale it to keep the same token window)."""
@@ -120,6 +121,7 @@ PROFILES: dict[str, Profile] = {
             ce=8_192,
         ),
         n_latents=4608, k=32, n_meta=416, k_meta=8, batch_size=1024, train_epochs=1.0, dead_after=20,
+        lr=1e-3,
         autointerp_features=200, checkpoint_every=100,
     ),
     "smoke": Profile(
