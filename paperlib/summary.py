@@ -99,17 +99,19 @@ def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
     welch = (f"t = {_get(sel, 'welch_t', 't', spec='.2f')}, p = {_get(sel, 'welch_p', 'p', spec='.2g')}, "
              f"pairs = {_get(sel, 'n_pairs', spec=',.0f')}")
     rows.append(("Welch t, p (mean \\|φ\\|, joint vs solo)", PAPER["welch_t"], welch))
-    noise = _read(tables, "noise_floor")
     nf = "not run"
-    if noise is not None and len(noise):
-        r = noise.iloc[0]
-        nf = (f"{_get(r, 'mean', 'mean_abs_phi_mean')} ± {_get(r, 'std', 'mean_abs_phi_std')} "
-              f"over {_get(r, 'n', 'n_seeds', spec='.0f')} seeds")
+    if t1 is not None and "arm" in t1.columns:
+        solos = t1[t1["arm"] == "solo"]["mean_abs_phi"].astype(float)
+        if len(solos) >= 2:
+            nf = f"{solos.mean():.4g} ± {solos.std(ddof=1):.2g} over {len(solos)} independent solo SAEs"
+            if sel is not None:
+                nf += f"; joint−solo gap {float(sel['mean_abs_phi']) - float(solo['mean_abs_phi']):+.3g}"
     rows.append(("noise floor (independent solo seeds)", PAPER["noise_floor"], nf))
     rows.append(("CE overhead, solo", PAPER["ce_solo"], _get(solo, "ce_overhead_pct", spec="+.2f", unit="%")))
     rows.append(("CE overhead, joint", PAPER["ce_joint"], _get(sel, "ce_overhead_pct", spec="+.2f", unit="%")))
     rows.append(("dead latents", PAPER["dead"],
-                 f"joint {_get(sel, 'dead', spec='.0f')} vs solo {_get(solo, 'dead', spec='.0f')}"))
+                 f"joint {_get(sel, 'dead_latents', 'dead', spec='.0f')} "
+                 f"vs solo {_get(solo, 'dead_latents', 'dead', spec='.0f')}"))
     rows.append(("λ₂ = 0 control", PAPER["control"],
                  f"Δ\\|φ\\| {_get(ctrl, 'dphi_pct', 'delta_phi_pct', spec='+.2f', unit='%')}, "
                  f"ΔL2 {_get(ctrl, 'dl2_pct', 'delta_l2_pct', spec='+.2f', unit='%')}"))
