@@ -130,6 +130,13 @@ def gemma_figure(table: pd.DataFrame, title: str = ""):
         b.bar(range(len(vals)), np.nan_to_num(vals), color=["tab:green" if v > 0 else "tab:red" for v in vals])
         b.axhline(0, color="grey", lw=0.8)
         b.set_ylabel("ΔFuzz vs solo (%)")
+        n_solo = table.loc[table["run"] == "solo", "n_fuzz"]
+        for i, (v, n) in enumerate(zip(vals, joint["n_fuzz"], strict=True)):
+            if np.isfinite(v):
+                b.annotate(f"n={int(n)}", (i, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
+        if len(n_solo):
+            b.text(0.01, 0.99, f"solo n={int(n_solo.iloc[0])} scored features", transform=b.transAxes,
+                   ha="left", va="top", fontsize=7)
     else:
         b.text(0.5, 0.5, "no fuzz scores (judge disabled or auto-interp unavailable)",
                ha="center", va="center", transform=b.transAxes, fontsize=8)
