@@ -22,6 +22,10 @@ highlighted items (fuzz scores in {−1, −1/3, 1/3, 1}), no detection by defau
 smoke profile with 8 test windows of 24 tokens: 11.5 s per feature with the machine's 2 cores
 ~3× oversubscribed (≈ 4 s idle, i.e. ≈ 25 min for 400 features — over the 20-min budget), hence
 6 windows of 20 tokens (≈ 0.7× the tokens: ≈ 2.7 s per feature idle, ≈ 18 min for 400).
+Judge-only time with these settings, measured under heavy load (load average 4–5 on 2 cores,
+other torch jobs running): 19.8 s per feature; from the SPEC §6 throughput (≈ 350 tok/s for
+the full model idle) the ~600 judged tokens per feature take ≈ 2 s idle. Unverified on an idle
+machine: the notebook prints ``sec_per_feature``; pass a smaller ``context_kwargs`` if needed.
 The neutral-prefix likelihoods do not depend on the
 explanation; they are cached on disk per (prefix, text), so re-scoring a feature with another
 explanation or a re-run reuses them. The paper-scale settings are ``PAPER_CONTEXT`` (32-token
