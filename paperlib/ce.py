@@ -59,9 +59,16 @@ def batch_ce(lm, ids: torch.Tensor, layer: int, splice: SpliceFn | None) -> tupl
             _block(lm, layer - 1).output[:, 1:, :] = new
         logits = lm.lm_head.output.save()
     logits = logits[0] if isinstance(logits, tuple) else logits
-    lp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    nll = -lp.gather(-1, ids[:, 1:, None].to(lp.device)).squeeze(-1)
-    return float(nll.sum()), int(nll.numel())
+    # one row at a time: an fp64 [B, S, vocab] copy would need >4 GB for Gemma's 262k vocabulary.
+    # log-softmax in fp32 (as the model computes it), summed in fp64.
+    total, count = 0.0, 0
+    targets = ids[:, 1:].to(logits.device)
+    for row in range(logits.shape[0]):
+        lp = torch.log_softmax(logits[row, :-1].float(), dim=-1)
+        nll = -lp.gather(-1, targets[row, :, None]).squeeze(-1)
+        total += float(nll.double().sum())
+        count += int(nll.numel())
+    return total, count
 
 
 @dataclass(frozen=True)
