@@ -57,14 +57,15 @@ def gemma_plan(profile: str | Profile, lambda2: Any = "0.1,0.3,1.0", sigma2: Any
 
 def sample_features(profile: str | Profile, run: str, n: int, seed: int = 0) -> list[int]:
     """``n`` alive features of ``run`` (fired on the co-occurrence range), uniform without replacement,
-    seeded by (seed, run name) so each run gets its own independent sample."""
+    seeded by (seed, run name) so each run gets its own independent sample. Prefix-stable: the
+    sample of n is the first n of one seeded permutation, so a larger n reuses cached scores."""
     from paperlib.evaluate import ensure_reconstruction
 
     counts = np.asarray(ensure_reconstruction(profile, run, progress=False)["firing_counts"])
     alive = np.flatnonzero(counts > 0)
     rng = np.random.default_rng([seed, *run.encode()])
     take = min(n, len(alive))
-    return sorted(int(f) for f in rng.choice(alive, size=take, replace=False))
+    return sorted(int(f) for f in rng.permutation(alive)[:take])
 
 
 def fuzz_table(profile: str | Profile, names: list[str], n_features: int, judge: Any, seed: int = 0,
