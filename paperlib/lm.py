@@ -72,6 +72,17 @@ def _converted_dir(key: str) -> Path:
     return cache_dir() / "models" / key
 
 
+def _save_model_dir(model, tok, out: Path) -> Path:
+    """Save model + tokenizer as safetensors into ``out`` atomically (temp dir, then rename)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def _convert_gguf(key: str, gguf: Path) -> Path:
     """De-quantise a GGUF to fp32 safetensors once; later loads read the cached copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,13 +96,7 @@ def _convert_gguf(key: str, gguf: Path) -> Path:
     model.hf_quantizer = None  # weights are already de-quantised to fp32
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return _save_model_dir(model, tok, out)
 
 
 def _tiny_smollm2() -> Path:
@@ -109,13 +114,7 @@ def _tiny_smollm2() -> Path:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return _save_model_dir(model, tok, out)
 
 
 def _load_dir(key: str) -> Path:
