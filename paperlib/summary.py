@@ -96,8 +96,10 @@ def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
     rows.append(("Δ mean \\|φ\\| (selected vs solo)", PAPER["dphi_pct"], f"{dphi} ({phis})"))
     dl2 = _get(sel, "dl2_pct", "delta_l2_pct", spec="+.2f", unit="%")
     rows.append(("ΔL2 (selected vs solo)", PAPER["dl2_pct"], dl2))
-    welch = (f"t = {_get(sel, 'welch_t', 't', spec='.2f')}, p = {_get(sel, 'welch_p', 'p', spec='.2g')}, "
-             f"pairs = {_get(sel, 'n_pairs', spec=',.0f')}")
+    p_txt = _get(sel, "welch_p", "p", spec=".2g")
+    if p_txt == "0" and sel is not None and "welch_log10_p" in sel.index:  # fp64 underflow: show log10 p
+        p_txt = f"10^{float(sel['welch_log10_p']):.0f}"
+    welch = f"t = {_get(sel, 'welch_t', 't', spec='.2f')}, p = {p_txt}, pairs = {_get(sel, 'n_pairs', spec=',.0f')}"
     rows.append(("Welch t, p (mean \\|φ\\|, joint vs solo)", PAPER["welch_t"], welch))
     nf = "not run"
     if t1 is not None and "arm" in t1.columns:
