@@ -116,7 +116,9 @@ def ensure_calibration(profile: str | Profile, name: str, *, progress: bool = Tr
     p = get_profile(profile)
     d = eval_dir(p, name) / "calibration"
     n_tok = int(p.tokens.calibration)
-    mode = "exact" if n_tok * p.k <= EXACT_CALIBRATION_MAX_VALUES else "hist"
+    mode = p.calibration_mode
+    if mode == "auto":
+        mode = "exact" if n_tok * p.k <= EXACT_CALIBRATION_MAX_VALUES else "hist"
     key = _stage_key(p, name, stage="calibration", range="calibration", n_tokens=n_tok,
                      batch_size=p.batch_size, mode=mode)
     if _fresh(d / "key.json", key, d / "thresholds.safetensors", d / "calibration.json"):
@@ -183,31 +185,42 @@ def load_firing(profile: str | Profile, name: str) -> sp.csr_matrix:
 # reconstruction
 # ----------------------------------------------------------------------------------------------
 def ensure_reconstruction(profile: str | Profile, name: str, *, progress: bool = True) -> dict[str, Any]:
-    """Reconstruction metrics of run ``name`` on the **co-occurrence** range with the calibrated
-    per-token thresholds: ``mse`` (L2 in the normalised space), ``fve``, ``l0``, ``n_dead``, firing-rate
+    """Reconstruction metrics of run ``name`` on the **co-occurrence** range (its first
+    ``profile.recon_tokens`` tokens when set) with the calibrated per-token thresholds: ``mse``
+    (L2 in the normalised space), ``fve``, ``l0``, ``n_dead``, firing-rate
     quantiles, norm statistics (see :class:`paperlib.reconstruction.ReconMetrics`); the
     ``batchtopk`` sub-dict has the same metrics with the training-time BatchTopK encoder.
     Per-feature ``firing_counts`` and the log10 firing-rate histogram (``rate_hist_counts`` over
-    ``rate_hist_edges``) are included as lists.
+    ``rate_hist_edges``) are included as lists. Dead latents, firing counts and rate statistics
+    always cover the whole range (from the co-occurrence firing matrix when a subset is used).
     """
-    from paperlib.reconstruction import RATE_LOG10_EDGES, reconstruction_metrics
+    from paperlib.reconstruction import RATE_LOG10_EDGES, firing_summary, reconstruction_metrics
 
     p = get_profile(profile)
     d = eval_dir(p, name)
     key = _stage_key(p, name, stage="reconstruction", range="cooccurrence",
-                     n_tokens=int(p.tokens.cooccurrence), batch_size=p.batch_size,
+                     n_tokens=int(p.tokens.cooccurrence), recon_tokens=p.recon_tokens, batch_size=p.batch_size,
                      calibration=_cal_key(p, name, progress))
     out, key_path = d / "reconstruction.json", d / "reconstruction.key.json"
     if _fresh(key_path, key, out):
         return read_json(out)
     sae = load_run(p, name)
     theta = _thresholds(p, name, progress)
-    acts = _cache(p).acts("cooccurrence")
+    full = _cache(p).acts("cooccurrence")
+    n_tok = len(full) if p.recon_tokens is None else min(len(full), int(p.recon_tokens))
+    acts = full[:n_tok]
     m = reconstruction_metrics(sae, acts, theta, batch_size=p.batch_size, progress=progress)
     b = reconstruction_metrics(sae, acts, None, batch_size=p.batch_size, progress=progress)
     arrays = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in m.to_dict(with_arrays=True).items()}
-    res = {"run": name, "range": "cooccurrence", **arrays,
+    res = {"run": name, "range": "cooccurrence", "n_tokens_evaluated": n_tok, **arrays,
            "rate_hist_edges": RATE_LOG10_EDGES.tolist(), "batchtopk": b.to_dict()}
+    if n_tok < len(full):  # firing statistics over the whole range
+        fired = load_firing(p, name)
+        counts = np.asarray(fired.sum(axis=0), dtype=np.int64).ravel()
+        fs = firing_summary(counts, fired.shape[0])
+        res.update(n_dead=fs["n_dead"], dead_frac=fs["dead_frac"],
+                   firing_rate_quantiles=fs["firing_rate_quantiles"], firing_counts=counts.tolist(),
+                   rate_hist_counts=fs["rate_hist_counts"].tolist(), firing_n_tokens=int(fired.shape[0]))
     write_json(out, res)
     write_json(key_path, {"key": key})
     return res

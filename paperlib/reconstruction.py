@@ -158,24 +158,32 @@ class ReconAccumulator:
             raise ValueError("no tokens accumulated")
         T = self.T
         sst = self.sumsq_x - float(np.square(self.sum_x).sum()) / T
-        rates = self.fire / T
-        alive = self.fire > 0
-        with np.errstate(divide="ignore"):
-            lr = np.log10(rates[alive])
-        hist, _ = np.histogram(np.clip(lr, RATE_LOG10_EDGES[0], RATE_LOG10_EDGES[-1]), bins=RATE_LOG10_EDGES)
         n_act = int(self.fire.sum())
+        fs = firing_summary(self.fire, T)
         return ReconMetrics(
             n_tokens=T, d=self.d, n_latents=self.n_latents, mse=self.sse / (T * self.d),
             fve=1.0 - self.sse / sst if sst > 0 else float("nan"), sse=self.sse, sst=sst,
-            l0=self.l0.mean, l0_std=self.l0.std, n_dead=int((~alive).sum()),
-            dead_frac=float((~alive).mean()),
-            firing_rate_quantiles={f"q{q:g}": float(np.quantile(rates, q)) for q in RATE_QUANTILES},
+            l0=self.l0.mean, l0_std=self.l0.std, n_dead=fs["n_dead"], dead_frac=fs["dead_frac"],
+            firing_rate_quantiles=fs["firing_rate_quantiles"],
             input_norm=self.raw_norm.as_dict() if self.raw_norm.n else {},
             normalized_norm=self.xn_norm.as_dict(), recon_norm=self.xh_norm.as_dict(),
             norm_ratio=self.ratio.as_dict(), code_l1=self.code_l1 / T,
             mean_active_value=self.active_sum / n_act if n_act else float("nan"),
-            encoding=self.encoding, firing_counts=self.fire.copy(), rate_hist_counts=hist.astype(np.int64),
+            encoding=self.encoding, firing_counts=self.fire.copy(), rate_hist_counts=fs["rate_hist_counts"],
         )
+
+
+def firing_summary(counts: np.ndarray, n_tokens: int) -> dict[str, Any]:
+    """Dead latents, firing-rate quantiles and the log10 rate histogram from per-feature counts."""
+    counts = np.asarray(counts, dtype=np.int64)
+    rates = counts / max(int(n_tokens), 1)
+    alive = counts > 0
+    with np.errstate(divide="ignore"):
+        lr = np.log10(rates[alive])
+    hist, _ = np.histogram(np.clip(lr, RATE_LOG10_EDGES[0], RATE_LOG10_EDGES[-1]), bins=RATE_LOG10_EDGES)
+    return {"n_dead": int((~alive).sum()), "dead_frac": float((~alive).mean()),
+            "firing_rate_quantiles": {f"q{q:g}": float(np.quantile(rates, q)) for q in RATE_QUANTILES},
+            "rate_hist_counts": hist.astype(np.int64)}
 
 
 @torch.no_grad()
@@ -209,5 +217,5 @@ def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *
 # ==============================================================================================
 from paperlib.ce import CEResult, ce_losses, loss_recovered, overhead_pct, sae_splice, zero_splice  # noqa: E402
 
-__all__ = ["CEResult", "ReconAccumulator", "ReconMetrics", "ce_losses", "loss_recovered", "overhead_pct",
-           "reconstruction_metrics", "sae_splice", "zero_splice"]
+__all__ = ["CEResult", "ReconAccumulator", "ReconMetrics", "ce_losses", "firing_summary", "loss_recovered",
+           "overhead_pct", "reconstruction_metrics", "sae_splice", "zero_splice"]

@@ -140,3 +140,25 @@ def test_write_selection_read_by_runs(tmp_artifacts):
     p = _profile()
     ev.write_selection(p, ev.select_configuration(_hand_table(), 5.0))
     assert selected_joint(p) == "joint-l0.3-s1"
+
+
+def test_reconstruction_subset_keeps_full_range_firing_stats(env):
+    p, _ = env
+    full = ev.ensure_reconstruction(p, "solo", progress=False)
+    sub_p = p.replace(recon_tokens=100)
+    sub = ev.ensure_reconstruction(sub_p, "solo", progress=False)
+    assert full["n_tokens"] == 512 and sub["n_tokens"] == 100 and sub["n_tokens_evaluated"] == 100
+    assert sub["mse"] != full["mse"]  # errors on the subset only
+    # dead latents and firing counts always cover the whole co-occurrence range
+    assert sub["n_dead"] == full["n_dead"] == ev.ensure_cooccurrence(p, "solo", progress=False)["n_dead"]
+    assert sub["firing_counts"] == full["firing_counts"]
+    assert sub["rate_hist_counts"] == full["rate_hist_counts"]
+    assert sub["firing_rate_quantiles"] == pytest.approx(full["firing_rate_quantiles"])
+
+
+def test_profile_evaluation_settings_are_validated():
+    with pytest.raises(ValueError, match="calibration_mode"):
+        get_profile("smoke", calibration_mode="fast")
+    with pytest.raises(ValueError, match="recon_tokens"):
+        get_profile("smoke", recon_tokens=0)
+    assert get_profile("default").calibration_mode == "hist"
