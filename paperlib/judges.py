@@ -497,7 +497,7 @@ class LocalLikelihoodJudge(_Stats):
 
     def __init__(self, model=None, tokenizer=None, model_name: str = "smollm2-135m",
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 16,
-                 use_prefix_cache: bool = False):
+                 use_prefix_cache: bool = True):
         super().__init__()
         self.use_prefix_cache = use_prefix_cache
         self._model, self._tok = model, tokenizer
@@ -564,9 +564,11 @@ class LocalLikelihoodJudge(_Stats):
     def _forward(self, model, tok, prefix: str, pieces_list: list[list[str]]) -> list[list[float]]:
         """Per-piece log-probs of a batch of continuations sharing ``prefix``.
 
-        With ``use_prefix_cache`` (transformers models only) the prefix is run once and its KV
-        cache repeated over the batch; numerically equal (tested) but not faster on 2 CPU cores
-        in our measurement, so off by default: every sequence is run in full.
+        With ``use_prefix_cache`` (default; transformers models only) the prefix is run once and
+        its KV cache repeated over the batch: equal to running every sequence in full within
+        1e-4 nats (tested) and 1.4x faster on real fuzz items (``benchmarks/judge.py``: 1.5 vs
+        2.1 s per feature on one CPU thread). Either way, logits are only formed at the positions
+        that are scored.
         """
         import torch
 
@@ -593,7 +595,7 @@ class LocalLikelihoodJudge(_Stats):
         use_kv = self.use_prefix_cache and hasattr(model, "config") and P > 0
         with torch.no_grad(), self._lock:
             if use_kv:
-                out = model(input_ids=torch.tensor([pre]), use_cache=True)
+                out = model(input_ids=torch.tensor([pre]), use_cache=True, logits_to_keep=1)
                 pkv = out.past_key_values
                 pkv.batch_repeat_interleave(B)
                 full_att = torch.cat([torch.ones((B, P), dtype=torch.long), att], dim=1)
@@ -604,8 +606,11 @@ class LocalLikelihoodJudge(_Stats):
             else:
                 full = torch.cat([torch.tensor([pre] * B, dtype=torch.long).reshape(B, P), inp], 1)
                 full_att = torch.cat([torch.ones((B, P), dtype=torch.long), att], dim=1)
-                logits = model(input_ids=full, attention_mask=full_att).logits.float()
-                logits = logits[:, P - 1:P - 1 + L]
+                if hasattr(model, "config"):  # transformers: logits only for the last L+1 positions
+                    logits = model(input_ids=full, attention_mask=full_att, logits_to_keep=L + 1).logits
+                    logits = logits[:, :L].float()
+                else:
+                    logits = model(input_ids=full, attention_mask=full_att).logits[:, P - 1:P - 1 + L].float()
             lp = torch.log_softmax(logits, dim=-1).gather(-1, inp[:, :, None])[:, :, 0]
         return [[float(lp[b, a:e].sum()) if e > a else 0.0 for a, e in sp]
                 for b, sp in enumerate(spans)]
