@@ -38,6 +38,7 @@ __all__ = [
     "case_study_markdown",
     "case_study_table",
     "cross_phi_figure",
+    "drop_duplicate_partners",
     "cross_phi_matrix",
     "find_candidates",
     "format_context",
@@ -114,6 +115,25 @@ def find_candidates(fired_solo: Any, fired_joint: Any, *, max_rate: float = 0.05
     kw = dict(max_rate=max_rate, min_phi=min_phi, min_partners=min_partners)
     return (candidates_from_cross(cross, "splitting", **kw),
             candidates_from_cross(cross, "merging", **kw), cross)
+
+
+def drop_duplicate_partners(cands: Sequence[Candidate], fired_partner: Any, n: int,
+                            max_phi: float | None = 0.8) -> tuple[list[Candidate], int]:
+    """The first ``n`` candidates whose two strongest partners co-fire with each other at φ <
+    ``max_phi`` (φ on ``fired_partner``, the partners' firing matrix), and how many were skipped
+    before the ``n``-th kept one. Partners that nearly always fire together are one feature
+    learned twice, not a split. ``max_phi=None`` keeps the first ``n``."""
+    keep: list[Candidate] = []
+    skipped = 0
+    for c in cands:
+        if len(keep) == n:
+            break
+        if max_phi is not None and len(c.partners) >= 2 and \
+                cross_phi_matrix(fired_partner, fired_partner, c.partners[:1], c.partners[1:2])[0, 0] >= max_phi:
+            skipped += 1
+            continue
+        keep.append(c)
+    return keep, skipped
 
 
 def cross_phi_matrix(fired_a: Any, fired_b: Any, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
@@ -208,7 +228,7 @@ def case_study_table(cand: Candidate, *, base_sae: str, partner_sae: str, rate_b
 def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, max_partners: int = 4,
                  max_rate: float = 0.05, min_phi: float = 0.2, top_k: int = 8, n_contexts: int = 3,
                  window: int = 16, judge: Any = None, n_scored: int | None = None, progress: bool = True,
-                 ) -> dict[str, Any]:
+                 max_partner_phi: float | None = 0.8) -> dict[str, Any]:
     """Splitting and merging case studies between runs ``solo`` and ``joint`` of ``profile``.
 
     Returns ``{"splitting": [CaseStudy], "merging": [CaseStudy], "cross": CrossTopK,
@@ -216,6 +236,9 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     of each kind). Contexts come from the co-occurrence range (the tokens φ was measured on).
     With a ``judge``, the features of the top ``n_scored`` candidates of each kind (default: all
     shown) get fuzz scores and explanations from ``paperlib.interp.ensure_scores``.
+    ``max_partner_phi``: skip candidates whose two strongest partners co-fire with each other at
+    φ ≥ this value (near-duplicate partners are one feature learned twice, not a split); ``None``
+    keeps every candidate. ``n_skipped_duplicates`` counts the skipped ones among those examined.
     """
     import torch
 
@@ -232,7 +255,9 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
                                           progress=progress)
     for c in split + merge:
         c.partners, c.partner_phi = c.partners[:max_partners], c.partner_phi[:max_partners]
-    split, merge = split[:n_candidates], merge[:n_candidates]
+    skipped = {}
+    split, skipped["splitting"] = drop_duplicate_partners(split, fj, n_candidates, max_partner_phi)
+    merge, skipped["merging"] = drop_duplicate_partners(merge, fs, n_candidates, max_partner_phi)
     saes = {solo: load_run(p, solo), joint: load_run(p, joint)}
     W = {k: v.W_dec.detach().float().cpu().numpy() for k, v in saes.items()}
     rates = {solo: np.asarray(cross.N1_a, np.float64) / cross.T, joint: np.asarray(cross.N1_b, np.float64) / cross.T}
@@ -286,7 +311,8 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     return {"splitting": [build(c, solo, joint) for c in split],
             "merging": [build(c, joint, solo) for c in merge],
             "cross": cross, "n_splitting": n_split, "n_merging": n_merge,
-            "fired_solo": fs, "fired_joint": fj, "interp_available": bool(interp[solo] or interp[joint])}
+            "fired_solo": fs, "fired_joint": fj, "interp_available": bool(interp[solo] or interp[joint]),
+            "n_skipped_duplicates": skipped, "max_partner_phi": max_partner_phi}
 
 
 def _tokenizer(model: str):

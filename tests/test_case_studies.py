@@ -8,6 +8,7 @@ from paperlib.case_studies import (
     candidates_from_cross,
     case_study_markdown,
     cross_phi_matrix,
+    drop_duplicate_partners,
     find_candidates,
     format_context,
     studies_frame,
@@ -167,3 +168,19 @@ def test_cross_phi_figure_accepts_candidates_and_studies():
     cross_phi_figure(S, J, split, merge)
     cross_phi_figure(S, J, [CaseStudy(c, None) for c in split], [])
     cross_phi_figure(S, J, [], [])
+
+
+def test_duplicate_partners_are_skipped():
+    """A solo feature whose two partners are copies of each other is a duplicate, not a split."""
+    S, J = _pair()
+    J = np.concatenate([J, J[:, [5]]], axis=1)  # joint 12 = exact copy of joint 5
+    S = np.concatenate([S, J[:, [5]]], axis=1)  # solo 12 fires with joint 5 and its copy
+    split, _, _ = find_candidates(sp.csr_matrix(S), sp.csr_matrix(J), min_phi=0.2)
+    dup = [c for c in split if c.feature == 12]
+    assert dup and sorted(dup[0].partners[:2]) == [5, 12] and dup[0].score == pytest.approx(1.0)
+    assert split[0].feature == 12  # ranked first: both partners at φ = 1
+    kept, skipped = drop_duplicate_partners(split, sp.csr_matrix(J), n=2, max_phi=0.8)
+    assert 12 not in [c.feature for c in kept] and skipped == 1
+    assert [c.feature for c in kept] == [c.feature for c in split if c.feature != 12][:2]
+    kept_all, skipped_none = drop_duplicate_partners(split, sp.csr_matrix(J), n=2, max_phi=None)
+    assert [c.feature for c in kept_all] == [c.feature for c in split[:2]] and skipped_none == 0
