@@ -42,6 +42,17 @@ match SAELens' layer_norm (detected numerically, ``normalize_activations="auto"`
 ``normalize_activations="none"`` is requested, the export uses ``"none"``: the weights are then
 correct for **pre-normalised inputs** x̃ (feed ``paperlib_sae.normalize(x)``; outputs are in the
 normalised space), and ``metadata.paperlib.inputs`` says so.
+
+Per-dimension input standardisation
+-----------------------------------
+An SAE trained with ``input_norm="dim+token"`` (:meth:`paperlib.models.BatchTopKSAE.set_input_standardisation`)
+first maps x ← (x − input_mean) / input_scale per dimension and only then standardises per token.
+SAELens has no normalisation that composes a per-dimension affine map with a per-token layer_norm
+(and the per-token step is nonlinear, so the affine map cannot be folded into W_enc / b_dec).
+Such an SAE is therefore exported with ``normalize_activations = "none"`` (``"auto"``) for
+pre-normalised inputs x̃ = ``sae.normalize(x)`` (which includes the per-dimension step); the
+per-dimension ``mean`` / ``scale`` are written to ``metadata.paperlib.input_standardisation`` so that
+x̃ can be computed without paperlib. Requesting ``normalize_activations="layer_norm"`` raises.
 """
 
 from __future__ import annotations
@@ -145,7 +156,12 @@ def to_saelens(sae: Any, out_dir: str | Path, thresholds: Any = None, *, hook_na
                          f"b_dec {tuple(b_dec.shape)}")
     theta, theta_source = _thresholds(sae, thresholds, n)
 
-    matches = detect_layer_norm(sae)
+    per_dim = getattr(sae, "input_standardisation", "none") != "none"
+    if per_dim and normalize_activations == "layer_norm":
+        raise ValueError("the SAE uses per-dimension input standardisation ((x - input_mean) / input_scale "
+                         "before the per-token standardisation), which SAELens cannot express; export with "
+                         "normalize_activations='none' (weights for pre-normalised inputs sae.normalize(x))")
+    matches = not per_dim and detect_layer_norm(sae)
     if normalize_activations == "layer_norm" and not matches:
         raise ValueError("the SAE's input normalisation does not match SAELens' layer_norm; export with "
                          "normalize_activations='none' (weights for pre-normalised inputs)")
@@ -154,6 +170,11 @@ def to_saelens(sae: Any, out_dir: str | Path, thresholds: Any = None, *, hook_na
         inputs = ("raw activations: SAELens layer_norm reproduces paperlib's per-token standardisation "
                   "(x - mean) / (std_unbiased + 1e-5) exactly on encode; decode maps back with std "
                   "(paperlib: std + 1e-5)")
+    elif per_dim:
+        inputs = ("PRE-NORMALISED activations: feed paperlib's x~ = sae.normalize(x): first per dimension "
+                  "z = (x - input_mean) / input_scale (metadata.paperlib.input_standardisation), then per "
+                  "token x~ = (z - mean(z)) / (std_unbiased(z) + 1e-5); outputs are in that normalised space "
+                  "(raw: (x^ * (std(z) + 1e-5) + mean(z)) * input_scale + input_mean)")
     elif hasattr(sae, "normalize"):
         inputs = ("PRE-NORMALISED activations: feed paperlib's per-token standardised x~ = sae.normalize(x) "
                   "= (x - mean) / (std + 1e-5); outputs are in that normalised space")
@@ -183,6 +204,14 @@ def to_saelens(sae: Any, out_dir: str | Path, thresholds: Any = None, *, hook_na
         "saelens_normalize_activations": norm,
         "provenance": provenance(),
     }
+    if per_dim:
+        paperlib_meta["paperlib_normalisation"] = ("per-dimension (x - input_mean) / input_scale, then per-token "
+                                                   "(z - mean) / (std_unbiased + 1e-5) over d")
+        paperlib_meta["input_standardisation"] = {
+            "kind": "per-dim",
+            "mean": [float(v) for v in sae.input_mean.detach().cpu().double()],
+            "scale": [float(v) for v in sae.input_scale.detach().cpu().double()],
+        }
     if extra_metadata:
         paperlib_meta.update(extra_metadata)
     cfg = {

@@ -5,6 +5,16 @@ Conventions (all from SPEC §1):
 - Input x [B, d] is standardised per token, x̃ = (x − mean) / (std + 1e-5) over d (``std`` is the
   unbiased standard deviation, as in the reference). Every loss lives in this normalised space;
   :meth:`BatchTopKSAE.decode` can map back to the raw scale given the per-token statistics.
+- Optional per-dimension input standardisation (not in the reference; off by default): buffers
+  ``input_mean`` [d] and ``input_scale`` [d] (identity: zeros / ones), set with
+  :meth:`BatchTopKSAE.set_input_standardisation`. When set, x ← (x − input_mean) / input_scale is
+  applied *before* the per-token standardisation everywhere a raw x enters (``normalize``,
+  ``pre_acts``, ``encode``, ``reconstruct``, ``training_loss``), and raw-scale outputs
+  (``reconstruct``, ``decode`` with mean/scale) invert it: x̂_raw = (x̂·scale + mean)·input_scale +
+  input_mean, where mean/scale are the per-token statistics of the per-dim standardised input
+  (:meth:`BatchTopKSAE.normalize_with_stats`). It exists for residual streams with massive outlier
+  dimensions (Gemma 3), where the per-token standardised input is essentially one coordinate.
+  With identity buffers every computation is exactly the reference one (bitwise).
 - pre = ReLU((x̃ − b_dec) W_enc); training encode keeps the top k·B entries of the flattened [B, n]
   batch (exact batch L0 = k, ties included: the selection is a ``torch.topk`` over candidates that
   provably contain the global top k·B, see :func:`batch_topk_indices`).
@@ -216,6 +226,10 @@ class BatchTopKSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.register_buffer("steps_since_fired", torch.zeros(n_latents, dtype=torch.long))
         self.register_buffer("threshold", torch.full((), -1.0, dtype=dtype))
+        # optional per-dimension input standardisation (identity = off, see module docstring)
+        self.register_buffer("input_mean", torch.zeros(d_in, dtype=dtype))
+        self.register_buffer("input_scale", torch.ones(d_in, dtype=dtype))
+        self._per_dim = False
         self.to(device)
 
     # -- config / io -------------------------------------------------------------------------
@@ -224,7 +238,56 @@ class BatchTopKSAE(nn.Module):
             d_in=self.d_in, n_latents=self.n_latents, k=self.k, seed=self.seed,
             dead_after=self.dead_after, k_aux=self.k_aux, aux_alpha=self.aux_alpha,
             eps=EPS, normalisation="per-token (x - mean) / (std + eps)",
+            input_standardisation=self.input_standardisation,
         )
+
+    @property
+    def input_standardisation(self) -> str:
+        """``"none"`` (identity buffers, the reference) or ``"per-dim"``."""
+        return "per-dim" if self._per_dim else "none"
+
+    @torch.no_grad()
+    def set_input_standardisation(self, mean: torch.Tensor | np.ndarray | None,
+                                  scale: torch.Tensor | np.ndarray | None) -> None:
+        """Set the per-dimension standardisation x ← (x − mean) / scale (``None, None`` → identity).
+
+        ``mean`` and ``scale`` are [d] (any float dtype; stored in the model dtype), finite, scale > 0.
+        """
+        if mean is None and scale is None:
+            self.input_mean.zero_()
+            self.input_scale.fill_(1.0)
+            self._per_dim = False
+            return
+        if mean is None or scale is None:
+            raise ValueError("give both mean and scale (or neither, for the identity)")
+        m = torch.as_tensor(np.asarray(mean) if not isinstance(mean, torch.Tensor) else mean)
+        sc = torch.as_tensor(np.asarray(scale) if not isinstance(scale, torch.Tensor) else scale)
+        for name, t in (("mean", m), ("scale", sc)):
+            if tuple(t.shape) != (self.d_in,):
+                raise ValueError(f"input {name} must have shape [{self.d_in}], got {tuple(t.shape)}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"input {name} contains non-finite values")
+        if not bool((sc > 0).all()):
+            raise ValueError("input scale must be > 0 in every dimension")
+        self.input_mean.copy_(m.to(self.input_mean.dtype))
+        self.input_scale.copy_(sc.to(self.input_scale.dtype))
+        if not bool((self.input_scale > 0).all()):  # positive in fp64 but underflowed in the model dtype
+            raise ValueError("input scale underflows to 0 in the model dtype")
+        self._per_dim = self._buffers_non_identity()
+
+    def _buffers_non_identity(self) -> bool:
+        return bool((self.input_mean != 0).any() or (self.input_scale != 1).any())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # SAEs saved before the per-dim standardisation existed have no such buffers: identity
+        for name in ("input_mean", "input_scale"):
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = getattr(self, name).detach().clone().fill_(
+                    0.0 if name == "input_mean" else 1.0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._per_dim = self._buffers_non_identity()
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomic files)."""
@@ -245,6 +308,10 @@ class BatchTopKSAE(nn.Module):
         model = cls(cfg["d_in"], cfg["n_latents"], cfg["k"], cfg.get("seed", 0),
                     dead_after=cfg["dead_after"], k_aux=cfg["k_aux"], aux_alpha=cfg["aux_alpha"])
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        recorded = cfg.get("input_standardisation", "none")
+        if recorded != model.input_standardisation:
+            raise ValueError(f"{directory}: config.json says input_standardisation={recorded!r} but the "
+                             f"weights imply {model.input_standardisation!r} (corrupt or mixed files)")
         return model.to(device)
 
     # -- basic maps ----------------------------------------------------------------------------
@@ -258,10 +325,29 @@ class BatchTopKSAE(nn.Module):
         scale = (xc * xc).sum(dim=-1, keepdim=True).div_(max(x.shape[-1] - 1, 1)).sqrt_() + EPS
         return xc / scale, mean, scale
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-token standardised input."""
+    def _dim_standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """x ← (x − input_mean) / input_scale when per-dim standardisation is on (else x itself)."""
+        if not self._per_dim:
+            return x
+        return (x - self.input_mean) / self.input_scale
+
+    def _dim_unstandardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_dim_standardise`."""
+        if not self._per_dim:
+            return x
+        return x * self.input_scale + self.input_mean
+
+    def normalize_with_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x̃, mean, scale) of raw x: per-dim standardisation (if set), then :meth:`normalize_stats`.
+
+        ``mean``/``scale`` are what :meth:`decode` needs to map a reconstruction back to raw x.
+        """
         self._check_input(x)
-        return self.normalize_stats(x.to(self.W_enc.dtype))[0]
+        return self.normalize_stats(self._dim_standardise(x.to(self.W_enc.dtype)))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised input x̃ (per-dim standardisation if set, then per-token)."""
+        return self.normalize_with_stats(x)[0]
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.d_in:
@@ -292,24 +378,30 @@ class BatchTopKSAE(nn.Module):
 
     def decode(self, f: torch.Tensor, mean: torch.Tensor | None = None,
                scale: torch.Tensor | None = None) -> torch.Tensor:
-        """x̂ = f W_dec + b_dec in normalised space; with ``mean``/``scale`` mapped back to raw."""
+        """x̂ = f W_dec + b_dec in normalised space; with ``mean``/``scale`` mapped back to raw.
+
+        ``mean``/``scale`` are the per-token statistics from :meth:`normalize_with_stats` (equal to
+        :meth:`normalize_stats` of raw x when there is no per-dim standardisation); when either is
+        given, the per-dim standardisation (if set) is inverted as well.
+        """
         out = f @ self.W_dec + self.b_dec
         if scale is not None:
             out = out * scale
         if mean is not None:
             out = out + mean
+        if mean is not None or scale is not None:
+            out = self._dim_unstandardise(out)
         return out
 
     def reconstruct(self, x: torch.Tensor, thresholds=None) -> torch.Tensor:
         """Raw-scale reconstruction of raw x (normalise, encode, decode, map back)."""
-        self._check_input(x)
-        xn, mean, scale = self.normalize_stats(x.to(self.W_enc.dtype))
+        xn, mean, scale = self.normalize_with_stats(x)
         pre = torch.relu((xn - self.b_dec) @ self.W_enc)
         if thresholds is None:  # sparse decode of the BatchTopK codes
             flat = batch_topk_indices(pre, self.k)
             rows, cols = flat // self.n_latents, flat % self.n_latents
             out = sparse_decode(pre.reshape(-1)[flat], self.W_dec, _crow(rows, pre.shape[0]), cols)
-            return (out + self.b_dec) * scale + mean
+            return self._dim_unstandardise((out + self.b_dec) * scale + mean)
         th = self.threshold if isinstance(thresholds, str) else thresholds
         f = pre * (pre > torch.as_tensor(th, dtype=pre.dtype, device=pre.device))
         return self.decode(f, mean, scale)
@@ -353,8 +445,8 @@ class BatchTopKSAE(nn.Module):
 
         Returns a dict with ``loss`` (differentiable), ``mse``, ``aux``, ``l0`` (mean selected per
         token), ``n_dead`` (dead before this batch) and ``recon`` (normalised reconstruction,
-        detached). ``normalized=True`` means x is already standardised. ``update_state`` advances
-        the dead counters and the running threshold.
+        detached). ``normalized=True`` means x is already standardised (:meth:`normalize`, incl. the
+        per-dim step). ``update_state`` advances the dead counters and the running threshold.
         """
         if normalized:
             xn = x.to(self.W_enc.dtype)
@@ -427,8 +519,15 @@ class MetaSAE(BatchTopKSAE):
     """Meta SAE over the primary decoder rows (SPEC §1): a BatchTopK SAE whose batch is the n rows.
 
     Rows are standardised like tokens before encoding and the reconstruction is mapped back to each
-    row's scale (:meth:`reconstruct_rows`).
+    row's scale (:meth:`reconstruct_rows`). No per-dimension input standardisation (its buffers stay
+    the identity).
     """
+
+    def set_input_standardisation(self, mean, scale) -> None:  # noqa: D102
+        if mean is not None or scale is not None:
+            raise ValueError("the meta SAE takes decoder rows as input; per-dim input standardisation is "
+                             "not supported for it")
+        super().set_input_standardisation(None, None)
 
     @torch.no_grad()
     def reconstruct_rows(self, W_dec: torch.Tensor) -> torch.Tensor:

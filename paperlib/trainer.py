@@ -24,6 +24,14 @@ the metrics line count and the torch RNG state, as one safetensors file plus a J
 written atomically. A run killed at any moment resumes from its last checkpoint and finishes with
 weights bitwise identical to an uninterrupted run (data order and penalty partitions are stateless
 functions of (seed, step)).
+
+Input normalisation (``profile.input_norm``): ``"token"`` is the reference per-token
+standardisation. ``"dim+token"`` additionally standardises each dimension with the mean and
+(population) std of the training activations, computed once before step 0 in fp64
+(:func:`input_dim_stats`, chunked over the memory-mapped array) and stored in the primary SAE's
+``input_mean`` / ``input_scale`` buffers, hence in every checkpoint and in ``sae/``. The meta SAE
+never uses it. A finished run whose recorded ``input_norm`` differs from the profile's is rejected
+(not silently reused).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from paperlib import paths
 from paperlib.io import atomic_path, provenance, read_json, write_json
 from paperlib.models import BatchTopKSAE, MetaSAE
 from paperlib.penalty import decomposability_penalty, orthogonality_penalty
-from paperlib.profiles import Profile, get_profile
+from paperlib.profiles import INPUT_NORMS, Profile, get_profile
 from paperlib.runs import RunSpec, parse_run
 
 META_SEED_OFFSET = 1_000_003
@@ -79,6 +87,7 @@ class TrainConfig:
     ortho_chunks: int
     train_epochs: float
     checkpoint_every: int
+    input_norm: str = "token"
 
     @classmethod
     def from_profile(cls, profile: Profile, spec: RunSpec, d_in: int) -> TrainConfig:
@@ -90,7 +99,7 @@ class TrainConfig:
             aux_alpha=p.aux_alpha, n_meta=p.n_meta, k_meta=p.k_meta,
             n_primary_steps=p.n_primary_steps, n_meta_steps=p.n_meta_steps,
             ortho_chunks=p.ortho_chunks, train_epochs=p.train_epochs,
-            checkpoint_every=p.checkpoint_every,
+            checkpoint_every=p.checkpoint_every, input_norm=p.input_norm,
         )
 
     @property
@@ -121,6 +130,8 @@ class TrainConfig:
                 bad.append("n_primary_steps and n_meta_steps must be >= 1")
         if self.arm == "ortho" and self.ortho_chunks < 1:
             bad.append(f"ortho_chunks={self.ortho_chunks} must be >= 1")
+        if self.input_norm not in INPUT_NORMS:
+            bad.append(f"input_norm={self.input_norm!r} must be one of {', '.join(map(repr, INPUT_NORMS))}")
         if self.arm == "joint" and self.lambda2 == 0:
             bad.append("joint arm with lambda2 = 0: use the 'control' arm")
         if bad:
@@ -129,6 +140,48 @@ class TrainConfig:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _recorded_config(rec: dict) -> dict:
+    """A recorded TrainConfig dict, with fields added later filled with their old behaviour."""
+    return {"input_norm": "token", **rec}
+
+
+def input_dim_stats(acts: Any, chunk_rows: int | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and population std (ddof = 0) of ``acts`` [T, d], both fp64 [d].
+
+    Streams over row chunks (``acts`` may be a memmap / ndarray / tensor of any float dtype), each
+    chunk converted to fp64 and merged with Chan et al.'s pairwise update (no E[x²] − E[x]²
+    cancellation, which matters for dimensions whose mean is large against their std).
+    """
+    shape = tuple(acts.shape)
+    if len(shape) != 2 or shape[0] < 1:
+        raise ValueError(f"activations must be a non-empty 2-D [T, d] array, got shape {shape}")
+    T, d = shape
+    rows = chunk_rows or max(1, (1 << 22) // max(d, 1))  # ~32 MB of fp64 per chunk
+    n = 0
+    mean = np.zeros(d, dtype=np.float64)
+    m2 = np.zeros(d, dtype=np.float64)
+    starts = range(0, T, rows)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="input stats", unit="chunk", leave=False)
+    for s in starts:
+        c = acts[s:s + rows]
+        c = c.detach().cpu().double().numpy() if isinstance(c, torch.Tensor) else np.asarray(c, dtype=np.float64)
+        nb = c.shape[0]
+        mb = c.mean(axis=0)
+        m2b = ((c - mb) ** 2).sum(axis=0)
+        delta = mb - mean
+        tot = n + nb
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta**2 * (n * nb / tot)
+        n = tot
+    if not (np.isfinite(mean).all() and np.isfinite(m2).all()):
+        raise ValueError("activations contain non-finite values; cannot compute input statistics")
+    return mean, np.sqrt(m2 / n)
 
 
 def validate_data(acts: Any, cfg: TrainConfig) -> int:
@@ -214,6 +267,30 @@ class Trainer:
         self.step = 0  # completed primary steps
         self.meta_steps = 0
         self.last_meta_mse = float("nan")
+
+    def init_input_standardisation(self, acts: Any, progress: bool = False) -> None:
+        """For ``input_norm="dim+token"``: set the primary SAE's per-dimension standardisation from
+        ``acts`` (:func:`input_dim_stats`; constant dimensions get scale 1). Must run before step 0;
+        a no-op for ``"token"``."""
+        if self.cfg.input_norm == "token":
+            return
+        if self.step != 0:
+            raise RuntimeError("input standardisation must be set before the first training step")
+        mean, std = input_dim_stats(acts, progress=progress)
+        scale = np.where(std > 0, std, 1.0)
+        self.primary.set_input_standardisation(torch.from_numpy(mean), torch.from_numpy(scale))
+
+    def input_standardisation_summary(self) -> dict:
+        """What the primary SAE's per-dim standardisation is (for the run's config.json)."""
+        sae = self.primary
+        if sae.input_standardisation == "none":
+            return dict(kind="none")
+        mean = sae.input_mean.detach().cpu().double().numpy()
+        scale = sae.input_scale.detach().cpu().double().numpy()
+        return dict(kind=sae.input_standardisation,
+                    stats="per-dimension mean and population std (fp64) of the training activations",
+                    mean_abs_max=float(np.abs(mean).max()), scale_min=float(scale.min()),
+                    scale_median=float(np.median(scale)), scale_max=float(scale.max()))
 
     # -- steps ----------------------------------------------------------------------------------
     def primary_step(self, x: torch.Tensor) -> dict[str, float]:
@@ -302,7 +379,7 @@ class Trainer:
     def load_checkpoint(self, ckpt_dir: Path) -> int:
         """Restore from ``ckpt_dir``; return the metrics line count recorded with it."""
         meta = read_json(ckpt_dir / "checkpoint.json")
-        if meta["config"] != dataclasses.asdict(self.cfg):
+        if _recorded_config(meta["config"]) != dataclasses.asdict(self.cfg):
             raise ValueError(
                 f"checkpoint in {ckpt_dir} was written with a different configuration; "
                 "delete the run directory or pass resume=False"
@@ -324,6 +401,23 @@ def _truncate_lines(path: Path, n_lines: int) -> None:
 
 def is_done(out_dir: str | Path) -> bool:
     return (Path(out_dir) / "done.json").exists()
+
+
+def _check_done_input_norm(out_dir: Path, profile: Profile) -> None:
+    """A finished run trained with another input normalisation must not be reused silently."""
+    cfg_path = out_dir / "config.json"
+    if not cfg_path.exists():
+        return
+    rec = read_json(cfg_path).get("train_config")
+    if not isinstance(rec, dict):
+        return
+    recorded = _recorded_config(rec)["input_norm"]
+    if recorded != profile.input_norm:
+        raise ValueError(
+            f"finished run {out_dir} was trained with input_norm={recorded!r}, but profile "
+            f"{profile.name!r} now uses input_norm={profile.input_norm!r}; delete the run directory "
+            "(and its evaluation outputs) to retrain it"
+        )
 
 
 def train_run(
@@ -350,6 +444,7 @@ def train_run(
     spec = parse_run(spec) if isinstance(spec, str) else spec
     out_dir = Path(out_dir)
     if is_done(out_dir):
+        _check_done_input_norm(out_dir, profile)
         return out_dir
     if len(tuple(acts.shape)) != 2:
         raise ValueError(f"activations must be a 2-D [T, d] array, got shape {tuple(acts.shape)}")
@@ -368,7 +463,9 @@ def train_run(
     trainer = Trainer(cfg, dev)
     metrics_lines = 0
     if resume and (ckpt_dir / "checkpoint.json").exists():
-        metrics_lines = trainer.load_checkpoint(ckpt_dir)
+        metrics_lines = trainer.load_checkpoint(ckpt_dir)  # incl. the input standardisation buffers
+    else:
+        trainer.init_input_standardisation(acts, progress=progress)
     if metrics_lines:
         _truncate_lines(metrics_path, metrics_lines)
     else:
@@ -414,6 +511,7 @@ def train_run(
     write_json(out_dir / "config.json", dict(
         run=spec.name, spec=dataclasses.asdict(spec), seed=spec.seed, profile=profile.as_dict(),
         train_config=dataclasses.asdict(cfg), device=str(dev),
+        input_standardisation=trainer.input_standardisation_summary(),
         tokens=dict(n_available=T, steps=total, tokens_seen=total * cfg.batch_size,
                     epochs=cfg.train_epochs, **(data_info or {})),
         **provenance(),
@@ -431,6 +529,9 @@ def ensure_trained(profile: str | Profile, specs: Iterable[RunSpec | str],
     """
     profile = get_profile(profile)
     specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
+    for spec in specs:  # a finished run trained with another input normalisation is not reused
+        if is_done(paths.run_dir(profile, spec.name)):
+            _check_done_input_norm(paths.run_dir(profile, spec.name), profile)
     out: dict[str, Path] = {}
     cache = acts = None
     for spec in specs:

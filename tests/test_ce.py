@@ -39,3 +39,22 @@ def test_sae_splice_uses_raw_scale_reconstruction():
     ids = np.random.default_rng(1).integers(0, 1000, (2, 16))
     res = ce.ce_losses(model, ids, 2, {"clean": None, "sae": ce.sae_splice(sae)}, progress=False)
     assert res["sae"].ce != res["clean"].ce
+
+
+def test_sae_splice_inverts_per_dim_standardisation():
+    """Closed form: an SAE with latents [I, −I] reconstructs x̃ exactly, so the spliced h is h itself."""
+    d = 8
+    sae = BatchTopKSAE(d, 2 * d, 2 * d, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(d, generator=g) * 100
+    mu[2] = 5000.0  # massive outlier dimension
+    sd = torch.rand(d, generator=g) * 3 + 0.5
+    sd[2] = 1800.0
+    sae.set_input_standardisation(mu, sd)
+    h = torch.randn(2, 5, d, generator=g) * sd + mu
+    for th in (None, torch.zeros(2 * d)):
+        torch.testing.assert_close(ce.sae_splice(sae, thresholds=th)(h), h, atol=2e-3, rtol=1e-5)

@@ -113,3 +113,37 @@ def test_sae_lens_loads_export(tmp_path):
     torch.testing.assert_close(f_sl, f, atol=1e-5, rtol=1e-5)
     xn, mean, scale = sae.normalize_stats(x)
     torch.testing.assert_close(rec_sl, sae.decode(f, mean, scale).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_per_dim_standardised_sae_exports_prenormalised(tmp_path):
+    sae, x, _ = _sae_and_inputs()
+    g = torch.Generator().manual_seed(1)
+    mu, sd = 50 * torch.randn(24, generator=g), torch.rand(24, generator=g) * 5 + 0.5
+    x = x * sd + mu
+    sae.set_input_standardisation(mu, sd)
+    theta = torch.quantile(sae.pre_acts(x).detach(), 0.9, dim=0)
+    assert not detect_layer_norm(sae)
+    # SAELens cannot express per-dim + per-token normalisation: an explicit layer_norm export is refused
+    with pytest.raises(ValueError, match="per-dimension input standardisation"):
+        to_saelens(sae, tmp_path / "ln", theta, normalize_activations="layer_norm")
+    assert not (tmp_path / "ln").exists()
+    arrays, cfg = load_saelens_arrays(to_saelens(sae, tmp_path / "auto", theta))
+    assert cfg["normalize_activations"] == "none"
+    meta = cfg["metadata"]["paperlib"]
+    assert "PRE-NORMALISED" in meta["inputs"] and "input_scale" in meta["inputs"]
+    assert meta["source_config"]["input_standardisation"] == "per-dim"
+    std_meta = meta["input_standardisation"]
+    np.testing.assert_allclose(std_meta["mean"], mu.numpy(), rtol=1e-7)
+    np.testing.assert_allclose(std_meta["scale"], sd.numpy(), rtol=1e-7)
+    # x~ rebuilt from the metadata alone (numpy), then the plain JumpReLU: equals paperlib's encode / decode
+    z = (x.double().numpy() - np.asarray(std_meta["mean"])) / np.asarray(std_meta["scale"])
+    m = z.mean(-1, keepdims=True)
+    s = (z - m).std(-1, ddof=1, keepdims=True) + 1e-5
+    f_np, out_np = _np_jumprelu(arrays, (z - m) / s, layer_norm=False)
+    f = sae.encode(x, thresholds=theta).detach()
+    assert (f > 0).sum() > 0
+    np.testing.assert_allclose(f_np, f.numpy(), atol=1e-4)
+    xn, mean, scale = sae.normalize_with_stats(x)
+    np.testing.assert_allclose(out_np, sae.decode(f).detach().numpy(), atol=1e-4)
+    raw = (out_np * s + m) * np.asarray(std_meta["scale"]) + np.asarray(std_meta["mean"])
+    np.testing.assert_allclose(raw, sae.decode(f, mean, scale).detach().numpy(), rtol=1e-4, atol=1e-3)

@@ -187,3 +187,164 @@ def test_sparse_and_dense_state_updates_agree():
         assert torch.allclose(la["loss"], lb["loss"], atol=1e-5)
         assert torch.equal(a.steps_since_fired, b.steps_since_fired)
         assert torch.equal(a.threshold, b.threshold)
+
+
+# -- per-dimension input standardisation ------------------------------------------------------
+
+
+def _reference_normalize(x):
+    """The per-token standardisation formula as it was before per-dim standardisation existed."""
+    mean = x.mean(dim=-1, keepdim=True)
+    xc = x - mean
+    scale = (xc * xc).sum(dim=-1, keepdim=True).div_(max(x.shape[-1] - 1, 1)).sqrt_() + 1e-5
+    return xc / scale, mean, scale
+
+
+def _trained_like(seed=0, d=12, n=40, k=4):
+    sae = BatchTopKSAE(d, n, k, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        sae.b_dec.copy_(0.2 * torch.randn(d, generator=g))
+        sae.W_enc.add_(0.1 * torch.randn(d, n, generator=g))
+    return sae
+
+
+def test_default_path_bitwise_equals_reference_formula():
+    from paperlib.models import _crow, sparse_decode
+
+    x = _x()
+    a = _trained_like()
+    assert a.input_standardisation == "none" and a.config()["input_standardisation"] == "none"
+    assert torch.equal(a.input_mean, torch.zeros(12)) and torch.equal(a.input_scale, torch.ones(12))
+    b = _trained_like()  # set, then reset to the identity: must be the default path again
+    b.set_input_standardisation(torch.arange(12.0), torch.full((12,), 2.0))
+    b.set_input_standardisation(None, None)
+    for sae in (a, b):
+        xn, mean, scale = _reference_normalize(x)
+        assert torch.equal(sae.normalize(x), xn)
+        pre = torch.relu((xn - sae.b_dec) @ sae.W_enc)
+        assert torch.equal(sae.pre_acts(x), pre)
+        theta = torch.full((40,), 0.1)
+        f = pre * (pre > theta)
+        assert torch.equal(sae.encode(x, thresholds=theta), f)
+        assert torch.equal(sae.decode(f, mean, scale), (f @ sae.W_dec + sae.b_dec) * scale + mean)
+        assert torch.equal(sae.reconstruct(x, thresholds=theta), (f @ sae.W_dec + sae.b_dec) * scale + mean)
+        flat = batch_topk_indices(pre, sae.k)
+        rows, cols = flat // 40, flat % 40
+        ref = (sparse_decode(pre.reshape(-1)[flat], sae.W_dec, _crow(rows, 64), cols) + sae.b_dec) * scale + mean
+        assert torch.equal(sae.reconstruct(x), ref)
+        out = sae.training_loss(x, update_state=False)
+        out_n = sae.training_loss(xn, normalized=True, update_state=False)
+        assert torch.equal(out["loss"], out_n["loss"]) and torch.equal(out["recon"], out_n["recon"])
+
+
+def _identity_sae(d):
+    """n = 2d latents [I, −I]: with all latents selected the normalised reconstruction is x̃ exactly."""
+    sae = BatchTopKSAE(d, 2 * d, 2 * d, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def test_per_dim_standardisation_closed_form():
+    d = 6
+    g = torch.Generator().manual_seed(0)
+    mu = torch.tensor([5000.0, 1.0, -2.0, 0.5, 10.0, 0.0])
+    sd = torch.tensor([1800.0, 2.0, 0.5, 1.0, 3.0, 0.25])
+    x = torch.randn(50, d, generator=g) * sd + mu  # dim 0: a massive outlier dimension
+    sae = _identity_sae(d)
+    plain = sae.normalize(x).clone()
+    sae.set_input_standardisation(mu, sd)
+    assert sae.input_standardisation == "per-dim" and sae.config()["input_standardisation"] == "per-dim"
+    # x̃ = per-token standardisation of z = (x − μ)/σ, computed by hand in fp64
+    z = (x.double() - mu.double()) / sd.double()
+    m, s = z.mean(1, keepdim=True), z.std(1, keepdim=True) + 1e-5
+    torch.testing.assert_close(sae.normalize(x).double(), (z - m) / s, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(sae.normalize(x), plain, atol=1e-2)  # really applied
+    xn, mean, scale = sae.normalize_with_stats(x)
+    torch.testing.assert_close(mean.double(), m, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scale.double(), s, atol=1e-5, rtol=1e-5)
+    # perfect normalised reconstruction → raw reconstruction is x itself (both encode paths)
+    for th in (None, torch.zeros(2 * d)):
+        torch.testing.assert_close(sae.reconstruct(x, thresholds=th), x, atol=2e-3, rtol=1e-5)
+    # decode(f, mean, scale) = ((f W_dec + b_dec)·s + m)·σ + μ for arbitrary codes and b_dec
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.linspace(-1, 1, d))
+    f = torch.rand(50, 2 * d, generator=g)
+    ref = ((f.double() @ sae.W_dec.double() + sae.b_dec.double()) * scale.double() + mean.double()) \
+        * sd.double() + mu.double()
+    torch.testing.assert_close(sae.decode(f, mean, scale).double(), ref, atol=1e-3, rtol=1e-6)
+    torch.testing.assert_close(sae.decode(f), f @ sae.W_dec + sae.b_dec)  # normalised space unchanged
+
+
+def test_per_dim_training_paths_agree():
+    sae = _trained_like().double()
+    g = torch.Generator().manual_seed(3)
+    sae.set_input_standardisation(torch.randn(12, generator=g) * 5, torch.rand(12, generator=g) + 0.5)
+    sae.steps_since_fired[::4] = 10  # AuxK active
+    x = _x(dtype=torch.float64) * 4 + 30
+    sparse = sae.training_loss(x, update_state=False)
+    dense = sae.dense_training_loss(x, update_state=False)
+    pre_n = sae.training_loss(sae.normalize(x), normalized=True, update_state=False)
+    assert torch.allclose(sparse["loss"], dense["loss"], atol=1e-12)
+    assert torch.equal(sparse["loss"], pre_n["loss"])
+
+
+def test_set_input_standardisation_validation_and_meta():
+    import numpy as np
+    import pytest
+
+    sae = BatchTopKSAE(12, 40, 4)
+    with pytest.raises(ValueError, match="shape"):
+        sae.set_input_standardisation(torch.zeros(11), torch.ones(11))
+    with pytest.raises(ValueError, match="> 0"):
+        sae.set_input_standardisation(torch.zeros(12), torch.zeros(12))
+    with pytest.raises(ValueError, match="non-finite"):
+        sae.set_input_standardisation(torch.full((12,), float("nan")), torch.ones(12))
+    with pytest.raises(ValueError, match="both"):
+        sae.set_input_standardisation(torch.zeros(12), None)
+    sae.set_input_standardisation(np.arange(12.0), np.full(12, 3.0))  # numpy fp64 is fine
+    assert sae.input_mean.dtype == torch.float32 and sae.input_standardisation == "per-dim"
+    meta = MetaSAE(12, 8, 2)
+    assert meta.input_standardisation == "none"
+    with pytest.raises(ValueError, match="meta SAE"):
+        meta.set_input_standardisation(torch.zeros(12), torch.ones(12))
+
+
+def test_per_dim_save_load_and_old_format(tmp_path):
+    import json
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    x = _x() * 7 + 40
+    sae = _trained_like()
+    sae.set_input_standardisation(torch.linspace(30, 50, 12), torch.linspace(1, 9, 12))
+    sae.save(tmp_path / "pd")
+    back = BatchTopKSAE.load(tmp_path / "pd")
+    assert back.input_standardisation == "per-dim"
+    assert torch.equal(back.reconstruct(x), sae.reconstruct(x))
+    # an SAE saved before this change: no buffers in the weights, no key in config.json
+    old = _trained_like(seed=4)
+    old.save(tmp_path / "old")
+    tensors = load_file(str(tmp_path / "old" / "model.safetensors"))
+    tensors = {k: v for k, v in tensors.items() if k not in ("input_mean", "input_scale")}
+    save_file(tensors, str(tmp_path / "old" / "model.safetensors"))
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["input_standardisation"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = BatchTopKSAE.load(tmp_path / "old")
+    assert loaded.input_standardisation == "none"
+    assert torch.equal(loaded.input_mean, torch.zeros(12)) and torch.equal(loaded.input_scale, torch.ones(12))
+    assert torch.equal(loaded.reconstruct(x), old.reconstruct(x))
+    fresh = BatchTopKSAE(12, 40, 4)  # strict load_state_dict of the old dict works too
+    fresh.set_input_standardisation(torch.ones(12), torch.ones(12))
+    fresh.load_state_dict(tensors)
+    assert fresh.input_standardisation == "none"
+    # config / weights disagreement is an error
+    cfg["input_standardisation"] = "per-dim"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="input_standardisation"):
+        BatchTopKSAE.load(tmp_path / "old")

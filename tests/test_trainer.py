@@ -38,10 +38,21 @@ def _equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("spec", [RunSpec("solo"), RunSpec("joint", lambda2=1.0, sigma2=0.5),
-                                  RunSpec("control"), RunSpec("ortho", gamma=0.5)])
-def test_run_artifacts_and_resume_bitwise(tmp_path, spec, monkeypatch):
-    prof, acts = _profile(), _acts()
+def _outlier_acts(T=200, d=D, seed=0):
+    """Activations with a Gemma-3-like massive outlier dimension (dim 3)."""
+    a = _acts(T, d, seed).astype(np.float32)
+    a[:, 3] = a[:, 3] * 900 + 5000
+    return a.astype(np.float16)
+
+
+@pytest.mark.parametrize("spec,input_norm", [
+    (RunSpec("solo"), "token"), (RunSpec("joint", lambda2=1.0, sigma2=0.5), "token"),
+    (RunSpec("control"), "token"), (RunSpec("ortho", gamma=0.5), "token"),
+    (RunSpec("solo"), "dim+token"), (RunSpec("joint", lambda2=1.0, sigma2=0.5), "dim+token"),
+])
+def test_run_artifacts_and_resume_bitwise(tmp_path, spec, input_norm, monkeypatch):
+    prof = _profile(input_norm=input_norm)
+    acts = _acts() if input_norm == "token" else _outlier_acts()
     ref = tr.train_run(prof, spec, acts, tmp_path / "ref", progress=False, device="cpu")
     assert (ref / "done.json").exists() and (ref / "sae" / "model.safetensors").exists()
     assert (ref / "meta").exists() == spec.uses_meta
@@ -168,3 +179,96 @@ def test_load_meta_and_metrics(tmp_path):
     assert tr.read_run_config(out)["spec"]["arm"] == "control"
     with pytest.raises(FileNotFoundError):
         tr.load_run(tmp_path / "missing")
+
+
+# -- per-dimension input standardisation (profile.input_norm = "dim+token") ------------------------
+
+
+def test_input_dim_stats_equal_numpy_fp64():
+    acts = _outlier_acts(T=203)
+    ref64 = acts.astype(np.float64)
+    for chunk in (None, 1, 7, 64, 1000):
+        mean, std = tr.input_dim_stats(acts, chunk_rows=chunk)
+        assert mean.dtype == np.float64 and std.dtype == np.float64
+        np.testing.assert_allclose(mean, ref64.mean(axis=0), rtol=1e-13, atol=0)
+        np.testing.assert_allclose(std, ref64.std(axis=0), rtol=1e-12, atol=0)
+    mean_t, std_t = tr.input_dim_stats(torch.from_numpy(acts), chunk_rows=50)
+    np.testing.assert_allclose(mean_t, ref64.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(std_t, ref64.std(axis=0), rtol=1e-12)
+    with pytest.raises(ValueError, match="2-D"):
+        tr.input_dim_stats(np.zeros(5))
+
+
+def test_trainer_sets_and_stores_input_stats(tmp_path):
+    acts = _outlier_acts()
+    acts[:, 5] = 2.0  # a constant dimension gets scale 1
+    out = tr.train_run(_profile(input_norm="dim+token", train_epochs=1.0), RunSpec("control"), acts,
+                       tmp_path / "r", progress=False, device="cpu")
+    sae = tr.load_run(out)
+    ref64 = acts.astype(np.float64)
+    std = ref64.std(axis=0)
+    assert sae.input_standardisation == "per-dim"
+    assert torch.equal(sae.input_mean, torch.from_numpy(ref64.mean(axis=0)).float())
+    assert torch.equal(sae.input_scale, torch.from_numpy(np.where(std > 0, std, 1.0)).float())
+    assert float(sae.input_scale[5]) == 1.0
+    assert tr.load_meta(out).input_standardisation == "none"
+    cfg = tr.read_run_config(out)
+    assert cfg["train_config"]["input_norm"] == "dim+token"
+    assert cfg["input_standardisation"]["kind"] == "per-dim"
+    # the trainer's per-dim standardisation makes the outlier dimension ordinary in x̃
+    xn = sae.normalize(torch.from_numpy(acts[:64]).float())
+    assert float(xn[:, 3].abs().mean()) < 3.0
+    token = tr.train_run(_profile(train_epochs=1.0), RunSpec("solo"), acts, tmp_path / "t", progress=False,
+                         device="cpu")
+    assert tr.load_run(token).input_standardisation == "none"
+    assert tr.read_run_config(token)["input_standardisation"] == {"kind": "none"}
+
+
+def test_input_norm_validation_and_stale_runs(tmp_path):
+    with pytest.raises(ValueError, match="input_norm"):
+        _profile(input_norm="per-dim")
+    good = tr.TrainConfig.from_profile(_profile(), RunSpec("solo"), D)
+    assert good.input_norm == "token"
+    with pytest.raises(ValueError, match="input_norm"):
+        dataclasses.replace(good, input_norm="dim").validate()
+    acts = _outlier_acts()
+    out = tr.train_run(_profile(train_epochs=1.0), RunSpec("solo"), acts, tmp_path / "r", progress=False,
+                       device="cpu")
+    # a finished run trained with another input normalisation is not silently reused
+    with pytest.raises(ValueError, match="input_norm"):
+        tr.train_run(_profile(train_epochs=1.0, input_norm="dim+token"), RunSpec("solo"), acts, out,
+                     progress=False, device="cpu")
+    # runs recorded before the field existed count as "token"
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["train_config"]["input_norm"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    tr.train_run(_profile(train_epochs=1.0), RunSpec("solo"), acts, out, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="input_norm"):
+        tr.train_run(_profile(train_epochs=1.0, input_norm="dim+token"), RunSpec("solo"), acts, out,
+                     progress=False, device="cpu")
+    # a checkpoint written before the field existed still resumes (as "token") ...
+    prof = _profile()
+    tr.train_run(prof, RunSpec("solo"), acts, tmp_path / "c", progress=False, max_steps=3, device="cpu")
+    meta = json.loads((tmp_path / "c" / "checkpoint" / "checkpoint.json").read_text())
+    del meta["config"]["input_norm"]
+    (tmp_path / "c" / "checkpoint" / "checkpoint.json").write_text(json.dumps(meta))
+    # ... but not into a dim+token run
+    with pytest.raises(ValueError, match="different configuration"):
+        tr.train_run(_profile(input_norm="dim+token"), RunSpec("solo"), acts, tmp_path / "c", progress=False,
+                     device="cpu")
+    tr.train_run(prof, RunSpec("solo"), acts, tmp_path / "c", progress=False, device="cpu")
+    ref = tr.train_run(prof, RunSpec("solo"), acts, tmp_path / "ref", progress=False, device="cpu")
+    assert _equal(_weights(ref), _weights(tmp_path / "c"))
+
+
+def test_ensure_trained_rejects_stale_input_norm(tmp_artifacts):
+    from paperlib import paths
+
+    prof = _profile(input_norm="dim+token")
+    rdir = paths.run_dir(prof, "solo")
+    rdir.mkdir(parents=True)
+    (rdir / "config.json").write_text(json.dumps({"train_config": {"arm": "solo"}}))  # recorded before the field
+    (rdir / "done.json").write_text("{}")
+    with pytest.raises(ValueError, match="input_norm"):
+        tr.ensure_trained(prof, ["solo"], progress=False)
+    assert tr.ensure_trained(_profile(), ["solo"], progress=False) == {"solo": rdir}  # "token": reused
