@@ -167,7 +167,7 @@ PROFILES: dict[str, Profile] = {
                            autointerp=19_200, ce=4_096),
         n_latents=2560, k=32, n_meta=232, k_meta=8, batch_size=1024, dead_after=20, lr=1e-3,
         grid_sigma2=(1.0, 3.0), n_noise_seeds=0, ortho_gamma=(),
-        autointerp_features=60,
+        autointerp_features=24,
         # Gemma 3's layer-9 residual has a massive outlier dimension (dim 163: mean ≈ 5435, std ≈ 1848
         # vs median |x| ≈ 18); with per-token standardisation alone 96 % of the latents died.
         input_norm="dim+token",

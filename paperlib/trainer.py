@@ -521,35 +521,88 @@ def train_run(
     return out_dir
 
 
+def default_train_workers(n_runs: int) -> int:
+    """Runs trained concurrently by :func:`ensure_trained`: 1 on a GPU, else up to 4 processes
+    sharing the CPU cores (the sparse step's many small ops use extra threads poorly, so separate
+    processes keep the cores busier than one multi-threaded process)."""
+    import os
+
+    if n_runs <= 1 or torch.cuda.is_available():
+        return 1
+    return max(1, min(n_runs, os.cpu_count() or 1, 4))
+
+
+def _train_from_cache(profile: Profile, spec: RunSpec, cache: Any, progress: bool) -> None:
+    manifest = getattr(cache, "manifest", {}) or {}
+    info = {"range": "train"}
+    ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
+    if isinstance(ranges, dict) and "train" in ranges:
+        info["range_info"] = ranges["train"]
+    train_run(profile, spec, cache.acts("train"), paths.run_dir(profile, spec.name), progress=progress,
+              d_in=getattr(cache, "d", None), data_info=info)
+
+
+def _train_worker(profile: Profile, spec: RunSpec, threads: int) -> str:
+    """Process-pool entry point: train one run with ``threads`` intra-op threads."""
+    from paperlib.activations import load_cache
+
+    torch.set_num_threads(threads)
+    _train_from_cache(profile, spec, load_cache(profile), progress=False)
+    return spec.name
+
+
 def ensure_trained(profile: str | Profile, specs: Iterable[RunSpec | str],
-                   progress: bool = True) -> dict[str, Path]:
+                   progress: bool = True, n_workers: int | None = None) -> dict[str, Path]:
     """Train every run of ``specs`` that is not done into ``paths.run_dir``; return name → dir.
 
-    Training activations come from ``paperlib.activations.load_cache(profile).acts("train")``.
+    Training activations come from ``paperlib.activations.load_cache(profile).acts("train")``
+    (extracted first if missing). ``n_workers`` runs are trained at once in separate processes
+    (default :func:`default_train_workers`), each with cpu_count / n_workers threads; joint runs
+    (the slowest) start first. A run's result does not depend on which process trained it or in
+    which order (its data order and init come from its seed). Killed runs resume from their
+    checkpoints either way.
     """
     profile = get_profile(profile)
     specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
     for spec in specs:  # a finished run trained with another input normalisation is not reused
         if is_done(paths.run_dir(profile, spec.name)):
             _check_done_input_norm(paths.run_dir(profile, spec.name), profile)
-    out: dict[str, Path] = {}
-    cache = acts = None
-    for spec in specs:
-        rdir = paths.run_dir(profile, spec.name)
-        if not is_done(rdir):
-            if cache is None:
-                from paperlib.activations import load_cache
+    out = {spec.name: paths.run_dir(profile, spec.name) for spec in specs}
+    todo = [spec for spec in specs if not is_done(out[spec.name])]
+    if not todo:
+        return out
+    from paperlib.activations import load_cache
 
-                cache = load_cache(profile)
-                acts = cache.acts("train")
-            manifest = getattr(cache, "manifest", {}) or {}
-            info = {"range": "train"}
-            ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
-            if isinstance(ranges, dict) and "train" in ranges:
-                info["range_info"] = ranges["train"]
-            train_run(profile, spec, acts, rdir, progress=progress, d_in=getattr(cache, "d", None),
-                      data_info=info)
-        out[spec.name] = rdir
+    cache = load_cache(profile)  # extraction (if needed) happens here, once
+    workers = default_train_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
+    if workers == 1:
+        for spec in todo:
+            _train_from_cache(profile, spec, cache, progress)
+        return out
+
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    todo.sort(key=lambda s: not s.uses_meta)  # meta-SAE runs are the slowest: schedule them first
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(_train_worker, profile, spec, threads): spec for spec in todo}
+        bar = tqdm(total=len(todo), desc=f"training ({workers} processes)", disable=not progress)
+        try:
+            for fut in as_completed(futures):
+                name = fut.result()  # re-raises a worker's error here
+                bar.update(1)
+                bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
     return out
 
 

@@ -154,3 +154,25 @@ def test_ensure_sanity_cached(tmp_artifacts, monkeypatch):
     r2 = interp.ensure_sanity("smoke", judge, n=10)
     assert judge.calls == calls == 10 and r1 == r2
     assert r1["n"] == 10 and "significant" in r1
+
+
+def test_parallel_training_matches_sequential(tmp_path, monkeypatch):
+    """Runs trained by worker processes equal runs trained in this process (same seeds)."""
+    from safetensors.torch import load_file
+
+    from paperlib import paths
+    from paperlib.trainer import ensure_trained
+
+    p = tiny_profile()
+    names = ["solo", "joint-l0.3-s1"]
+    weights = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("PAPERLIB_ARTIFACTS", str(tmp_path / f"w{workers}"))
+        dirs = ensure_trained(p, names, progress=False, n_workers=workers)
+        assert set(dirs) == set(names)
+        weights[workers] = {n: load_file(str(paths.run_dir(p, n) / "sae" / "model.safetensors")) for n in names}
+    for n in names:
+        for key, a in weights[1][n].items():
+            b = weights[2][n][key]
+            assert a.shape == b.shape
+            assert (a.float() - b.float()).abs().max() <= 1e-4, (n, key)
