@@ -170,9 +170,11 @@ def ensure_cooccurrence(profile: str | Profile, name: str, *, progress: bool = T
 
 
 def _cal_key(p: Profile, name: str, progress: bool) -> str:
-    """Key of the calibration a downstream stage used (ensures calibration exists)."""
+    """Key of the calibration a downstream stage used (ensures calibration exists): a hash of the
+    whole calibration key (run weights, token range, mode), so new thresholds invalidate φ, L2, CE."""
     ensure_calibration(p, name, progress=progress)
-    return read_json(eval_dir(p, name) / "calibration" / "key.json")["key"]["run"]
+    key = read_json(eval_dir(p, name) / "calibration" / "key.json")["key"]
+    return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
 
 
 def load_firing(profile: str | Profile, name: str) -> sp.csr_matrix:

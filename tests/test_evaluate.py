@@ -162,3 +162,12 @@ def test_profile_evaluation_settings_are_validated():
     with pytest.raises(ValueError, match="recon_tokens"):
         get_profile("smoke", recon_tokens=0)
     assert get_profile("default").calibration_mode == "hist"
+
+
+def test_new_calibration_invalidates_downstream_stages(env):
+    p, calls = env
+    co_exact = ev.ensure_cooccurrence(p.replace(calibration_mode="exact"), "solo", progress=False)
+    n = calls["n"]
+    co_hist = ev.ensure_cooccurrence(p.replace(calibration_mode="hist"), "solo", progress=False)
+    assert calls["n"] > n  # thresholds changed -> φ recomputed, not served from the exact-mode cache
+    assert co_exact["n_pairs"] == co_hist["n_pairs"]
