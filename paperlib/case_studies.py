@@ -119,21 +119,28 @@ def find_candidates(fired_solo: Any, fired_joint: Any, *, max_rate: float = 0.05
 
 def drop_duplicate_partners(cands: Sequence[Candidate], fired_partner: Any, n: int,
                             max_phi: float | None = 0.8) -> tuple[list[Candidate], int]:
-    """The first ``n`` candidates whose two strongest partners co-fire with each other at φ <
-    ``max_phi`` (φ on ``fired_partner``, the partners' firing matrix), and how many were skipped
-    before the ``n``-th kept one. Partners that nearly always fire together are one feature
-    learned twice, not a split. ``max_phi=None`` keeps the first ``n``."""
+    """The first ``n`` candidates in which no two listed partners co-fire with each other at φ ≥
+    ``max_phi`` (φ on ``fired_partner``, the partners' firing matrix, over every pair of partners),
+    and how many were skipped before the ``n``-th kept one. Partners that nearly always fire
+    together are one feature learned twice, not a split. ``max_phi=None`` keeps the first ``n``."""
     keep: list[Candidate] = []
     skipped = 0
     for c in cands:
         if len(keep) == n:
             break
-        if max_phi is not None and len(c.partners) >= 2 and \
-                cross_phi_matrix(fired_partner, fired_partner, c.partners[:1], c.partners[1:2])[0, 0] >= max_phi:
+        if max_phi is not None and max_partner_phi(fired_partner, c.partners) >= max_phi:
             skipped += 1
             continue
         keep.append(c)
     return keep, skipped
+
+
+def max_partner_phi(fired: Any, partners: Sequence[int]) -> float:
+    """Largest φ between two distinct features of ``partners`` (−inf with fewer than two)."""
+    if len(partners) < 2:
+        return -math.inf
+    phi = cross_phi_matrix(fired, fired, partners, partners)
+    return float(phi[~np.eye(len(partners), dtype=bool)].max())
 
 
 def cross_phi_matrix(fired_a: Any, fired_b: Any, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:

@@ -191,7 +191,8 @@ def ensure_reconstruction(profile: str | Profile, name: str, *, progress: bool =
     ``profile.recon_tokens`` tokens when set) with the calibrated per-token thresholds: ``mse``
     (L2 in the normalised space), ``fve``, ``l0``, ``n_dead``, firing-rate
     quantiles, norm statistics (see :class:`paperlib.reconstruction.ReconMetrics`); the
-    ``batchtopk`` sub-dict has the same metrics with the training-time BatchTopK encoder.
+    ``batchtopk`` sub-dict has the same metrics with the training-time BatchTopK encoder, all of
+    them (dead latents and firing rates included) over its ``n_tokens_evaluated`` tokens only.
     Per-feature ``firing_counts`` and the log10 firing-rate histogram (``rate_hist_counts`` over
     ``rate_hist_edges``) are included as lists. Dead latents, firing counts and rate statistics
     always cover the whole range (from the co-occurrence firing matrix when a subset is used).
@@ -215,7 +216,7 @@ def ensure_reconstruction(profile: str | Profile, name: str, *, progress: bool =
     b = reconstruction_metrics(sae, acts, None, batch_size=p.batch_size, progress=progress)
     arrays = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in m.to_dict(with_arrays=True).items()}
     res = {"run": name, "range": "cooccurrence", "n_tokens_evaluated": n_tok, **arrays,
-           "rate_hist_edges": RATE_LOG10_EDGES.tolist(), "batchtopk": b.to_dict()}
+           "rate_hist_edges": RATE_LOG10_EDGES.tolist(), "batchtopk": {**b.to_dict(), "n_tokens_evaluated": n_tok}}
     if n_tok < len(full):  # firing statistics over the whole range
         fired = load_firing(p, name)
         counts = np.asarray(fired.sum(axis=0), dtype=np.int64).ravel()

@@ -138,13 +138,15 @@ PROFILES: dict[str, Profile] = {
         model="smollm2-135m",
         layer=12,
         corpus="bbc",
+        # Sized for the 45-min budget of `make reproduce` on a 2-core CPU: 200 steps × 1024 tokens, one
+        # pass; CE on 4,096 tokens (a paired difference against the clean model on the same tokens).
         tokens=TokenBudget(
-            train=409_600, calibration=51_200, cooccurrence=102_400, autointerp=51_200,
-            ce=8_192,
+            train=204_800, calibration=51_200, cooccurrence=102_400, autointerp=51_200,
+            ce=4_096,
         ),
-        n_latents=4608, k=32, n_meta=416, k_meta=8, batch_size=1024, train_epochs=0.5, dead_after=20,
+        n_latents=4608, k=32, n_meta=416, k_meta=8, batch_size=1024, train_epochs=1.0, dead_after=20,
         lr=1e-3, calibration_mode="hist", recon_tokens=25_600,
-        autointerp_features=200, checkpoint_every=100,
+        autointerp_features=120, checkpoint_every=100,
     ),
     "smoke": Profile(
         name="smoke",
@@ -164,10 +166,10 @@ PROFILES: dict[str, Profile] = {
         layer=9,
         corpus="bbc",
         tokens=TokenBudget(train=153_600, calibration=19_200, cooccurrence=38_400,
-                           autointerp=19_200, ce=4_096),
+                           autointerp=19_200, ce=2_048),  # CE: Gemma's 262k-vocabulary head dominates
         n_latents=2560, k=32, n_meta=232, k_meta=8, batch_size=1024, dead_after=20, lr=1e-3,
         grid_sigma2=(1.0, 3.0), n_noise_seeds=0, ortho_gamma=(),
-        autointerp_features=24,
+        autointerp_features=16,
         # Gemma 3's layer-9 residual has a massive outlier dimension (dim 163: mean ≈ 5435, std ≈ 1848
         # vs median |x| ≈ 18); with per-token standardisation alone 96 % of the latents died.
         input_norm="dim+token",

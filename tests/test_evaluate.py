@@ -154,6 +154,8 @@ def test_reconstruction_subset_keeps_full_range_firing_stats(env):
     assert sub["firing_counts"] == full["firing_counts"]
     assert sub["rate_hist_counts"] == full["rate_hist_counts"]
     assert sub["firing_rate_quantiles"] == pytest.approx(full["firing_rate_quantiles"])
+    # the BatchTopK sub-dict is labelled with the tokens it covers
+    assert sub["batchtopk"]["n_tokens_evaluated"] == 100 and full["batchtopk"]["n_tokens_evaluated"] == 512
 
 
 def test_profile_evaluation_settings_are_validated():
