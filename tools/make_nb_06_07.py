@@ -17,7 +17,7 @@ write_notebook(
     "(auto-interp via `paperlib.interp`; \"—\" when no judge is used) — and each feature's top "
     "activating contexts with the firing token marked «like this». A true split has partners that "
     "rarely co-fire with each other; the column `max_phi_other_partners` near 1 flags duplicates instead.",
-    '''sae = "joint"          # joint = the selected configuration, or a run name such as joint-l0.3-s1.0
+    '''sae = "joint"          # "joint": the selected configuration, or a run name such as joint-l0.3-s1.0
 n_candidates = 5       # candidates of each kind to show
 max_partners = 3       # partners listed per candidate
 max_partner_phi = 0.8  # skip candidates whose two top partners co-fire at φ ≥ this (duplicates); None keeps all
@@ -79,8 +79,8 @@ write_notebook(
     "are part of the default run and go to the committed `figures/` and `tables/`. With "
     "`-p profile gemma-2-9b` this is the paper's experiment (GPU + hub). On `smoke` a single "
     "configuration is used.",
-    '''lambda2 = "0.1,0.3,1.0"
-sigma2 = "1.0,3.0"
+    '''lambda2 = "0.1,0.3,1.0"   # λ₂ grid (the paper's §6 grid)
+sigma2 = "1.0,3.0"         # σ² grid
 n_fuzz_features = None   # features scored per configuration (None: the profile's autointerp_features)
 judge = "local"          # local | openai | none''',
     [
