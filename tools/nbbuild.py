@@ -38,7 +38,8 @@ def write_notebook(path: str | Path, title: str, intro: str, params: str,
     nb.cells.append(nbformat.v4.new_markdown_cell(f"# {title}\n\n{badge}\n\n{intro}"))
     nb.cells.append(nbformat.v4.new_code_cell(COLAB_CELL))
     param_cell = nbformat.v4.new_code_cell(
-        'import os\n\nprofile = os.environ.get("PAPERLIB_PROFILE", "default")  # default | smoke | gemma-3-270m | gpt2-large | gemma-2-9b\n' + params.strip() + "\n")
+        'import os\n\nprofile = os.environ.get("PAPERLIB_PROFILE", "default")'
+        '  # default | smoke | gemma-3-270m | gpt2-large | gemma-2-9b\n' + params.strip() + "\n")
     param_cell.metadata["tags"] = ["parameters"]
     nb.cells.append(param_cell)
     for c in cells:
