@@ -243,7 +243,7 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     of each kind). Contexts come from the co-occurrence range (the tokens φ was measured on).
     With a ``judge``, the features of the top ``n_scored`` candidates of each kind (default: all
     shown) get fuzz scores and explanations from ``paperlib.interp.ensure_scores``.
-    ``max_partner_phi``: skip candidates whose two strongest partners co-fire with each other at
+    ``max_partner_phi``: skip candidates in which any two listed partners co-fire with each other at
     φ ≥ this value (near-duplicate partners are one feature learned twice, not a split); ``None``
     keeps every candidate. ``n_skipped_duplicates`` counts the skipped ones among those examined.
     """

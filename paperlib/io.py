@@ -82,16 +82,18 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
     return out
 
 
-def git_revision() -> str:
-    """Current git commit of the project (``unknown`` outside a checkout)."""
+def git_revision(root: Path | None = None) -> str:
+    """Current git commit of the project (``unknown`` outside a checkout), ``-dirty`` when tracked
+    files other than the published outputs (``figures/``, ``tables/``, which a run rewrites) differ."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).resolve().parent, check=True, timeout=10,
+            cwd=root or Path(__file__).resolve().parent, check=True, timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, cwd=Path(__file__).resolve().parent, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--",
+             ":(top,exclude)figures", ":(top,exclude)tables"], capture_output=True,
+            text=True, cwd=root or Path(__file__).resolve().parent, timeout=10,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

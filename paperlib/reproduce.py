@@ -88,7 +88,8 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
         upstream = key
         wanted = only is None or stage.name in only
         if not wanted or (not force and record.get(stage.name, {}).get("key") == key):
-            print(f"[{i}/{len(pipeline)}] {stage.name}: unchanged, skipped", flush=True)
+            why = "not in --only" if not wanted else "unchanged"
+            print(f"[{i}/{len(pipeline)}] {stage.name}: {why}, skipped", flush=True)
             timings.append((stage.name, "skipped", 0.0))
             continue
         print(f"[{i}/{len(pipeline)}] {stage.name} {stage.parameters} ...", flush=True)

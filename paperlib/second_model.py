@@ -3,7 +3,8 @@
 The paper runs Gemma 2 9B (layer 23, n = 65,536, k = 100, λ₂ ∈ {0.1, 0.3, 1.0} × σ² ∈ {1, 3}); the
 offline default is Gemma 3 270M (profile ``gemma-3-270m``). Per configuration vs solo: mean |φ| and
 Δ%, L2 and Δ%, CE overhead (:func:`paperlib.evaluate.grid_table`), and mean fuzz score on a seeded
-random sample of alive features per run with ΔFuzz % vs solo (:func:`paperlib.interp.ensure_scores`).
+random sample of alive features per run (:func:`paperlib.interp.ensure_scores`) with Δfuzz vs solo,
+absolute and the paper's relative %.
 
 Outputs of the ``gemma-3-270m`` profile belong to the default run and go to the committed
 ``figures/`` and ``tables/`` (:func:`output_dirs`); other profiles write under their artifacts.
@@ -25,6 +26,7 @@ from paperlib.runs import RunSpec, training_plan
 __all__ = [
     "GEMMA_COLUMNS",
     "SMOKE_GRID",
+    "add_fuzz_deltas",
     "fuzz_table",
     "gemma_figure",
     "gemma_plan",
@@ -38,7 +40,10 @@ SMOKE_GRID = ("0.3", "1.0")
 """(λ₂, σ²) used on the ``smoke`` profile (a single configuration keeps it fast)."""
 
 GEMMA_COLUMNS = ["run", "lambda2", "sigma2", "mean_abs_phi", "dphi_pct", "l2", "dl2_pct", "l0",
-                 "ce_overhead_pct", "dead_latents", "welch_p", "n_fuzz", "fuzz_mean", "dfuzz_pct"]
+                 "ce_overhead_pct", "dead_latents", "welch_p", "n_fuzz", "fuzz_mean", "fuzz_sem", "dfuzz",
+                 "dfuzz_se", "dfuzz_pct"]
+"""``dfuzz`` = fuzz_mean − solo's (absolute, 2·acc−1 units), ``dfuzz_se`` its standard error (independent
+feature samples); ``dfuzz_pct`` is the paper's relative ΔFuzz %, meaningless when solo's mean is near 0."""
 
 
 def output_dirs(profile: str | Profile) -> tuple[Path, Path]:
@@ -87,26 +92,39 @@ def fuzz_table(profile: str | Profile, names: list[str], n_features: int, judge:
                 row.update(n_fuzz=len(v), fuzz_mean=float(v.mean()),
                            fuzz_sem=float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan)
         rows.append(row)
-    out = pd.DataFrame(rows)
-    base = out.loc[out["run"] == "solo", "fuzz_mean"]
-    b = float(base.iloc[0]) if len(base) else math.nan
+    return add_fuzz_deltas(pd.DataFrame(rows))
+
+
+def add_fuzz_deltas(out: pd.DataFrame) -> pd.DataFrame:
+    """Add ``dfuzz``, ``dfuzz_se`` and ``dfuzz_pct`` vs the ``solo`` row to a per-run fuzz table with
+    ``fuzz_mean`` and ``fuzz_sem`` (see :data:`GEMMA_COLUMNS`)."""
+    out = out.copy()
+    base = out.loc[out["run"] == "solo", ["fuzz_mean", "fuzz_sem"]]
+    b, b_se = (float(base.iloc[0, 0]), float(base.iloc[0, 1])) if len(base) else (math.nan, math.nan)
+    out["dfuzz"] = out["fuzz_mean"] - b
+    out["dfuzz_se"] = np.sqrt(out["fuzz_sem"] ** 2 + b_se ** 2)
+    out.loc[out["run"] == "solo", "dfuzz_se"] = math.nan
     out["dfuzz_pct"] = 100.0 * (out["fuzz_mean"] - b) / abs(b) if b and np.isfinite(b) else math.nan
     return out
+
+
+FUZZ_COLUMNS = ("n_fuzz", "fuzz_mean", "fuzz_sem", "dfuzz", "dfuzz_se", "dfuzz_pct")
 
 
 def gemma_table(grid: pd.DataFrame, fuzz: pd.DataFrame | None = None) -> pd.DataFrame:
     """§6 table from :func:`paperlib.evaluate.grid_table` (and :func:`fuzz_table`) with short names."""
     t = grid.rename(columns={"delta_phi_pct": "dphi_pct", "delta_l2_pct": "dl2_pct"}).copy()
     if fuzz is not None and len(fuzz):
-        t = t.merge(fuzz[["run", "n_fuzz", "fuzz_mean", "dfuzz_pct"]], on="run", how="left")
-    for c in ("n_fuzz", "fuzz_mean", "dfuzz_pct"):
+        t = t.merge(fuzz[[c for c in ("run", *FUZZ_COLUMNS) if c in fuzz]], on="run", how="left")
+    for c in FUZZ_COLUMNS:
         if c not in t:
             t[c] = 0 if c == "n_fuzz" else math.nan
     return t[GEMMA_COLUMNS].reset_index(drop=True)
 
 
 def gemma_figure(table: pd.DataFrame, title: str = ""):
-    """Left: ΔL2 % vs Δ mean |φ| % per configuration (λ₂ colour, σ² marker); right: ΔFuzz % per config."""
+    """Left: ΔL2 % vs Δ mean |φ| % per configuration (λ₂ colour, σ² marker); right: absolute Δ mean fuzz
+    vs solo per configuration with ± 1 standard error (the relative ΔFuzz % explodes near a 0 mean)."""
     import matplotlib.pyplot as plt
 
     joint = table[table["run"] != "solo"].reset_index(drop=True)
@@ -126,18 +144,21 @@ def gemma_figure(table: pd.DataFrame, title: str = ""):
     if len(joint):
         a.legend(fontsize=7, loc="best")
     labels = [f"λ₂={r.lambda2:g}\nσ²={r.sigma2:g}" for r in joint.itertuples()]
-    vals = joint["dfuzz_pct"].to_numpy(np.float64)
+    vals = joint["dfuzz"].to_numpy(np.float64)
     if np.isfinite(vals).any():
-        b.bar(range(len(vals)), np.nan_to_num(vals), color=["tab:green" if v > 0 else "tab:red" for v in vals])
+        err = joint["dfuzz_se"].to_numpy(np.float64)
+        b.bar(range(len(vals)), np.nan_to_num(vals), yerr=np.where(np.isfinite(err), err, 0.0), capsize=3,
+              color=["tab:green" if v > 0 else "tab:red" for v in vals])
         b.axhline(0, color="grey", lw=0.8)
-        b.set_ylabel("ΔFuzz vs solo (%)")
+        b.set_ylabel("Δ mean fuzz vs solo (2·acc−1, ± 1 s.e.)")
         n_solo = table.loc[table["run"] == "solo", "n_fuzz"]
         for i, (v, n) in enumerate(zip(vals, joint["n_fuzz"], strict=True)):
             if np.isfinite(v):
                 b.annotate(f"n={int(n)}", (i, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
         if len(n_solo):
-            b.text(0.01, 0.99, f"solo n={int(n_solo.iloc[0])} scored features", transform=b.transAxes,
-                   ha="left", va="top", fontsize=7)
+            solo_mean = table.loc[table["run"] == "solo", "fuzz_mean"].iloc[0]
+            b.text(0.01, 0.99, f"solo: mean fuzz {solo_mean:.3f} on n={int(n_solo.iloc[0])} features",
+                   transform=b.transAxes, ha="left", va="top", fontsize=7)
     else:
         b.text(0.5, 0.5, "no fuzz scores (judge disabled or auto-interp unavailable)",
                ha="center", va="center", transform=b.transAxes, fontsize=8)

@@ -8,6 +8,7 @@ truth) from ``paths.output_dirs(profile)``; a number whose stage has not run is 
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import pandas as pd
@@ -47,7 +48,7 @@ def _col(df: pd.DataFrame, *names: str):
 def _fmt(x, spec: str = ".4g") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return format(x, spec) if isinstance(x, (int, float)) else str(x)
+    return format(x, spec) if isinstance(x, numbers.Real) else str(x)
 
 
 def _row(df: pd.DataFrame, run: str) -> pd.Series | None:
@@ -65,6 +66,48 @@ def _get(row, *names, spec=".4g", unit: str = "") -> str:
         if n in row.index:
             return _fmt(row[n], spec) + unit
     return "n/a"
+
+
+def gemma_text(gem: pd.DataFrame | None, paper_config: tuple[float, float] = (0.3, 1.0)) -> str:
+    """Second-model row: Δ mean |φ| range, the paper's configuration, best absolute Δfuzz vs solo.
+
+    Fuzz differences are absolute (2·acc−1 units): a relative ΔFuzz % is meaningless when the solo
+    mean is near 0, as it is for small, short-trained SAEs."""
+    if gem is None or not len(gem):
+        return "not run"
+    joint = gem[gem["run"] != "solo"]
+    solo = gem[gem["run"] == "solo"]
+    if not len(joint) or not len(solo):
+        return "table present, no solo/joint rows"
+    d = joint["dphi_pct"].astype(float)
+    parts = [f"Δ mean \\|φ\\| {d.min():+.2f}% to {d.max():+.2f}% over {len(joint)} configs"]
+    fz = solo["fuzz_mean"].astype(float).iloc[0] if "fuzz_mean" in gem else math.nan
+    pc = joint[(joint["lambda2"] == paper_config[0]) & (joint["sigma2"] == paper_config[1])]
+    if len(pc):
+        row = pc.iloc[0]
+        txt = f"λ₂={paper_config[0]:g}, σ²={paper_config[1]:g}: ΔL2 {float(row['dl2_pct']):+.2f}%"
+        if math.isfinite(fz) and math.isfinite(float(row["fuzz_mean"])):
+            txt += f", Δfuzz {float(row['fuzz_mean']) - fz:+.3f}"
+        parts.append(txt)
+    if math.isfinite(fz) and joint["fuzz_mean"].notna().any():
+        best = joint.loc[joint["fuzz_mean"].astype(float).idxmax()]
+        se = f" ± {float(best['dfuzz_se']):.3f} s.e." if math.isfinite(float(best.get("dfuzz_se", math.nan))) else ""
+        parts.append(f"best Δfuzz {float(best['fuzz_mean']) - fz:+.3f}{se} at {best['run']} "
+                     f"(solo fuzz {fz:.3f}; {int(best['n_fuzz'])} features per config)")
+    return "; ".join(parts)
+
+
+def ground_truth_text(gt: pd.DataFrame | None) -> str:
+    """One line per non-solo run: Δ mean |φ|, recovered and blended fractions vs solo."""
+    if gt is None or not len(gt) or "solo" not in set(gt["run"]):
+        return "not run"
+    s = gt[gt["run"] == "solo"].iloc[0]
+    out = []
+    for _, r in gt[gt["run"] != "solo"].iterrows():
+        out.append(f"{r['label']}: Δ\\|φ\\| {100 * (r['mean_abs_phi'] / s['mean_abs_phi'] - 1):+.1f}%, "
+                   f"recovered {r['recovered_frac']:.3f} vs {s['recovered_frac']:.3f}, "
+                   f"blending {r['blend_frac']:.3f} vs {s['blend_frac']:.3f}")
+    return "; ".join(out) if out else "solo only"
 
 
 def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
@@ -125,27 +168,27 @@ def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
     rows.append(("paired Δfuzz", PAPER["fuzz_delta"],
                  f"Δ = {_get(r, 'delta', 'mean_delta', spec='+.4f')}, t = {_get(r, 't', spec='.2f')}, "
                  f"p = {_get(r, 'p', spec='.2g')}, pairs = {_get(r, 'n_pairs', 'n', spec='.0f')}"))
-    rows.append(("% pairs improved", PAPER["fuzz_share"],
-                 _get(r, "pct_joint_higher", "share_joint_higher", spec=".1f")))
+    share = _get(r, "pct_joint_higher", "share_joint_higher", spec=".1f", unit="%")
+    if r is not None and "pct_equal" in r.index:
+        share += f" (ties {_get(r, 'pct_equal', spec='.1f')}%)"
+    rows.append(("% pairs improved", PAPER["fuzz_share"], share))
     gem = _read(tables, "gemma_grid")
     if gem is None:
         g2 = output_dirs("gemma-3-270m")[1] / "gemma_grid.csv"
         gem = pd.read_csv(g2) if g2.exists() else None
-    gtxt = "not run"
-    if gem is not None:
-        c = _col(gem, "dfuzz_pct", "delta_fuzz_pct")
-        best = gem.loc[gem[c].idxmax()] if c else None
-        gtxt = (f"best ΔFuzz {_get(best, c, spec='+.1f')}% at {_get(best, 'run', spec='')}"
-                if best is not None else "table present, no ΔFuzz column")
-    rows.append(("second model (§6)", PAPER["gemma"], gtxt))
+    from paperlib.reproduce import SECOND_MODEL
+
+    rows.append(("second model (§6)", PAPER["gemma"],
+                 f"`{SECOND_MODEL.get(p.name, p.name)}` profile: {gemma_text(gem)}"))
     lines += [f"| {q} | {paper} | {ours} |" for q, paper, ours in rows]
     gt = _read(tables, "ground_truth")
     lines += ["", "Beyond the paper:", ""]
-    lines.append("- ground-truth benchmark (notebook 08): "
-                 + ("see `ground_truth.md`" if gt is not None else "not run"))
+    lines.append("- ground-truth benchmark (notebook 08, `ground_truth.md`): " + ground_truth_text(gt))
     if stage_seconds:
-        lines += ["", "Stage run times of the last run (s): "
-                  + ", ".join(f"{k} {v}" for k, v in stage_seconds.items() if v is not None)]
+        done = {k: v for k, v in stage_seconds.items() if v is not None}
+        lines += ["", "Stage run times of the last run of each stage (s): "
+                  + ", ".join(f"{k} {v}" for k, v in done.items())
+                  + f"; sum {sum(done.values()) / 60:.1f} min"]
     lines += ["", "Numbers are regenerated by `make reproduce`; the paper's are quoted from its text.", ""]
     path = tables / "summary.md"
     write_text(path, "\n".join(lines))

@@ -149,11 +149,14 @@ def test_second_model_table_and_dirs(tmp_path, monkeypatch):
                          "mean_abs_phi": [0.02, 0.018], "delta_phi_pct": [0.0, -10.0], "l2": [0.1, 0.105],
                          "delta_l2_pct": [0.0, 5.0], "l0": [8.0, 8.0], "ce_overhead_pct": [1.0, 1.2],
                          "dead_latents": [0, 1], "welch_p": [math.nan, 0.01]})
-    fuzz = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "n_fuzz": [3, 3], "fuzz_mean": [0.4, 0.5]})
+    fuzz = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "n_fuzz": [3, 3], "fuzz_mean": [0.4, 0.5],
+                         "fuzz_sem": [0.03, 0.04]})
     fuzz["dfuzz_pct"] = 100 * (fuzz["fuzz_mean"] - 0.4) / 0.4
+    fuzz["dfuzz"], fuzz["dfuzz_se"] = fuzz["fuzz_mean"] - 0.4, [math.nan, 0.05]
     t = sm.gemma_table(grid, fuzz)
     assert list(t.columns) == sm.GEMMA_COLUMNS
     assert t.loc[1, "dphi_pct"] == -10.0 and t.loc[1, "dfuzz_pct"] == pytest.approx(25.0)
+    assert t.loc[1, "dfuzz"] == pytest.approx(0.1) and t.loc[1, "dfuzz_se"] == pytest.approx(0.05)
     assert sm.gemma_table(grid)["fuzz_mean"].isna().all()
     empty = sm.fuzz_table("smoke", ["solo", "joint-l0.3-s1"], 3, judge=None)
     assert empty["fuzz_mean"].isna().all() and list(empty["n_fuzz"]) == [0, 0]
@@ -205,3 +208,18 @@ def test_duplicate_beyond_the_top_two_partners_is_skipped():
     ok = Candidate("splitting", 1, 0.1, [0, 1, 2], [0.9, 0.8, 0.7], 0.8)
     kept, skipped = drop_duplicate_partners([dup, ok], fired, n=1, max_phi=0.8)
     assert [c.feature for c in kept] == [1] and skipped == 1
+
+
+def test_fuzz_deltas_against_hand_computation():
+    import math
+
+    import pandas as pd
+
+    from paperlib.second_model import add_fuzz_deltas
+
+    t = add_fuzz_deltas(pd.DataFrame({"run": ["solo", "a", "b"], "fuzz_mean": [0.05, 0.2, -0.05],
+                                      "fuzz_sem": [0.03, 0.04, math.nan]}))
+    assert t["dfuzz"].tolist() == pytest.approx([0.0, 0.15, -0.1])
+    assert math.isnan(t.loc[0, "dfuzz_se"]) and t.loc[1, "dfuzz_se"] == pytest.approx(0.05)  # √(.03²+.04²)
+    assert math.isnan(t.loc[2, "dfuzz_se"])
+    assert t["dfuzz_pct"].tolist() == pytest.approx([0.0, 300.0, -200.0])

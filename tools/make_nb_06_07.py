@@ -20,7 +20,7 @@ write_notebook(
     '''sae = "joint"          # "joint": the selected configuration, or a run name such as joint-l0.3-s1.0
 n_candidates = 5       # candidates of each kind to show
 max_partners = 3       # partners listed per candidate
-max_partner_phi = 0.8  # skip candidates whose two top partners co-fire at φ ≥ this (duplicates); None keeps all
+max_partner_phi = 0.8  # skip candidates with two partners co-firing at φ ≥ this (duplicates); None keeps all
 judge = "local"        # local | openai | none (no fuzz scores / explanations)''',
     [
         '''from IPython.display import Markdown, display
@@ -49,11 +49,11 @@ res = case_studies(ctx.profile, "solo", joint, n_candidates=n_candidates, max_pa
                    judge=judge_obj, n_scored=n_scored, max_partner_phi=max_partner_phi)
 print(f"{res['n_splitting']} splitting and {res['n_merging']} merging candidates "
       f"(rate ≤ 5%, ≥ 2 partners with φ ≥ 0.2); showing the top {n_candidates} of each")
-print("skipped as near-duplicate partners (φ between the top two partners ≥ "
-      f"{max_partner_phi}):", res["n_skipped_duplicates"])''',
+print("skipped as near-duplicate partners (φ ≥ "
+      f"{max_partner_phi} between any two of their partners):", res["n_skipped_duplicates"])''',
         '''note = (f"Solo vs {joint} on the co-occurrence range ({res['cross'].T} tokens), profile {ctx.profile.name}. "
         f"{res['n_splitting']} splitting / {res['n_merging']} merging candidates in total; "
-        f"skipped as near-duplicate partners (φ ≥ {max_partner_phi} between the top two): "
+        f"skipped as near-duplicate partners (φ ≥ {max_partner_phi} between any two partners): "
         f"{res['n_skipped_duplicates']['splitting']} / {res['n_skipped_duplicates']['merging']}. "
         + ("" if res["interp_available"] else "No auto-interp results: fuzz and explanations are —."))
 save_case_studies(res["splitting"], ctx.tables, "case_studies_splitting", "Splitting case studies", note)
