@@ -38,12 +38,14 @@ __all__ = [
     "case_study_markdown",
     "case_study_table",
     "cross_phi_figure",
-    "drop_duplicate_partners",
     "cross_phi_matrix",
+    "drop_duplicate_partners",
     "find_candidates",
     "format_context",
     "interp_records",
+    "partner_phi",
     "save_case_studies",
+    "strongest_partner_phi",
     "studies_frame",
 ]
 
@@ -128,19 +130,24 @@ def drop_duplicate_partners(cands: Sequence[Candidate], fired_partner: Any, n: i
     for c in cands:
         if len(keep) == n:
             break
-        if max_phi is not None and max_partner_phi(fired_partner, c.partners) >= max_phi:
+        if max_phi is not None and strongest_partner_phi(fired_partner, c.partners) >= max_phi:
             skipped += 1
             continue
         keep.append(c)
     return keep, skipped
 
 
-def max_partner_phi(fired: Any, partners: Sequence[int]) -> float:
+def partner_phi(fired: Any, partners: Sequence[int]) -> np.ndarray:
+    """φ between every two features of ``partners`` [p, p] (on ``fired``), diagonal −inf."""
+    p = len(partners)
+    phi = cross_phi_matrix(fired, fired, partners, partners) if p > 1 else np.zeros((p, p))
+    np.fill_diagonal(phi, -np.inf)
+    return phi
+
+
+def strongest_partner_phi(fired: Any, partners: Sequence[int]) -> float:
     """Largest φ between two distinct features of ``partners`` (−inf with fewer than two)."""
-    if len(partners) < 2:
-        return -math.inf
-    phi = cross_phi_matrix(fired, fired, partners, partners)
-    return float(phi[~np.eye(len(partners), dtype=bool)].max())
+    return float(partner_phi(fired, partners).max()) if len(partners) > 1 else -math.inf
 
 
 def cross_phi_matrix(fired_a: Any, fired_b: Any, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
@@ -304,11 +311,9 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
                                rates_partner=rates[partner], cos=cos, interp_base=interp[base],
                                interp_partner=interp[partner])
         # a genuine split has partners that rarely co-fire with each other; duplicates co-fire
-        fp = fired[partner]
-        pp = cross_phi_matrix(fp, fp, c.partners, c.partners) if len(c.partners) > 1 else np.zeros((1, 1))
-        np.fill_diagonal(pp, -np.inf)
+        pp = partner_phi(fired[partner], c.partners)
         tab["max_phi_other_partners"] = [math.nan] + [float(v) if np.isfinite(v) else math.nan
-                                                      for v in pp.max(axis=1)][:len(c.partners)]
+                                                      for v in pp.max(axis=1, initial=-np.inf)]
         cx = {(base, c.feature): ctx.get((base, c.feature), [])}
         cx.update({(partner, f): ctx.get((partner, f), []) for f in c.partners})
         return CaseStudy(c, tab, cx)

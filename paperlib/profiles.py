@@ -138,7 +138,7 @@ PROFILES: dict[str, Profile] = {
         model="smollm2-135m",
         layer=12,
         corpus="bbc",
-        # Sized for the 45-min budget of `make reproduce` on a 2-core CPU: 200 steps × 1024 tokens, one
+        # Sized for the 45-min budget of `make reproduce` on a 2-core CPU: 198 steps × 1024 tokens, one
         # pass; CE on 4,096 tokens (a paired difference against the clean model on the same tokens).
         tokens=TokenBudget(
             train=204_800, calibration=51_200, cooccurrence=102_400, autointerp=51_200,

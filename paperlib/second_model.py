@@ -75,8 +75,8 @@ def sample_features(profile: str | Profile, run: str, n: int, seed: int = 0) -> 
 
 def fuzz_table(profile: str | Profile, names: list[str], n_features: int, judge: Any, seed: int = 0,
                progress: bool = True) -> pd.DataFrame:
-    """Per run: ``n_fuzz`` scored features, ``fuzz_mean``, ``fuzz_sem`` and ``dfuzz_pct`` vs ``solo``
-    (``100·(mean − solo)/|solo|``). Empty (NaN) when ``judge`` is None or paperlib.interp is missing."""
+    """Per run: ``n_fuzz`` scored features, ``fuzz_mean``, ``fuzz_sem`` and the differences vs ``solo``
+    of :func:`add_fuzz_deltas`. Empty (NaN) when ``judge`` is None or paperlib.interp is missing."""
     rows = []
     try:
         from paperlib.interp import ensure_scores

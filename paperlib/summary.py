@@ -79,21 +79,27 @@ def gemma_text(gem: pd.DataFrame | None, paper_config: tuple[float, float] = (0.
     solo = gem[gem["run"] == "solo"]
     if not len(joint) or not len(solo):
         return "table present, no solo/joint rows"
+    if "dfuzz" not in gem and "fuzz_mean" in gem:  # a table written before dfuzz / dfuzz_se existed
+        from paperlib.second_model import add_fuzz_deltas
+
+        gem = add_fuzz_deltas(gem.assign(fuzz_sem=gem.get("fuzz_sem", math.nan)))
+        joint, solo = gem[gem["run"] != "solo"], gem[gem["run"] == "solo"]
     d = joint["dphi_pct"].astype(float)
     parts = [f"Δ mean \\|φ\\| {d.min():+.2f}% to {d.max():+.2f}% over {len(joint)} configs"]
-    fz = solo["fuzz_mean"].astype(float).iloc[0] if "fuzz_mean" in gem else math.nan
+    has_fuzz = "dfuzz" in gem and joint["dfuzz"].notna().any()
     pc = joint[(joint["lambda2"] == paper_config[0]) & (joint["sigma2"] == paper_config[1])]
     if len(pc):
         row = pc.iloc[0]
         txt = f"λ₂={paper_config[0]:g}, σ²={paper_config[1]:g}: ΔL2 {float(row['dl2_pct']):+.2f}%"
-        if math.isfinite(fz) and math.isfinite(float(row["fuzz_mean"])):
-            txt += f", Δfuzz {float(row['fuzz_mean']) - fz:+.3f}"
+        if has_fuzz and math.isfinite(float(row["dfuzz"])):
+            txt += f", Δfuzz {float(row['dfuzz']):+.3f}"
         parts.append(txt)
-    if math.isfinite(fz) and joint["fuzz_mean"].notna().any():
-        best = joint.loc[joint["fuzz_mean"].astype(float).idxmax()]
-        se = f" ± {float(best['dfuzz_se']):.3f} s.e." if math.isfinite(float(best.get("dfuzz_se", math.nan))) else ""
-        parts.append(f"best Δfuzz {float(best['fuzz_mean']) - fz:+.3f}{se} at {best['run']} "
-                     f"(solo fuzz {fz:.3f}; {int(best['n_fuzz'])} features per config)")
+    if has_fuzz:
+        best = joint.loc[joint["dfuzz"].astype(float).idxmax()]
+        se = float(best.get("dfuzz_se", math.nan))
+        parts.append(f"best Δfuzz {float(best['dfuzz']):+.3f}" + (f" ± {se:.3f} s.e." if math.isfinite(se) else "")
+                     + f" at {best['run']} (solo fuzz {float(solo['fuzz_mean'].iloc[0]):.3f}; "
+                     f"{int(best['n_fuzz'])} features per config)")
     return "; ".join(parts)
 
 

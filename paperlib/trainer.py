@@ -30,8 +30,8 @@ standardisation. ``"dim+token"`` additionally standardises each dimension with t
 (population) std of the training activations, computed once before step 0 in fp64
 (:func:`input_dim_stats`, chunked over the memory-mapped array) and stored in the primary SAE's
 ``input_mean`` / ``input_scale`` buffers, hence in every checkpoint and in ``sae/``. The meta SAE
-never uses it. A finished run whose recorded ``input_norm`` differs from the profile's is rejected
-(not silently reused).
+never uses it. A finished run whose recorded configuration (``input_norm`` included) differs from
+the profile's is rejected, not silently reused.
 """
 
 from __future__ import annotations
@@ -403,20 +403,26 @@ def is_done(out_dir: str | Path) -> bool:
     return (Path(out_dir) / "done.json").exists()
 
 
-def _check_done_input_norm(out_dir: Path, profile: Profile) -> None:
-    """A finished run trained with another input normalisation must not be reused silently."""
+RESULT_NEUTRAL_FIELDS = ("checkpoint_every",)
+"""TrainConfig fields that do not change a finished run's weights (ignored by the stale-run check)."""
+
+
+def _check_done_config(out_dir: Path, profile: Profile, spec: RunSpec) -> None:
+    """A finished run trained with another configuration (profile edited since) is not reused
+    silently: every recorded TrainConfig field except :data:`RESULT_NEUTRAL_FIELDS` must match."""
     cfg_path = out_dir / "config.json"
-    if not cfg_path.exists():
-        return
-    rec = read_json(cfg_path).get("train_config")
+    rec = read_json(cfg_path).get("train_config") if cfg_path.exists() else None
     if not isinstance(rec, dict):
         return
-    recorded = _recorded_config(rec)["input_norm"]
-    if recorded != profile.input_norm:
+    recorded = _recorded_config(rec)  # fields missing from an old record: their old behaviour, or skipped
+    wanted = dataclasses.asdict(TrainConfig.from_profile(profile, spec, int(recorded.get("d_in", 0))))
+    diff = [k for k, v in wanted.items() if k in recorded and k not in RESULT_NEUTRAL_FIELDS and recorded[k] != v]
+    if diff:
         raise ValueError(
-            f"finished run {out_dir} was trained with input_norm={recorded!r}, but profile "
-            f"{profile.name!r} now uses input_norm={profile.input_norm!r}; delete the run directory "
-            "(and its evaluation outputs) to retrain it"
+            f"finished run {out_dir} was trained with "
+            + ", ".join(f"{k}={recorded[k]!r}" for k in diff)
+            + f", but profile {profile.name!r} now gives " + ", ".join(f"{k}={wanted[k]!r}" for k in diff)
+            + "; delete the run directory (and its evaluation outputs) to retrain it"
         )
 
 
@@ -444,7 +450,7 @@ def train_run(
     spec = parse_run(spec) if isinstance(spec, str) else spec
     out_dir = Path(out_dir)
     if is_done(out_dir):
-        _check_done_input_norm(out_dir, profile)
+        _check_done_config(out_dir, profile, spec)
         return out_dir
     if len(tuple(acts.shape)) != 2:
         raise ValueError(f"activations must be a 2-D [T, d] array, got shape {tuple(acts.shape)}")
@@ -564,9 +570,9 @@ def ensure_trained(profile: str | Profile, specs: Iterable[RunSpec | str],
     """
     profile = get_profile(profile)
     specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
-    for spec in specs:  # a finished run trained with another input normalisation is not reused
+    for spec in specs:  # a finished run trained with another configuration is not reused
         if is_done(paths.run_dir(profile, spec.name)):
-            _check_done_input_norm(paths.run_dir(profile, spec.name), profile)
+            _check_done_config(paths.run_dir(profile, spec.name), profile, spec)
     out = {spec.name: paths.run_dir(profile, spec.name) for spec in specs}
     todo = [spec for spec in specs if not is_done(out[spec.name])]
     if not todo:

@@ -191,7 +191,7 @@ def test_duplicate_partners_are_skipped():
 
 def test_duplicate_beyond_the_top_two_partners_is_skipped():
     """Every pair of listed partners is checked, not only the two strongest (brute-force φ)."""
-    from paperlib.case_studies import Candidate, max_partner_phi
+    from paperlib.case_studies import Candidate, strongest_partner_phi
 
     rng = np.random.default_rng(3)
     J = (rng.random((400, 4)) < 0.3).astype(np.int8)
@@ -201,9 +201,9 @@ def test_duplicate_beyond_the_top_two_partners_is_skipped():
     def phi(a, b):
         return np.corrcoef(J[:, a], J[:, b])[0, 1]
 
-    assert max_partner_phi(fired, [0, 1, 2, 3]) == pytest.approx(1.0)
-    assert max_partner_phi(fired, [0, 1, 2]) == pytest.approx(max(phi(0, 1), phi(0, 2), phi(1, 2)))
-    assert max_partner_phi(fired, [0]) == -np.inf
+    assert strongest_partner_phi(fired, [0, 1, 2, 3]) == pytest.approx(1.0)
+    assert strongest_partner_phi(fired, [0, 1, 2]) == pytest.approx(max(phi(0, 1), phi(0, 2), phi(1, 2)))
+    assert strongest_partner_phi(fired, [0]) == -np.inf
     dup = Candidate("splitting", 0, 0.1, [0, 1, 2, 3], [0.9, 0.8, 0.7, 0.6], 0.8)
     ok = Candidate("splitting", 1, 0.1, [0, 1, 2], [0.9, 0.8, 0.7], 0.8)
     kept, skipped = drop_duplicate_partners([dup, ok], fired, n=1, max_phi=0.8)

@@ -272,3 +272,17 @@ def test_ensure_trained_rejects_stale_input_norm(tmp_artifacts):
     with pytest.raises(ValueError, match="input_norm"):
         tr.ensure_trained(prof, ["solo"], progress=False)
     assert tr.ensure_trained(_profile(), ["solo"], progress=False) == {"solo": rdir}  # "token": reused
+
+
+def test_finished_run_with_another_config_is_not_reused(tmp_path):
+    """Any result-changing field edited in the profile since training is caught, not only input_norm."""
+    acts = _acts()
+    out = tr.train_run(_profile(train_epochs=1.0), RunSpec("solo"), acts, tmp_path / "r", progress=False,
+                       device="cpu")
+    with pytest.raises(ValueError, match=r"train_epochs=1\.0.*now gives train_epochs=2\.0"):
+        tr.train_run(_profile(train_epochs=2.0), RunSpec("solo"), acts, out, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="lr="):
+        tr.train_run(_profile(train_epochs=1.0, lr=0.5), RunSpec("solo"), acts, out, progress=False, device="cpu")
+    # checkpoint spacing does not change the weights: the finished run is reused
+    assert tr.train_run(_profile(train_epochs=1.0, checkpoint_every=7), RunSpec("solo"), acts, out,
+                        progress=False, device="cpu") == out
