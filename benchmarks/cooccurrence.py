@@ -19,7 +19,7 @@ Acceptance: peak < 8 GiB and ≥ 5× faster than the dense baseline.
 Last run (2 CPU threads, T = 200k, n = 20480, mean L0 = 64.2, 210 dead): within_stats_blockwise
 52 s incl. accumulation (peak RSS 1.5 GiB); full int64 count 90 s (peak RSS 4.6 GiB, dominated by
 the 3.4 GB n×n result); dense fp32 baseline 33 s on 1024 tokens ≈ 26 GFLOP/s → 6440 s scaled to
-200k tokens: 124× (within) / 71× (full count). Even at the 113 GFLOP/s peak quoted in SPEC §6 the
+200k tokens: 124× (within) / 71× (full count). Even at the 113 GFLOP/s peak quoted in method.md §6 the
 dense baseline would take ≈ 1500 s (≥ 16×).
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from paperlib import cooccurrence as co
+from paperlib.metrics import cooccurrence as co
 
 
 def rss_peak_gib() -> float:

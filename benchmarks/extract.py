@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from paperlib.activations import resid_pre
-from paperlib.lm import decoder_layers, load_lm
-from paperlib.profiles import get_profile
+from paperlib.config.profiles import get_profile
+from paperlib.data.activations import resid_pre
+from paperlib.data.lm import decoder_layers, load_lm
 
 
 class _Stop(Exception):

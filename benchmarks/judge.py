@@ -1,7 +1,7 @@
 """Local likelihood judge throughput on real fuzz items: seconds per feature, same process.
 
 Builds the fuzz items of ``--features`` alive features of a trained run (default profile, solo,
-:data:`paperlib.interp.LEAN_CONTEXT`) and times :meth:`LocalLikelihoodJudge.judge_binary` with an
+:data:`paperlib.stages.interp.LEAN_CONTEXT`) and times :meth:`LocalLikelihoodJudge.judge_binary` with an
 empty disk cache for each configuration below; the first configuration is the baseline of the
 printed ratios. Every configuration must give the same per-item scores (checked, to 1e-3 nats).
 
@@ -21,13 +21,13 @@ import time
 import numpy as np
 import torch
 
-from paperlib.activations import load_cache
-from paperlib.autointerp import collect_contexts, collect_feature_activations, make_fuzz_items
-from paperlib.evaluate import ensure_calibration
-from paperlib.interp import LEAN_CONTEXT, profile_decoder
-from paperlib.judges import JudgeItem, LocalLikelihoodJudge, template_explanation
-from paperlib.lm import load_hf
-from paperlib.trainer import load_run
+from paperlib.autointerp.judges import JudgeItem, LocalLikelihoodJudge, template_explanation
+from paperlib.autointerp.scoring import collect_contexts, collect_feature_activations, make_fuzz_items
+from paperlib.data.activations import load_cache
+from paperlib.data.lm import load_hf
+from paperlib.sae.trainer import load_run
+from paperlib.stages.evaluate import ensure_calibration
+from paperlib.stages.interp import LEAN_CONTEXT, profile_decoder
 
 
 def feature_items(profile: str, run: str, n: int, seed: int = 0) -> list[tuple[str, list[JudgeItem]]]:

@@ -1,18 +1,18 @@
 """Training-step throughput (tokens/s): sparse BatchTopK path vs a naive dense step, same process.
 
 Measures, at the default profile's sizes (d = 576, n = 4608 = 8·d, k = 32, B = 1024) and at
-B = 4096 (the SPEC's reference step):
+B = 4096 (the reference step):
 
 - ``naive``: a naive dense BatchTopK step (flattened ``torch.topk`` over [B·n], dense codes,
   dense decode matmul, dense autograd backward, decoder constraint, Adam);
-- ``solo``: one primary step of :class:`paperlib.trainer.Trainer` (sparse decode and backward);
+- ``solo``: one primary step of :class:`paperlib.sae.trainer.Trainer` (sparse decode and backward);
 - ``joint``: one joint macro-step (n_p primary steps with the penalty + n_m meta steps), reported
   per primary token;
 - optionally (``--dead``) the same with a fraction of latents marked dead (AuxK active).
 
 Times are the minimum over repetitions. Ratios are printed against the naive step measured in the
 same process. A comparison with SAELens /
-dictionary_learning is out of scope here (they would have to be installed in separate venvs; SPEC §6
+dictionary_learning is out of scope here (they would have to be installed in separate venvs; method.md §6
 records their measured speeds on this machine: ≈1,900 and ≈2,600 tok/s at B = 4096).
 
 Usage: ``.venv/bin/python benchmarks/train.py [--batch 1024 4096] [--reps 3] [--dead 0.1]``.
@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from paperlib.models import BatchTopKSAE
-from paperlib.profiles import get_profile
-from paperlib.runs import RunSpec
-from paperlib.trainer import TrainConfig, Trainer
+from paperlib.config.profiles import get_profile
+from paperlib.sae.arms import RunSpec
+from paperlib.sae.models import BatchTopKSAE
+from paperlib.sae.trainer import TrainConfig, Trainer
 
 
 def naive_dense_step(sae: BatchTopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:

@@ -19,11 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paperlib.io import read_json, write_json
-from paperlib.paths import REPO_ROOT
-from paperlib.profiles import get_profile
-
-SECOND_MODEL = {"default": "gemma-3-270m", "smoke": "smoke", "gpt2-large": "gemma-2-9b"}
+from paperlib.config.io import read_json, write_json
+from paperlib.config.paths import REPO_ROOT
+from paperlib.config.profiles import get_profile, second_model
+from paperlib.report.summary import write_summary
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Stage:
 
 def stages(profile: str) -> list[Stage]:
     """The pipeline for a profile, in order."""
-    second = SECOND_MODEL.get(profile, profile)
+    second = second_model(profile)
     return [
         Stage("01_train.ipynb", {"profile": profile, "sae": "all"}),
         Stage("02_calibrate.ipynb", {"profile": profile, "sae": "all"}),
@@ -111,7 +110,6 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
         write_json(record_path, record)
         timings.append((stage.name, "ran", dt))
         print(f"    done in {_fmt(dt)}", flush=True)
-    from paperlib.summary import write_summary
 
     path = write_summary(profile, stage_seconds={k: v.get("seconds") for k, v in record.items()})
     print(f"\nsummary: {path}")

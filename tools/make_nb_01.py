@@ -14,10 +14,10 @@ lambda2 = None     # e.g. "0.1,0.3" to train a custom joint grid instead of the 
 sigma2 = None      # e.g. "1.0"
 seeds = None       # e.g. "0,1" to train every selected run once per seed''',
     [
-        '''from paperlib.notebook import setup, save_figure, save_table
-from paperlib.runs import training_plan
-from paperlib.trainer import ensure_trained
-from paperlib.training_report import final_metrics, training_curves
+        '''from paperlib.report.notebook import setup, save_figure, save_table
+from paperlib.sae.arms import training_plan
+from paperlib.sae.trainer import ensure_trained
+from paperlib.report.training import final_metrics, training_curves
 
 ctx = setup(profile)
 plan = training_plan(ctx.profile, sae, lambda2=lambda2, sigma2=sigma2, seeds=seeds)

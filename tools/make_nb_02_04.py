@@ -4,10 +4,11 @@ from tools.nbbuild import write_notebook
 
 PARAMS = 'sae = "all"        # all | solo | joint (selected config) | control | a run name; comma lists OK'
 
-SETUP = '''from paperlib import evaluate, figures
-from paperlib.notebook import setup, save_figure, save_table
-from paperlib.runs import select_runs, selected_joint, grid_runs
-from paperlib.trainer import ensure_trained
+SETUP = '''from paperlib.stages import evaluate
+from paperlib.report import figures
+from paperlib.report.notebook import setup, save_figure, save_table
+from paperlib.sae.arms import select_runs, selected_joint, grid_runs
+from paperlib.sae.trainer import ensure_trained
 import pandas as pd
 
 ctx = setup(profile)

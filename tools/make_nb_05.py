@@ -9,7 +9,7 @@ write_notebook(
     "matched pairs uniformly (seeded), explains and fuzz-scores both sides with a judge, and "
     "compares them (paired t-test). The judge's sanity check on labelled BBC snippets is shown "
     "first: trust Δfuzz only if the judge is clearly above chance. Lean defaults "
-    "(`paperlib.interp.LEAN_CONTEXT`): 6 test windows of 20 tokens per feature, no detection. "
+    "(`paperlib.stages.interp.LEAN_CONTEXT`): 6 test windows of 20 tokens per feature, no detection. "
     "Everything is cached per feature: a re-run or a killed run resumes.",
     '''sae = "joint"          # joint run to compare against "solo" ("joint": the selected configuration)
 judge = "local"        # local (offline likelihood judge) | openai (OpenAI-compatible endpoint)
@@ -21,10 +21,10 @@ seed = 0               # seeds the pair sample, the sanity set and the judge's f
     [
         '''import warnings
 
-from paperlib import interp
-from paperlib.notebook import setup, save_figure, save_table
-from paperlib.runs import select_runs
-from paperlib.trainer import ensure_trained
+from paperlib.stages import interp
+from paperlib.report.notebook import setup, save_figure, save_table
+from paperlib.sae.arms import select_runs
+from paperlib.sae.trainer import ensure_trained
 
 ctx = setup(profile)
 joint_name = select_runs(ctx.profile, sae)[0].name

@@ -14,7 +14,7 @@ write_notebook(
     "that co-fire strongly with two or more joint features, ranked by their second-highest cross-φ. "
     "**Merging candidates** are the symmetric case from the joint side. For the top candidates we show a "
     "table like the paper's Tables 2–5 — |φ|, firing rate, decoder cosine, fuzz score and explanation "
-    "(auto-interp via `paperlib.interp`; \"—\" when no judge is used) — and each feature's top "
+    "(auto-interp via `paperlib.stages.interp`; \"—\" when no judge is used) — and each feature's top "
     "activating contexts with the firing token marked «like this». A true split has partners that "
     "rarely co-fire with each other; the column `max_phi_other_partners` near 1 flags duplicates instead.",
     '''sae = "joint"          # "joint": the selected configuration, or a run name such as joint-l0.3-s1.0
@@ -25,10 +25,10 @@ judge = "local"        # local | openai | none (no fuzz scores / explanations)''
     [
         '''from IPython.display import Markdown, display
 
-from paperlib.case_studies import case_study_markdown, case_studies, cross_phi_figure, save_case_studies
-from paperlib.notebook import setup, save_figure
-from paperlib.runs import select_runs
-from paperlib.trainer import ensure_trained
+from paperlib.stages.case_studies import case_study_markdown, case_studies, cross_phi_figure, save_case_studies
+from paperlib.report.notebook import setup, save_figure
+from paperlib.sae.arms import select_runs
+from paperlib.sae.trainer import ensure_trained
 
 ctx = setup(profile)
 joint = select_runs(ctx.profile, sae)[0].name
@@ -37,7 +37,7 @@ print("solo vs", joint)''',
         ("md", "## Judge (for fuzz scores and explanations) and its sanity check"),
         '''judge_obj = None
 if judge and judge != "none":
-    from paperlib.interp import ensure_sanity, make_judge
+    from paperlib.stages.interp import ensure_sanity, make_judge
 
     judge_obj = make_judge(judge, profile=ctx.profile)
     print("judge sanity check:", ensure_sanity(ctx.profile, judge_obj))
@@ -84,10 +84,10 @@ sigma2 = "1.0,3.0"         # σ² grid
 n_fuzz_features = None   # features scored per configuration (None: the profile's autointerp_features)
 judge = "local"          # local | openai | none''',
     [
-        '''from paperlib.evaluate import grid_table, select_configuration
-from paperlib.notebook import setup, save_figure, save_table
-from paperlib.second_model import fuzz_table, gemma_figure, gemma_plan, gemma_table, output_dirs
-from paperlib.trainer import ensure_trained
+        '''from paperlib.stages.evaluate import grid_table, select_configuration
+from paperlib.report.notebook import setup, save_figure, save_table
+from paperlib.stages.second_model import fuzz_table, gemma_figure, gemma_plan, gemma_table, output_dirs
+from paperlib.sae.trainer import ensure_trained
 
 ctx = setup(profile)
 figures, tables = output_dirs(ctx.profile)
@@ -104,7 +104,7 @@ print("selection rule:", sel["rule"], "->", sel["selected"])''',
         ("md", "## Fuzz scores on a random sample of features per configuration"),
         '''judge_obj = None
 if judge and judge != "none":
-    from paperlib.interp import ensure_sanity, make_judge
+    from paperlib.stages.interp import ensure_sanity, make_judge
 
     judge_obj = make_judge(judge, profile=ctx.profile)
     print("judge sanity check:", ensure_sanity(ctx.profile, judge_obj))

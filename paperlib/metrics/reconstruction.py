@@ -1,0 +1,221 @@
+"""Reconstruction metrics (method.md §3.4, paper §5.3, App. B, App. D).
+
+Metrics part (this section): streamed over token chunks with fp64 accumulation.
+
+* ``mse``   — mean over tokens and d of (x̂ − x̃)² in the normalised space (= the training L2 loss).
+* ``fve``   — centred fraction of variance explained, 1 − Σ‖x̃ − x̂‖² / Σ‖x̃ − mean_t(x̃)‖²
+  (the mean is the per-dimension mean over the evaluated tokens), also in the normalised space.
+* ``l0``    — mean (and std) number of nonzero codes per token under the given encoding
+  (per-token thresholds θ, or BatchTopK over ``batch_size``-token batches when θ is None).
+* dead latents (never firing on these tokens), the per-feature firing-rate distribution
+  (quantiles and a fixed log10 histogram, comparable across SAEs), activation-norm statistics
+  (raw ‖x‖₂, normalised ‖x̃‖₂, ‖x̂‖₂, ratio ‖x̂‖/‖x̃‖, code L1, mean nonzero code value).
+
+The CE-splice section (nnsight; clean vs spliced vs zero-ablation) is added by the lead below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["RATE_LOG10_EDGES", "ReconAccumulator", "ReconMetrics", "reconstruction_metrics"]
+
+RATE_LOG10_EDGES = np.round(np.arange(-8.0, 0.0 + 1e-9, 0.1), 10)  # fixed bins for firing-rate histograms
+RATE_QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+
+
+def _np64(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+class _Moments:
+    """Streaming count/mean/M2 (Chan) plus min/max of a 1-D quantity."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.min, self.max = math.inf, -math.inf
+
+    def update(self, v: np.ndarray) -> None:
+        if v.size == 0:
+            return
+        nb, mb = v.size, float(v.mean())
+        m2b = float(np.square(v - mb).sum())
+        tot = self.n + nb
+        delta = mb - self.mean
+        self.m2 += m2b + delta * delta * self.n * nb / tot
+        self.mean += delta * nb / tot
+        self.n = tot
+        self.min, self.max = min(self.min, float(v.min())), max(self.max, float(v.max()))
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else float("nan")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
+
+
+@dataclass
+class ReconMetrics:
+    """Result of :func:`reconstruction_metrics` / :meth:`ReconAccumulator.result`."""
+
+    n_tokens: int
+    d: int
+    n_latents: int
+    mse: float
+    fve: float
+    sse: float
+    sst: float
+    l0: float
+    l0_std: float
+    n_dead: int
+    dead_frac: float
+    firing_rate_quantiles: dict[str, float]
+    input_norm: dict[str, float]
+    normalized_norm: dict[str, float]
+    recon_norm: dict[str, float]
+    norm_ratio: dict[str, float]
+    code_l1: float
+    mean_active_value: float
+    encoding: str
+    firing_counts: np.ndarray = field(repr=False)
+    rate_hist_counts: np.ndarray = field(repr=False)
+
+    @property
+    def firing_rates(self) -> np.ndarray:
+        return self.firing_counts / max(self.n_tokens, 1)
+
+    @property
+    def rate_hist_edges(self) -> np.ndarray:
+        """log10 firing-rate bin edges of ``rate_hist_counts`` (dead features are not in it)."""
+        return RATE_LOG10_EDGES
+
+    def to_dict(self, with_arrays: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_arrays:
+            d.pop("firing_counts")
+            d.pop("rate_hist_counts")
+        return d
+
+
+class ReconAccumulator:
+    """Streams (x̃, x̂, codes[, raw x]) chunks into fp64 totals; core of the metrics, SAE-free."""
+
+    def __init__(self, d: int, n_latents: int, encoding: str = "thresholds") -> None:
+        self.d, self.n_latents, self.encoding = int(d), int(n_latents), encoding
+        self.T = 0
+        self.sse = 0.0
+        self.sum_x = np.zeros(d, dtype=np.float64)
+        self.sumsq_x = 0.0
+        self.fire = np.zeros(n_latents, dtype=np.int64)
+        self.l0 = _Moments()
+        self.raw_norm = _Moments()
+        self.xn_norm = _Moments()
+        self.xh_norm = _Moments()
+        self.ratio = _Moments()
+        self.code_l1 = 0.0
+        self.active_sum = 0.0
+
+    def update(self, x_norm: Any, x_hat: Any, codes: Any, x_raw: Any | None = None) -> None:
+        """Add a chunk: normalised inputs ``[B, d]``, reconstructions ``[B, d]`` (normalised space),
+        codes ``[B, n]`` and optionally the raw inputs ``[B, d]`` (for activation-norm statistics)."""
+        xn, xh = _np64(x_norm), _np64(x_hat)
+        if xn.shape != xh.shape or xn.ndim != 2 or xn.shape[1] != self.d:
+            raise ValueError(f"x_norm {xn.shape} and x_hat {xh.shape} must both be [B, {self.d}]")
+        f = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+        if f.shape != (xn.shape[0], self.n_latents):
+            raise ValueError(f"codes must be [B, {self.n_latents}], got {f.shape}")
+        self.T += xn.shape[0]
+        self.sse += float(np.square(xh - xn).sum())
+        self.sum_x += xn.sum(0)
+        self.sumsq_x += float(np.square(xn).sum())
+        nz = f != 0
+        self.fire += nz.sum(0)
+        self.l0.update(nz.sum(1).astype(np.float64))
+        f64 = f.astype(np.float64)
+        self.code_l1 += float(np.abs(f64).sum())
+        self.active_sum += float(f64[nz].sum())
+        nxn = np.linalg.norm(xn, axis=1)
+        nxh = np.linalg.norm(xh, axis=1)
+        self.xn_norm.update(nxn)
+        self.xh_norm.update(nxh)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = nxh / nxn
+        self.ratio.update(r[np.isfinite(r)])
+        if x_raw is not None:
+            self.raw_norm.update(np.linalg.norm(_np64(x_raw), axis=1))
+
+    def result(self) -> ReconMetrics:
+        if self.T == 0:
+            raise ValueError("no tokens accumulated")
+        T = self.T
+        sst = self.sumsq_x - float(np.square(self.sum_x).sum()) / T
+        n_act = int(self.fire.sum())
+        fs = firing_summary(self.fire, T)
+        return ReconMetrics(
+            n_tokens=T, d=self.d, n_latents=self.n_latents, mse=self.sse / (T * self.d),
+            fve=1.0 - self.sse / sst if sst > 0 else float("nan"), sse=self.sse, sst=sst,
+            l0=self.l0.mean, l0_std=self.l0.std, n_dead=fs["n_dead"], dead_frac=fs["dead_frac"],
+            firing_rate_quantiles=fs["firing_rate_quantiles"],
+            input_norm=self.raw_norm.as_dict() if self.raw_norm.n else {},
+            normalized_norm=self.xn_norm.as_dict(), recon_norm=self.xh_norm.as_dict(),
+            norm_ratio=self.ratio.as_dict(), code_l1=self.code_l1 / T,
+            mean_active_value=self.active_sum / n_act if n_act else float("nan"),
+            encoding=self.encoding, firing_counts=self.fire.copy(), rate_hist_counts=fs["rate_hist_counts"],
+        )
+
+
+def firing_summary(counts: np.ndarray, n_tokens: int) -> dict[str, Any]:
+    """Dead latents, firing-rate quantiles and the log10 rate histogram from per-feature counts."""
+    counts = np.asarray(counts, dtype=np.int64)
+    rates = counts / max(int(n_tokens), 1)
+    alive = counts > 0
+    with np.errstate(divide="ignore"):
+        lr = np.log10(rates[alive])
+    hist, _ = np.histogram(np.clip(lr, RATE_LOG10_EDGES[0], RATE_LOG10_EDGES[-1]), bins=RATE_LOG10_EDGES)
+    return {"n_dead": int((~alive).sum()), "dead_frac": float((~alive).mean()),
+            "firing_rate_quantiles": {f"q{q:g}": float(np.quantile(rates, q)) for q in RATE_QUANTILES},
+            "rate_hist_counts": hist.astype(np.int64)}
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *, batch_size: int = 4096,
+                           device: str | torch.device = "cpu", progress: bool = True) -> ReconMetrics:
+    """Reconstruction metrics of ``sae`` on raw activations ``acts [T, d]`` (array/memmap/tensor).
+
+    ``thresholds`` (tensor/array [n]) → per-token encoding ``sae.encode(x, thresholds=θ)``;
+    ``None`` → BatchTopK over each ``batch_size``-token batch (training semantics).
+    """
+    T = len(acts)
+    theta = None if thresholds is None else torch.as_tensor(np.asarray(thresholds), dtype=torch.float32,
+                                                             device=device)
+    acc: ReconAccumulator | None = None
+    for s in tqdm(range(0, T, batch_size), desc="reconstruction", disable=not progress, leave=False):
+        x = torch.as_tensor(np.asarray(acts[s:s + batch_size]), device=device).float()
+        xn = sae.normalize(x)
+        f = sae.encode(x) if theta is None else sae.encode(x, thresholds=theta)
+        xh = sae.decode(f)
+        if acc is None:
+            acc = ReconAccumulator(xn.shape[1], f.shape[1], "batchtopk" if theta is None else "thresholds")
+        acc.update(xn, xh, f, x)
+    if acc is None:
+        raise ValueError("empty activation array")
+    return acc.result()
+
+
+# ==============================================================================================
+# CE splice (nnsight): clean vs SAE-spliced vs zero-ablated next-token loss. Implemented in
+# paperlib.metrics.ce (it needs the LM); re-exported here so the reconstruction metrics live in one place.
+# ==============================================================================================
+from paperlib.metrics.ce import CEResult, ce_losses, loss_recovered, overhead_pct, sae_splice, zero_splice  # noqa: E402
+
+__all__ = ["CEResult", "ReconAccumulator", "ReconMetrics", "ce_losses", "firing_summary", "loss_recovered",
+           "overhead_pct", "reconstruction_metrics", "sae_splice", "zero_splice"]

@@ -1,0 +1,233 @@
+"""Statistical tests for the paper's comparisons (method.md §3.3).
+
+* :func:`welch` / :func:`welch_from_sums` — Welch's unequal-variance t-test from summary or streamed
+  sufficient statistics (count, Σx, Σx²), Welch–Satterthwaite df, two-sided p, the difference
+  ``mean_a − mean_b`` with its confidence interval, and ``log10_p`` (p underflows to 0 for |t| ≳ 40
+  at large df; ``log10_p`` does not).
+* :func:`paired` — paired t-test (same as ``scipy.stats.ttest_rel(a, b)``) with CI and Cohen's d_z.
+* :func:`bootstrap_ci` — seeded percentile bootstrap.
+* :func:`noise_floor` — spread of a statistic (e.g. mean |φ|) across independent solo seeds.
+
+All variances are sample variances (ddof = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = [
+    "NoiseFloor",
+    "PairedResult",
+    "WelchResult",
+    "bootstrap_ci",
+    "mean_var_from_sums",
+    "noise_floor",
+    "paired",
+    "welch",
+    "welch_from_sums",
+    "welch_within",
+]
+
+
+@dataclass(frozen=True)
+class WelchResult:
+    """Welch test of ``mean_a − mean_b``. Unpacks as ``t, df, p = welch(...)``."""
+
+    t: float
+    df: float
+    p: float
+    diff: float
+    se: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    log10_p: float
+    mean_a: float
+    mean_b: float
+    rel_diff: float  # diff / mean_b (e.g. Δ mean |φ| as a fraction of the solo value)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.t, self.df, self.p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _t_p(t: float, df: float) -> tuple[float, float]:
+    """Two-sided p and log10 p for a t statistic."""
+    if not np.isfinite(t):
+        return (0.0, -math.inf) if abs(t) == math.inf else (math.nan, math.nan)
+    logsf = float(sps.t.logsf(abs(t), df))
+    if not np.isfinite(logsf):  # underflow far in the tail: asymptotic forms
+        if df > 1e5:
+            logsf = float(sps.norm.logsf(abs(t)))
+        else:  # sf(t) ~ Γ((ν+1)/2) / (Γ(ν/2) √(νπ)) · ν^((ν−1)/2) · t^(−ν)
+            nu = df
+            logsf = (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+                     + (nu - 1) / 2 * math.log(nu) - nu * math.log(abs(t)))
+    return float(min(1.0, 2.0 * math.exp(logsf))), float(min(0.0, (logsf + math.log(2.0)) / math.log(10.0)))
+
+
+def welch(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int,
+          confidence: float = 0.95) -> WelchResult:
+    """Welch's t-test from means, sample variances (ddof=1) and sizes; tests ``mean_a − mean_b``."""
+    if n_a < 2 or n_b < 2:
+        raise ValueError("Welch's test needs at least 2 samples per group")
+    if var_a < 0 or var_b < 0:
+        raise ValueError("variances must be non-negative")
+    va, vb = var_a / n_a, var_b / n_b
+    se2 = va + vb
+    se = math.sqrt(se2)
+    diff = float(mean_a - mean_b)
+    if se2 == 0:
+        raise ValueError("both variances are zero: the t statistic is undefined")
+    t = diff / se
+    df = se2 * se2 / (va * va / (n_a - 1) + vb * vb / (n_b - 1))
+    p, lp = _t_p(t, df)
+    q = float(sps.t.ppf(0.5 + confidence / 2.0, df))
+    return WelchResult(t=float(t), df=float(df), p=p, diff=diff, se=se, ci_low=diff - q * se,
+                       ci_high=diff + q * se, confidence=confidence, log10_p=lp, mean_a=float(mean_a),
+                       mean_b=float(mean_b), rel_diff=diff / mean_b if mean_b else math.nan)
+
+
+def mean_var_from_sums(n: int, s: float, ss: float) -> tuple[float, float]:
+    """(mean, sample variance) from count, Σx and Σx² (fp64; clipped at 0 against rounding)."""
+    if n < 2:
+        raise ValueError("need n >= 2")
+    mean = s / n
+    var = max(0.0, (ss - s * mean) / (n - 1))
+    return mean, var
+
+
+def welch_from_sums(n_a: int, sum_a: float, sumsq_a: float, n_b: int, sum_b: float, sumsq_b: float,
+                    confidence: float = 0.95) -> WelchResult:
+    """Welch's test from streamed sufficient statistics (count, Σx, Σx²) of each group."""
+    ma, va = mean_var_from_sums(n_a, sum_a, sumsq_a)
+    mb, vb = mean_var_from_sums(n_b, sum_b, sumsq_b)
+    return welch(ma, va, n_a, mb, vb, n_b, confidence)
+
+
+def welch_within(stats_a: Any, stats_b: Any, confidence: float = 0.95) -> WelchResult:
+    """Welch test of mean |φ| between two :class:`paperlib.metrics.cooccurrence.WithinStats` (a − b).
+
+    Uses the streamed (Chan) variance rather than Σx² to avoid cancellation."""
+    return welch(stats_a.mean_abs_phi, stats_a.var_abs_phi, stats_a.n_pairs,
+                 stats_b.mean_abs_phi, stats_b.var_abs_phi, stats_b.n_pairs, confidence)
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """Paired t-test of ``a − b`` (matches ``scipy.stats.ttest_rel(a, b)``)."""
+
+    n: int
+    mean_diff: float
+    std_diff: float
+    se: float
+    t: float
+    df: float
+    p: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    cohens_d: float  # d_z = mean_diff / std_diff
+    frac_positive: float  # fraction of pairs with a > b
+    log10_p: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+           confidence: float = 0.95) -> PairedResult:
+    """Paired t-test on matched samples; NaN pairs (either side) are dropped."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must be 1-D of equal length, got {a.shape} and {b.shape}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    n = d.size
+    if n < 2:
+        raise ValueError("paired test needs at least 2 finite pairs")
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    df = float(n - 1)
+    t = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else math.nan)
+    p, lp = _t_p(t, df)
+    q = float(sps.t.ppf(0.5 + confidence / 2.0, df))
+    return PairedResult(n=n, mean_diff=mean, std_diff=sd, se=se, t=float(t), df=df, p=p,
+                        ci_low=mean - q * se, ci_high=mean + q * se, confidence=confidence,
+                        cohens_d=mean / sd if sd > 0 else math.nan,
+                        frac_positive=float((d > 0).mean()), log10_p=lp)
+
+
+def bootstrap_ci(data: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean,
+                 n_boot: int = 10_000, confidence: float = 0.95, seed: int = 0,
+                 batch: int = 1000) -> tuple[float, float, float]:
+    """Percentile bootstrap: (estimate on the data, ci_low, ci_high). Deterministic given ``seed``.
+
+    ``statistic`` is applied along axis=-1 of a ``[batch, len(data)]`` resample array when it accepts
+    an ``axis`` keyword (numpy reductions), else per resample.
+    """
+    x = np.asarray(data, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("data must be a non-empty 1-D array")
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    for s in range(0, n_boot, batch):
+        m = min(batch, n_boot - s)
+        idx = rng.integers(0, x.size, size=(m, x.size))
+        res = x[idx]
+        try:
+            out[s:s + m] = statistic(res, axis=-1)  # type: ignore[call-arg]
+        except TypeError:
+            out[s:s + m] = [statistic(r) for r in res]
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(out, [alpha, 1.0 - alpha])
+    return float(statistic(x)), float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Run-to-run spread of a statistic over independent seeds.
+
+    ``std`` (ddof=1) is the seed-to-seed noise; ``spread = max − min``; ``rel_std = std / mean``
+    is the reference against which a relative Δ (e.g. −7.5% mean |φ|) should be compared.
+    """
+
+    values: tuple[float, ...]
+    n: int
+    mean: float
+    std: float
+    sem: float
+    spread: float
+    rel_std: float
+    rel_spread: float
+
+    def z(self, value: float) -> float:
+        """How many seed-std's ``value`` lies from the seed mean."""
+        return (value - self.mean) / self.std if self.std > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def noise_floor(values: Sequence[float] | np.ndarray) -> NoiseFloor:
+    """Mean ± std (and max − min spread) of a statistic across independent solo seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size < 2:
+        raise ValueError("noise floor needs at least two seeds")
+    mean = float(v.mean())
+    std = float(v.std(ddof=1))
+    spread = float(v.max() - v.min())
+    return NoiseFloor(values=tuple(float(x) for x in v), n=int(v.size), mean=mean, std=std,
+                      sem=std / math.sqrt(v.size), spread=spread,
+                      rel_std=std / mean if mean else math.nan,
+                      rel_spread=spread / mean if mean else math.nan)

@@ -1,0 +1,539 @@
+"""BatchTopK sparse autoencoders (method.md §1): primary SAE and meta SAE, with a sparse training path.
+
+Conventions (all from method.md §1):
+
+- Input x [B, d] is standardised per token, x̃ = (x − mean) / (std + 1e-5) over d (``std`` is the
+  unbiased standard deviation, as in the reference). Every loss lives in this normalised space;
+  :meth:`BatchTopKSAE.decode` can map back to the raw scale given the per-token statistics.
+- Optional per-dimension input standardisation (not in the reference; off by default): buffers
+  ``input_mean`` [d] and ``input_scale`` [d] (identity: zeros / ones), set with
+  :meth:`BatchTopKSAE.set_input_standardisation`. When set, x ← (x − input_mean) / input_scale is
+  applied *before* the per-token standardisation everywhere a raw x enters (``normalize``,
+  ``pre_acts``, ``encode``, ``reconstruct``, ``training_loss``), and raw-scale outputs
+  (``reconstruct``, ``decode`` with mean/scale) invert it: x̂_raw = (x̂·scale + mean)·input_scale +
+  input_mean, where mean/scale are the per-token statistics of the per-dim standardised input
+  (:meth:`BatchTopKSAE.normalize_with_stats`). It exists for residual streams with massive outlier
+  dimensions (Gemma 3), where the per-token standardised input is essentially one coordinate.
+  With identity buffers every computation is exactly the reference one (bitwise).
+- pre = ReLU((x̃ − b_dec) W_enc); training encode keeps the top k·B entries of the flattened [B, n]
+  batch (exact batch L0 = k, ties included: the selection is a ``torch.topk`` over candidates that
+  provably contain the global top k·B, see :func:`batch_topk_indices`).
+- Inference encode is per token, f_i = pre_i · 1[pre_i > θ_i]; before calibration a running global
+  threshold (EMA of the batch's minimum selected activation, β = 0.99) is the fallback.
+- Decode x̂ = f W_dec + b_dec. W_dec rows are kept at unit norm (:meth:`project_decoder_grad`
+  before the optimiser step, :meth:`renorm_decoder` after it).
+- AuxK: a latent is dead once it went ``dead_after`` consecutive training batches without being
+  selected. Per token the top min(k_aux, #dead) dead pre-activations are decoded without b_dec and
+  regress the *detached* residual x̃ − x̂; loss = MSE + α_aux · MSE_aux (both means over B and d).
+
+Speed: the training path (:meth:`BatchTopKSAE.training_loss`) never forms the dense [B, n] code
+matrix for the decoder. After the (dense, no-grad) encoder matmul and the BatchTopK selection, the
+selected (token, latent) pairs are held as a CSR pattern; two custom autograd Functions then do the
+decode (``embedding_bag``) and both backwards (sampled dense-dense products and sparse-transpose
+matmuls), so the only dense O(B·n·d) operation of a step is the encoder forward matmul.
+:meth:`BatchTopKSAE.dense_training_loss` is the naive dense reference with identical semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from paperlib.config.io import atomic_path
+
+EPS = 1e-5
+THRESHOLD_BETA = 0.99
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchTopK selection
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted flat indices (into ``pre.view(-1)``) of the top ``k·B`` entries of ``pre`` [B, n].
+
+    Exact: the count is exactly ``min(k·B, B·n)``. The per-row top-k values form a set of k·B
+    entries whose minimum t0 is ≤ the global (k·B)-th largest value, so every entry of the global
+    top k·B is ≥ t0; ``torch.topk`` over the candidates ``pre ≥ t0`` then picks exactly k·B.
+    This avoids a full-size top-k over B·n entries. For B ≥ 64 a cheaper candidate threshold is
+    first tried (0.75 × the selection threshold of a strided subsample of ~32 rows); it is used only
+    when at least k·B entries pass it, so the result is exact either way.
+    """
+    if pre.ndim != 2:
+        raise ValueError(f"pre must be [B, n], got shape {tuple(pre.shape)}")
+    B, n = pre.shape
+    total = k * B
+    flat = pre.reshape(-1)
+    if k >= n:
+        return torch.arange(B * n, device=pre.device)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=pre.device)
+    cand = None
+    if B >= 64:
+        # cheap guess from a strided subsample of rows, accepted only if it keeps >= k·B candidates
+        # (a deterministic function of ``pre``; any accepted candidate set contains the top k·B)
+        sub = pre[:: max(1, B // 32)]
+        t_guess = sub.reshape(-1).topk(k * sub.shape[0], sorted=False).values.min() * 0.75
+        if t_guess > 0:
+            c = (flat >= t_guess).nonzero().squeeze(1)
+            if c.numel() >= total:
+                cand = c
+    if cand is None:
+        t0 = pre.topk(k, dim=1, sorted=False).values.min()
+        cand = (flat >= t0).nonzero().squeeze(1)
+    if cand.numel() > total:
+        cand = cand[flat[cand].topk(total, sorted=False).indices]
+    return _sorted(cand)
+
+
+def _sorted(t: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of a 1-D tensor; on CPU via numpy (torch's parallel CPU sort degrades badly
+    when the cores are oversubscribed and OpenMP threads spin)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.sort(t.numpy()))
+    return t.sort().values
+
+
+def batch_topk_mask(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask [B, n] of the top k·B entries of the flattened batch (exactly k·B True)."""
+    mask = torch.zeros(pre.numel(), dtype=torch.bool, device=pre.device)
+    mask[batch_topk_indices(pre, k)] = True
+    return mask.view_as(pre)
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
+    return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+
+
+def _crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+    crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
+    return crow
+
+
+class _SparseEncode(torch.autograd.Function):
+    """vals[e] = ReLU((x̃ − b_dec) W_enc)[rows[e], cols[e]] with a sparse backward.
+
+    The forward receives the already computed values (from the no-grad dense encoder) and only
+    attaches the gradient: dW_enc = x_cᵀ S_g (S_g sparse [B, n] holding the upstream gradient at the
+    selected entries, masked by ReLU'), db_dec = −W_enc · colsum(S_g).
+    """
+
+    @staticmethod
+    def forward(ctx, W_enc, b_dec, xc, vals, crow, cols):  # noqa: D102
+        ctx.save_for_backward(W_enc, xc, vals, crow, cols)
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        W_enc, xc, vals, crow, cols = ctx.saved_tensors
+        g = torch.where(vals > 0, g, torch.zeros_like(g))
+        B, n = xc.shape[0], W_enc.shape[1]
+        gW = None
+        if ctx.needs_input_grad[0]:
+            gW = (_csr(crow, cols, g, (B, n)).t() @ xc).t()
+        gb = None
+        if ctx.needs_input_grad[1]:
+            colsum = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+            gb = -(W_enc @ colsum)
+        return gW, gb, None, None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """out[b] = Σ_{e: rows[e]=b} vals[e] · W_dec[cols[e]]  (no bias), with a sparse backward."""
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, crow, cols):  # noqa: D102
+        ctx.save_for_backward(vals, W_dec, crow, cols)
+        return F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        vals, W_dec, crow, cols = ctx.saved_tensors
+        B, n = g.shape[0], W_dec.shape[0]
+        g = g.contiguous()
+        gv = gW = None
+        if ctx.needs_input_grad[0]:
+            pattern = _csr(crow, cols, torch.zeros_like(vals), (B, n))
+            gv = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            gW = _csr(crow, cols, vals, (B, n)).t() @ g
+        return gv, gW, None, None
+
+
+def sparse_encode_values(W_enc, b_dec, xc, vals, crow, cols) -> torch.Tensor:
+    """Differentiable selected encoder values (see :class:`_SparseEncode`)."""
+    return _SparseEncode.apply(W_enc, b_dec, xc, vals, crow, cols)
+
+
+def sparse_decode(vals, W_dec, crow, cols) -> torch.Tensor:
+    """Differentiable sparse decode without bias (see :class:`_SparseDecode`)."""
+    return _SparseDecode.apply(vals, W_dec, crow, cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchTopKSAE(nn.Module):
+    """BatchTopK SAE (method.md §1). Also used as the meta SAE (input = primary decoder rows)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        k: int,
+        seed: int = 0,
+        *,
+        dead_after: int = 5,
+        k_aux: int = 512,
+        aux_alpha: float = 1 / 32,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        if d_in < 1 or n_latents < 1:
+            raise ValueError(f"d_in and n_latents must be positive, got {d_in}, {n_latents}")
+        if not 1 <= k <= n_latents:
+            raise ValueError(f"k={k} must be in [1, n_latents={n_latents}]")
+        if dead_after < 1 or k_aux < 0 or aux_alpha < 0:
+            raise ValueError("dead_after must be >= 1, k_aux and aux_alpha >= 0")
+        self.d_in, self.n_latents, self.k = int(d_in), int(n_latents), int(k)
+        self.dead_after, self.k_aux, self.aux_alpha = int(dead_after), int(k_aux), float(aux_alpha)
+        self.seed = int(seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        W_enc = torch.empty(d_in, n_latents, dtype=torch.float32)
+        # kaiming-uniform as nn.init.kaiming_uniform_ on the [n, d] (Linear-style) weight, a=√5
+        bound = 1.0 / math.sqrt(d_in)
+        W_enc.uniform_(-bound, bound, generator=gen)
+        W_dec = W_enc.t().contiguous()
+        W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_enc = nn.Parameter(W_enc.to(dtype))
+        self.W_dec = nn.Parameter(W_dec.to(dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
+        self.register_buffer("steps_since_fired", torch.zeros(n_latents, dtype=torch.long))
+        self.register_buffer("threshold", torch.full((), -1.0, dtype=dtype))
+        # optional per-dimension input standardisation (identity = off, see module docstring)
+        self.register_buffer("input_mean", torch.zeros(d_in, dtype=dtype))
+        self.register_buffer("input_scale", torch.ones(d_in, dtype=dtype))
+        self._per_dim = False
+        self.to(device)
+
+    # -- config / io -------------------------------------------------------------------------
+    def config(self) -> dict:
+        return dict(
+            d_in=self.d_in, n_latents=self.n_latents, k=self.k, seed=self.seed,
+            dead_after=self.dead_after, k_aux=self.k_aux, aux_alpha=self.aux_alpha,
+            eps=EPS, normalisation="per-token (x - mean) / (std + eps)",
+            input_standardisation=self.input_standardisation,
+        )
+
+    @property
+    def input_standardisation(self) -> str:
+        """``"none"`` (identity buffers, the reference) or ``"per-dim"``."""
+        return "per-dim" if self._per_dim else "none"
+
+    @torch.no_grad()
+    def set_input_standardisation(self, mean: torch.Tensor | np.ndarray | None,
+                                  scale: torch.Tensor | np.ndarray | None) -> None:
+        """Set the per-dimension standardisation x ← (x − mean) / scale (``None, None`` → identity).
+
+        ``mean`` and ``scale`` are [d] (any float dtype; stored in the model dtype), finite, scale > 0.
+        """
+        if mean is None and scale is None:
+            self.input_mean.zero_()
+            self.input_scale.fill_(1.0)
+            self._per_dim = False
+            return
+        if mean is None or scale is None:
+            raise ValueError("give both mean and scale (or neither, for the identity)")
+        m = torch.as_tensor(np.asarray(mean) if not isinstance(mean, torch.Tensor) else mean)
+        sc = torch.as_tensor(np.asarray(scale) if not isinstance(scale, torch.Tensor) else scale)
+        for name, t in (("mean", m), ("scale", sc)):
+            if tuple(t.shape) != (self.d_in,):
+                raise ValueError(f"input {name} must have shape [{self.d_in}], got {tuple(t.shape)}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"input {name} contains non-finite values")
+        if not bool((sc > 0).all()):
+            raise ValueError("input scale must be > 0 in every dimension")
+        self.input_mean.copy_(m.to(self.input_mean.dtype))
+        self.input_scale.copy_(sc.to(self.input_scale.dtype))
+        if not bool((self.input_scale > 0).all()):  # positive in fp64 but underflowed in the model dtype
+            raise ValueError("input scale underflows to 0 in the model dtype")
+        self._per_dim = self._buffers_non_identity()
+
+    def _buffers_non_identity(self) -> bool:
+        return bool((self.input_mean != 0).any() or (self.input_scale != 1).any())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # SAEs saved before the per-dim standardisation existed have no such buffers: identity
+        for name in ("input_mean", "input_scale"):
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = getattr(self, name).detach().clone().fill_(
+                    0.0 if name == "input_mean" else 1.0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._per_dim = self._buffers_non_identity()
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomic files)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(directory / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> BatchTopKSAE:
+        directory = Path(directory)
+        if not (directory / "config.json").exists():
+            raise FileNotFoundError(f"no SAE saved in {directory} (config.json missing)")
+        cfg = json.loads((directory / "config.json").read_text())
+        model = cls(cfg["d_in"], cfg["n_latents"], cfg["k"], cfg.get("seed", 0),
+                    dead_after=cfg["dead_after"], k_aux=cfg["k_aux"], aux_alpha=cfg["aux_alpha"])
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        recorded = cfg.get("input_standardisation", "none")
+        if recorded != model.input_standardisation:
+            raise ValueError(f"{directory}: config.json says input_standardisation={recorded!r} but the "
+                             f"weights imply {model.input_standardisation!r} (corrupt or mixed files)")
+        return model.to(device)
+
+    # -- basic maps ----------------------------------------------------------------------------
+    @staticmethod
+    def normalize_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x̃, mean, scale) with x̃ = (x − mean) / scale, scale = std + 1e-5, per row."""
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean = x.mean(dim=-1, keepdim=True)
+        xc = x - mean
+        # unbiased std, computed explicitly (torch.std is ~5x slower on CPU here)
+        scale = (xc * xc).sum(dim=-1, keepdim=True).div_(max(x.shape[-1] - 1, 1)).sqrt_() + EPS
+        return xc / scale, mean, scale
+
+    def _dim_standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """x ← (x − input_mean) / input_scale when per-dim standardisation is on (else x itself)."""
+        if not self._per_dim:
+            return x
+        return (x - self.input_mean) / self.input_scale
+
+    def _dim_unstandardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_dim_standardise`."""
+        if not self._per_dim:
+            return x
+        return x * self.input_scale + self.input_mean
+
+    def normalize_with_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x̃, mean, scale) of raw x: per-dim standardisation (if set), then :meth:`normalize_stats`.
+
+        ``mean``/``scale`` are what :meth:`decode` needs to map a reconstruction back to raw x.
+        """
+        self._check_input(x)
+        return self.normalize_stats(self._dim_standardise(x.to(self.W_enc.dtype)))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised input x̃ (per-dim standardisation if set, then per-token)."""
+        return self.normalize_with_stats(x)[0]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise ValueError(f"expected input [B, {self.d_in}], got {tuple(x.shape)}")
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU pre-activations [B, n] of raw input x (normalised inside)."""
+        return torch.relu((self.normalize(x) - self.b_dec) @ self.W_enc)
+
+    def encode(self, x: torch.Tensor, thresholds: torch.Tensor | float | str | None = None):
+        """Dense codes [B, n].
+
+        ``thresholds=None``: BatchTopK over the batch (training semantics, batch L0 = k).
+        ``thresholds=θ`` (tensor [n] or float): per-token f = pre · 1[pre > θ], batch independent.
+        ``thresholds="running"``: the running global threshold estimated during training.
+        """
+        pre = self.pre_acts(x)
+        if thresholds is None:
+            return pre * batch_topk_mask(pre, self.k)
+        if isinstance(thresholds, str):
+            if thresholds != "running":
+                raise ValueError(f"thresholds must be a tensor, float, 'running' or None, got {thresholds!r}")
+            if float(self.threshold) < 0:
+                raise ValueError("running threshold not estimated yet (model never trained)")
+            thresholds = self.threshold
+        th = torch.as_tensor(thresholds, dtype=pre.dtype, device=pre.device)
+        return pre * (pre > th)
+
+    def decode(self, f: torch.Tensor, mean: torch.Tensor | None = None,
+               scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x̂ = f W_dec + b_dec in normalised space; with ``mean``/``scale`` mapped back to raw.
+
+        ``mean``/``scale`` are the per-token statistics from :meth:`normalize_with_stats` (equal to
+        :meth:`normalize_stats` of raw x when there is no per-dim standardisation); when either is
+        given, the per-dim standardisation (if set) is inverted as well.
+        """
+        out = f @ self.W_dec + self.b_dec
+        if scale is not None:
+            out = out * scale
+        if mean is not None:
+            out = out + mean
+        if mean is not None or scale is not None:
+            out = self._dim_unstandardise(out)
+        return out
+
+    def reconstruct(self, x: torch.Tensor, thresholds=None) -> torch.Tensor:
+        """Raw-scale reconstruction of raw x (normalise, encode, decode, map back)."""
+        xn, mean, scale = self.normalize_with_stats(x)
+        pre = torch.relu((xn - self.b_dec) @ self.W_enc)
+        if thresholds is None:  # sparse decode of the BatchTopK codes
+            flat = batch_topk_indices(pre, self.k)
+            rows, cols = flat // self.n_latents, flat % self.n_latents
+            out = sparse_decode(pre.reshape(-1)[flat], self.W_dec, _crow(rows, pre.shape[0]), cols)
+            return self._dim_unstandardise((out + self.b_dec) * scale + mean)
+        th = self.threshold if isinstance(thresholds, str) else thresholds
+        f = pre * (pre > torch.as_tensor(th, dtype=pre.dtype, device=pre.device))
+        return self.decode(f, mean, scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.reconstruct(x)
+
+    # -- decoder constraint -------------------------------------------------------------------
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove from W_dec.grad the component parallel to each (unit-norm) row."""
+        if self.W_dec.grad is None:
+            return
+        W = self.W_dec
+        Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.grad -= (self.W_dec.grad * Wn).sum(dim=1, keepdim=True) * Wn
+
+    @torch.no_grad()
+    def renorm_decoder(self) -> None:
+        """Renormalise W_dec rows to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # -- training losses ----------------------------------------------------------------------
+    def dead_mask(self) -> torch.Tensor:
+        return self.steps_since_fired >= self.dead_after
+
+    @torch.no_grad()
+    def _update_state(self, rows_sel_cols: torch.Tensor, min_selected: torch.Tensor | None) -> None:
+        fired = torch.zeros(self.n_latents, dtype=torch.bool, device=rows_sel_cols.device)
+        fired[rows_sel_cols] = True
+        self.steps_since_fired.add_(1).masked_fill_(fired, 0)
+        if min_selected is not None:
+            if float(self.threshold) < 0:
+                self.threshold.fill_(float(min_selected))
+            else:
+                self.threshold.mul_(THRESHOLD_BETA).add_((1 - THRESHOLD_BETA) * min_selected)
+
+    def training_loss(self, x: torch.Tensor, *, normalized: bool = False,
+                      update_state: bool = True) -> dict[str, torch.Tensor]:
+        """Sparse-path training loss on a batch.
+
+        Returns a dict with ``loss`` (differentiable), ``mse``, ``aux``, ``l0`` (mean selected per
+        token), ``n_dead`` (dead before this batch) and ``recon`` (normalised reconstruction,
+        detached). ``normalized=True`` means x is already standardised (:meth:`normalize`, incl. the
+        per-dim step). ``update_state`` advances the dead counters and the running threshold.
+        """
+        if normalized:
+            xn = x.to(self.W_enc.dtype)
+        else:
+            xn = self.normalize(x)
+        B, n = xn.shape[0], self.n_latents
+        with torch.no_grad():
+            xc = xn - self.b_dec
+            pre = torch.relu(xc @ self.W_enc)
+            flat = batch_topk_indices(pre, self.k)
+            rows, cols = flat // n, flat % n
+            sel_vals = pre.view(-1)[flat]
+            crow = _crow(rows, B)
+            dead = self.dead_mask()
+        vals = sparse_encode_values(self.W_enc, self.b_dec, xc, sel_vals, crow, cols)
+        recon = sparse_decode(vals, self.W_dec, crow, cols) + self.b_dec
+        mse = (recon - xn).pow(2).mean()
+        n_dead = int(dead.sum())
+        aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
+        if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
+            with torch.no_grad():
+                dead_idx = dead.nonzero().squeeze(1)
+                ka = min(self.k_aux, n_dead)
+                ti = pre[:, dead_idx].topk(ka, dim=1, sorted=False).indices.sort(dim=1).values
+                acols = dead_idx[ti].reshape(-1)
+                arows = torch.arange(B, device=xn.device).repeat_interleave(ka)
+                avals_raw = pre[arows, acols]
+                acrow = torch.arange(0, B * ka + 1, ka, device=xn.device)
+            avals = sparse_encode_values(self.W_enc, self.b_dec, xc, avals_raw, acrow, acols)
+            arecon = sparse_decode(avals, self.W_dec, acrow, acols)
+            aux = (arecon - (xn - recon).detach()).pow(2).mean()
+        if update_state:  # a latent "fires" when selected with a positive activation
+            positive = sel_vals > 0
+            pos = sel_vals[positive]
+            self._update_state(cols[positive], pos.min() if pos.numel() else None)
+        return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
+                    l0=torch.tensor(flat.numel() / B), n_dead=torch.tensor(n_dead),
+                    recon=recon.detach())
+
+    def dense_training_loss(self, x: torch.Tensor, *, normalized: bool = False,
+                            update_state: bool = True) -> dict[str, torch.Tensor]:
+        """Naive dense reference of :meth:`training_loss` (same selection, dense autograd)."""
+        xn = x.to(self.W_enc.dtype) if normalized else self.normalize(x)
+        pre = torch.relu((xn - self.b_dec) @ self.W_enc)
+        with torch.no_grad():
+            mask = batch_topk_mask(pre, self.k)
+            dead = self.dead_mask()
+        f = pre * mask
+        recon = f @ self.W_dec + self.b_dec
+        mse = (recon - xn).pow(2).mean()
+        n_dead = int(dead.sum())
+        aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
+        if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
+            ka = min(self.k_aux, n_dead)
+            pd = pre.masked_fill(~dead, float("-inf"))
+            with torch.no_grad():
+                idx = pd.topk(ka, dim=1).indices
+                amask = torch.zeros_like(mask).scatter_(1, idx, True)
+            arecon = (pre * amask) @ self.W_dec
+            aux = (arecon - (xn - recon).detach()).pow(2).mean()
+        if update_state:
+            active = mask & (pre.detach() > 0)
+            pos = pre.detach()[active]
+            self._update_state(active.nonzero()[:, 1], pos.min() if pos.numel() else None)
+        return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
+                    l0=mask.sum() / xn.shape[0], n_dead=torch.tensor(n_dead), recon=recon.detach())
+
+
+class MetaSAE(BatchTopKSAE):
+    """Meta SAE over the primary decoder rows (method.md §1): a BatchTopK SAE whose batch is the n rows.
+
+    Rows are standardised like tokens before encoding and the reconstruction is mapped back to each
+    row's scale (:meth:`reconstruct_rows`). No per-dimension input standardisation (its buffers stay
+    the identity).
+    """
+
+    def set_input_standardisation(self, mean, scale) -> None:  # noqa: D102
+        if mean is not None or scale is not None:
+            raise ValueError("the meta SAE takes decoder rows as input; per-dim input standardisation is "
+                             "not supported for it")
+        super().set_input_standardisation(None, None)
+
+    @torch.no_grad()
+    def reconstruct_rows(self, W_dec: torch.Tensor) -> torch.Tensor:
+        """Ŵ [n, d]: BatchTopK (over all rows) reconstruction of the rows, in the rows' raw scale."""
+        return self.reconstruct(W_dec.detach())
+
+    def rows_loss(self, W_dec: torch.Tensor, update_state: bool = True) -> dict[str, torch.Tensor]:
+        """Training loss of the meta SAE on the detached primary decoder rows."""
+        return self.training_loss(W_dec.detach(), update_state=update_state)

@@ -1,0 +1,58 @@
+"""Penalties on the primary decoder: the MetaSAE decomposability penalty and OrtSAE's orthogonality.
+
+- :func:`decomposability_penalty` (paper §3.2, method.md §1): mean_i exp(−‖W_dec[i] − Ŵ[i]‖² / σ²),
+  Ŵ = meta(W_dec.detach()) computed under ``torch.no_grad`` and treated as a constant, so only
+  W_dec receives a gradient.
+- :func:`orthogonality_penalty` (OrtSAE comparison arm, method.md §8).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def decomposability_penalty(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """Scalar mean_i exp(−e_i / σ²) with e_i = ‖W_dec[i] − Ŵ[i]‖² (squared L2 over d).
+
+    ``W_hat`` is detached here (a constant): the gradient reaches ``W_dec`` only.
+    """
+    if sigma2 <= 0:
+        raise ValueError(f"sigma2 must be > 0, got {sigma2}")
+    if W_dec.shape != W_hat.shape or W_dec.ndim != 2:
+        raise ValueError(f"W_dec {tuple(W_dec.shape)} and W_hat {tuple(W_hat.shape)} must be equal [n, d]")
+    e = (W_dec - W_hat.detach()).pow(2).sum(dim=1)
+    return torch.exp(-e / sigma2).mean()
+
+
+def partition_chunks(n: int, n_chunks: int, generator: torch.Generator | None = None,
+                     device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Random partition of range(n) into ``n_chunks`` near-equal index chunks (sizes differ by ≤ 1)."""
+    if n_chunks < 1:
+        raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+    perm = torch.randperm(n, generator=generator).to(device)
+    return [c for c in torch.tensor_split(perm, min(n_chunks, n)) if c.numel() > 0]
+
+
+def orthogonality_penalty(W_dec: torch.Tensor, n_chunks: int,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """OrtSAE-style orthogonality penalty, the exact form used here (method.md §8):
+
+    1. randomly partition the n latents into ``n_chunks`` chunks (``torch.randperm`` with
+       ``generator``, then ``tensor_split`` into near-equal parts; a new partition every call);
+    2. for each latent i in chunk C, m_i = max_{j ∈ C, j ≠ i} cos²(W_dec[i], W_dec[j]) (squared cosine
+       similarity of decoder rows; 0 for a latent alone in its chunk);
+    3. L_orth = (1/n) Σ_i m_i  (mean over all latents).
+
+    The trainer uses L = L_SAE + γ · L_orth with γ = ``RunSpec.gamma`` and K = ``profile.ortho_chunks``.
+    """
+    n = W_dec.shape[0]
+    Wn = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    total = W_dec.new_zeros(())
+    for idx in partition_chunks(n, n_chunks, generator, W_dec.device):
+        if idx.numel() < 2:
+            continue
+        Wc = Wn[idx]
+        cos2 = (Wc @ Wc.t()).pow(2)
+        cos2 = cos2 - torch.diag_embed(torch.diagonal(cos2))  # drop self-similarity (cos² ≥ 0)
+        total = total + cos2.max(dim=1).values.sum()
+    return total / n

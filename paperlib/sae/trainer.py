@@ -1,0 +1,648 @@
+"""Training of the primary SAE, alone or jointly with a meta SAE (paper §3.3, method.md §1, §8).
+
+Arms (:class:`paperlib.sae.arms.RunSpec`):
+
+- ``solo``: the primary BatchTopK SAE alone;
+- ``joint``: macro-steps of ``n_primary_steps`` primary steps, each with the loss
+  L_SAE + λ₂ · mean_i exp(−‖W_dec[i] − Ŵ[i]‖²/σ²), Ŵ = meta(W_dec.detach()) under ``no_grad``
+  with the meta SAE frozen (a critic), followed by ``n_meta_steps`` meta steps on the detached
+  current W_dec (own Adam). Starts with the primary;
+- ``control``: the joint architecture and schedule with λ₂ = 0 (the penalty is only logged);
+- ``ortho``: L_SAE + γ · L_orth (:func:`paperlib.sae.penalty.orthogonality_penalty`, a fresh random
+  partition into ``profile.ortho_chunks`` chunks each step, drawn from a generator seeded by
+  (seed, step)).
+
+Determinism: the seed fixes the primary init (seed), the meta init (seed + 1_000_003) and the data
+order (a ``torch.randperm`` per epoch from a generator seeded by (seed, epoch)); solo seeds are
+therefore fully independent. Step s of epoch e reads the permutation slice [j·B, (j+1)·B) (sorted,
+for memmap locality), with j = s mod (T // B); the last partial batch of an epoch is dropped.
+Total primary steps = max(1, round(train_epochs · (T // B))).
+
+Checkpoints (every ``profile.checkpoint_every`` primary steps, and when ``max_steps`` stops a run)
+hold both models (with dead counters and running thresholds), both Adam states, the step counters,
+the metrics line count and the torch RNG state, as one safetensors file plus a JSON pointer, each
+written atomically. A run killed at any moment resumes from its last checkpoint and finishes with
+weights bitwise identical to an uninterrupted run (data order and penalty partitions are stateless
+functions of (seed, step)).
+
+Input normalisation (``profile.input_norm``): ``"token"`` is the reference per-token
+standardisation. ``"dim+token"`` additionally standardises each dimension with the mean and
+(population) std of the training activations, computed once before step 0 in fp64
+(:func:`input_dim_stats`, chunked over the memory-mapped array) and stored in the primary SAE's
+``input_mean`` / ``input_scale`` buffers, hence in every checkpoint and in ``sae/``. The meta SAE
+never uses it. A finished run whose recorded configuration (``input_norm`` included) differs from
+the profile's is rejected, not silently reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from paperlib.config import paths
+from paperlib.config.io import atomic_path, provenance, read_json, write_json
+from paperlib.config.profiles import INPUT_NORMS, Profile, get_profile
+from paperlib.data.activations import load_cache
+from paperlib.sae.arms import RunSpec, parse_run
+from paperlib.sae.models import BatchTopKSAE, MetaSAE
+from paperlib.sae.penalty import decomposability_penalty, orthogonality_penalty
+
+META_SEED_OFFSET = 1_000_003
+ADAM_BETAS = (0.9, 0.99)
+
+# Test hook: called as _step_hook(step) after every completed primary step (incl. its meta steps).
+_step_hook: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's numbers (derived from Profile + RunSpec + data dim)."""
+
+    arm: str
+    lambda2: float
+    sigma2: float
+    gamma: float
+    seed: int
+    d_in: int
+    n_latents: int
+    k: int
+    batch_size: int
+    lr: float
+    dead_after: int
+    k_aux: int
+    aux_alpha: float
+    n_meta: int
+    k_meta: int
+    n_primary_steps: int
+    n_meta_steps: int
+    ortho_chunks: int
+    train_epochs: float
+    checkpoint_every: int
+    input_norm: str = "token"
+
+    @classmethod
+    def from_profile(cls, profile: Profile, spec: RunSpec, d_in: int) -> TrainConfig:
+        p = profile
+        return cls(
+            arm=spec.arm, lambda2=float(spec.lambda2), sigma2=float(spec.sigma2),
+            gamma=float(spec.gamma), seed=int(spec.seed), d_in=int(d_in), n_latents=p.n_latents,
+            k=p.k, batch_size=p.batch_size, lr=p.lr, dead_after=p.dead_after, k_aux=p.k_aux,
+            aux_alpha=p.aux_alpha, n_meta=p.n_meta, k_meta=p.k_meta,
+            n_primary_steps=p.n_primary_steps, n_meta_steps=p.n_meta_steps,
+            ortho_chunks=p.ortho_chunks, train_epochs=p.train_epochs,
+            checkpoint_every=p.checkpoint_every, input_norm=p.input_norm,
+        )
+
+    @property
+    def uses_meta(self) -> bool:
+        return self.arm in ("joint", "control")
+
+    def validate(self) -> None:
+        """Raise ValueError listing every inconsistency (before any training happens)."""
+        bad = []
+        if self.d_in < 1:
+            bad.append(f"d_in={self.d_in} must be >= 1")
+        if not 1 <= self.k <= self.n_latents:
+            bad.append(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
+        if self.sigma2 <= 0:
+            bad.append(f"sigma2={self.sigma2} must be > 0")
+        if self.lambda2 < 0 or self.gamma < 0:
+            bad.append(f"lambda2={self.lambda2} and gamma={self.gamma} must be >= 0")
+        if self.batch_size < 1 or self.lr <= 0 or self.train_epochs <= 0:
+            bad.append("batch_size, lr and train_epochs must be > 0")
+        if self.checkpoint_every < 1 or self.dead_after < 1:
+            bad.append("checkpoint_every and dead_after must be >= 1")
+        if self.uses_meta:
+            if not 1 <= self.k_meta <= self.n_meta:
+                bad.append(f"k_meta={self.k_meta} must be in [1, n_meta={self.n_meta}]")
+            if self.n_meta >= self.n_latents:
+                bad.append(f"n_meta={self.n_meta} must be < n_latents={self.n_latents}")
+            if self.n_primary_steps < 1 or self.n_meta_steps < 1:
+                bad.append("n_primary_steps and n_meta_steps must be >= 1")
+        if self.arm == "ortho" and self.ortho_chunks < 1:
+            bad.append(f"ortho_chunks={self.ortho_chunks} must be >= 1")
+        if self.input_norm not in INPUT_NORMS:
+            bad.append(f"input_norm={self.input_norm!r} must be one of {', '.join(map(repr, INPUT_NORMS))}")
+        if self.arm == "joint" and self.lambda2 == 0:
+            bad.append("joint arm with lambda2 = 0: use the 'control' arm")
+        if bad:
+            raise ValueError("invalid training configuration: " + "; ".join(bad))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _recorded_config(rec: dict) -> dict:
+    """A recorded TrainConfig dict, with fields added later filled with their old behaviour."""
+    return {"input_norm": "token", **rec}
+
+
+def input_dim_stats(acts: Any, chunk_rows: int | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and population std (ddof = 0) of ``acts`` [T, d], both fp64 [d].
+
+    Streams over row chunks (``acts`` may be a memmap / ndarray / tensor of any float dtype), each
+    chunk converted to fp64 and merged with Chan et al.'s pairwise update (no E[x²] − E[x]²
+    cancellation, which matters for dimensions whose mean is large against their std).
+    """
+    shape = tuple(acts.shape)
+    if len(shape) != 2 or shape[0] < 1:
+        raise ValueError(f"activations must be a non-empty 2-D [T, d] array, got shape {shape}")
+    T, d = shape
+    rows = chunk_rows or max(1, (1 << 22) // max(d, 1))  # ~32 MB of fp64 per chunk
+    n = 0
+    mean = np.zeros(d, dtype=np.float64)
+    m2 = np.zeros(d, dtype=np.float64)
+    starts = range(0, T, rows)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="input stats", unit="chunk", leave=False)
+    for s in starts:
+        c = acts[s:s + rows]
+        c = c.detach().cpu().double().numpy() if isinstance(c, torch.Tensor) else np.asarray(c, dtype=np.float64)
+        nb = c.shape[0]
+        mb = c.mean(axis=0)
+        m2b = ((c - mb) ** 2).sum(axis=0)
+        delta = mb - mean
+        tot = n + nb
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta**2 * (n * nb / tot)
+        n = tot
+    if not (np.isfinite(mean).all() and np.isfinite(m2).all()):
+        raise ValueError("activations contain non-finite values; cannot compute input statistics")
+    return mean, np.sqrt(m2 / n)
+
+
+def validate_data(acts: Any, cfg: TrainConfig) -> int:
+    """Check the activation array against the config; return T (number of tokens)."""
+    shape = tuple(acts.shape)
+    if len(shape) != 2:
+        raise ValueError(f"activations must be a 2-D [T, d] array, got shape {shape}")
+    T, d = shape
+    if d != cfg.d_in:
+        raise ValueError(f"activation dim {d} != d_in {cfg.d_in} of the run configuration")
+    if T < cfg.batch_size:
+        raise ValueError(f"only {T} activation rows, fewer than one batch ({cfg.batch_size})")
+    return T
+
+
+class _Data:
+    """Seed-determined, stateless batch order over an activation array [T, d]."""
+
+    def __init__(self, acts: Any, seed: int, batch_size: int, device: torch.device) -> None:
+        self.acts, self.seed, self.B, self.device = acts, seed, batch_size, device
+        self.T = int(acts.shape[0])
+        self.steps_per_epoch = self.T // batch_size
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch * 104_729 + 1)
+            self._perm = (epoch, torch.randperm(self.T, generator=gen))
+        return self._perm[1]
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        idx = np.sort(self.perm(epoch)[j * self.B:(j + 1) * self.B].numpy())
+        if isinstance(self.acts, torch.Tensor):
+            x = self.acts[torch.from_numpy(idx).to(self.acts.device)]
+        else:
+            x = torch.from_numpy(np.asarray(self.acts[idx]))
+        return x.to(self.device, torch.float32)
+
+
+def _adam_tensors(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        st = opt.state.get(p, {})
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                out[f"{prefix}.{name}.{key}"] = val.detach().cpu().contiguous()
+            else:  # older torch: python number step
+                out[f"{prefix}.{name}.{key}"] = torch.tensor(float(val))
+    return out
+
+
+def _load_adam(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module,
+               tensors: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        st = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            full = f"{prefix}.{name}.{key}"
+            if full in tensors:
+                val = tensors[full]
+                st[key] = val.clone() if key == "step" else val.to(p.device).clone()
+        if st:
+            opt.state[p] = st
+
+
+class Trainer:
+    """One run's models, optimisers and step loop (use :func:`train_run`)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        cfg.validate()
+        self.cfg, self.device = cfg, device
+        self.primary = BatchTopKSAE(cfg.d_in, cfg.n_latents, cfg.k, seed=cfg.seed,
+                                    dead_after=cfg.dead_after, k_aux=cfg.k_aux,
+                                    aux_alpha=cfg.aux_alpha, device=device)
+        self.opt_p = torch.optim.Adam(self.primary.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+        self.meta: MetaSAE | None = None
+        self.opt_m: torch.optim.Optimizer | None = None
+        if cfg.uses_meta:
+            self.meta = MetaSAE(cfg.d_in, cfg.n_meta, cfg.k_meta, seed=cfg.seed + META_SEED_OFFSET,
+                                dead_after=cfg.dead_after, k_aux=cfg.k_aux,
+                                aux_alpha=cfg.aux_alpha, device=device)
+            self.opt_m = torch.optim.Adam(self.meta.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+        self.step = 0  # completed primary steps
+        self.meta_steps = 0
+        self.last_meta_mse = float("nan")
+
+    def init_input_standardisation(self, acts: Any, progress: bool = False) -> None:
+        """For ``input_norm="dim+token"``: set the primary SAE's per-dimension standardisation from
+        ``acts`` (:func:`input_dim_stats`; constant dimensions get scale 1). Must run before step 0;
+        a no-op for ``"token"``."""
+        if self.cfg.input_norm == "token":
+            return
+        if self.step != 0:
+            raise RuntimeError("input standardisation must be set before the first training step")
+        mean, std = input_dim_stats(acts, progress=progress)
+        scale = np.where(std > 0, std, 1.0)
+        self.primary.set_input_standardisation(torch.from_numpy(mean), torch.from_numpy(scale))
+
+    def input_standardisation_summary(self) -> dict:
+        """What the primary SAE's per-dim standardisation is (for the run's config.json)."""
+        sae = self.primary
+        if sae.input_standardisation == "none":
+            return dict(kind="none")
+        mean = sae.input_mean.detach().cpu().double().numpy()
+        scale = sae.input_scale.detach().cpu().double().numpy()
+        return dict(kind=sae.input_standardisation,
+                    stats="per-dimension mean and population std (fp64) of the training activations",
+                    mean_abs_max=float(np.abs(mean).max()), scale_min=float(scale.min()),
+                    scale_median=float(np.median(scale)), scale_max=float(scale.max()))
+
+    # -- steps ----------------------------------------------------------------------------------
+    def primary_step(self, x: torch.Tensor) -> dict[str, float]:
+        cfg, sae = self.cfg, self.primary
+        self.opt_p.zero_grad(set_to_none=True)
+        out = sae.training_loss(x)
+        loss = out["loss"]
+        rec: dict[str, float] = {}
+        if self.meta is not None:
+            W_hat = self.meta.reconstruct_rows(sae.W_dec)
+            if cfg.lambda2 > 0:
+                pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
+                loss = loss + cfg.lambda2 * pen
+            else:
+                with torch.no_grad():
+                    pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
+            with torch.no_grad():
+                rec["meta_err"] = float((sae.W_dec - W_hat).pow(2).sum(1).mean())
+            rec["penalty"] = float(pen.detach())
+        elif cfg.arm == "ortho":
+            gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step * 31 + 2)
+            pen = orthogonality_penalty(sae.W_dec, cfg.ortho_chunks, gen)
+            loss = loss + cfg.gamma * pen
+            rec["penalty"] = float(pen.detach())
+        loss.backward()
+        sae.project_decoder_grad()
+        self.opt_p.step()
+        sae.renorm_decoder()
+        rec.update(loss=float(loss.detach()), mse=float(out["mse"]), aux=float(out["aux"]),
+                   l0=float(out["l0"]), dead=int(sae.dead_mask().sum()))
+        return rec
+
+    def meta_step(self) -> float:
+        assert self.meta is not None and self.opt_m is not None
+        self.opt_m.zero_grad(set_to_none=True)
+        out = self.meta.rows_loss(self.primary.W_dec)
+        out["loss"].backward()
+        self.meta.project_decoder_grad()
+        self.opt_m.step()
+        self.meta.renorm_decoder()
+        self.meta_steps += 1
+        return float(out["mse"])
+
+    def macro_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One primary step, followed by the meta phase when a block of n_p primary steps ends."""
+        rec = self.primary_step(x)
+        self.step += 1
+        if self.meta is not None and self.step % self.cfg.n_primary_steps == 0:
+            for _ in range(self.cfg.n_meta_steps):
+                self.last_meta_mse = self.meta_step()
+            rec["meta_mse"] = self.last_meta_mse
+            rec["meta_dead"] = int(self.meta.dead_mask().sum())
+        return rec
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"primary.{k}": v.detach().cpu().contiguous() for k, v in self.primary.state_dict().items()}
+        t.update(_adam_tensors("opt_p", self.opt_p, self.primary))
+        if self.meta is not None:
+            t.update({f"meta.{k}": v.detach().cpu().contiguous() for k, v in self.meta.state_dict().items()})
+            t.update(_adam_tensors("opt_m", self.opt_m, self.meta))
+        t["rng.torch"] = torch.get_rng_state()
+        return t
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        self.primary.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("primary.")})
+        _load_adam("opt_p", self.opt_p, self.primary, t)
+        if self.meta is not None:
+            self.meta.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("meta.")})
+            _load_adam("opt_m", self.opt_m, self.meta, t)
+        torch.set_rng_state(t["rng.torch"])
+
+    def save_checkpoint(self, ckpt_dir: Path, metrics_lines: int) -> None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        fname = f"state-{self.step:09d}.safetensors"
+        with atomic_path(ckpt_dir / fname) as tmp:
+            save_file(self.state_tensors(), str(tmp))
+        write_json(ckpt_dir / "checkpoint.json", dict(
+            file=fname, step=self.step, meta_steps=self.meta_steps, metrics_lines=metrics_lines,
+            last_meta_mse=self.last_meta_mse, config=dataclasses.asdict(self.cfg),
+        ))
+        for old in ckpt_dir.glob("state-*.safetensors"):
+            if old.name != fname:
+                old.unlink(missing_ok=True)
+
+    def load_checkpoint(self, ckpt_dir: Path) -> int:
+        """Restore from ``ckpt_dir``; return the metrics line count recorded with it."""
+        meta = read_json(ckpt_dir / "checkpoint.json")
+        if _recorded_config(meta["config"]) != dataclasses.asdict(self.cfg):
+            raise ValueError(
+                f"checkpoint in {ckpt_dir} was written with a different configuration; "
+                "delete the run directory or pass resume=False"
+            )
+        self.load_state_tensors(load_file(str(ckpt_dir / meta["file"])))
+        self.step, self.meta_steps = int(meta["step"]), int(meta["meta_steps"])
+        self.last_meta_mse = float(meta["last_meta_mse"])
+        return int(meta["metrics_lines"])
+
+
+def _truncate_lines(path: Path, n_lines: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines[:n_lines] if ln.endswith("\n")]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(keep))
+
+
+def is_done(out_dir: str | Path) -> bool:
+    return (Path(out_dir) / "done.json").exists()
+
+
+RESULT_NEUTRAL_FIELDS = ("checkpoint_every",)
+"""TrainConfig fields that do not change a finished run's weights (ignored by the stale-run check)."""
+
+
+def _check_done_config(out_dir: Path, profile: Profile, spec: RunSpec) -> None:
+    """A finished run trained with another configuration (profile edited since) is not reused
+    silently: every recorded TrainConfig field except :data:`RESULT_NEUTRAL_FIELDS` must match."""
+    cfg_path = out_dir / "config.json"
+    rec = read_json(cfg_path).get("train_config") if cfg_path.exists() else None
+    if not isinstance(rec, dict):
+        return
+    recorded = _recorded_config(rec)  # fields missing from an old record: their old behaviour, or skipped
+    wanted = dataclasses.asdict(TrainConfig.from_profile(profile, spec, int(recorded.get("d_in", 0))))
+    diff = [k for k, v in wanted.items() if k in recorded and k not in RESULT_NEUTRAL_FIELDS and recorded[k] != v]
+    if diff:
+        raise ValueError(
+            f"finished run {out_dir} was trained with "
+            + ", ".join(f"{k}={recorded[k]!r}" for k in diff)
+            + f", but profile {profile.name!r} now gives " + ", ".join(f"{k}={wanted[k]!r}" for k in diff)
+            + "; delete the run directory (and its evaluation outputs) to retrain it"
+        )
+
+
+def train_run(
+    profile: str | Profile,
+    spec: RunSpec | str,
+    acts: Any,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+    d_in: int | None = None,
+    data_info: dict | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Train one run into ``out_dir`` (skipped when ``done.json`` exists); return ``out_dir``.
+
+    ``acts``: [T, d] activations (np.memmap / ndarray / tensor, any float dtype). ``d_in``, when
+    given, must equal d. ``max_steps`` stops after that many primary steps in total (a
+    checkpoint is written; the run is not marked done). ``data_info`` is recorded in config.json
+    (token range name, offsets, ...).
+    """
+    profile = get_profile(profile)
+    spec = parse_run(spec) if isinstance(spec, str) else spec
+    out_dir = Path(out_dir)
+    if is_done(out_dir):
+        _check_done_config(out_dir, profile, spec)
+        return out_dir
+    if len(tuple(acts.shape)) != 2:
+        raise ValueError(f"activations must be a 2-D [T, d] array, got shape {tuple(acts.shape)}")
+    d = int(acts.shape[1])
+    if d_in is not None and d_in != d:
+        raise ValueError(f"activation dim {d} != d_in {d_in}")
+    cfg = TrainConfig.from_profile(profile, spec, d)
+    cfg.validate()
+    T = validate_data(acts, cfg)
+    dev = torch.device(device) if device is not None else default_device()
+
+    ckpt_dir, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+    if not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        metrics_path.unlink(missing_ok=True)
+    trainer = Trainer(cfg, dev)
+    metrics_lines = 0
+    if resume and (ckpt_dir / "checkpoint.json").exists():
+        metrics_lines = trainer.load_checkpoint(ckpt_dir)  # incl. the input standardisation buffers
+    else:
+        trainer.init_input_standardisation(acts, progress=progress)
+    if metrics_lines:
+        _truncate_lines(metrics_path, metrics_lines)
+    else:
+        metrics_path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    data = _Data(acts, cfg.seed, cfg.batch_size, dev)
+    total = max(1, round(cfg.train_epochs * data.steps_per_epoch))
+    stop = total if max_steps is None else min(total, max_steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=trainer.step, desc=spec.name, unit="step")
+    with open(metrics_path, "a") as mf:
+        while trainer.step < stop:
+            t0 = time.perf_counter()
+            x = data.batch(trainer.step)
+            rec = trainer.macro_step(x)
+            dt = time.perf_counter() - t0
+            rec = dict(step=trainer.step, epoch=(trainer.step - 1) // data.steps_per_epoch,
+                       tokens=trainer.step * cfg.batch_size, **rec,
+                       tok_per_s=cfg.batch_size / max(dt, 1e-9))
+            mf.write(json.dumps(rec) + "\n")
+            mf.flush()
+            metrics_lines += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(mse=f"{rec['mse']:.4f}", dead=rec["dead"],
+                                tok_s=f"{rec['tok_per_s']:.0f}")
+            if _step_hook is not None:
+                _step_hook(trainer.step)
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == stop < total:
+                trainer.save_checkpoint(ckpt_dir, metrics_lines)
+    if bar is not None:
+        bar.close()
+    if trainer.step < total:
+        return out_dir
+
+    trainer.primary.save(out_dir / "sae")
+    if trainer.meta is not None:
+        trainer.meta.save(out_dir / "meta")
+    write_json(out_dir / "config.json", dict(
+        run=spec.name, spec=dataclasses.asdict(spec), seed=spec.seed, profile=profile.as_dict(),
+        train_config=dataclasses.asdict(cfg), device=str(dev),
+        input_standardisation=trainer.input_standardisation_summary(),
+        tokens=dict(n_available=T, steps=total, tokens_seen=total * cfg.batch_size,
+                    epochs=cfg.train_epochs, **(data_info or {})),
+        **provenance(),
+    ))
+    write_json(out_dir / "done.json", dict(run=spec.name, steps=total, meta_steps=trainer.meta_steps))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return out_dir
+
+
+def default_train_workers(n_runs: int) -> int:
+    """Runs trained concurrently by :func:`ensure_trained`: 1 on a GPU, else up to 4 processes
+    sharing the CPU cores (the sparse step's many small ops use extra threads poorly, so separate
+    processes keep the cores busier than one multi-threaded process)."""
+    import os
+
+    if n_runs <= 1 or torch.cuda.is_available():
+        return 1
+    return max(1, min(n_runs, os.cpu_count() or 1, 4))
+
+
+def _train_from_cache(profile: Profile, spec: RunSpec, cache: Any, progress: bool) -> None:
+    manifest = getattr(cache, "manifest", {}) or {}
+    info = {"range": "train"}
+    ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
+    if isinstance(ranges, dict) and "train" in ranges:
+        info["range_info"] = ranges["train"]
+    train_run(profile, spec, cache.acts("train"), paths.run_dir(profile, spec.name), progress=progress,
+              d_in=getattr(cache, "d", None), data_info=info)
+
+
+def _train_worker(profile: Profile, spec: RunSpec, threads: int) -> str:
+    """Process-pool entry point: train one run with ``threads`` intra-op threads."""
+
+    torch.set_num_threads(threads)
+    _train_from_cache(profile, spec, load_cache(profile), progress=False)
+    return spec.name
+
+
+def ensure_trained(profile: str | Profile, specs: Iterable[RunSpec | str],
+                   progress: bool = True, n_workers: int | None = None) -> dict[str, Path]:
+    """Train every run of ``specs`` that is not done into ``paths.run_dir``; return name → dir.
+
+    Training activations come from ``paperlib.data.activations.load_cache(profile).acts("train")``
+    (extracted first if missing). ``n_workers`` runs are trained at once in separate processes
+    (default :func:`default_train_workers`), each with cpu_count / n_workers threads; joint runs
+    (the slowest) start first. A run's result does not depend on which process trained it or in
+    which order (its data order and init come from its seed). Killed runs resume from their
+    checkpoints either way.
+    """
+    profile = get_profile(profile)
+    specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
+    for spec in specs:  # a finished run trained with another configuration is not reused
+        if is_done(paths.run_dir(profile, spec.name)):
+            _check_done_config(paths.run_dir(profile, spec.name), profile, spec)
+    out = {spec.name: paths.run_dir(profile, spec.name) for spec in specs}
+    todo = [spec for spec in specs if not is_done(out[spec.name])]
+    if not todo:
+        return out
+
+    cache = load_cache(profile)  # extraction (if needed) happens here, once
+    workers = default_train_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
+    if workers == 1:
+        for spec in todo:
+            _train_from_cache(profile, spec, cache, progress)
+        return out
+
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    todo.sort(key=lambda s: not s.uses_meta)  # meta-SAE runs are the slowest: schedule them first
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(_train_worker, profile, spec, threads): spec for spec in todo}
+        bar = tqdm(total=len(todo), desc=f"training ({workers} processes)", disable=not progress)
+        try:
+            for fut in as_completed(futures):
+                name = fut.result()  # re-raises a worker's error here
+                bar.update(1)
+                bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+    return out
+
+
+def _run_path(profile_or_dir: str | Profile | Path, name: str | None) -> Path:
+    if name is None:
+        return Path(profile_or_dir)
+    return paths.run_dir(profile_or_dir, name)
+
+
+def load_run(profile: str | Profile | Path, name: str | None = None,
+             device: str | torch.device = "cpu") -> BatchTopKSAE:
+    """The trained primary SAE of run ``name`` (or of the run directory ``profile``)."""
+    rdir = _run_path(profile, name)
+    if not is_done(rdir):
+        raise FileNotFoundError(f"run {rdir} is not trained (no done.json); use ensure_trained")
+    return BatchTopKSAE.load(rdir / "sae", device=device)
+
+
+def load_meta(profile: str | Profile | Path, name: str | None = None,
+              device: str | torch.device = "cpu") -> MetaSAE:
+    """The trained meta SAE of a joint/control run."""
+    rdir = _run_path(profile, name)
+    if not (rdir / "meta" / "config.json").exists():
+        raise FileNotFoundError(f"run {rdir} has no meta SAE (solo/ortho arm or not trained)")
+    return MetaSAE.load(rdir / "meta", device=device)
+
+
+def read_metrics(profile: str | Profile | Path, name: str | None = None) -> list[dict]:
+    """Per-step metrics records of a run (``metrics.jsonl``)."""
+    path = _run_path(profile, name) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics file at {path}")
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_run_config(profile: str | Profile | Path, name: str | None = None) -> dict:
+    """The ``config.json`` recorded next to a finished run."""
+    return read_json(_run_path(profile, name) / "config.json")

@@ -1,0 +1,370 @@
+"""Auto-interp pipeline glue for notebooks 05–07 (method.md §3.5, §3.6; paper §5.2, App. F).
+
+Cached stages (all atomic writes, all resumable):
+
+* :func:`make_judge` — the offline :class:`~paperlib.autointerp.judges.LocalLikelihoodJudge` or an
+  :class:`~paperlib.autointerp.judges.OpenAIJudge`, with the disk cache in ``<profile_dir>/judge_cache``.
+* :func:`ensure_sanity` — :func:`~paperlib.autointerp.judges.judge_sanity_check` result as JSON in
+  ``<profile_dir>/judge_sanity/`` (accuracy, Wilson CI, one-sided binomial p against 0.5).
+* :func:`ensure_matching` — Hungarian matching of alive solo ↔ joint features on decoder cosine
+  (dead = never selected on the calibration range), CSV in ``<joint eval>/matching/``.
+* :func:`ensure_scores` — per-feature explanation + fuzz (optionally detection / Spearman) records
+  of one run in ``<run eval>/autointerp/<judge>-<settings hash>/`` (one JSON per feature, so a
+  killed run resumes; a retrained run or other settings get a new directory).
+* :func:`compare_runs` — seeded uniform sample of matched alive pairs, both sides scored, per-pair
+  table and the paired comparison (paper §5.2 numbers).
+
+Lean defaults (:data:`LEAN_CONTEXT`): the local judge costs two LM forward passes per fuzz item
+(explanation prefix and neutral prefix), so the cost is set by the number of test windows and
+their length. We use 20-token windows (firing token 4 tokens before the end), 10 explanation
+windows, and 6 test windows per feature (activation terciles × 2) → 3 correctly and 3 wrongly
+highlighted items (fuzz scores in {−1, −1/3, 1/3, 1}), no detection by default. Measured on the
+smoke profile with 8 test windows of 24 tokens: 11.5 s per feature with the machine's 2 cores
+~3× oversubscribed (≈ 4 s idle, i.e. ≈ 25 min for 400 features — over the 20-min budget), hence
+6 windows of 20 tokens (≈ 0.7× the tokens: ≈ 2.7 s per feature idle, ≈ 18 min for 400).
+Judge-only time with these settings, measured under heavy load (load average 4–5 on 2 cores,
+other torch jobs running): 19.8 s per feature; from the method.md §6 throughput (≈ 350 tok/s for
+the full model idle) the ~600 judged tokens per feature take ≈ 2 s idle. Unverified on an idle
+machine: the notebook prints ``sec_per_feature``; pass a smaller ``context_kwargs`` if needed.
+The neutral-prefix likelihoods do not depend on the
+explanation; they are cached on disk per (prefix, text), so re-scoring a feature with another
+explanation or a re-run reuses them. The paper-scale settings are ``PAPER_CONTEXT`` (32-token
+windows, 20 explanation windows, 40 test windows, detection on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from paperlib.autointerp.judges import LocalLikelihoodJudge, OpenAIJudge, judge_sanity_check
+from paperlib.autointerp.scoring import paired_comparison, score_features, token_decoder
+from paperlib.config import paths
+from paperlib.config.io import read_json, write_json, write_text
+from paperlib.config.profiles import Profile, get_profile
+from paperlib.data import lm
+from paperlib.data.activations import load_cache
+from paperlib.metrics.matching import MatchResult, hungarian_match
+from paperlib.sae.trainer import load_run
+from paperlib.stages.evaluate import ensure_calibration, eval_dir, run_key
+
+__all__ = [
+    "LEAN_CONTEXT",
+    "PAPER_CONTEXT",
+    "compare_runs",
+    "ensure_matching",
+    "ensure_sanity",
+    "ensure_scores",
+    "make_judge",
+    "profile_decoder",
+    "sample_pairs",
+    "summarize_comparison",
+    "summary_table",
+    "fuzz_density_figure",
+    "cosine_figure",
+    "default_sanity_n",
+]
+
+LEAN_CONTEXT: dict[str, int] = dict(window=20, n_after=4, n_explain=10, n_quantiles=3,
+                                    per_quantile=2, n_non_activating=0)
+"""Default context settings: 6 test windows of 20 tokens per feature (see module docstring)."""
+
+PAPER_CONTEXT: dict[str, int] = dict(window=32, n_after=4, n_explain=20, n_quantiles=10,
+                                     per_quantile=4, n_non_activating=20)
+"""Paper-like settings (Delphi defaults); use with ``do_detection=True`` on a GPU / HTTP judge."""
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[:80]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------
+# judge
+# ----------------------------------------------------------------------------------------------
+def make_judge(kind: str = "local", base_url: str | None = None, model: str | None = None, *,
+               profile: str | Profile | None = None, cache_dir: str | Path | None = None,
+               **kwargs):
+    """Build a judge with its disk cache.
+
+    ``kind="local"``: :class:`LocalLikelihoodJudge` on ``model`` (default ``smollm2-135m``), no
+    network. ``kind="openai"``: :class:`OpenAIJudge` on ``base_url``/``model`` (or the
+    ``OPENAI_BASE_URL``/``OPENAI_MODEL`` environment variables). The cache defaults to
+    ``paths.profile_dir(profile)/"judge_cache"`` (``profile`` defaults to ``default``).
+    """
+
+    if cache_dir is None:
+        cache_dir = paths.profile_dir(profile if profile is not None else "default") / "judge_cache"
+    if kind == "local":
+        if base_url is not None:
+            raise ValueError("base_url is only for judge='openai'")
+        return LocalLikelihoodJudge(model_name=model or "smollm2-135m", cache_dir=cache_dir, **kwargs)
+    if kind == "openai":
+        return OpenAIJudge(model=model, base_url=base_url, cache_dir=cache_dir, **kwargs)
+    raise ValueError(f"unknown judge kind {kind!r}; use 'local' or 'openai'")
+
+
+def ensure_sanity(profile: str | Profile, judge, n: int = 40, seed: int = 0) -> dict:
+    """Cached :func:`judge_sanity_check` (2AFC on labelled BBC snippets) for ``judge``.
+
+    Adds ``significant`` (one-sided binomial p < 0.05 against chance 0.5).
+    """
+
+    path = paths.profile_dir(profile) / "judge_sanity" / f"{_slug(judge.name)}-n{n}-s{seed}.json"
+    if path.exists():
+        return read_json(path)
+    res = judge_sanity_check(judge, n=n, seed=seed)
+    res["significant"] = bool(res["p_value"] < 0.05)
+    write_json(path, res)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# matching
+# ----------------------------------------------------------------------------------------------
+def ensure_matching(profile: str | Profile, solo: str, joint: str) -> MatchResult:
+    """Hungarian matching of alive ``solo`` ↔ ``joint`` features (``i`` = solo, ``j`` = joint).
+
+    Alive = selected at least once on the calibration range (``ensure_calibration(...).dead``).
+    Cached as ``<joint eval>/matching/vs-<solo>.csv`` + ``.json``, keyed by both runs' weights.
+    """
+
+    p = get_profile(profile)
+    d = eval_dir(p, joint) / "matching"
+    csv, meta_path = d / f"vs-{solo}.csv", d / f"vs-{solo}.json"
+    key = {"solo": solo, "solo_key": run_key(p, solo), "joint": joint,
+           "joint_key": run_key(p, joint), "version": 1}
+    if csv.exists() and meta_path.exists():
+        meta = read_json(meta_path)
+        if meta.get("key") == key:
+            pairs = pd.read_csv(csv, dtype={"i": np.int64, "j": np.int64, "cosine": np.float64})
+            return MatchResult(pairs, meta["n_alive_a"], meta["n_alive_b"], None, None)
+    alive_a = ~np.asarray(ensure_calibration(p, solo).dead, bool)
+    alive_b = ~np.asarray(ensure_calibration(p, joint).dead, bool)
+    res = hungarian_match(load_run(p, solo).W_dec, load_run(p, joint).W_dec, alive_a, alive_b)
+
+    write_text(csv, res.pairs.to_csv(index=False))
+    write_json(meta_path, {"key": key, "n_alive_a": res.n_alive_a, "n_alive_b": res.n_alive_b})
+    return res
+
+
+def sample_pairs(pairs: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame:
+    """``n`` pairs drawn uniformly without replacement (seeded), sorted by ``i``; all if n is None."""
+    if n is None or n >= len(pairs):
+        return pairs.sort_values("i").reset_index(drop=True)
+    if n < 1:
+        raise ValueError("n must be ≥ 1")
+    pick = np.random.default_rng(seed).choice(len(pairs), size=int(n), replace=False)
+    return pairs.iloc[np.sort(pick)].sort_values("i").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+# ----------------------------------------------------------------------------------------------
+def profile_decoder(profile: str | Profile):
+    """Per-token string decoder of the profile's LM tokenizer (no model weights loaded)."""
+    from transformers import AutoTokenizer
+
+
+    key = get_profile(profile).model
+    src = str(lm.model_dir(key)) if key in lm.OFFLINE_MODELS else key
+    return token_decoder(AutoTokenizer.from_pretrained(src))
+
+
+def scores_dir(profile: str | Profile, run_name: str, judge, *, context_kwargs: dict,
+               do_detection: bool, do_spearman: bool, seed: int) -> Path:
+    """Where :func:`ensure_scores` keeps a run's records for one judge and one setting."""
+
+    p = get_profile(profile)
+    tag = _hash({"run_key": run_key(p, run_name), "context": context_kwargs, "seed": seed,
+                 "detection": do_detection, "spearman": do_spearman, "judge": judge.name})
+    return eval_dir(p, run_name) / "autointerp" / f"{_slug(judge.name)}-{tag}"
+
+
+def ensure_scores(profile: str | Profile, run_name: str, features: Sequence[int], judge, *,
+                  context_kwargs: dict | None = None, do_detection: bool = False,
+                  do_spearman: bool = False, seed: int = 0, n_workers: int = 1,
+                  decode=None, show_progress: bool = True) -> pd.DataFrame:
+    """Explain and fuzz-score ``features`` of run ``run_name`` (cached per feature, resumable).
+
+    Contexts come from the ``autointerp`` token range with the run's calibrated thresholds.
+    Returns one row per feature (``fuzz_score`` = 2·acc − 1, NaN/absent when the feature has no
+    test windows). ``df.attrs`` holds ``out_dir``, ``n_new`` (features scored by this call) and
+    ``sec_per_feature`` (wall time of this call / n_new; NaN when everything was cached).
+    """
+
+    p = get_profile(profile)
+    ckw = dict(LEAN_CONTEXT if context_kwargs is None else context_kwargs)
+    out = scores_dir(p, run_name, judge, context_kwargs=ckw, do_detection=do_detection,
+                     do_spearman=do_spearman, seed=seed)
+    feats = [int(f) for f in features]
+    n_new = sum(not (out / "features" / f"{f}.json").exists() for f in feats)
+    t0 = time.perf_counter()
+    sae = acts = token_ids = positions = thresholds = None
+    if n_new:  # load heavy inputs only when something is missing
+
+        cache = load_cache(p)
+        acts, token_ids, positions = (cache.acts("autointerp"), cache.token_ids("autointerp"),
+                                      cache.positions("autointerp"))
+        sae = load_run(p, run_name)
+        thresholds = np.asarray(ensure_calibration(p, run_name).thresholds, dtype=np.float32)
+    if n_new and decode is None:
+        decode = profile_decoder(p)
+    if not n_new:  # everything cached: read the records without touching the activations
+        rows = []
+        for f in feats:
+            rec = read_json(out / "features" / f"{f}.json")
+            rows.append({k: v for k, v in rec.items() if not k.endswith("_trace")})
+        df = pd.DataFrame(rows)
+    else:
+        df = score_features(sae, acts, token_ids, positions, feats, thresholds, judge, decode,
+                            out_dir=out, do_detection=do_detection, do_spearman=do_spearman,
+                            seed=seed, context_kwargs=ckw, show_progress=show_progress,
+                            n_workers=n_workers, chunk_size=p.batch_size * 4)
+    dt = time.perf_counter() - t0
+    if "fuzz_score" not in df.columns:
+        df["fuzz_score"] = np.nan
+    df.attrs.update(out_dir=str(out), n_new=int(n_new),
+                    sec_per_feature=dt / n_new if n_new else float("nan"))
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# comparison
+# ----------------------------------------------------------------------------------------------
+def summarize_comparison(scores_solo: pd.DataFrame, scores_joint: pd.DataFrame,
+                         pairs: pd.DataFrame, column: str = "fuzz_score") -> dict:
+    """§5.2 numbers from :func:`paired_comparison` under the table's column names."""
+
+    r = paired_comparison(scores_solo, scores_joint, pairs, column=column)
+    return {"n_pairs": r["n_pairs"], "mean_solo": r["mean_a"], "mean_joint": r["mean_b"],
+            "delta": r["delta_mean"], "delta_pct": 100.0 * r["delta_rel"], "t": r["t"],
+            "p": r["p"], "df": r["df"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+            "pct_joint_higher": 100.0 * r["share_b_higher"], "pct_equal": 100.0 * r["share_equal"]}
+
+
+def compare_runs(profile: str | Profile, solo: str, joint: str, n_features: int | None, judge, *,
+                 seed: int = 0, context_kwargs: dict | None = None, do_detection: bool = False,
+                 n_workers: int = 1, show_progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Score ``n_features`` matched alive pairs (seeded uniform sample) on both sides.
+
+    Returns (per-pair DataFrame, summary dict). The summary has ``solo``, ``joint``, ``judge``,
+    ``n_sampled``, the :func:`summarize_comparison` numbers (pairs where either side has no fuzz
+    score are dropped there) and ``sec_per_feature`` (this call's scoring time per newly scored
+    feature; NaN when all were cached).
+    """
+    m = ensure_matching(profile, solo, joint)
+    sample = sample_pairs(m.pairs, n_features, seed=seed)
+    kw = dict(context_kwargs=context_kwargs, do_detection=do_detection, seed=seed,
+              n_workers=n_workers, show_progress=show_progress)
+    decode = profile_decoder(profile)
+    s_solo = ensure_scores(profile, solo, sample["i"].tolist(), judge, decode=decode, **kw)
+    s_joint = ensure_scores(profile, joint, sample["j"].tolist(), judge, decode=decode, **kw)
+    a = s_solo.set_index("feature")
+    b = s_joint.set_index("feature")
+
+    def col(df, name, idx):
+        return df[name].reindex(idx).to_numpy() if name in df.columns else np.full(len(idx), np.nan)
+
+    per = pd.DataFrame({
+        "solo_feature": sample["i"].to_numpy(), "joint_feature": sample["j"].to_numpy(),
+        "cosine": sample["cosine"].to_numpy(),
+        "fuzz_solo": col(a, "fuzz_score", sample["i"]).astype(float),
+        "fuzz_joint": col(b, "fuzz_score", sample["j"]).astype(float),
+    })
+    per["delta"] = per["fuzz_joint"] - per["fuzz_solo"]
+    per["firing_rate_solo"] = col(a, "firing_rate", sample["i"])
+    per["firing_rate_joint"] = col(b, "firing_rate", sample["j"])
+    per["explanation_solo"] = col(a, "explanation", sample["i"])
+    per["explanation_joint"] = col(b, "explanation", sample["j"])
+    if do_detection:
+        per["detection_solo"] = col(a, "detection_score", sample["i"])
+        per["detection_joint"] = col(b, "detection_score", sample["j"])
+    summary = {"solo": solo, "joint": joint, "judge": judge.name, "n_sampled": int(len(sample)),
+               **summarize_comparison(s_solo, s_joint, sample)}
+    n_new = s_solo.attrs["n_new"] + s_joint.attrs["n_new"]
+    secs = [s.attrs["sec_per_feature"] * s.attrs["n_new"] for s in (s_solo, s_joint)
+            if s.attrs["n_new"]]
+    summary["n_new_features"] = int(n_new)
+    summary["sec_per_feature"] = float(sum(secs) / n_new) if n_new else float("nan")
+    return per, summary
+
+
+def default_sanity_n(profile: str | Profile) -> int:
+    """Sanity-check trials: 40 (the method.md §6 measurement: 35/40 for SmolLM2-135M); 20 on ``smoke``.
+
+    Each trial costs two short forward passes of the local judge. 20 trials (seed 0: 16/20,
+    p = 0.006) keep the smoke notebook fast; 12 trials were too few (9/12, p = 0.07).
+    """
+    return 20 if get_profile(profile).name == "smoke" else 40
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+# ----------------------------------------------------------------------------------------------
+SUMMARY_COLUMNS = ["solo", "joint", "n_pairs", "mean_solo", "mean_joint", "delta", "delta_pct",
+                   "t", "p", "ci_low", "ci_high", "pct_joint_higher", "judge", "sanity_acc",
+                   "sanity_ci_low", "sanity_ci_high", "sanity_p", "sanity_n", "n_sampled",
+                   "pct_equal", "sec_per_feature"]
+
+
+def summary_table(summary: dict, sanity: dict) -> pd.DataFrame:
+    """One-row §5.2 table (``tables/autointerp_summary``) with the judge's sanity result."""
+    row = {**summary, "sanity_acc": sanity["accuracy"], "sanity_ci_low": sanity["wilson_low"],
+           "sanity_ci_high": sanity["wilson_high"], "sanity_p": sanity["p_value"],
+           "sanity_n": sanity["n"]}
+    return pd.DataFrame([{c: row.get(c, np.nan) for c in SUMMARY_COLUMNS}])
+
+
+def fuzz_density_figure(per: pd.DataFrame, bin_width: float = 1 / 3):
+    """Paper Fig. 2: density of fuzz scores joint − solo over matched pairs, plus both histograms.
+
+    Histogram densities on bins of ``bin_width`` centred on multiples of it (the lean setting's
+    scores are multiples of 1/3), over pairs where both sides have a score.
+    """
+    import matplotlib.pyplot as plt
+
+    ok = per["fuzz_solo"].notna() & per["fuzz_joint"].notna()
+    a, b = per.loc[ok, "fuzz_solo"].to_numpy(float), per.loc[ok, "fuzz_joint"].to_numpy(float)
+    half = bin_width / 2
+    edges = np.arange(-1 - half, 1 + half + 1e-9, bin_width)
+    da, _ = np.histogram(a, edges, density=True)
+    db, _ = np.histogram(b, edges, density=True)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].bar(centres - bin_width * 0.2, da, width=bin_width * 0.4, label=f"solo (mean {a.mean():.3f})"
+              if len(a) else "solo")
+    ax[0].bar(centres + bin_width * 0.2, db, width=bin_width * 0.4, label=f"joint (mean {b.mean():.3f})"
+              if len(b) else "joint")
+    ax[0].set(xlabel="fuzz score (2·acc − 1)", ylabel="density", title=f"fuzz scores, {len(a)} pairs")
+    ax[0].legend()
+    diff = db - da
+    ax[1].bar(centres, diff, width=bin_width * 0.9, color=np.where(diff >= 0, "tab:green", "tab:red"))
+    ax[1].axhline(0, color="k", lw=0.8)
+    ax[1].set(xlabel="fuzz score (2·acc − 1)", ylabel="density joint − solo",
+              title="Fig. 2: density difference (joint − solo)")
+    fig.tight_layout()
+    return fig
+
+
+def cosine_figure(match: MatchResult):
+    """Histogram of the matched pairs' decoder cosine similarities."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(match.pairs["cosine"], bins=50)
+    ax.set(xlabel="decoder cosine (solo ↔ joint)", ylabel="pairs",
+           title=f"{match.n_pairs} matched alive pairs")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,28 @@
+"""tables/summary.md helpers on hand-built tables."""
+
+import math
+
+import pandas as pd
+
+from paperlib.report.summary import _fmt, gemma_text, ground_truth_text
+
+
+def test_gemma_text_uses_absolute_fuzz_differences():
+    gem = pd.DataFrame({
+        "run": ["solo", "joint-l0.3-s1", "joint-l1-s3"], "lambda2": [math.nan, 0.3, 1.0],
+        "sigma2": [math.nan, 1.0, 3.0], "dphi_pct": [0.0, -2.5, 1.25], "dl2_pct": [0.0, 3.0, 1.0],
+        "fuzz_mean": [0.05, 0.2, 0.1], "n_fuzz": [16, 16, 16]})
+    t = gemma_text(gem)
+    assert "-2.50% to +1.25% over 2 configs" in t
+    assert "λ₂=0.3, σ²=1: ΔL2 +3.00%, Δfuzz +0.150" in t
+    assert "best Δfuzz +0.150 at joint-l0.3-s1" in t and "16 features per config" in t
+    assert gemma_text(None) == "not run"
+
+
+def test_ground_truth_text_and_number_format():
+    gt = pd.DataFrame({"run": ["solo", "joint"], "label": ["solo", "J"], "mean_abs_phi": [0.01, 0.009],
+                       "recovered_frac": [0.5, 0.6], "blend_frac": [0.2, 0.1]})
+    assert ground_truth_text(gt) == "J: Δ\\|φ\\| -10.0%, recovered 0.600 vs 0.500, blending 0.100 vs 0.200"
+    assert ground_truth_text(None) == "not run"
+    assert _fmt(pd.Series([10614528]).iloc[0], ",.0f") == "10,614,528"  # numpy integers are formatted
+    assert _fmt(float("nan")) == "n/a"

@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from paperlib.sae.export import detect_layer_norm, load_saelens_arrays, to_saelens
+from paperlib.sae.models import BatchTopKSAE
+
+
+def _sae_and_inputs(d=24, n=96, k=4, T=300):
+    sae = BatchTopKSAE(d, n, k, seed=3)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.b_dec.copy_(0.1 * torch.randn(d, generator=g))
+        sae.W_enc.mul_(3.0)
+    x = 2.0 * torch.randn(T, d, generator=g) + 0.7 * torch.randn(T, 1, generator=g)
+    pre = sae.pre_acts(x).detach()
+    theta = torch.quantile(pre, 0.9, dim=0)
+    theta[:4] = float("inf")  # dead features
+    return sae, x, theta
+
+
+def _np_jumprelu(arrays, x, layer_norm):
+    """Plain numpy reimplementation of SAELens' JumpReLU encode/decode (6.x semantics)."""
+    x = np.asarray(x, dtype=np.float64)
+    if layer_norm:
+        mu = x.mean(-1, keepdims=True)
+        std = (x - mu).std(-1, ddof=1, keepdims=True)
+        xn = (x - mu) / (std + 1e-5)
+    else:
+        xn = x
+    h = (xn - arrays["b_dec"]) @ arrays["W_enc"] + arrays["b_enc"]
+    f = np.maximum(h, 0) * (h > arrays["threshold"])
+    out = f @ arrays["W_dec"] + arrays["b_dec"]
+    if layer_norm:
+        out = out * std + mu
+    return f, out
+
+
+def test_roundtrip_matches_paperlib_encode(tmp_path):
+    sae, x, theta = _sae_and_inputs()
+    out = to_saelens(sae, tmp_path / "exp", theta, hook_name="blocks.3.hook_resid_pre", model_name="m",
+                     context_size=64)
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]  # no temp files
+    arrays, cfg = load_saelens_arrays(out)
+    assert cfg["architecture"] == "jumprelu" and cfg["normalize_activations"] == "layer_norm"
+    assert cfg["apply_b_dec_to_input"] is True and (cfg["d_in"], cfg["d_sae"]) == (24, 96)
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_pre"
+    assert cfg["metadata"]["paperlib"]["n_dead_infinite_threshold"] == 4
+    assert np.isinf(arrays["threshold"][:4]).all()
+    np.testing.assert_array_equal(arrays["W_dec"], sae.W_dec.detach().numpy())
+    f_np, out_np = _np_jumprelu(arrays, x.numpy(), layer_norm=True)
+    f = sae.encode(x, thresholds=theta).detach().numpy()
+    assert ((f_np > 0) == (f > 0)).all()
+    np.testing.assert_allclose(f_np, f, atol=1e-5)
+    assert (f > 0).sum() > 0
+    # raw-scale reconstruction: equal up to the eps in paperlib's scale (std + 1e-5 vs std)
+    xn, mean, scale = sae.normalize_stats(x)
+    rec = sae.decode(torch.as_tensor(f), mean, scale).detach().numpy()
+    np.testing.assert_allclose(out_np, rec, rtol=1e-4, atol=1e-4)
+
+
+def test_prenormalised_export(tmp_path):
+    sae, x, theta = _sae_and_inputs()
+    arrays, cfg = load_saelens_arrays(to_saelens(sae, tmp_path, theta, normalize_activations="none"))
+    assert cfg["normalize_activations"] == "none"
+    assert "PRE-NORMALISED" in cfg["metadata"]["paperlib"]["inputs"]
+    xn = sae.normalize(x).detach().numpy()
+    f_np, out_np = _np_jumprelu(arrays, xn, layer_norm=False)
+    f = sae.encode(x, thresholds=theta).detach().numpy()
+    np.testing.assert_allclose(f_np, f, atol=1e-5)
+    np.testing.assert_allclose(out_np, sae.decode(torch.as_tensor(f)).detach().numpy(), atol=1e-4)
+
+
+class _BiasedStdSAE(BatchTopKSAE):
+    def normalize(self, x):
+        return (x - x.mean(-1, keepdim=True)) / (x.std(-1, unbiased=False, keepdim=True) + 1e-5)
+
+
+def test_normalisation_detection_and_errors(tmp_path):
+    sae, _, theta = _sae_and_inputs()
+    assert detect_layer_norm(sae)
+    other = _BiasedStdSAE(24, 96, 4)
+    assert not detect_layer_norm(other)
+    _, cfg = load_saelens_arrays(to_saelens(other, tmp_path / "a", theta))
+    assert cfg["normalize_activations"] == "none"
+    with pytest.raises(ValueError, match="layer_norm"):
+        to_saelens(other, tmp_path / "b", theta, normalize_activations="layer_norm")
+    with pytest.raises(ValueError, match="shape"):
+        to_saelens(sae, tmp_path / "c", theta[:-1])
+    with pytest.raises(ValueError, match=">= 0"):
+        to_saelens(sae, tmp_path / "d", -torch.ones(96))
+    with pytest.raises(ValueError, match="running threshold"):
+        to_saelens(sae, tmp_path / "e")  # untrained: no running threshold
+    scalar = to_saelens(sae, tmp_path / "f", 0.5)
+    np.testing.assert_array_equal(load_saelens_arrays(scalar)[0]["threshold"], np.full(96, 0.5, np.float32))
+    json.loads((scalar / "cfg.json").read_text())  # strict JSON (no NaN/inf)
+
+
+def test_sae_lens_loads_export(tmp_path):
+    sae_lens = pytest.importorskip(
+        "sae_lens", reason="sae_lens is not installed in this venv (by design: it pins its own deps); "
+        "verified manually with sae-lens 6.54.12 in a throwaway venv")
+    sae, x, theta = _sae_and_inputs()
+    out = to_saelens(sae, tmp_path / "exp", theta, hook_name="blocks.3.hook_resid_pre")
+    loaded = sae_lens.SAE.load_from_disk(str(out))
+    assert loaded.cfg.normalize_activations == "layer_norm"
+    with torch.no_grad():
+        f_sl = loaded.encode(x)
+        rec_sl = loaded.decode(f_sl)
+    f = sae.encode(x, thresholds=theta).detach()
+    torch.testing.assert_close(f_sl, f, atol=1e-5, rtol=1e-5)
+    xn, mean, scale = sae.normalize_stats(x)
+    torch.testing.assert_close(rec_sl, sae.decode(f, mean, scale).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_per_dim_standardised_sae_exports_prenormalised(tmp_path):
+    sae, x, _ = _sae_and_inputs()
+    g = torch.Generator().manual_seed(1)
+    mu, sd = 50 * torch.randn(24, generator=g), torch.rand(24, generator=g) * 5 + 0.5
+    x = x * sd + mu
+    sae.set_input_standardisation(mu, sd)
+    theta = torch.quantile(sae.pre_acts(x).detach(), 0.9, dim=0)
+    assert not detect_layer_norm(sae)
+    # SAELens cannot express per-dim + per-token normalisation: an explicit layer_norm export is refused
+    with pytest.raises(ValueError, match="per-dimension input standardisation"):
+        to_saelens(sae, tmp_path / "ln", theta, normalize_activations="layer_norm")
+    assert not (tmp_path / "ln").exists()
+    arrays, cfg = load_saelens_arrays(to_saelens(sae, tmp_path / "auto", theta))
+    assert cfg["normalize_activations"] == "none"
+    meta = cfg["metadata"]["paperlib"]
+    assert "PRE-NORMALISED" in meta["inputs"] and "input_scale" in meta["inputs"]
+    assert meta["source_config"]["input_standardisation"] == "per-dim"
+    std_meta = meta["input_standardisation"]
+    np.testing.assert_allclose(std_meta["mean"], mu.numpy(), rtol=1e-7)
+    np.testing.assert_allclose(std_meta["scale"], sd.numpy(), rtol=1e-7)
+    # x~ rebuilt from the metadata alone (numpy), then the plain JumpReLU: equals paperlib's encode / decode
+    z = (x.double().numpy() - np.asarray(std_meta["mean"])) / np.asarray(std_meta["scale"])
+    m = z.mean(-1, keepdims=True)
+    s = (z - m).std(-1, ddof=1, keepdims=True) + 1e-5
+    f_np, out_np = _np_jumprelu(arrays, (z - m) / s, layer_norm=False)
+    f = sae.encode(x, thresholds=theta).detach()
+    assert (f > 0).sum() > 0
+    np.testing.assert_allclose(f_np, f.numpy(), atol=1e-4)
+    xn, mean, scale = sae.normalize_with_stats(x)
+    np.testing.assert_allclose(out_np, sae.decode(f).detach().numpy(), atol=1e-4)
+    raw = (out_np * s + m) * np.asarray(std_meta["scale"]) + np.asarray(std_meta["mean"])
+    np.testing.assert_allclose(raw, sae.decode(f, mean, scale).detach().numpy(), rtol=1e-4, atol=1e-3)

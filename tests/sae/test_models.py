@@ -1,0 +1,350 @@
+"""Tests for paperlib.sae.models: BatchTopK exactness, sparse gradients, decoder constraint, io."""
+
+from __future__ import annotations
+
+import torch
+
+from paperlib.sae.models import BatchTopKSAE, MetaSAE, batch_topk_indices, batch_topk_mask
+
+
+def _x(B=64, d=12, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, d, generator=g) * 3 + 1).to(dtype)
+
+
+def test_batch_topk_exact_count_and_values():
+    g = torch.Generator().manual_seed(1)
+    pre = torch.relu(torch.randn(50, 40, generator=g))
+    for k in (1, 3, 7, 40):
+        mask = batch_topk_mask(pre, k)
+        assert int(mask.sum()) == k * 50
+        ref = pre.flatten().topk(k * 50).values
+        assert torch.equal(pre[mask].sort().values, ref.sort().values)
+
+
+def test_batch_topk_ties_exact():
+    pre = torch.ones(20, 10)  # everything tied
+    pre[3, :] = 0.0
+    for k in (1, 4):
+        assert batch_topk_indices(pre, k).numel() == k * 20
+        assert int(batch_topk_mask(pre, k).sum()) == k * 20
+    pre = torch.zeros(8, 5)  # all zero (ReLU'd everywhere)
+    assert int(batch_topk_mask(pre, 2).sum()) == 16
+
+
+def test_encode_batch_l0_exactly_k():
+    sae = BatchTopKSAE(12, 40, 4, seed=0)
+    f = sae.encode(_x())
+    assert int((f != 0).sum() + ((f == 0) & batch_topk_mask(sae.pre_acts(_x()), 4)).sum()) == 4 * 64
+    assert int(batch_topk_mask(sae.pre_acts(_x()), 4).sum()) == 4 * 64
+
+
+def test_threshold_encode_batch_independent():
+    sae = BatchTopKSAE(12, 40, 4, seed=0)
+    x = _x()
+    theta = torch.rand(40) * 0.5
+    full = sae.encode(x, thresholds=theta)
+    part = sae.encode(x[:7], thresholds=theta)
+    single = torch.cat([sae.encode(x[i:i + 1], thresholds=theta) for i in range(7)])
+    assert torch.allclose(full[:7], part, atol=1e-6)
+    assert torch.allclose(part, single, atol=1e-6)
+    assert torch.equal(full[:7] > 0, part > 0)
+
+
+def test_init_and_normalisation():
+    sae = BatchTopKSAE(12, 40, 4, seed=3)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-6)
+    assert torch.allclose(sae.W_dec, sae.W_enc.t() / sae.W_enc.t().norm(dim=1, keepdim=True))
+    assert torch.equal(sae.b_dec, torch.zeros(12))
+    assert sae.W_dec.is_contiguous() and sae.W_enc.is_contiguous()  # embedding_bag fast path
+    xn = sae.normalize(_x())
+    assert torch.allclose(xn.mean(1), torch.zeros(64), atol=1e-5)
+    assert torch.allclose(xn.std(1), torch.ones(64), atol=1e-3)
+    same = BatchTopKSAE(12, 40, 4, seed=3)
+    assert torch.equal(same.W_enc, sae.W_enc)
+    assert not torch.equal(BatchTopKSAE(12, 40, 4, seed=4).W_enc, sae.W_enc)
+
+
+def test_decode_maps_back_to_raw_scale():
+    sae = BatchTopKSAE(12, 40, 40, seed=0)
+    x = _x()
+    xn, mean, scale = sae.normalize_stats(x)
+    f = sae.encode(x)
+    assert torch.allclose(sae.decode(f, mean, scale), sae.decode(f) * scale + mean)
+    assert torch.allclose(sae.reconstruct(x), sae.decode(f, mean, scale), atol=1e-5)
+
+
+def _grads(sae, loss):
+    sae.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in (sae.W_enc, sae.W_dec, sae.b_dec)]
+
+
+def test_sparse_path_grads_match_dense_autograd():
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(12, 40, 4, seed=0, dead_after=1, k_aux=6).double()
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    x = _x(dtype=torch.float64)
+    for dead in (False, True):
+        if dead:
+            sae.steps_since_fired[::3] = 5  # some dead latents -> AuxK active
+        sparse = sae.training_loss(x, update_state=False)
+        gs = _grads(sae, sparse["loss"])
+        dense = sae.dense_training_loss(x, update_state=False)
+        gd = _grads(sae, dense["loss"])
+        assert torch.allclose(sparse["loss"], dense["loss"], atol=1e-12)
+        if dead:
+            assert float(sparse["aux"]) > 0
+            assert torch.allclose(sparse["aux"], dense["aux"], atol=1e-12)
+        for a, b in zip(gs, gd, strict=True):
+            assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
+
+
+def test_state_updates_dead_and_threshold():
+    sae = BatchTopKSAE(12, 40, 2, seed=0, dead_after=2)
+    x = _x()
+    out = sae.training_loss(x)
+    assert float(out["l0"]) == 2.0
+    fired = batch_topk_mask(sae.pre_acts(x), 2).any(0)
+    assert torch.equal(sae.steps_since_fired == 0, fired)
+    assert float(sae.threshold) > 0
+    sae.training_loss(x)
+    sae.training_loss(x)
+    assert int(sae.dead_mask().sum()) == int((~fired).sum())
+    f = sae.encode(x, thresholds="running")
+    assert f.shape == (64, 40)
+
+
+def test_decoder_constraint_keeps_unit_norm():
+    sae = BatchTopKSAE(12, 40, 4, seed=0)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for i in range(5):
+        opt.zero_grad()
+        sae.training_loss(_x(seed=i))["loss"].backward()
+        sae.project_decoder_grad()
+        dots = (sae.W_dec.grad * sae.W_dec).sum(1)
+        assert dots.abs().max() < 1e-5
+        opt.step()
+        sae.renorm_decoder()
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-6)
+
+
+def test_save_load_round_trip(tmp_path):
+    sae = BatchTopKSAE(12, 40, 4, seed=5, dead_after=3, k_aux=7)
+    sae.training_loss(_x())
+    sae.save(tmp_path / "sae")
+    back = BatchTopKSAE.load(tmp_path / "sae")
+    for (k1, v1), (k2, v2) in zip(sae.state_dict().items(), back.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert back.config() == sae.config()
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "sae").iterdir())
+    meta = MetaSAE(12, 8, 2, seed=1)
+    meta.save(tmp_path / "meta")
+    assert isinstance(MetaSAE.load(tmp_path / "meta"), MetaSAE)
+
+
+def test_meta_reconstruct_rows_scale():
+    meta = MetaSAE(12, 30, 30, seed=0)
+    W = torch.randn(20, 12)
+    W = W / W.norm(dim=1, keepdim=True)
+    W_hat = meta.reconstruct_rows(W)
+    xn, mean, scale = meta.normalize_stats(W)
+    f = meta.encode(W)
+    assert torch.allclose(W_hat, (f @ meta.W_dec + meta.b_dec) * scale + mean, atol=1e-6)
+    assert not W_hat.requires_grad
+
+
+def test_bad_arguments():
+    import pytest
+
+    with pytest.raises(ValueError, match="k="):
+        BatchTopKSAE(12, 4, 5)
+    sae = BatchTopKSAE(12, 40, 4)
+    with pytest.raises(ValueError, match="expected input"):
+        sae.encode(torch.randn(3, 11))
+
+
+def test_batch_topk_large_batch_paths_exact():
+    g = torch.Generator().manual_seed(7)
+    for scale_rows in (False, True):
+        pre = torch.relu(torch.randn(300, 50, generator=g))
+        if scale_rows:  # heavy-tailed rows: the subsample guess may be rejected -> fallback path
+            pre = pre * torch.logspace(-3, 3, 300)[:, None]
+        for k in (1, 5, 17):
+            idx = batch_topk_indices(pre, k)
+            assert idx.numel() == k * 300 and torch.equal(idx, idx.sort().values)
+            ref = pre.flatten().topk(k * 300).values.sort().values
+            assert torch.equal(pre.flatten()[idx].sort().values, ref)
+
+
+def test_sparse_and_dense_state_updates_agree():
+    a = BatchTopKSAE(12, 40, 3, seed=2, dead_after=2, k_aux=5)
+    b = BatchTopKSAE(12, 40, 3, seed=2, dead_after=2, k_aux=5)
+    for i in range(4):
+        x = _x(seed=i)
+        la, lb = a.training_loss(x), b.dense_training_loss(x)
+        assert torch.allclose(la["loss"], lb["loss"], atol=1e-5)
+        assert torch.equal(a.steps_since_fired, b.steps_since_fired)
+        assert torch.equal(a.threshold, b.threshold)
+
+
+# -- per-dimension input standardisation ------------------------------------------------------
+
+
+def _reference_normalize(x):
+    """The per-token standardisation formula as it was before per-dim standardisation existed."""
+    mean = x.mean(dim=-1, keepdim=True)
+    xc = x - mean
+    scale = (xc * xc).sum(dim=-1, keepdim=True).div_(max(x.shape[-1] - 1, 1)).sqrt_() + 1e-5
+    return xc / scale, mean, scale
+
+
+def _trained_like(seed=0, d=12, n=40, k=4):
+    sae = BatchTopKSAE(d, n, k, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        sae.b_dec.copy_(0.2 * torch.randn(d, generator=g))
+        sae.W_enc.add_(0.1 * torch.randn(d, n, generator=g))
+    return sae
+
+
+def test_default_path_bitwise_equals_reference_formula():
+    from paperlib.sae.models import _crow, sparse_decode
+
+    x = _x()
+    a = _trained_like()
+    assert a.input_standardisation == "none" and a.config()["input_standardisation"] == "none"
+    assert torch.equal(a.input_mean, torch.zeros(12)) and torch.equal(a.input_scale, torch.ones(12))
+    b = _trained_like()  # set, then reset to the identity: must be the default path again
+    b.set_input_standardisation(torch.arange(12.0), torch.full((12,), 2.0))
+    b.set_input_standardisation(None, None)
+    for sae in (a, b):
+        xn, mean, scale = _reference_normalize(x)
+        assert torch.equal(sae.normalize(x), xn)
+        pre = torch.relu((xn - sae.b_dec) @ sae.W_enc)
+        assert torch.equal(sae.pre_acts(x), pre)
+        theta = torch.full((40,), 0.1)
+        f = pre * (pre > theta)
+        assert torch.equal(sae.encode(x, thresholds=theta), f)
+        assert torch.equal(sae.decode(f, mean, scale), (f @ sae.W_dec + sae.b_dec) * scale + mean)
+        assert torch.equal(sae.reconstruct(x, thresholds=theta), (f @ sae.W_dec + sae.b_dec) * scale + mean)
+        flat = batch_topk_indices(pre, sae.k)
+        rows, cols = flat // 40, flat % 40
+        ref = (sparse_decode(pre.reshape(-1)[flat], sae.W_dec, _crow(rows, 64), cols) + sae.b_dec) * scale + mean
+        assert torch.equal(sae.reconstruct(x), ref)
+        out = sae.training_loss(x, update_state=False)
+        out_n = sae.training_loss(xn, normalized=True, update_state=False)
+        assert torch.equal(out["loss"], out_n["loss"]) and torch.equal(out["recon"], out_n["recon"])
+
+
+def _identity_sae(d):
+    """n = 2d latents [I, −I]: with all latents selected the normalised reconstruction is x̃ exactly."""
+    sae = BatchTopKSAE(d, 2 * d, 2 * d, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def test_per_dim_standardisation_closed_form():
+    d = 6
+    g = torch.Generator().manual_seed(0)
+    mu = torch.tensor([5000.0, 1.0, -2.0, 0.5, 10.0, 0.0])
+    sd = torch.tensor([1800.0, 2.0, 0.5, 1.0, 3.0, 0.25])
+    x = torch.randn(50, d, generator=g) * sd + mu  # dim 0: a massive outlier dimension
+    sae = _identity_sae(d)
+    plain = sae.normalize(x).clone()
+    sae.set_input_standardisation(mu, sd)
+    assert sae.input_standardisation == "per-dim" and sae.config()["input_standardisation"] == "per-dim"
+    # x̃ = per-token standardisation of z = (x − μ)/σ, computed by hand in fp64
+    z = (x.double() - mu.double()) / sd.double()
+    m, s = z.mean(1, keepdim=True), z.std(1, keepdim=True) + 1e-5
+    torch.testing.assert_close(sae.normalize(x).double(), (z - m) / s, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(sae.normalize(x), plain, atol=1e-2)  # really applied
+    xn, mean, scale = sae.normalize_with_stats(x)
+    torch.testing.assert_close(mean.double(), m, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scale.double(), s, atol=1e-5, rtol=1e-5)
+    # perfect normalised reconstruction → raw reconstruction is x itself (both encode paths)
+    for th in (None, torch.zeros(2 * d)):
+        torch.testing.assert_close(sae.reconstruct(x, thresholds=th), x, atol=2e-3, rtol=1e-5)
+    # decode(f, mean, scale) = ((f W_dec + b_dec)·s + m)·σ + μ for arbitrary codes and b_dec
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.linspace(-1, 1, d))
+    f = torch.rand(50, 2 * d, generator=g)
+    ref = ((f.double() @ sae.W_dec.double() + sae.b_dec.double()) * scale.double() + mean.double()) \
+        * sd.double() + mu.double()
+    torch.testing.assert_close(sae.decode(f, mean, scale).double(), ref, atol=1e-3, rtol=1e-6)
+    torch.testing.assert_close(sae.decode(f), f @ sae.W_dec + sae.b_dec)  # normalised space unchanged
+
+
+def test_per_dim_training_paths_agree():
+    sae = _trained_like().double()
+    g = torch.Generator().manual_seed(3)
+    sae.set_input_standardisation(torch.randn(12, generator=g) * 5, torch.rand(12, generator=g) + 0.5)
+    sae.steps_since_fired[::4] = 10  # AuxK active
+    x = _x(dtype=torch.float64) * 4 + 30
+    sparse = sae.training_loss(x, update_state=False)
+    dense = sae.dense_training_loss(x, update_state=False)
+    pre_n = sae.training_loss(sae.normalize(x), normalized=True, update_state=False)
+    assert torch.allclose(sparse["loss"], dense["loss"], atol=1e-12)
+    assert torch.equal(sparse["loss"], pre_n["loss"])
+
+
+def test_set_input_standardisation_validation_and_meta():
+    import numpy as np
+    import pytest
+
+    sae = BatchTopKSAE(12, 40, 4)
+    with pytest.raises(ValueError, match="shape"):
+        sae.set_input_standardisation(torch.zeros(11), torch.ones(11))
+    with pytest.raises(ValueError, match="> 0"):
+        sae.set_input_standardisation(torch.zeros(12), torch.zeros(12))
+    with pytest.raises(ValueError, match="non-finite"):
+        sae.set_input_standardisation(torch.full((12,), float("nan")), torch.ones(12))
+    with pytest.raises(ValueError, match="both"):
+        sae.set_input_standardisation(torch.zeros(12), None)
+    sae.set_input_standardisation(np.arange(12.0), np.full(12, 3.0))  # numpy fp64 is fine
+    assert sae.input_mean.dtype == torch.float32 and sae.input_standardisation == "per-dim"
+    meta = MetaSAE(12, 8, 2)
+    assert meta.input_standardisation == "none"
+    with pytest.raises(ValueError, match="meta SAE"):
+        meta.set_input_standardisation(torch.zeros(12), torch.ones(12))
+
+
+def test_per_dim_save_load_and_old_format(tmp_path):
+    import json
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    x = _x() * 7 + 40
+    sae = _trained_like()
+    sae.set_input_standardisation(torch.linspace(30, 50, 12), torch.linspace(1, 9, 12))
+    sae.save(tmp_path / "pd")
+    back = BatchTopKSAE.load(tmp_path / "pd")
+    assert back.input_standardisation == "per-dim"
+    assert torch.equal(back.reconstruct(x), sae.reconstruct(x))
+    # an SAE saved before this change: no buffers in the weights, no key in config.json
+    old = _trained_like(seed=4)
+    old.save(tmp_path / "old")
+    tensors = load_file(str(tmp_path / "old" / "model.safetensors"))
+    tensors = {k: v for k, v in tensors.items() if k not in ("input_mean", "input_scale")}
+    save_file(tensors, str(tmp_path / "old" / "model.safetensors"))
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["input_standardisation"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = BatchTopKSAE.load(tmp_path / "old")
+    assert loaded.input_standardisation == "none"
+    assert torch.equal(loaded.input_mean, torch.zeros(12)) and torch.equal(loaded.input_scale, torch.ones(12))
+    assert torch.equal(loaded.reconstruct(x), old.reconstruct(x))
+    fresh = BatchTopKSAE(12, 40, 4)  # strict load_state_dict of the old dict works too
+    fresh.set_input_standardisation(torch.ones(12), torch.ones(12))
+    fresh.load_state_dict(tensors)
+    assert fresh.input_standardisation == "none"
+    # config / weights disagreement is an error
+    cfg["input_standardisation"] = "per-dim"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="input_standardisation"):
+        BatchTopKSAE.load(tmp_path / "old")
