@@ -21,8 +21,10 @@ import time
 import numpy as np
 import torch
 
-from paperlib.autointerp.judges import JudgeItem, LocalLikelihoodJudge, template_explanation
-from paperlib.autointerp.scoring import collect_contexts, collect_feature_activations, make_fuzz_items
+from paperlib.autointerp.contexts import collect_contexts, collect_feature_activations
+from paperlib.autointerp.judge import JudgeItem, template_explanation
+from paperlib.autointerp.local import LocalLikelihoodJudge
+from paperlib.autointerp.scoring import make_fuzz_items
 from paperlib.data.activations import load_cache
 from paperlib.data.lm import load_hf
 from paperlib.sae.trainer import load_run

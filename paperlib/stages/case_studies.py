@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paperlib.autointerp.scoring import collect_contexts, collect_feature_activations, token_decoder
+from paperlib.autointerp.contexts import collect_contexts, collect_feature_activations, token_decoder
 from paperlib.config.io import write_text
 from paperlib.config.profiles import get_profile
 from paperlib.data import lm

@@ -45,8 +45,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paperlib.autointerp.judges import LocalLikelihoodJudge, OpenAIJudge, judge_sanity_check
-from paperlib.autointerp.scoring import paired_comparison, score_features, token_decoder
+from paperlib.autointerp.client import OpenAIJudge
+from paperlib.autointerp.contexts import token_decoder
+from paperlib.autointerp.local import LocalLikelihoodJudge
+from paperlib.autointerp.sanity import judge_sanity_check
+from paperlib.autointerp.scoring import paired_comparison, score_features
 from paperlib.config import paths
 from paperlib.config.io import read_json, write_json, write_text
 from paperlib.config.profiles import Profile, get_profile

@@ -1,110 +1,19 @@
+"""Fuzz items, balanced accuracy, the scorers on a hand-built judge, and the paired comparison."""
+
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
 
-from paperlib.autointerp.judges import JudgeItem
+from paperlib.autointerp.contexts import Example
 from paperlib.autointerp.scoring import (
-    Example,
     balanced_accuracy,
-    collect_contexts,
-    collect_feature_activations,
-    load_contexts,
     make_fuzz_items,
     paired_comparison,
     random_highlight,
-    save_contexts,
     score_features,
 )
-
-ROWS, CTX, CAT = 12, 64, 7  # token id 7 is " cat"
-VOCAB = {i: f" w{i}" for i in range(100)} | {CAT: " cat"}
-
-
-def decode(ids):
-    return [VOCAB[int(i)] for i in ids]
-
-
-class IdentitySAE:
-    """codes = x where x > θ (per token), so the activation array *is* the code matrix."""
-
-    def encode(self, x, thresholds=None):
-        return torch.where(x > thresholds, x, torch.zeros_like(x))
-
-
-def corpus(seed=0):
-    """Rows of random tokens; BOS at position 0 dropped; feature 0 fires on every CAT token."""
-    rng = np.random.default_rng(seed)
-    tok = rng.integers(10, 100, size=(ROWS, CTX))
-    tok[:, 0] = 1  # BOS
-    cat_pos = [(r, p) for r in range(ROWS) for p in rng.choice(np.arange(1, CTX), 3, replace=False)]
-    for r, p in cat_pos:
-        tok[r, p] = CAT
-    positions = np.array([(r, p) for r in range(ROWS) for p in range(1, CTX)], dtype=np.int64)
-    T = len(positions)
-    acts = np.zeros((T, 3), np.float32)
-    row_of = {(int(r), int(p)): t for t, (r, p) in enumerate(positions)}
-    vals = {}
-    for k, (r, p) in enumerate(cat_pos):
-        vals[(int(r), int(p))] = 1.0 + k  # distinct values
-        acts[row_of[(int(r), int(p))], 0] = 1.0 + k
-    acts[::5, 1] = 0.5  # feature 1: frequent, below threshold 0.6 → never fires
-    acts[::7, 2] = 2.0
-    return tok, positions, acts, vals
-
-
-def test_collect_feature_activations_exact():
-    tok, pos, acts, vals = corpus()
-    fa = collect_feature_activations(IdentitySAE(), acts, [0, 1, 2], np.full(3, 0.6), chunk_size=100,
-                                     show_progress=False)
-    assert fa.T == len(pos)
-    ref0 = np.flatnonzero(acts[:, 0])
-    np.testing.assert_array_equal(fa.idx[0], ref0)
-    np.testing.assert_array_equal(fa.val[0], acts[ref0, 0])
-    assert len(fa.idx[1]) == 0
-    np.testing.assert_array_equal(fa.idx[2], np.arange(0, len(pos), 7))
-    with pytest.raises(ValueError):
-        collect_feature_activations(IdentitySAE(), acts, [0], None)
-
-
-def test_collect_contexts_hand_built(tmp_path):
-    tok, pos, acts, vals = corpus()
-    fa = collect_feature_activations(IdentitySAE(), acts, [0, 1], np.full(3, 0.6), show_progress=False)
-    ctxs = collect_contexts(fa, tok, pos, window=16, n_after=3, n_explain=4, n_quantiles=4,
-                            per_quantile=2, n_non_activating=5, seed=3)
-    c = ctxs[0]
-    assert c.n_firing == 3 * ROWS
-    # explanation windows: the top activations (non-overlapping windows), in decreasing order
-    peaks = [ex.acts[ex.peak] for ex in c.explain]
-    assert peaks[0] == max(vals.values()) and peaks == sorted(peaks, reverse=True)
-    assert len(c.explain) == 4
-    for ex in c.explain + c.activating + c.non_activating:
-        assert ex.end - ex.start == 16 and 0 <= ex.start and ex.end <= CTX
-        assert ex.token_ids == tok[ex.row, ex.start:ex.end].tolist()
-        # per-token activations are exactly the hand-built pattern (BOS → 0)
-        want = [vals.get((ex.row, ex.start + i), 0.0) for i in range(16)]
-        assert ex.acts == want
-    for ex in c.explain + c.activating:
-        assert ex.acts[ex.peak] > 0 and ex.token_ids[ex.peak] == CAT
-        if ex.start + ex.peak + 3 < CTX and ex.start > 0:
-            assert ex.peak == 16 - 1 - 3
-    for ex in c.non_activating:
-        assert max(ex.acts) == 0
-    # windows never overlap within a feature
-    spans = sorted((ex.row, ex.start, ex.end) for ex in c.explain + c.activating + c.non_activating)
-    for (r1, _, e1), (r2, s2, _) in zip(spans, spans[1:], strict=False):
-        assert r1 != r2 or s2 >= e1
-    # test examples come from several quantiles
-    assert len({ex.quantile for ex in c.activating}) >= 3
-    # dead feature: no activating examples, non-activating ones still sampled
-    assert ctxs[1].n_firing == 0 and not ctxs[1].activating and len(ctxs[1].non_activating) == 5
-    # seeded
-    again = collect_contexts(fa, tok, pos, window=16, n_after=3, n_explain=4, n_quantiles=4,
-                             per_quantile=2, n_non_activating=5, seed=3)
-    assert again[0] == c
-    save_contexts(tmp_path / "ctx.json", ctxs)
-    assert load_contexts(tmp_path / "ctx.json") == ctxs
+from tests.autointerp.test_contexts import IdentitySAE, corpus, decode
 
 
 def test_random_highlight_count_and_never_true():
@@ -211,10 +120,6 @@ def test_always_yes_judge_is_at_chance(tmp_path):
     assert df.loc[0, "fuzz_bal_acc"] == 0.5 and df.loc[0, "fuzz_score"] == 0.0
 
 
-def test_judge_item_round_trip():
-    assert JudgeItem([" a", " cat"], [False, True]).text() == " a<< cat>>"
-
-
 def test_paired_comparison_matches_reference():
     rng = np.random.default_rng(0)
     a = pd.DataFrame({"feature": np.arange(50), "fuzz_score": rng.normal(0.2, 0.1, 50)})
@@ -232,3 +137,51 @@ def test_paired_comparison_matches_reference():
     assert r["t"] == pytest.approx(t.statistic) and r["p"] == pytest.approx(t.pvalue)
     assert r["ci_low"] < r["delta_mean"] < r["ci_high"]
     assert r["share_b_higher"] == pytest.approx((vb > va).mean())
+
+
+PAIRED_KEYS = ["column", "n_pairs", "mean_a", "mean_b", "delta_mean", "delta_rel", "t", "p", "df", "ci_low",
+               "ci_high", "share_b_higher", "share_equal"]
+
+
+def frames(va, vb):
+    n = len(va)
+    a = pd.DataFrame({"feature": np.arange(n), "fuzz_score": va})
+    b = pd.DataFrame({"feature": np.arange(n) + 1000, "fuzz_score": vb})
+    return a, b, pd.DataFrame({"i": np.arange(n), "j": np.arange(n) + 1000})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paired_comparison_equals_scipy_ttest_rel(seed):
+    """Same numbers as scipy's ttest_rel and t interval (to rounding), keys and df type unchanged."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 120))
+    if seed % 2:  # fuzz scores of lean settings take few values: ties and equal pairs
+        va, vb = rng.choice([-1, -1 / 3, 1 / 3, 1], n), rng.choice([-1, -1 / 3, 1 / 3, 1], n)
+    else:
+        va, vb = rng.normal(0.2, 0.1, n), rng.normal(0.25, 0.1, n)
+    for confidence in (0.95, 0.9):
+        r = paired_comparison(*frames(va, vb), confidence=confidence)
+        assert list(r) == PAIRED_KEYS
+        d = vb - va
+        ref = stats.ttest_rel(vb, va)
+        lo, hi = stats.t.interval(confidence, n - 1, loc=d.mean(), scale=stats.sem(d))
+        np.testing.assert_allclose([r["t"], r["p"], r["ci_low"], r["ci_high"]],
+                                   [ref.statistic, ref.pvalue, lo, hi], rtol=1e-12, atol=1e-15)
+        assert r["df"] == n - 1 and isinstance(r["df"], int)
+        assert r["delta_mean"] == pytest.approx(d.mean(), rel=1e-12)
+        assert r["delta_rel"] == pytest.approx(d.mean() / abs(va.mean()), rel=1e-12)
+        assert r["share_b_higher"] == (d > 0).mean() and r["share_equal"] == (d == 0).mean()
+
+
+@pytest.mark.parametrize("va,vb,df", [([], [], 0), ([0.5], [1.0], 0), ([0.0, 0.5, 1.0], [0.5, 1.0, 1.5], 2),
+                                      ([0.2, 0.4], [0.2, 0.4], 1)])
+def test_paired_comparison_degenerate_gives_nan_test(va, vb, df):
+    """Fewer than two pairs, or every difference equal: no test (NaN), the rest as usual."""
+    r = paired_comparison(*frames(np.array(va, float), np.array(vb, float)))
+    assert list(r) == PAIRED_KEYS
+    assert all(np.isnan(r[k]) for k in ("t", "p", "ci_low", "ci_high"))
+    assert r["df"] == df and r["n_pairs"] == len(va)
+    if va:
+        assert r["delta_mean"] == pytest.approx(np.mean(np.subtract(vb, va)))
+    else:
+        assert np.isnan(r["delta_mean"]) and np.isnan(r["share_b_higher"])

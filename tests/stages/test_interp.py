@@ -90,7 +90,7 @@ def test_summary_equals_ttest_rel():
 
 
 def test_make_judge_kinds(tmp_path):
-    from paperlib.autointerp.judges import LocalLikelihoodJudge
+    from paperlib.autointerp.local import LocalLikelihoodJudge
 
     j = interp.make_judge("local", cache_dir=tmp_path)
     assert isinstance(j, LocalLikelihoodJudge) and j.cache.root == tmp_path
@@ -144,11 +144,11 @@ def test_pipeline_cached_and_consistent(tmp_artifacts, monkeypatch):
 
 
 def test_ensure_sanity_cached(tmp_artifacts, monkeypatch):
-    from paperlib.autointerp import judges
+    from paperlib.autointerp import sanity
 
     data = {"a": ["x " * 50] * 3, "b": ["y " * 50] * 3}
-    monkeypatch.setattr(judges, "bbc_snippets", lambda: data)
-    monkeypatch.setattr(judges, "BBC_EXPLANATIONS", {"a": "a", "b": "b"})
+    monkeypatch.setattr(sanity, "bbc_snippets", lambda: data)
+    monkeypatch.setattr(sanity, "BBC_EXPLANATIONS", {"a": "a", "b": "b"})
     judge = FakeJudge()
     r1 = interp.ensure_sanity("smoke", judge, n=10)
     calls = judge.calls

@@ -1,0 +1,63 @@
+"""Prompt builders and reply parsers."""
+
+from paperlib.autointerp.judge import JudgeItem
+from paperlib.autointerp.prompts import (
+    ACTIVATION_SYSTEM,
+    DETECTION_SYSTEM,
+    EXPLAIN_SYSTEM,
+    FUZZ_SYSTEM,
+    PICK_SYSTEM,
+    activation_messages,
+    binary_messages,
+    explain_messages,
+    likelihood_prefixes,
+    parse_binary_list,
+    parse_choice,
+    parse_explanation,
+    parse_number_list,
+    pick_messages,
+)
+
+ITEMS = [JudgeItem(["a", " cat"], [False, True]), JudgeItem(["a", " dog"], [True, False])]
+
+
+def test_parsers():
+    assert parse_binary_list("Sure: [1, 0, 1]", 3) == [True, False, True]
+    assert parse_binary_list("[1, 0]", 3) is None
+    assert parse_binary_list("[1, 2, 0]", 3) is None
+    assert parse_explanation("blah\n[EXPLANATION]: the word cat") == "the word cat"
+    assert parse_explanation("") is None
+    assert parse_explanation("first\n[EXPLANATION] a\n[EXPLANATION]: b ") == "b"
+    assert parse_explanation("thinking\nthe word cat\n\n") == "the word cat"
+    assert parse_number_list("[1, 2] then [0, 7.5, -1]", 3) == [0.0, 7.5, -1.0]
+    assert parse_number_list("[0, 7.5, -1] then [1, 2]", 3) == [0.0, 7.5, -1.0]
+    assert parse_number_list("0, 1, 2", 3) is None and parse_number_list(None, 1) is None
+    assert parse_choice("2", 2) == 1 and parse_choice("Text 1.", 2) == 0
+    assert parse_choice("3", 2) is None and parse_choice("none", 2) is None and parse_choice("", 2) is None
+
+
+def test_chat_messages():
+    m = explain_messages(ITEMS)
+    assert m[0] == {"role": "system", "content": EXPLAIN_SYSTEM}
+    assert m[1] == {"role": "user", "content": "Example 1: a<< cat>>\nExample 2: <<a>> dog"}
+    assert "[EXPLANATION]:" in EXPLAIN_SYSTEM.splitlines()[-1]
+    for task, system in (("fuzz", FUZZ_SYSTEM), ("detection", DETECTION_SYSTEM)):
+        m = binary_messages("cats", ITEMS, task)
+        assert m[0]["content"] == system and "Python list" in system
+        assert m[1]["content"] == ("Latent explanation: cats\n\nText examples:\n\n"
+                                   "Example 0: a<< cat>>\n\nExample 1: <<a>> dog")
+    m = activation_messages("cats", ITEMS[0])
+    assert m[0]["content"] == ACTIVATION_SYSTEM
+    assert m[1]["content"] == 'Latent explanation: cats\n\nTokens (2):\n0\t"a"\n1\t" cat"'
+    m = pick_messages("cats", ["x", "y"])
+    assert m[0]["content"] == PICK_SYSTEM
+    assert m[1]["content"] == ("Description: cats\n\nText 1: x\n\nText 2: y\n\n"
+                               "Answer with the number of the matching text.")
+
+
+def test_likelihood_prefixes():
+    assert likelihood_prefixes(" cats. ", fuzz=False) == (
+        "The following text is about cats.\n\n", "The following text is a short excerpt.\n\n")
+    assert likelihood_prefixes("cats", fuzz=True) == (
+        "In the following text, the words related to cats are marked with << and >>.\n\n",
+        "In the following text, some words are marked with << and >>.\n\n")
