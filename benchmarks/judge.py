@@ -27,16 +27,17 @@ from paperlib.autointerp.local import LocalLikelihoodJudge
 from paperlib.autointerp.scoring import make_fuzz_items
 from paperlib.data.activations import load_cache
 from paperlib.data.lm import load_hf
-from paperlib.sae.trainer import load_run
-from paperlib.stages.evaluate import ensure_calibration
+from paperlib.stages.calibrate import ensure_calibration
+from paperlib.stages.run import Run
+from paperlib.stages.train import load_run
 from paperlib.stages.interp import LEAN_CONTEXT, profile_decoder
 
 
 def feature_items(profile: str, run: str, n: int, seed: int = 0) -> list[tuple[str, list[JudgeItem]]]:
     """(explanation, fuzz items) of ``n`` random alive features of ``run``."""
     cache = load_cache(profile)
-    sae = load_run(profile, run)
-    cal = ensure_calibration(profile, run, progress=False)
+    sae = load_run(Run.of(profile, run))
+    cal = ensure_calibration(Run.of(profile, run), progress=False)
     theta = np.asarray(cal.thresholds, dtype=np.float32)
     alive = np.flatnonzero(~np.asarray(cal.dead))
     feats = np.random.default_rng(seed).choice(alive, size=n, replace=False).tolist()

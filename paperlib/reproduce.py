@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from paperlib.config.io import read_json, write_json
 from paperlib.config.paths import REPO_ROOT
 from paperlib.config.profiles import get_profile, second_model
 from paperlib.report.summary import write_summary
+from paperlib.stages.cache import PACKAGE_ROOT, code_digest, digest
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,29 @@ def stages(profile: str) -> list[Stage]:
     ]
 
 
-def _sources_digest() -> str:
-    h = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "paperlib").glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+def notebook_modules(notebook: str) -> list[str]:
+    """The ``paperlib`` modules a notebook's code cells import."""
+    nb = json.loads((REPO_ROOT / "notebooks" / notebook).read_text())
+    mods: set[str] = set()
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        for m in re.finditer(r"^\s*from (paperlib[\w.]*) import ([\w, ]+)", "".join(cell["source"]), re.M):
+            for name in (s.strip() for s in m[2].split(",")):
+                sub = f"{m[1]}.{name}"
+                mods.add(sub if (PACKAGE_ROOT.parent / (sub.replace(".", "/") + ".py")).exists() else m[1])
+    return sorted(mods)
 
 
-def stage_key(stage: Stage, upstream: str, lib: str) -> str:
+def code_key(notebook: str) -> str:
+    """Digest of the library code a notebook runs (its imports, transitively; docstrings ignored)."""
+    return digest({m: code_digest(m) for m in notebook_modules(notebook) if m != "paperlib"})
+
+
+def stage_key(stage: Stage, upstream: str) -> str:
     nb = (REPO_ROOT / "notebooks" / stage.notebook).read_bytes()
-    payload = json.dumps([stage.notebook, stage.parameters, upstream, lib], sort_keys=True).encode()
-    return hashlib.sha256(nb + payload).hexdigest()[:16]
+    payload = json.dumps([stage.notebook, stage.parameters, upstream, code_key(stage.notebook)], sort_keys=True)
+    return hashlib.sha256(nb + payload.encode()).hexdigest()[:16]
 
 
 def _fmt(seconds: float) -> str:
@@ -77,13 +90,12 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / "stages.json"
     record = read_json(record_path) if record_path.exists() else {}
-    lib = _sources_digest()
     upstream = ""
     timings: list[tuple[str, str, float]] = []
     pipeline = [s for s in stages(profile) if (REPO_ROOT / "notebooks" / s.notebook).exists()]
     t_all = time.perf_counter()
     for i, stage in enumerate(pipeline, 1):
-        key = stage_key(stage, upstream, lib)
+        key = stage_key(stage, upstream)
         upstream = key
         wanted = only is None or stage.name in only
         if not wanted or (not force and record.get(stage.name, {}).get("key") == key):

@@ -15,8 +15,8 @@ sigma2 = None      # e.g. "1.0"
 seeds = None       # e.g. "0,1" to train every selected run once per seed''',
     [
         '''from paperlib.report.notebook import setup, save_figure, save_table
-from paperlib.sae.arms import training_plan
-from paperlib.sae.trainer import ensure_trained
+from paperlib.stages.select import training_plan
+from paperlib.stages.train import ensure_trained
 from paperlib.report.training import final_metrics, training_curves
 
 ctx = setup(profile)
@@ -25,10 +25,9 @@ print(f"{len(plan)} runs:", ", ".join(r.name for r in plan))''',
         ("md", "## Train (cached activations are extracted first if missing)"),
         '''run_dirs = ensure_trained(ctx.profile, plan)''',
         ("md", "## Training curves and final metrics"),
-        '''names = list(run_dirs)
-fig = training_curves(ctx.profile, names)
+        '''fig = training_curves(plan)
 save_figure(fig, ctx.figures, "training_curves")''',
-        '''table = final_metrics(ctx.profile, names)
+        '''table = final_metrics(plan)
 save_table(table, ctx.tables, "training_final")
 table''',
     ],

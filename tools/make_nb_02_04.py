@@ -4,18 +4,19 @@ from tools.nbbuild import write_notebook
 
 PARAMS = 'sae = "all"        # all | solo | joint (selected config) | control | a run name; comma lists OK'
 
-SETUP = '''from paperlib.stages import evaluate
+SETUP = '''from paperlib.stages import calibrate, ce, cooccur, recon, select
+from paperlib.stages.run import Run
+from paperlib.stages.train import ensure_trained
 from paperlib.report import figures
 from paperlib.report.notebook import setup, save_figure, save_table
-from paperlib.sae.arms import select_runs, selected_joint, grid_runs
-from paperlib.sae.trainer import ensure_trained
+from paperlib.sae.arms import grid_runs
 import pandas as pd
 
 ctx = setup(profile)
-specs = select_runs(ctx.profile, sae)
-names = ["solo"] + [r.name for r in specs if r.name != "solo"]  # solo: the baseline
+runs = select.table_runs(ctx.profile, select.select_runs(ctx.profile, sae))  # solo first: the baseline
+names = [r.name for r in runs]
 print(f"{len(names)} runs:", ", ".join(names))
-run_dirs = ensure_trained(ctx.profile, names)'''
+run_dirs = ensure_trained(ctx.profile, runs)'''
 
 write_notebook(
     "notebooks/02_calibrate.ipynb",
@@ -27,7 +28,7 @@ write_notebook(
     [
         SETUP,
         ("md", "## Calibrate (cached per run in `runs/<name>/eval/calibration`)"),
-        '''cals = {n: evaluate.ensure_calibration(ctx.profile, n) for n in names}
+        '''cals = {r.name: calibrate.ensure_calibration(r) for r in runs}
 summary = pd.DataFrame([{"run": n, **c.summary()} for n, c in cals.items()])
 save_table(summary, ctx.tables, "calibration_summary")
 summary''',
@@ -46,15 +47,15 @@ write_notebook(
     [
         SETUP,
         ("md", "## Within-SAE φ per run (cached in `runs/<name>/eval/cooccurrence.json`)"),
-        '''co = {n: evaluate.ensure_cooccurrence(ctx.profile, n) for n in names}
+        '''co = {r.name: cooccur.ensure_cooccurrence(r) for r in runs}
 cols = ["n_pairs", "mean_abs_phi", "std_abs_phi", "frac_negative", "median_phi", "max_phi", "n_dead", "n_always_on"]
 phi_table = pd.DataFrame([{"run": n, **{c: co[n][c] for c in cols}} for n in names])
 phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"]["mean_abs_phi"] - 1)
 phi_table''',
         ("md", "## Fig. 1a: solo vs the selected joint configuration"),
-        '''joint = selected_joint(ctx.profile)
+        '''joint = select.selected_joint(ctx.profile)  # the selection stage (computed on the whole grid when stale)
 ensure_trained(ctx.profile, [joint])
-co_joint = evaluate.ensure_cooccurrence(ctx.profile, joint)
+co_joint = cooccur.ensure_cooccurrence(Run.of(ctx.profile, joint))
 fig = figures.fig1a_phi_density(co["solo"], co_joint, joint_label=joint)
 save_figure(fig, ctx.figures, "fig1a_phi_density_diff")''',
         ("md", "## App. C: φ sign and shape statistics"),
@@ -70,13 +71,13 @@ appc = pd.DataFrame([shape_row("solo", co["solo"]), shape_row(joint, co_joint)])
 save_table(appc, ctx.tables, "appC_phi_shape")
 appc''',
         ("md", "## App. B: firing-rate distributions (thresholded encoder, co-occurrence range)"),
-        '''rec = {n: evaluate.ensure_reconstruction(ctx.profile, n) for n in ["solo", joint]}
+        '''rec = {n: recon.ensure_reconstruction(Run.of(ctx.profile, n)) for n in ["solo", joint]}
 fig = figures.appb_firing_rates(rec)
 save_figure(fig, ctx.figures, "appB_firing_rates")''',
         ("md", "## Fig. 1b: Δ mean |φ| vs ΔL2 over the grid"),
         '''grid = [r.name for r in grid_runs(ctx.profile)]
 if set(grid) <= set(names):
-    table = evaluate.grid_table(ctx.profile, grid, with_ce=False)
+    table = select.grid_table(ctx.profile, grid, with_ce=False)
     fig = figures.fig1b_grid_scatter(table, selected=joint, noise_floor=table.attrs["noise_floor"])
     save_figure(fig, ctx.figures, "fig1b_grid_scatter")
 else:
@@ -95,7 +96,7 @@ write_notebook(
     [
         SETUP,
         ("md", "## Table 1"),
-        '''table = evaluate.grid_table(ctx.profile, names)
+        '''table = select.grid_table(ctx.profile, runs)
 save_table(table, ctx.tables, "table1_grid")
 nf = table.attrs["noise_floor"]
 if nf:
@@ -106,24 +107,26 @@ else:
 table''',
         ("md", "## Selected configuration"),
         '''if (table["arm"] == "joint").any():
-    sel = evaluate.select_configuration(table, max_dl2_pct=ctx.profile.max_dl2_pct)
     if set(r.name for r in grid_runs(ctx.profile) if r.arm == "joint") <= set(table["run"]):
-        evaluate.write_selection(ctx.profile, sel)
+        sel = select.ensure_selection(ctx.profile)
+        select.publish_selection(ctx.profile, ctx.tables)
     else:
-        print("(partial grid: selected.json not rewritten)")
+        sel = select.select_configuration(table, max_dl2_pct=ctx.profile.max_dl2_pct)
+        print("(partial grid: the selection shown is not published)")
     joint = sel["selected"]
     print(f"selected configuration: {joint}  ({sel['rule']}; Δ mean|φ| {sel['delta_phi_pct']:+.2f}%, "
           f"ΔL2 {sel['delta_l2_pct']:+.2f}%)")
 else:
-    joint = selected_joint(ctx.profile)
+    joint = select.selected_joint(ctx.profile)
     ensure_trained(ctx.profile, [joint])
     print(f"no joint run selected; using {joint}")''',
         ("md", "## Reconstruction summary (§5.3, App. D): CE on the CE range, L2/L0/norms on the co-occurrence range"),
-        '''runs = list(dict.fromkeys(["solo", joint]))
-ce = evaluate.ensure_ce(ctx.profile, runs, batchtopk_for=runs)
+        '''pair = [Run.of(ctx.profile, n) for n in dict.fromkeys(["solo", joint])]
+ce_res = ce.ensure_ce(ctx.profile, pair, batchtopk_for=pair)
 rows = []
-for n in runs:
-    r, c = evaluate.ensure_reconstruction(ctx.profile, n), ce[n]
+for run in pair:
+    n = run.name
+    r, c = recon.ensure_reconstruction(run), ce_res[n]
     rows.append({"run": n, "ce_clean": c["ce_clean"], "ce_spliced": c["ce_spliced"],
                  "ce_overhead_pct": c["overhead_pct"], "ce_batchtopk": c["ce_batchtopk"],
                  "ce_overhead_batchtopk_pct": c["overhead_batchtopk_pct"], "ce_zero": c["ce_zero"],

@@ -23,8 +23,9 @@ seed = 0               # seeds the pair sample, the sanity set and the judge's f
 
 from paperlib.stages import interp
 from paperlib.report.notebook import setup, save_figure, save_table
-from paperlib.sae.arms import select_runs
-from paperlib.sae.trainer import ensure_trained
+from paperlib.stages.run import Run
+from paperlib.stages.select import select_runs
+from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
 joint_name = select_runs(ctx.profile, sae)[0].name
@@ -47,13 +48,14 @@ if not sanity["significant"]:
     print(msg)
     warnings.warn(msg, stacklevel=1)''',
         ("md", "## Matching (alive features only)"),
-        '''match = interp.ensure_matching(ctx.profile, solo_name, joint_name)
+        '''match = interp.ensure_matching(Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name))
 print(match.summary())
 print(match.pairs["cosine"].describe(percentiles=[0.1, 0.25, 0.5, 0.75, 0.9]).to_string())
 fig = interp.cosine_figure(match)
 save_figure(fig, ctx.figures, "autointerp_match_cosine")''',
         ("md", "## Explain and fuzz-score both sides of the sampled pairs"),
-        '''pairs, summary = interp.compare_runs(ctx.profile, solo_name, joint_name, n_pairs_wanted, jdg,
+        '''solo_run, joint_run = Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name)
+pairs, summary = interp.compare_runs(solo_run, joint_run, n_pairs_wanted, jdg,
                                      seed=seed, n_workers=1 if judge == "local" else 8)
 print(f"scored {summary['n_new_features']} new features, "
       f"{summary['sec_per_feature']:.2f} s per feature (NaN = all cached)")

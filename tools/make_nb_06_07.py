@@ -27,8 +27,9 @@ judge = "local"        # local | openai | none (no fuzz scores / explanations)''
 
 from paperlib.stages.case_studies import case_study_markdown, case_studies, cross_phi_figure, save_case_studies
 from paperlib.report.notebook import setup, save_figure
-from paperlib.sae.arms import select_runs
-from paperlib.sae.trainer import ensure_trained
+from paperlib.stages.run import Run
+from paperlib.stages.select import select_runs
+from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
 joint = select_runs(ctx.profile, sae)[0].name
@@ -45,7 +46,8 @@ else:
     print("no judge: fuzz and explanation columns show —")''',
         ("md", "## Candidates from cross-SAE φ"),
         '''n_scored = 1 if ctx.profile.name == "smoke" else n_candidates  # judge cost: keep smoke fast
-res = case_studies(ctx.profile, "solo", joint, n_candidates=n_candidates, max_partners=max_partners,
+res = case_studies(Run.of(ctx.profile, "solo"), Run.of(ctx.profile, joint), n_candidates=n_candidates,
+                   max_partners=max_partners,
                    judge=judge_obj, n_scored=n_scored, max_partner_phi=max_partner_phi)
 print(f"{res['n_splitting']} splitting and {res['n_merging']} merging candidates "
       f"(rate ≤ 5%, ≥ 2 partners with φ ≥ 0.2); showing the top {n_candidates} of each")
@@ -84,10 +86,10 @@ sigma2 = "1.0,3.0"         # σ² grid
 n_fuzz_features = None   # features scored per configuration (None: the profile's autointerp_features)
 judge = "local"          # local | openai | none''',
     [
-        '''from paperlib.stages.evaluate import grid_table, select_configuration
+        '''from paperlib.stages.select import grid_table, select_configuration
 from paperlib.report.notebook import setup, save_figure, save_table
 from paperlib.stages.second_model import fuzz_table, gemma_figure, gemma_plan, gemma_table, output_dirs
-from paperlib.sae.trainer import ensure_trained
+from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
 figures, tables = output_dirs(ctx.profile)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from paperlib.config.profiles import Profile, get_profile, primary_of
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def artifacts_root() -> Path:

@@ -210,12 +210,4 @@ def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *
         raise ValueError("empty activation array")
     return acc.result()
 
-
-# ==============================================================================================
-# CE splice (nnsight): clean vs SAE-spliced vs zero-ablated next-token loss. Implemented in
-# paperlib.metrics.ce (it needs the LM); re-exported here so the reconstruction metrics live in one place.
-# ==============================================================================================
-from paperlib.metrics.ce import CEResult, ce_losses, loss_recovered, overhead_pct, sae_splice, zero_splice  # noqa: E402
-
-__all__ = ["CEResult", "ReconAccumulator", "ReconMetrics", "ce_losses", "firing_summary", "loss_recovered",
-           "overhead_pct", "reconstruction_metrics", "sae_splice", "zero_splice"]
+__all__ = ["ReconAccumulator", "ReconMetrics", "firing_summary", "reconstruction_metrics"]

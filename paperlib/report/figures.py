@@ -1,4 +1,4 @@
-"""Paper figures from the cached evaluation results of :mod:`paperlib.stages.evaluate` (matplotlib).
+"""Paper figures from the cached evaluation results of the stages in :mod:`paperlib.stages` (matplotlib).
 
 Each function returns a :class:`matplotlib.figure.Figure`; notebooks save them with
 ``paperlib.report.notebook.save_figure``.

@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from paperlib.config.profiles import Profile
-from paperlib.sae.arms import RunSpec, parse_run
-from paperlib.sae.trainer import read_metrics, read_run_config
+from paperlib.stages.run import Run
+from paperlib.stages.train import read_metrics, read_run_config
+
+ARM_STYLE = {"solo": dict(lw=1.4), "control": dict(lw=1.4, ls="--"), "ortho": dict(lw=0.8, ls="-."),
+             "randcritic": dict(lw=0.8, ls=":")}
+"""Line styles per arm in the training curves (other arms: thin solid lines)."""
 
 
-def metrics_frame(profile: str | Profile, name: str) -> pd.DataFrame:
+def metrics_frame(run: Run) -> pd.DataFrame:
     """Per-step metrics of one run as a DataFrame."""
-    return pd.DataFrame(read_metrics(profile, name))
+    return pd.DataFrame(read_metrics(run))
 
 
-def final_metrics(profile: str | Profile, names: list[str], last: int = 10) -> pd.DataFrame:
+def final_metrics(runs: list[Run], last: int = 10) -> pd.DataFrame:
     """One row per run: means over the last ``last`` steps of loss, MSE, L0, dead, penalty, …"""
     rows = []
-    for name in names:
-        df = metrics_frame(profile, name)
-        spec = parse_run(name)
+    for run in runs:
+        df = metrics_frame(run)
+        spec = run.spec
         tail = df.tail(last)
-        cfg = read_run_config(profile, name)
-        row = dict(run=name, arm=spec.arm, lambda2=spec.lambda2 if spec.arm == "joint" else np.nan,
-                   sigma2=spec.sigma2 if spec.arm == "joint" else np.nan,
-                   gamma=spec.gamma if spec.arm == "ortho" else np.nan, seed=spec.seed,
+        cfg = read_run_config(run)
+        row = dict(run=run.name, arm=spec.arm, **spec.hyper(), seed=spec.seed,
                    steps=int(df["step"].max()), tokens=int(df["tokens"].max()))
         for col in ("mse", "l0", "dead", "aux", "penalty", "meta_err"):
             row[col] = float(tail[col].mean()) if col in tail else np.nan
@@ -37,23 +39,20 @@ def final_metrics(profile: str | Profile, names: list[str], last: int = 10) -> p
     return pd.DataFrame(rows)
 
 
-def training_curves(profile: str | Profile, names: list[str], smooth: int = 5):
+def training_curves(runs: list[Run], smooth: int = 5):
     """Figure: MSE, dead latents, penalty and meta reconstruction error vs tokens, one line per run."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     panels = [("mse", "L2 (normalised MSE)"), ("dead", "dead latents"),
               ("penalty", "penalty (mean p_i / ortho)"), ("meta_err", "meta recon. error ‖W−Ŵ‖²")]
-    for name in names:
-        df = metrics_frame(profile, name)
-        spec = parse_run(name)
-        style = dict(lw=1.4 if spec.arm in ("solo", "control") else 0.8,
-                     ls="--" if spec.arm == "control" else ("-." if spec.arm == "ortho" else "-"),
-                     color="black" if spec.arm == "solo" and spec.seed == 0 else None)
+    for run in runs:
+        df = metrics_frame(run)
+        spec = run.spec
+        style = {"lw": 0.8, "ls": "-", **ARM_STYLE.get(spec.arm, {}),
+                 "color": "black" if spec.arm == "solo" and spec.seed == 0 else None}
         for ax, (col, title) in zip(axes, panels, strict=True):
             if col in df and df[col].notna().any():
                 y = df[col].rolling(smooth, min_periods=1).mean()
-                ax.plot(df["tokens"], y, label=RunSpec.label.fget(spec), **style)
+                ax.plot(df["tokens"], y, label=spec.label, **style)
             ax.set_title(title)
             ax.set_xlabel("training tokens")
     axes[0].set_yscale("log")

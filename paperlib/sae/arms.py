@@ -1,29 +1,44 @@
-"""Run names and the paper's grid: which SAEs a profile trains and how notebooks select them.
+"""SAE arms: a registry of training variants, each one class that owns everything arm-specific.
 
-Names (stable, used as folder names under ``artifacts/<profile>/runs/``):
+An *arm* is a way of training the primary SAE. Each :class:`Arm` owns its name, the run-name
+pattern it parses, its plot label, its hyper-parameters (as table columns), the runs it contributes
+to a profile's grid and the loss term it adds during a primary step. Registered arms:
 
-- ``solo`` (seed 0) and ``solo-seed{i}`` — the baseline and the independent noise-floor seeds;
-- ``joint-l{λ₂}-s{σ²}`` — the MetaSAE grid, e.g. ``joint-l0.3-s1.0``;
-- ``control`` — joint architecture with λ₂ = 0;
-- ``ortho-g{γ}`` — the OrtSAE comparison arm (method.md §8);
-- any of the above with a ``-seed{i}`` suffix for extra seeds.
+- ``solo`` — the primary BatchTopK SAE alone (``solo``, ``solo-seed2``);
+- ``joint`` — the MetaSAE: a meta SAE is trained on the decoder rows and the primary pays
+  λ₂ · mean_i exp(−‖W_dec[i] − Ŵ[i]‖²/σ²) (``joint-l0.3-s1``);
+- ``control`` — the joint architecture and schedule with λ₂ = 0 (the penalty is only logged). With
+  the same seed it is identical to solo by construction, which the tests check;
+- ``randcritic`` — the same penalty against a *frozen, randomly initialised* meta SAE of the same
+  size (re-drawn per seed): tells whether a trained critic matters beyond generic decoder repulsion
+  (``randcritic-l0.3-s1``);
+- ``ortho`` — OrtSAE-style orthogonality penalty γ · L_orth (``ortho-g0.1``; docs/method.md §8).
+
+Run names are canonical: numbers are written with ``:g`` (``0.3``, ``1``), and every accepted spelling
+(``joint-l0.3-s1.0``, ``joint-l0.30-s1``) parses to the same :class:`RunSpec`, whose :attr:`RunSpec.name`
+is the canonical one. Adding an arm is one subclass of :class:`Arm` plus :func:`register`.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
-from paperlib.config.io import read_json
-from paperlib.config.paths import output_dirs
+import torch
+
 from paperlib.config.profiles import Profile, get_profile
+from paperlib.sae.penalty import decomposability_penalty, orthogonality_penalty
 
-ARMS = ("solo", "joint", "control", "ortho")
+_NUM = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+HYPER_COLUMNS = ("lambda2", "sigma2", "gamma")
+"""Hyper-parameter columns every table carries (NaN where an arm does not have the parameter)."""
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One SAE training run: arm, penalty hyper-parameters and seed."""
+    """One SAE training run: arm, penalty hyper-parameters and seed (the seed fixes init and data order)."""
 
     arm: str
     lambda2: float = 0.0
@@ -32,153 +47,309 @@ class RunSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.arm not in ARMS:
-            raise ValueError(f"unknown arm {self.arm!r}; valid arms: {', '.join(ARMS)}")
-        if self.sigma2 <= 0:
-            raise ValueError(f"sigma2 must be > 0, got {self.sigma2}")
-        if self.lambda2 < 0 or self.gamma < 0:
-            raise ValueError("lambda2 and gamma must be >= 0")
+        problems = arm_of(self.arm).problems(self)
+        if self.seed < 0 or int(self.seed) != self.seed:
+            problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
+        if problems:
+            raise ValueError(f"invalid {self.arm} run: " + "; ".join(problems))
+
+    @property
+    def arm_def(self) -> Arm:
+        return arm_of(self.arm)
 
     @property
     def uses_meta(self) -> bool:
-        """Joint architecture (meta SAE trained alongside): ``joint`` and ``control``."""
-        return self.arm in ("joint", "control")
+        """A meta SAE exists during training (it may be trained or frozen)."""
+        return self.arm_def.uses_meta
 
     @property
     def name(self) -> str:
-        if self.arm == "solo":
-            base = "solo"
-        elif self.arm == "control":
-            base = "control"
-        elif self.arm == "joint":
-            base = f"joint-l{self.lambda2:g}-s{self.sigma2:g}"
-        else:
-            base = f"ortho-g{self.gamma:g}"
+        """Canonical run name (also the run's folder name)."""
+        base = self.arm_def.base_name(self)
         return base if self.seed == 0 else f"{base}-seed{self.seed}"
 
     @property
     def label(self) -> str:
         """Short human label for plots (λ₂, σ² spelled out)."""
-        if self.arm == "joint":
-            return f"λ₂={self.lambda2:g}, σ²={self.sigma2:g}"
-        if self.arm == "ortho":
-            return f"OrtSAE γ={self.gamma:g}"
-        if self.arm == "control":
-            return "λ₂=0 control"
-        return "solo" if self.seed == 0 else f"solo seed {self.seed}"
+        return self.arm_def.label(self)
+
+    def hyper(self) -> dict[str, float]:
+        """``lambda2``, ``sigma2``, ``gamma``: the arm's values, NaN where the arm has no such parameter."""
+        out = {c: math.nan for c in HYPER_COLUMNS}
+        out.update(self.arm_def.hyper(self))
+        return out
+
+    def with_seed(self, seed: int) -> RunSpec:
+        return replace(self, seed=int(seed))
 
 
-_NUM = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
-_PATTERNS = [
-    (re.compile(rf"^joint-l{_NUM}-s{_NUM}$"),
-     lambda m: dict(arm="joint", lambda2=float(m[1]), sigma2=float(m[2]))),
-    (re.compile(rf"^ortho-g{_NUM}$"), lambda m: dict(arm="ortho", gamma=float(m[1]))),
-    (re.compile(r"^solo$"), lambda m: dict(arm="solo")),
-    (re.compile(r"^control$"), lambda m: dict(arm="control")),
-]
+@dataclass
+class PenaltyInputs:
+    """What a primary step hands to :meth:`Arm.penalty`."""
+
+    W_dec: torch.Tensor
+    """The primary decoder [n, d] (requires grad)."""
+    meta: Any
+    """The meta SAE (``None`` for arms without one)."""
+    step: int
+    """Completed primary steps before this one."""
+    n_chunks: int
+    """Chunks of the orthogonality partition (``ortho``)."""
 
 
-def parse_run(name: str) -> RunSpec:
-    """Inverse of :attr:`RunSpec.name`."""
-    base, seed = name, 0
-    m = re.match(r"^(.*)-seed(\d+)$", name)
+class Arm:
+    """Base class of an arm. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    uses_meta: ClassVar[bool] = False
+    """A meta SAE exists during training."""
+    trains_meta: ClassVar[bool] = False
+    """The meta SAE is trained (meta steps after every block of primary steps)."""
+    pattern: ClassVar[str]
+    """Regular expression of the base run name (without ``-seedN``)."""
+    example: ClassVar[str]
+    hyper_names: ClassVar[tuple[str, ...]] = ()
+    """The :data:`HYPER_COLUMNS` this arm has."""
+
+    def make(self, seed: int = 0, **values: float) -> RunSpec:
+        """A spec of this arm from hyper-parameter values; values of parameters the arm lacks are ignored."""
+        return RunSpec(self.name, seed=int(seed), **{k: float(v) for k, v in values.items() if k in self.hyper_names})
+
+    def parse(self, base: str) -> dict[str, float] | None:
+        """Hyper-parameters from a base run name, or ``None`` when the name is not this arm's."""
+        m = re.fullmatch(self.pattern, base)
+        return None if m is None else self.from_match(m)
+
+    def from_match(self, m: re.Match) -> dict[str, float]:
+        return {}
+
+    def base_name(self, spec: RunSpec) -> str:
+        return self.name
+
+    def label(self, spec: RunSpec) -> str:
+        return self.name
+
+    def hyper(self, spec: RunSpec) -> dict[str, float]:
+        return {k: getattr(spec, k) for k in self.hyper_names}
+
+    def problems(self, spec: RunSpec) -> list[str]:
+        """What is wrong with ``spec`` for this arm (empty when valid)."""
+        return []
+
+    def grid(self, profile: Profile) -> list[RunSpec]:
+        """This arm's runs in the profile's grid (seed 0)."""
+        return []
+
+    def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The loss term added to L_SAE in a primary step (``None``: nothing) and values to log."""
+        return None, {}
+
+
+ARMS: dict[str, Arm] = {}
+"""Registered arms by name, in registration order (the order of a profile's grid)."""
+
+
+def register(arm: Arm) -> Arm:
+    if arm.name in ARMS:
+        raise ValueError(f"arm {arm.name!r} is already registered")
+    ARMS[arm.name] = arm
+    return arm
+
+
+def arm_of(name: str) -> Arm:
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise ValueError(f"unknown arm {name!r}; registered arms: {', '.join(ARMS)}") from None
+
+
+def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[torch.Tensor | None, dict]:
+    """Decomposability penalty against the meta SAE's reconstruction of the rows (a constant)."""
+    W_hat = inputs.meta.reconstruct_rows(inputs.W_dec)
+    with torch.no_grad():
+        err = (inputs.W_dec - W_hat).pow(2).sum(1)
+    if weight > 0:
+        pen = decomposability_penalty(inputs.W_dec, W_hat, spec.sigma2)
+        term = weight * pen
+    else:
+        with torch.no_grad():
+            pen = decomposability_penalty(inputs.W_dec, W_hat, spec.sigma2)
+        term = None
+    return term, {"meta_err": float(err.mean()), "penalty": float(pen.detach())}
+
+
+def _sigma_problems(spec: RunSpec) -> list[str]:
+    return [] if spec.sigma2 > 0 else [f"sigma2 must be > 0, got {spec.sigma2}"]
+
+
+class SoloArm(Arm):
+    name = "solo"
+    pattern = r"solo"
+    example = "solo"
+
+    def label(self, spec: RunSpec) -> str:
+        return "solo" if spec.seed == 0 else f"solo seed {spec.seed}"
+
+    def grid(self, profile: Profile) -> list[RunSpec]:
+        return [RunSpec("solo")]
+
+
+class JointArm(Arm):
+    name = "joint"
+    uses_meta = True
+    trains_meta = True
+    pattern = rf"joint-l{_NUM}-s{_NUM}"
+    example = "joint-l0.3-s1"
+    hyper_names = ("lambda2", "sigma2")
+
+    def from_match(self, m: re.Match) -> dict[str, float]:
+        return {"lambda2": float(m[1]), "sigma2": float(m[2])}
+
+    def base_name(self, spec: RunSpec) -> str:
+        return f"{self.name}-l{spec.lambda2:g}-s{spec.sigma2:g}"
+
+    def label(self, spec: RunSpec) -> str:
+        return f"λ₂={spec.lambda2:g}, σ²={spec.sigma2:g}"
+
+    def problems(self, spec: RunSpec) -> list[str]:
+        bad = _sigma_problems(spec)
+        if not spec.lambda2 > 0:
+            bad.append(f"lambda2 must be > 0, got {spec.lambda2} (λ₂ = 0 is the 'control' arm)")
+        return bad
+
+    def grid(self, profile: Profile) -> list[RunSpec]:
+        return [RunSpec(self.name, lambda2=a, sigma2=b) for a in profile.grid_lambda2 for b in profile.grid_sigma2]
+
+    def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
+        return _meta_penalty(spec, inputs, spec.lambda2)
+
+
+class ControlArm(Arm):
+    name = "control"
+    uses_meta = True
+    trains_meta = True
+    pattern = r"control"
+    example = "control"
+
+    def label(self, spec: RunSpec) -> str:
+        return "λ₂=0 control"
+
+    def hyper(self, spec: RunSpec) -> dict[str, float]:
+        return {"lambda2": 0.0}
+
+    def problems(self, spec: RunSpec) -> list[str]:
+        return [] if spec.lambda2 == 0 else [f"the control arm has lambda2 = 0, got {spec.lambda2}"]
+
+    def grid(self, profile: Profile) -> list[RunSpec]:
+        return [RunSpec(self.name)]
+
+    def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
+        return _meta_penalty(spec, inputs, 0.0)
+
+
+class RandomCriticArm(JointArm):
+    """The joint penalty against a frozen random meta SAE: a control for "does training the critic matter"."""
+
+    name = "randcritic"
+    trains_meta = False
+    pattern = rf"randcritic-l{_NUM}-s{_NUM}"
+    example = "randcritic-l0.3-s1"
+
+    def label(self, spec: RunSpec) -> str:
+        return f"random critic λ₂={spec.lambda2:g}, σ²={spec.sigma2:g}"
+
+    def grid(self, profile: Profile) -> list[RunSpec]:
+        return []
+
+
+class OrthoArm(Arm):
+    name = "ortho"
+    pattern = rf"ortho-g{_NUM}"
+    example = "ortho-g0.1"
+    hyper_names = ("gamma",)
+
+    def from_match(self, m: re.Match) -> dict[str, float]:
+        return {"gamma": float(m[1])}
+
+    def base_name(self, spec: RunSpec) -> str:
+        return f"{self.name}-g{spec.gamma:g}"
+
+    def label(self, spec: RunSpec) -> str:
+        return f"OrtSAE γ={spec.gamma:g}"
+
+    def problems(self, spec: RunSpec) -> list[str]:
+        return [] if spec.gamma >= 0 else [f"gamma must be >= 0, got {spec.gamma}"]
+
+    def grid(self, profile: Profile) -> list[RunSpec]:
+        return [RunSpec(self.name, gamma=g) for g in profile.ortho_gamma]
+
+    def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
+        # a fresh random partition each step, a stateless function of (seed, step): resumable
+        gen = torch.Generator().manual_seed(spec.seed * 7919 + inputs.step * 31 + 2)
+        pen = orthogonality_penalty(inputs.W_dec, inputs.n_chunks, gen)
+        return spec.gamma * pen, {"penalty": float(pen.detach())}
+
+
+for _arm in (SoloArm(), JointArm(), ControlArm(), OrthoArm(), RandomCriticArm()):
+    register(_arm)
+
+
+def parse_run(name: str | RunSpec) -> RunSpec:
+    """The :class:`RunSpec` of a run name (any accepted spelling); a RunSpec passes through."""
+    if isinstance(name, RunSpec):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"a run name must be a string or RunSpec, got {type(name).__name__}")
+    base, seed = name.strip(), 0
+    m = re.fullmatch(r"(.*)-seed(\d+)", base)
     if m:
         base, seed = m[1], int(m[2])
-    for pattern, build in _PATTERNS:
-        hit = pattern.match(base)
-        if hit:
-            return RunSpec(seed=seed, **build(hit))
+    for arm in ARMS.values():
+        hyper = arm.parse(base)
+        if hyper is not None:
+            return RunSpec(arm.name, seed=seed, **hyper)
     raise ValueError(
-        f"cannot parse run name {name!r}; expected solo, solo-seed1, control, "
-        "joint-l0.3-s1.0 or ortho-g0.1 (optionally with -seedN)"
+        f"cannot parse run name {name!r}; expected one of "
+        + ", ".join(a.example for a in ARMS.values()) + " (optionally with -seedN)"
     )
 
 
-def grid_runs(profile: str | Profile) -> list[RunSpec]:
-    """Every run of the paper grid for a profile, baseline first.
+def canonical_name(name: str | RunSpec) -> str:
+    """The canonical spelling of a run name (``joint-l0.3-s1.0`` → ``joint-l0.3-s1``)."""
+    return parse_run(name).name
 
-    solo, the λ₂ × σ² joint grid, the λ₂ = 0 control, the ortho arm(s), then the extra
-    independent solo seeds for the noise floor.
-    """
+
+def grid_runs(profile: str | Profile) -> list[RunSpec]:
+    """Every run of a profile's grid, baseline first: each registered arm's :meth:`Arm.grid` in
+    registration order (solo, the λ₂ × σ² joint grid, the control, the ortho arm(s), ...), then
+    the extra independent solo seeds of the noise floor."""
     p = get_profile(profile)
-    runs = [RunSpec("solo")]
-    runs += [RunSpec("joint", lambda2=l2, sigma2=s2) for l2 in p.grid_lambda2 for s2 in p.grid_sigma2]
-    runs.append(RunSpec("control"))
-    runs += [RunSpec("ortho", gamma=g) for g in p.ortho_gamma]
+    runs = [spec for arm in ARMS.values() for spec in arm.grid(p)]
     runs += [RunSpec("solo", seed=s) for s in range(1, p.n_noise_seeds + 1)]
     return runs
-
-
-def select_runs(profile: str | Profile, sae: str, selected: str | None = None) -> list[RunSpec]:
-    """Resolve a notebook's ``sae`` parameter to run specs.
-
-    ``all`` → the whole grid; ``solo`` → the solo baseline; ``control`` → the control;
-    ``joint`` → the selected joint configuration (``selected`` or, when None, the one recorded
-    by notebook 04, falling back to the middle of the grid); otherwise a run name.
-    Comma-separated lists are accepted.
-    """
-    p = get_profile(profile)
-    out: list[RunSpec] = []
-    for item in [s.strip() for s in sae.split(",") if s.strip()]:
-        if item == "all":
-            out += grid_runs(p)
-        elif item == "joint":
-            out.append(parse_run(selected or selected_joint(p)))
-        else:
-            out.append(parse_run(item))
-    seen: dict[str, RunSpec] = {}
-    for r in out:
-        seen.setdefault(r.name, r)
-    if not seen:
-        raise ValueError("sae selection is empty; use all, solo, joint, control or a run name")
-    return list(seen.values())
-
-
-def selected_joint(profile: str | Profile) -> str:
-    """Name of the selected joint configuration.
-
-    Written by notebook 04 to ``<tables>/selected.json``; before that exists, the middle of the
-    grid (the paper's choice is λ₂ = 0.3, σ² = 1.0 where available).
-    """
-
-    p = get_profile(profile)
-    path = output_dirs(p)[1] / "selected.json"
-    if path.exists():
-        return read_json(path)["selected"]
-    l2 = 0.3 if 0.3 in p.grid_lambda2 else p.grid_lambda2[len(p.grid_lambda2) // 2]
-    s2 = 1.0 if 1.0 in p.grid_sigma2 else p.grid_sigma2[len(p.grid_sigma2) // 2]
-    return RunSpec("joint", lambda2=l2, sigma2=s2).name
 
 
 def _as_list(value) -> list:
     if value is None:
         return []
     if isinstance(value, str):
-        return [float(v) if "." in v or "e" in v else int(v) for v in value.replace(",", " ").split()]
+        return [float(v) if any(c in v for c in ".eE") else int(v) for v in value.replace(",", " ").split()]
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
 
 
-def training_plan(profile: str | Profile, sae: str = "all", lambda2=None, sigma2=None,
-                  seeds=None) -> list[RunSpec]:
-    """Runs notebook 01 should train.
-
-    ``sae`` as in :func:`select_runs`. When ``lambda2`` and/or ``sigma2`` are given (a number,
-    a list, or a comma/space separated string) the joint part of the selection is replaced by
-    that grid (missing axis: the profile's grid). ``seeds`` (list or string) trains every
-    selected run once per seed; the seed fixes both init and data order.
-    """
-    p = get_profile(profile)
-    runs = select_runs(p, sae)
+def with_grid(runs: list[RunSpec], profile: Profile, lambda2=None, sigma2=None, seeds=None) -> list[RunSpec]:
+    """Replace the joint runs by the λ₂ × σ² grid given (number, list or comma/space separated string;
+    a missing axis takes the profile's), then repeat every run once per seed of ``seeds``."""
     l2s, s2s = _as_list(lambda2), _as_list(sigma2)
     if l2s or s2s:
         runs = [r for r in runs if r.arm != "joint"]
         runs += [RunSpec("joint", lambda2=float(a), sigma2=float(b))
-                 for a in (l2s or p.grid_lambda2) for b in (s2s or p.grid_sigma2)]
+                 for a in (l2s or profile.grid_lambda2) for b in (s2s or profile.grid_sigma2)]
     seed_list = [int(s) for s in _as_list(seeds)]
     if seed_list:
-        runs = [RunSpec(r.arm, r.lambda2, r.sigma2, r.gamma, s) for r in runs for s in seed_list]
+        runs = [r.with_seed(s) for r in runs for s in seed_list]
     out: dict[str, RunSpec] = {}
     for r in runs:
         out.setdefault(r.name, r)

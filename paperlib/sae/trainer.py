@@ -1,16 +1,9 @@
 """Training of the primary SAE, alone or jointly with a meta SAE (paper §3.3, method.md §1, §8).
 
-Arms (:class:`paperlib.sae.arms.RunSpec`):
-
-- ``solo``: the primary BatchTopK SAE alone;
-- ``joint``: macro-steps of ``n_primary_steps`` primary steps, each with the loss
-  L_SAE + λ₂ · mean_i exp(−‖W_dec[i] − Ŵ[i]‖²/σ²), Ŵ = meta(W_dec.detach()) under ``no_grad``
-  with the meta SAE frozen (a critic), followed by ``n_meta_steps`` meta steps on the detached
-  current W_dec (own Adam). Starts with the primary;
-- ``control``: the joint architecture and schedule with λ₂ = 0 (the penalty is only logged);
-- ``ortho``: L_SAE + γ · L_orth (:func:`paperlib.sae.penalty.orthogonality_penalty`, a fresh random
-  partition into ``profile.ortho_chunks`` chunks each step, drawn from a generator seeded by
-  (seed, step)).
+What a run adds to the SAE loss is its arm's business (:mod:`paperlib.sae.arms`): every primary step
+asks ``arm.penalty(...)`` for a loss term; arms with a meta SAE (``uses_meta``) get one, and those that
+train it (``trains_meta``) run ``n_meta_steps`` meta steps on the detached current W_dec (own Adam)
+after every block of ``n_primary_steps`` primary steps. Training starts with the primary.
 
 Determinism: the seed fixes the primary init (seed), the meta init (seed + 1_000_003) and the data
 order (a ``torch.randperm`` per epoch from a generator seeded by (seed, epoch)); solo seeds are
@@ -40,7 +33,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from paperlib.config import paths
 from paperlib.config.io import atomic_path, provenance, read_json, write_json
 from paperlib.config.profiles import INPUT_NORMS, Profile, get_profile
-from paperlib.data.activations import load_cache
-from paperlib.sae.arms import RunSpec, parse_run
+from paperlib.sae.arms import PenaltyInputs, RunSpec, arm_of, parse_run
 from paperlib.sae.models import BatchTopKSAE, MetaSAE
-from paperlib.sae.penalty import decomposability_penalty, orthogonality_penalty
 
 META_SEED_OFFSET = 1_000_003
+TRAIN_PROFILE_FIELDS = ("n_latents", "k", "batch_size", "lr", "dead_after", "k_aux", "aux_alpha", "n_meta", "k_meta",
+                        "n_primary_steps", "n_meta_steps", "ortho_chunks", "train_epochs", "input_norm")
+"""Profile fields that determine a run's weights (with the arm, the seed and the training data)."""
 ADAM_BETAS = (0.9, 0.99)
 
 # Test hook: called as _step_hook(step) after every completed primary step (incl. its meta steps).
@@ -104,8 +98,12 @@ class TrainConfig:
         )
 
     @property
+    def spec(self) -> RunSpec:
+        return RunSpec(self.arm, lambda2=self.lambda2, sigma2=self.sigma2, gamma=self.gamma, seed=self.seed)
+
+    @property
     def uses_meta(self) -> bool:
-        return self.arm in ("joint", "control")
+        return arm_of(self.arm).uses_meta
 
     def validate(self) -> None:
         """Raise ValueError listing every inconsistency (before any training happens)."""
@@ -114,10 +112,10 @@ class TrainConfig:
             bad.append(f"d_in={self.d_in} must be >= 1")
         if not 1 <= self.k <= self.n_latents:
             bad.append(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
-        if self.sigma2 <= 0:
-            bad.append(f"sigma2={self.sigma2} must be > 0")
-        if self.lambda2 < 0 or self.gamma < 0:
-            bad.append(f"lambda2={self.lambda2} and gamma={self.gamma} must be >= 0")
+        try:
+            self.spec  # noqa: B018  (the arm validates its own hyper-parameters)
+        except ValueError as err:
+            bad.append(str(err))
         if self.batch_size < 1 or self.lr <= 0 or self.train_epochs <= 0:
             bad.append("batch_size, lr and train_epochs must be > 0")
         if self.checkpoint_every < 1 or self.dead_after < 1:
@@ -133,8 +131,6 @@ class TrainConfig:
             bad.append(f"ortho_chunks={self.ortho_chunks} must be >= 1")
         if self.input_norm not in INPUT_NORMS:
             bad.append(f"input_norm={self.input_norm!r} must be one of {', '.join(map(repr, INPUT_NORMS))}")
-        if self.arm == "joint" and self.lambda2 == 0:
-            bad.append("joint arm with lambda2 = 0: use the 'control' arm")
         if bad:
             raise ValueError("invalid training configuration: " + "; ".join(bad))
 
@@ -166,8 +162,6 @@ def input_dim_stats(acts: Any, chunk_rows: int | None = None,
     m2 = np.zeros(d, dtype=np.float64)
     starts = range(0, T, rows)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc="input stats", unit="chunk", leave=False)
     for s in starts:
         c = acts[s:s + rows]
@@ -254,6 +248,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         cfg.validate()
         self.cfg, self.device = cfg, device
+        self.spec = cfg.spec
+        self.arm = self.spec.arm_def
         self.primary = BatchTopKSAE(cfg.d_in, cfg.n_latents, cfg.k, seed=cfg.seed,
                                     dead_after=cfg.dead_after, k_aux=cfg.k_aux,
                                     aux_alpha=cfg.aux_alpha, device=device)
@@ -299,23 +295,10 @@ class Trainer:
         self.opt_p.zero_grad(set_to_none=True)
         out = sae.training_loss(x)
         loss = out["loss"]
-        rec: dict[str, float] = {}
-        if self.meta is not None:
-            W_hat = self.meta.reconstruct_rows(sae.W_dec)
-            if cfg.lambda2 > 0:
-                pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
-                loss = loss + cfg.lambda2 * pen
-            else:
-                with torch.no_grad():
-                    pen = decomposability_penalty(sae.W_dec, W_hat, cfg.sigma2)
-            with torch.no_grad():
-                rec["meta_err"] = float((sae.W_dec - W_hat).pow(2).sum(1).mean())
-            rec["penalty"] = float(pen.detach())
-        elif cfg.arm == "ortho":
-            gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step * 31 + 2)
-            pen = orthogonality_penalty(sae.W_dec, cfg.ortho_chunks, gen)
-            loss = loss + cfg.gamma * pen
-            rec["penalty"] = float(pen.detach())
+        term, rec = self.arm.penalty(self.spec, PenaltyInputs(W_dec=sae.W_dec, meta=self.meta, step=self.step,
+                                                                n_chunks=cfg.ortho_chunks))
+        if term is not None:
+            loss = loss + term
         loss.backward()
         sae.project_decoder_grad()
         self.opt_p.step()
@@ -339,7 +322,7 @@ class Trainer:
         """One primary step, followed by the meta phase when a block of n_p primary steps ends."""
         rec = self.primary_step(x)
         self.step += 1
-        if self.meta is not None and self.step % self.cfg.n_primary_steps == 0:
+        if self.meta is not None and self.arm.trains_meta and self.step % self.cfg.n_primary_steps == 0:
             for _ in range(self.cfg.n_meta_steps):
                 self.last_meta_mse = self.meta_step()
             rec["meta_mse"] = self.last_meta_mse
@@ -484,8 +467,6 @@ def train_run(
     stop = total if max_steps is None else min(total, max_steps)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total, initial=trainer.step, desc=spec.name, unit="step")
     with open(metrics_path, "a") as mf:
         while trainer.step < stop:
@@ -528,121 +509,30 @@ def train_run(
     return out_dir
 
 
-def default_train_workers(n_runs: int) -> int:
-    """Runs trained concurrently by :func:`ensure_trained`: 1 on a GPU, else up to 4 processes
-    sharing the CPU cores (the sparse step's many small ops use extra threads poorly, so separate
-    processes keep the cores busier than one multi-threaded process)."""
-    import os
-
-    if n_runs <= 1 or torch.cuda.is_available():
-        return 1
-    return max(1, min(n_runs, os.cpu_count() or 1, 4))
+def load_trained_sae(out_dir: str | Path, device: str | torch.device = "cpu") -> BatchTopKSAE:
+    """The primary SAE of a finished run directory."""
+    out_dir = Path(out_dir)
+    if not is_done(out_dir):
+        raise FileNotFoundError(f"run {out_dir} is not trained (no done.json)")
+    return BatchTopKSAE.load(out_dir / "sae", device=device)
 
 
-def _train_from_cache(profile: Profile, spec: RunSpec, cache: Any, progress: bool) -> None:
-    manifest = getattr(cache, "manifest", {}) or {}
-    info = {"range": "train"}
-    ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
-    if isinstance(ranges, dict) and "train" in ranges:
-        info["range_info"] = ranges["train"]
-    train_run(profile, spec, cache.acts("train"), paths.run_dir(profile, spec.name), progress=progress,
-              d_in=getattr(cache, "d", None), data_info=info)
+def load_trained_meta(out_dir: str | Path, device: str | torch.device = "cpu") -> MetaSAE:
+    """The meta SAE of a finished run directory whose arm has one."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "meta" / "config.json").exists():
+        raise FileNotFoundError(f"run {out_dir} has no meta SAE (its arm trains none, or it is not trained)")
+    return MetaSAE.load(out_dir / "meta", device=device)
 
 
-def _train_worker(profile: Profile, spec: RunSpec, threads: int) -> str:
-    """Process-pool entry point: train one run with ``threads`` intra-op threads."""
-
-    torch.set_num_threads(threads)
-    _train_from_cache(profile, spec, load_cache(profile), progress=False)
-    return spec.name
-
-
-def ensure_trained(profile: str | Profile, specs: Iterable[RunSpec | str],
-                   progress: bool = True, n_workers: int | None = None) -> dict[str, Path]:
-    """Train every run of ``specs`` that is not done into ``paths.run_dir``; return name → dir.
-
-    Training activations come from ``paperlib.data.activations.load_cache(profile).acts("train")``
-    (extracted first if missing). ``n_workers`` runs are trained at once in separate processes
-    (default :func:`default_train_workers`), each with cpu_count / n_workers threads; joint runs
-    (the slowest) start first. A run's result does not depend on which process trained it or in
-    which order (its data order and init come from its seed). Killed runs resume from their
-    checkpoints either way.
-    """
-    profile = get_profile(profile)
-    specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
-    for spec in specs:  # a finished run trained with another configuration is not reused
-        if is_done(paths.run_dir(profile, spec.name)):
-            _check_done_config(paths.run_dir(profile, spec.name), profile, spec)
-    out = {spec.name: paths.run_dir(profile, spec.name) for spec in specs}
-    todo = [spec for spec in specs if not is_done(out[spec.name])]
-    if not todo:
-        return out
-
-    cache = load_cache(profile)  # extraction (if needed) happens here, once
-    workers = default_train_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
-    if workers == 1:
-        for spec in todo:
-            _train_from_cache(profile, spec, cache, progress)
-        return out
-
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
-    todo.sort(key=lambda s: not s.uses_meta)  # meta-SAE runs are the slowest: schedule them first
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-        futures = {ex.submit(_train_worker, profile, spec, threads): spec for spec in todo}
-        bar = tqdm(total=len(todo), desc=f"training ({workers} processes)", disable=not progress)
-        try:
-            for fut in as_completed(futures):
-                name = fut.result()  # re-raises a worker's error here
-                bar.update(1)
-                bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            bar.close()
-    return out
-
-
-def _run_path(profile_or_dir: str | Profile | Path, name: str | None) -> Path:
-    if name is None:
-        return Path(profile_or_dir)
-    return paths.run_dir(profile_or_dir, name)
-
-
-def load_run(profile: str | Profile | Path, name: str | None = None,
-             device: str | torch.device = "cpu") -> BatchTopKSAE:
-    """The trained primary SAE of run ``name`` (or of the run directory ``profile``)."""
-    rdir = _run_path(profile, name)
-    if not is_done(rdir):
-        raise FileNotFoundError(f"run {rdir} is not trained (no done.json); use ensure_trained")
-    return BatchTopKSAE.load(rdir / "sae", device=device)
-
-
-def load_meta(profile: str | Profile | Path, name: str | None = None,
-              device: str | torch.device = "cpu") -> MetaSAE:
-    """The trained meta SAE of a joint/control run."""
-    rdir = _run_path(profile, name)
-    if not (rdir / "meta" / "config.json").exists():
-        raise FileNotFoundError(f"run {rdir} has no meta SAE (solo/ortho arm or not trained)")
-    return MetaSAE.load(rdir / "meta", device=device)
-
-
-def read_metrics(profile: str | Profile | Path, name: str | None = None) -> list[dict]:
-    """Per-step metrics records of a run (``metrics.jsonl``)."""
-    path = _run_path(profile, name) / "metrics.jsonl"
+def read_metrics_file(out_dir: str | Path) -> list[dict]:
+    """Per-step metrics records of a run directory (``metrics.jsonl``)."""
+    path = Path(out_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics file at {path}")
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def read_run_config(profile: str | Profile | Path, name: str | None = None) -> dict:
+def read_config_file(out_dir: str | Path) -> dict:
     """The ``config.json`` recorded next to a finished run."""
-    return read_json(_run_path(profile, name) / "config.json")
+    return read_json(Path(out_dir) / "config.json")

@@ -1,7 +1,7 @@
 """Qualitative case studies (paper §5.4, §6, App. E, Tables 2–5): splitting / merging candidates.
 
 Both SAEs' binary firing matrices are taken on the **same** co-occurrence tokens
-(:func:`paperlib.stages.evaluate.load_firing`); cross-SAE φ between every solo feature and every joint feature
+(:func:`paperlib.stages.cooccur.load_firing`); cross-SAE φ between every solo feature and every joint feature
 (:func:`paperlib.metrics.cooccurrence.cross_phi_topk`) gives, per feature, its most co-firing partners in
 the other SAE.
 
@@ -27,17 +27,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from paperlib.autointerp.contexts import collect_contexts, collect_feature_activations, token_decoder
 from paperlib.config.io import write_text
-from paperlib.config.profiles import get_profile
 from paperlib.data import lm
 from paperlib.data.activations import load_cache
 from paperlib.metrics.cooccurrence import CrossTopK, cross_phi_topk, phi_block, to_csr
 from paperlib.metrics.matching import cosine_matrix
-from paperlib.sae.trainer import load_run
 from paperlib.stages import interp
-from paperlib.stages.evaluate import ensure_calibration, load_firing
+from paperlib.stages.calibrate import ensure_calibration
+from paperlib.stages.cooccur import load_firing
+from paperlib.stages.run import Run
+from paperlib.stages.train import load_run
 
 __all__ = [
     "Candidate",
@@ -199,12 +201,12 @@ def _top_contexts(sae, acts, token_ids, positions, features: Sequence[int], thre
 # ----------------------------------------------------------------------------------------------
 # auto-interp (optional: paperlib.stages.interp)
 # ----------------------------------------------------------------------------------------------
-def interp_records(profile: Any, run: str, features: Sequence[int], judge: Any = None) -> dict[int, dict]:
+def interp_records(run: Run, features: Sequence[int], judge: Any = None) -> dict[int, dict]:
     """``{feature: {"fuzz": ..., "explanation": ...}}`` from ``paperlib.stages.interp.ensure_scores`` when
     a judge is given; ``{}`` otherwise (tables then show "—")."""
     if judge is None or not features:
         return {}
-    df = interp.ensure_scores(profile, run, [int(f) for f in features], judge)
+    df = interp.ensure_scores(run, [int(f) for f in features], judge)
     df = pd.DataFrame(df)
     out = {}
     fuzz_col = next((c for c in ("fuzz_score", "fuzz") if c in df.columns), None)
@@ -243,11 +245,11 @@ def case_study_table(cand: Candidate, *, base_sae: str, partner_sae: str, rate_b
     return pd.DataFrame(rows)
 
 
-def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, max_partners: int = 4,
+def case_studies(solo_run: Run, joint_run: Run, *, n_candidates: int = 5, max_partners: int = 4,
                  max_rate: float = 0.05, min_phi: float = 0.2, top_k: int = 8, n_contexts: int = 3,
                  window: int = 16, judge: Any = None, n_scored: int | None = None, progress: bool = True,
                  max_partner_phi: float | None = 0.8) -> dict[str, Any]:
-    """Splitting and merging case studies between runs ``solo`` and ``joint`` of ``profile``.
+    """Splitting and merging case studies between two runs of one profile (solo side, joint side).
 
     Returns ``{"splitting": [CaseStudy], "merging": [CaseStudy], "cross": CrossTopK,
     "n_splitting": int, "n_merging": int, "fired_solo", "fired_joint"}`` (top ``n_candidates``
@@ -258,11 +260,10 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     φ ≥ this value (near-duplicate partners are one feature learned twice, not a split); ``None``
     keeps every candidate. ``n_skipped_duplicates`` counts the skipped ones among those examined.
     """
-    import torch
-
-
-    p = get_profile(profile)
-    fs, fj = load_firing(p, solo), load_firing(p, joint)
+    p = solo_run.profile
+    solo, joint = solo_run.name, joint_run.name
+    runs = {solo: solo_run, joint: joint_run}
+    fs, fj = load_firing(solo_run), load_firing(joint_run)
     split, merge, cross = find_candidates(fs, fj, max_rate=max_rate, min_phi=min_phi, top_k=top_k,
                                           progress=progress)
     for c in split + merge:
@@ -270,7 +271,7 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     skipped = {}
     split, skipped["splitting"] = drop_duplicate_partners(split, fj, n_candidates, max_partner_phi)
     merge, skipped["merging"] = drop_duplicate_partners(merge, fs, n_candidates, max_partner_phi)
-    saes = {solo: load_run(p, solo), joint: load_run(p, joint)}
+    saes = {solo: load_run(solo_run), joint: load_run(joint_run)}
     W = {k: v.W_dec.detach().float().cpu().numpy() for k, v in saes.items()}
     rates = {solo: np.asarray(cross.N1_a, np.float64) / cross.T, joint: np.asarray(cross.N1_b, np.float64) / cross.T}
 
@@ -294,12 +295,12 @@ def case_studies(profile: Any, solo: str, joint: str, *, n_candidates: int = 5, 
     ctx: dict[tuple[str, int], list[str]] = {}
     interp: dict[str, dict[int, dict]] = {}
     for run in (solo, joint):
-        theta = torch.as_tensor(np.asarray(ensure_calibration(p, run, progress=progress).thresholds),
+        theta = torch.as_tensor(np.asarray(ensure_calibration(runs[run], progress=progress).thresholds),
                                 dtype=torch.float32)
         got = _top_contexts(saes[run], acts, ids, pos, sorted(need[run]), theta, decode, n_contexts,
                             window, progress)
         ctx.update({(run, f): v for f, v in got.items()})
-        interp[run] = interp_records(p, run, sorted(scored[run]), judge)
+        interp[run] = interp_records(runs[run], sorted(scored[run]), judge)
 
     fired = {solo: fs, joint: fj}
 

@@ -56,8 +56,9 @@ from paperlib.config.profiles import Profile, get_profile
 from paperlib.data import lm
 from paperlib.data.activations import load_cache
 from paperlib.metrics.matching import MatchResult, hungarian_match
-from paperlib.sae.trainer import load_run
-from paperlib.stages.evaluate import ensure_calibration, eval_dir, run_key
+from paperlib.stages.calibrate import ensure_calibration
+from paperlib.stages.run import Run
+from paperlib.stages.train import load_run
 
 __all__ = [
     "LEAN_CONTEXT",
@@ -136,26 +137,24 @@ def ensure_sanity(profile: str | Profile, judge, n: int = 40, seed: int = 0) -> 
 # ----------------------------------------------------------------------------------------------
 # matching
 # ----------------------------------------------------------------------------------------------
-def ensure_matching(profile: str | Profile, solo: str, joint: str) -> MatchResult:
+def ensure_matching(solo: Run, joint: Run) -> MatchResult:
     """Hungarian matching of alive ``solo`` ↔ ``joint`` features (``i`` = solo, ``j`` = joint).
 
     Alive = selected at least once on the calibration range (``ensure_calibration(...).dead``).
     Cached as ``<joint eval>/matching/vs-<solo>.csv`` + ``.json``, keyed by both runs' weights.
     """
 
-    p = get_profile(profile)
-    d = eval_dir(p, joint) / "matching"
-    csv, meta_path = d / f"vs-{solo}.csv", d / f"vs-{solo}.json"
-    key = {"solo": solo, "solo_key": run_key(p, solo), "joint": joint,
-           "joint_key": run_key(p, joint), "version": 1}
+    d = joint.dir / "eval" / "matching"
+    csv, meta_path = d / f"vs-{solo.name}.csv", d / f"vs-{solo.name}.json"
+    key = {"solo": solo.name, "solo_key": solo.key, "joint": joint.name, "joint_key": joint.key, "version": 1}
     if csv.exists() and meta_path.exists():
         meta = read_json(meta_path)
         if meta.get("key") == key:
             pairs = pd.read_csv(csv, dtype={"i": np.int64, "j": np.int64, "cosine": np.float64})
             return MatchResult(pairs, meta["n_alive_a"], meta["n_alive_b"], None, None)
-    alive_a = ~np.asarray(ensure_calibration(p, solo).dead, bool)
-    alive_b = ~np.asarray(ensure_calibration(p, joint).dead, bool)
-    res = hungarian_match(load_run(p, solo).W_dec, load_run(p, joint).W_dec, alive_a, alive_b)
+    alive_a = ~np.asarray(ensure_calibration(solo).dead, bool)
+    alive_b = ~np.asarray(ensure_calibration(joint).dead, bool)
+    res = hungarian_match(load_run(solo).W_dec, load_run(joint).W_dec, alive_a, alive_b)
 
     write_text(csv, res.pairs.to_csv(index=False))
     write_json(meta_path, {"key": key, "n_alive_a": res.n_alive_a, "n_alive_b": res.n_alive_b})
@@ -185,21 +184,20 @@ def profile_decoder(profile: str | Profile):
     return token_decoder(AutoTokenizer.from_pretrained(src))
 
 
-def scores_dir(profile: str | Profile, run_name: str, judge, *, context_kwargs: dict,
-               do_detection: bool, do_spearman: bool, seed: int) -> Path:
+def scores_dir(run: Run, judge, *, context_kwargs: dict, do_detection: bool, do_spearman: bool,
+               seed: int) -> Path:
     """Where :func:`ensure_scores` keeps a run's records for one judge and one setting."""
 
-    p = get_profile(profile)
-    tag = _hash({"run_key": run_key(p, run_name), "context": context_kwargs, "seed": seed,
+    tag = _hash({"run_key": run.key, "context": context_kwargs, "seed": seed,
                  "detection": do_detection, "spearman": do_spearman, "judge": judge.name})
-    return eval_dir(p, run_name) / "autointerp" / f"{_slug(judge.name)}-{tag}"
+    return run.dir / "eval" / "autointerp" / f"{_slug(judge.name)}-{tag}"
 
 
-def ensure_scores(profile: str | Profile, run_name: str, features: Sequence[int], judge, *,
+def ensure_scores(run: Run, features: Sequence[int], judge, *,
                   context_kwargs: dict | None = None, do_detection: bool = False,
                   do_spearman: bool = False, seed: int = 0, n_workers: int = 1,
                   decode=None, show_progress: bool = True) -> pd.DataFrame:
-    """Explain and fuzz-score ``features`` of run ``run_name`` (cached per feature, resumable).
+    """Explain and fuzz-score ``features`` of ``run`` (cached per feature, resumable).
 
     Contexts come from the ``autointerp`` token range with the run's calibrated thresholds.
     Returns one row per feature (``fuzz_score`` = 2·acc − 1, NaN/absent when the feature has no
@@ -207,9 +205,9 @@ def ensure_scores(profile: str | Profile, run_name: str, features: Sequence[int]
     ``sec_per_feature`` (wall time of this call / n_new; NaN when everything was cached).
     """
 
-    p = get_profile(profile)
+    p = run.profile
     ckw = dict(LEAN_CONTEXT if context_kwargs is None else context_kwargs)
-    out = scores_dir(p, run_name, judge, context_kwargs=ckw, do_detection=do_detection,
+    out = scores_dir(run, judge, context_kwargs=ckw, do_detection=do_detection,
                      do_spearman=do_spearman, seed=seed)
     feats = [int(f) for f in features]
     n_new = sum(not (out / "features" / f"{f}.json").exists() for f in feats)
@@ -220,8 +218,8 @@ def ensure_scores(profile: str | Profile, run_name: str, features: Sequence[int]
         cache = load_cache(p)
         acts, token_ids, positions = (cache.acts("autointerp"), cache.token_ids("autointerp"),
                                       cache.positions("autointerp"))
-        sae = load_run(p, run_name)
-        thresholds = np.asarray(ensure_calibration(p, run_name).thresholds, dtype=np.float32)
+        sae = load_run(run)
+        thresholds = np.asarray(ensure_calibration(run).thresholds, dtype=np.float32)
     if n_new and decode is None:
         decode = profile_decoder(p)
     if not n_new:  # everything cached: read the records without touching the activations
@@ -257,7 +255,7 @@ def summarize_comparison(scores_solo: pd.DataFrame, scores_joint: pd.DataFrame,
             "pct_joint_higher": 100.0 * r["share_b_higher"], "pct_equal": 100.0 * r["share_equal"]}
 
 
-def compare_runs(profile: str | Profile, solo: str, joint: str, n_features: int | None, judge, *,
+def compare_runs(solo: Run, joint: Run, n_features: int | None, judge, *,
                  seed: int = 0, context_kwargs: dict | None = None, do_detection: bool = False,
                  n_workers: int = 1, show_progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Score ``n_features`` matched alive pairs (seeded uniform sample) on both sides.
@@ -267,13 +265,13 @@ def compare_runs(profile: str | Profile, solo: str, joint: str, n_features: int 
     score are dropped there) and ``sec_per_feature`` (this call's scoring time per newly scored
     feature; NaN when all were cached).
     """
-    m = ensure_matching(profile, solo, joint)
+    m = ensure_matching(solo, joint)
     sample = sample_pairs(m.pairs, n_features, seed=seed)
     kw = dict(context_kwargs=context_kwargs, do_detection=do_detection, seed=seed,
               n_workers=n_workers, show_progress=show_progress)
-    decode = profile_decoder(profile)
-    s_solo = ensure_scores(profile, solo, sample["i"].tolist(), judge, decode=decode, **kw)
-    s_joint = ensure_scores(profile, joint, sample["j"].tolist(), judge, decode=decode, **kw)
+    decode = profile_decoder(solo.profile)
+    s_solo = ensure_scores(solo, sample["i"].tolist(), judge, decode=decode, **kw)
+    s_joint = ensure_scores(joint, sample["j"].tolist(), judge, decode=decode, **kw)
     a = s_solo.set_index("feature")
     b = s_joint.set_index("feature")
 
@@ -294,7 +292,7 @@ def compare_runs(profile: str | Profile, solo: str, joint: str, n_features: int 
     if do_detection:
         per["detection_solo"] = col(a, "detection_score", sample["i"])
         per["detection_joint"] = col(b, "detection_score", sample["j"])
-    summary = {"solo": solo, "joint": joint, "judge": judge.name, "n_sampled": int(len(sample)),
+    summary = {"solo": solo.name, "joint": joint.name, "judge": judge.name, "n_sampled": int(len(sample)),
                **summarize_comparison(s_solo, s_joint, sample)}
     n_new = s_solo.attrs["n_new"] + s_joint.attrs["n_new"]
     secs = [s.attrs["sec_per_feature"] * s.attrs["n_new"] for s in (s_solo, s_joint)

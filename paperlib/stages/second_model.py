@@ -21,9 +21,10 @@ import pandas as pd
 
 from paperlib.config import paths
 from paperlib.config.profiles import Profile, get_profile
-from paperlib.sae.arms import RunSpec, training_plan
-from paperlib.stages.evaluate import ensure_reconstruction
 from paperlib.stages.interp import ensure_scores
+from paperlib.stages.recon import ensure_reconstruction
+from paperlib.stages.run import Run, as_runs
+from paperlib.stages.select import training_plan
 
 __all__ = [
     "GEMMA_COLUMNS",
@@ -53,7 +54,7 @@ def output_dirs(profile: str | Profile) -> tuple[Path, Path]:
     return paths.second_model_output_dirs(p)
 
 
-def gemma_plan(profile: str | Profile, lambda2: Any = "0.1,0.3,1.0", sigma2: Any = "1.0,3.0") -> list[RunSpec]:
+def gemma_plan(profile: str | Profile, lambda2: Any = "0.1,0.3,1.0", sigma2: Any = "1.0,3.0") -> list[Run]:
     """solo + the λ₂ × σ² joint grid (on ``smoke``: the single configuration :data:`SMOKE_GRID`)."""
     p = get_profile(profile)
     if p.name == "smoke":
@@ -61,28 +62,28 @@ def gemma_plan(profile: str | Profile, lambda2: Any = "0.1,0.3,1.0", sigma2: Any
     return training_plan(p, "solo", lambda2=lambda2, sigma2=sigma2)
 
 
-def sample_features(profile: str | Profile, run: str, n: int, seed: int = 0) -> list[int]:
+def sample_features(run: Run, n: int, seed: int = 0) -> list[int]:
     """``n`` alive features of ``run`` (fired on the co-occurrence range), uniform without replacement,
     seeded by (seed, run name) so each run gets its own independent sample. Prefix-stable: the
     sample of n is the first n of one seeded permutation, so a larger n reuses cached scores."""
 
-    counts = np.asarray(ensure_reconstruction(profile, run, progress=False)["firing_counts"])
+    counts = np.asarray(ensure_reconstruction(run, progress=False)["firing_counts"])
     alive = np.flatnonzero(counts > 0)
     rng = np.random.default_rng([seed, *run.encode()])
     take = min(n, len(alive))
     return sorted(int(f) for f in rng.permutation(alive)[:take])
 
 
-def fuzz_table(profile: str | Profile, names: list[str], n_features: int, judge: Any, seed: int = 0,
+def fuzz_table(profile: str | Profile, runs: list[Any], n_features: int, judge: Any, seed: int = 0,
                progress: bool = True) -> pd.DataFrame:
     """Per run: ``n_fuzz`` scored features, ``fuzz_mean``, ``fuzz_sem`` and the differences vs ``solo``
     of :func:`add_fuzz_deltas`. Empty (NaN) when ``judge`` is None."""
     rows = []
-    for name in names:
-        row = {"run": name, "n_fuzz": 0, "fuzz_mean": math.nan, "fuzz_sem": math.nan}
+    for run in as_runs(profile, runs):
+        row = {"run": run.name, "n_fuzz": 0, "fuzz_mean": math.nan, "fuzz_sem": math.nan}
         if judge is not None and n_features > 0:
-            feats = sample_features(profile, name, n_features, seed)
-            df = ensure_scores(profile, name, feats, judge, seed=seed, show_progress=progress)
+            feats = sample_features(run, n_features, seed)
+            df = ensure_scores(run, feats, judge, seed=seed, show_progress=progress)
             v = pd.to_numeric(df.get("fuzz_score"), errors="coerce").dropna().to_numpy(np.float64)
             if len(v):
                 row.update(n_fuzz=len(v), fuzz_mean=float(v.mean()),

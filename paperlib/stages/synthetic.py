@@ -61,12 +61,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from tqdm.auto import tqdm
 
 from paperlib.config.profiles import Profile, TokenBudget, get_profile
 from paperlib.metrics import cooccurrence
 from paperlib.metrics.calibration import calibrate_sae
-from paperlib.sae import trainer
-from paperlib.sae.arms import RunSpec
+from paperlib.sae.arms import RunSpec, arm_of
+from paperlib.sae.models import BatchTopKSAE
+from paperlib.sae.trainer import train_run
 
 __all__ = [
     "SyntheticConfig",
@@ -374,24 +376,16 @@ def benchmark_profile(config: SyntheticConfig, base: str | Profile = "smoke") ->
 
 
 def _as_spec(arm: str | RunSpec, lambda2: float, sigma2: float, gamma: float, seed: int) -> RunSpec:
+    """An arm name with the benchmark's hyper-parameters (each arm keeps the ones it has), or a RunSpec."""
     if isinstance(arm, RunSpec):
         return arm
-    if arm == "solo":
-        return RunSpec("solo", seed=seed)
-    if arm == "joint":
-        return RunSpec("joint", lambda2=lambda2, sigma2=sigma2, seed=seed)
-    if arm == "control":
-        return RunSpec("control", seed=seed)
-    if arm == "ortho":
-        return RunSpec("ortho", gamma=gamma, seed=seed)
-    raise ValueError(f"unknown arm {arm!r}; use solo, joint, control, ortho or a RunSpec")
+    return arm_of(arm).make(seed=seed, lambda2=lambda2, sigma2=sigma2, gamma=gamma)
 
 
 def _train(profile: Profile, spec: RunSpec, data: SyntheticData, out_dir: Path, progress: bool) -> Any:
 
-    trainer.train_run(profile, spec, data.train, out_dir, progress=progress,
-                      data_info={"synthetic": data.config.as_dict()})
-    return trainer.load_run(out_dir)
+    train_run(profile, spec, data.train, out_dir, progress=progress, data_info={"synthetic": data.config.as_dict()})
+    return BatchTopKSAE.load(out_dir / "sae")
 
 
 def _train_seconds(metrics_path: Path) -> float:
@@ -431,8 +425,6 @@ def run_benchmark(config: SyntheticConfig | None = None,
     Returns one row per arm: run name, label, the metrics of :func:`evaluate_sae`, the ground truth's
     own ``true_mean_abs_phi``/``true_l0`` and ``train_seconds`` (summed per-step training time).
     """
-    from tqdm.auto import tqdm
-
     config = config or SyntheticConfig()
     data = data if data is not None else generate(config)
     profile = benchmark_profile(config)
@@ -449,8 +441,7 @@ def run_benchmark(config: SyntheticConfig | None = None,
             secs = _train_seconds(run_dir / "metrics.jsonl")
             if hasattr(sae, "eval"):
                 sae.eval()
-            row = dict(run=spec.name, arm=spec.arm, label=spec.label, lambda2=spec.lambda2,
-                       sigma2=spec.sigma2, gamma=spec.gamma)
+            row = dict(run=spec.name, arm=spec.arm, label=spec.label, **spec.hyper())
             row.update(evaluate_sae(sae, data, recover_threshold=recover_threshold, blend_gain=blend_gain))
             row.update(truth)
             row["train_seconds"] = secs

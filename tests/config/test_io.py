@@ -30,3 +30,10 @@ def test_git_revision_ignores_published_outputs(tmp_path):
     assert git_revision(tmp_path) == clean + "-dirty"
     assert git_revision(tmp_path / "tables") == clean + "-dirty"  # from a subfolder too
 
+
+
+def test_repo_root_holds_the_published_outputs():
+    from paperlib.config import paths
+
+    assert (paths.REPO_ROOT / "paperlib" / "__init__.py").exists()
+    assert (paths.REPO_ROOT / "tables").is_dir() and (paths.REPO_ROOT / "notebooks").is_dir()

@@ -59,7 +59,7 @@ def test_run_artifacts_and_resume_bitwise(tmp_path, spec, input_norm, monkeypatc
     assert not (ref / "checkpoint").exists()
     cfg = json.loads((ref / "config.json").read_text())
     assert cfg["seed"] == 0 and cfg["tokens"]["steps"] == 12 and "versions" in cfg
-    recs = tr.read_metrics(ref)
+    recs = tr.read_metrics_file(ref)
     assert [r["step"] for r in recs] == list(range(1, 13))
     assert all(r["l0"] == 4.0 for r in recs)
     if spec.uses_meta:
@@ -80,7 +80,7 @@ def test_run_artifacts_and_resume_bitwise(tmp_path, spec, input_norm, monkeypatc
     assert _equal(_weights(ref), _weights(tmp_path / "killed"))
     if spec.uses_meta:
         assert _equal(_weights(ref, "meta"), _weights(tmp_path / "killed", "meta"))
-    assert [r["step"] for r in tr.read_metrics(tmp_path / "killed")] == list(range(1, 13))
+    assert [r["step"] for r in tr.read_metrics_file(tmp_path / "killed")] == list(range(1, 13))
 
     # max_steps stop (graceful) then resume: identical as well
     tr.train_run(prof, spec, acts, tmp_path / "stopped", progress=False, device="cpu", max_steps=5)
@@ -109,7 +109,7 @@ def test_finished_run_is_skipped(tmp_path):
     stamp = (out / "sae" / "model.safetensors").stat().st_mtime_ns
     tr.train_run(prof, RunSpec("solo"), acts, out, progress=False, device="cpu")
     assert (out / "sae" / "model.safetensors").stat().st_mtime_ns == stamp
-    assert isinstance(tr.load_run(out), BatchTopKSAE)
+    assert isinstance(tr.load_trained_sae(out), BatchTopKSAE)
 
 
 def test_meta_frozen_during_primary_and_primary_frozen_during_meta():
@@ -149,7 +149,7 @@ def test_bad_configs_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="sigma2"):
         RunSpec("joint", lambda2=0.3, sigma2=0.0)
     good = tr.TrainConfig.from_profile(_profile(), RunSpec("solo"), D)
-    cases = [(dict(k=100), "k="), (dict(sigma2=-1.0), "sigma2"),
+    cases = [(dict(k=100), "k="), (dict(sigma2=-1.0, arm="joint", lambda2=0.3), "sigma2"),
              (dict(k_meta=20, arm="control"), "k_meta"), (dict(d_in=0), "d_in")]
     for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -175,10 +175,10 @@ def test_checkpoint_config_mismatch_is_rejected(tmp_path):
 def test_load_meta_and_metrics(tmp_path):
     prof, acts = _profile(train_epochs=1.0), _acts()
     out = tr.train_run(prof, RunSpec("control"), acts, tmp_path / "c", progress=False, device="cpu")
-    assert isinstance(tr.load_meta(out), MetaSAE)
-    assert tr.read_run_config(out)["spec"]["arm"] == "control"
+    assert isinstance(tr.load_trained_meta(out), MetaSAE)
+    assert tr.read_config_file(out)["spec"]["arm"] == "control"
     with pytest.raises(FileNotFoundError):
-        tr.load_run(tmp_path / "missing")
+        tr.load_trained_sae(tmp_path / "missing")
 
 
 # -- per-dimension input standardisation (profile.input_norm = "dim+token") ------------------------
@@ -204,15 +204,15 @@ def test_trainer_sets_and_stores_input_stats(tmp_path):
     acts[:, 5] = 2.0  # a constant dimension gets scale 1
     out = tr.train_run(_profile(input_norm="dim+token", train_epochs=1.0), RunSpec("control"), acts,
                        tmp_path / "r", progress=False, device="cpu")
-    sae = tr.load_run(out)
+    sae = tr.load_trained_sae(out)
     ref64 = acts.astype(np.float64)
     std = ref64.std(axis=0)
     assert sae.input_standardisation == "per-dim"
     assert torch.equal(sae.input_mean, torch.from_numpy(ref64.mean(axis=0)).float())
     assert torch.equal(sae.input_scale, torch.from_numpy(np.where(std > 0, std, 1.0)).float())
     assert float(sae.input_scale[5]) == 1.0
-    assert tr.load_meta(out).input_standardisation == "none"
-    cfg = tr.read_run_config(out)
+    assert tr.load_trained_meta(out).input_standardisation == "none"
+    cfg = tr.read_config_file(out)
     assert cfg["train_config"]["input_norm"] == "dim+token"
     assert cfg["input_standardisation"]["kind"] == "per-dim"
     # the trainer's per-dim standardisation makes the outlier dimension ordinary in x̃
@@ -220,8 +220,8 @@ def test_trainer_sets_and_stores_input_stats(tmp_path):
     assert float(xn[:, 3].abs().mean()) < 3.0
     token = tr.train_run(_profile(train_epochs=1.0), RunSpec("solo"), acts, tmp_path / "t", progress=False,
                          device="cpu")
-    assert tr.load_run(token).input_standardisation == "none"
-    assert tr.read_run_config(token)["input_standardisation"] == {"kind": "none"}
+    assert tr.load_trained_sae(token).input_standardisation == "none"
+    assert tr.read_config_file(token)["input_standardisation"] == {"kind": "none"}
 
 
 def test_input_norm_validation_and_stale_runs(tmp_path):
@@ -259,19 +259,6 @@ def test_input_norm_validation_and_stale_runs(tmp_path):
     tr.train_run(prof, RunSpec("solo"), acts, tmp_path / "c", progress=False, device="cpu")
     ref = tr.train_run(prof, RunSpec("solo"), acts, tmp_path / "ref", progress=False, device="cpu")
     assert _equal(_weights(ref), _weights(tmp_path / "c"))
-
-
-def test_ensure_trained_rejects_stale_input_norm(tmp_artifacts):
-    from paperlib.config import paths
-
-    prof = _profile(input_norm="dim+token")
-    rdir = paths.run_dir(prof, "solo")
-    rdir.mkdir(parents=True)
-    (rdir / "config.json").write_text(json.dumps({"train_config": {"arm": "solo"}}))  # recorded before the field
-    (rdir / "done.json").write_text("{}")
-    with pytest.raises(ValueError, match="input_norm"):
-        tr.ensure_trained(prof, ["solo"], progress=False)
-    assert tr.ensure_trained(_profile(), ["solo"], progress=False) == {"solo": rdir}  # "token": reused
 
 
 def test_finished_run_with_another_config_is_not_reused(tmp_path):

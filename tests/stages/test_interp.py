@@ -12,6 +12,8 @@ from scipy import stats
 from paperlib.config.profiles import TokenBudget, get_profile
 from paperlib.metrics import matching
 from paperlib.stages import interp
+from paperlib.stages.run import Run
+from paperlib.stages.train import ensure_trained
 
 
 def tiny_profile(**changes):
@@ -99,8 +101,6 @@ def test_make_judge_kinds(tmp_path):
 
 
 def test_pipeline_cached_and_consistent(tmp_artifacts, monkeypatch):
-    from paperlib.sae.trainer import ensure_trained
-
     p = tiny_profile()
     joint = "joint-l0.3-s1"
     ensure_trained(p, ["solo", joint], progress=False)
@@ -108,18 +108,18 @@ def test_pipeline_cached_and_consistent(tmp_artifacts, monkeypatch):
     real_match = matching.hungarian_match
     n_match = []
     monkeypatch.setattr(interp, "hungarian_match", lambda *a, **k: n_match.append(1) or real_match(*a, **k))
-    m1 = interp.ensure_matching(p, "solo", joint)
-    m2 = interp.ensure_matching(p, "solo", joint)
+    m1 = interp.ensure_matching(Run.of(p, "solo"), Run.of(p, joint))
+    m2 = interp.ensure_matching(Run.of(p, "solo"), Run.of(p, joint))
     assert len(n_match) == 1
     pd.testing.assert_frame_equal(m1.pairs, m2.pairs)
     assert m1.n_pairs == min(m1.n_alive_a, m1.n_alive_b) and m1.n_pairs >= 6
     assert m1.pairs["i"].is_unique and m1.pairs["j"].is_unique
 
     judge = FakeJudge()
-    per1, s1 = interp.compare_runs(p, "solo", joint, 6, judge, seed=1, show_progress=False)
+    per1, s1 = interp.compare_runs(Run.of(p, "solo"), Run.of(p, joint), 6, judge, seed=1, show_progress=False)
     calls = judge.calls
     assert calls > 0 and s1["n_new_features"] == 12 and s1["n_sampled"] == 6
-    per2, s2 = interp.compare_runs(p, "solo", joint, 6, judge, seed=1, show_progress=False)
+    per2, s2 = interp.compare_runs(Run.of(p, "solo"), Run.of(p, joint), 6, judge, seed=1, show_progress=False)
     assert judge.calls == calls and s2["n_new_features"] == 0  # everything cached
     pd.testing.assert_frame_equal(per1, per2)
     # the sample is the seeded sample of the matched pairs
@@ -134,7 +134,7 @@ def test_pipeline_cached_and_consistent(tmp_artifacts, monkeypatch):
     if len(a) >= 2 and np.std(b - a) > 0:
         assert s1["t"] == pytest.approx(stats.ttest_rel(b, a).statistic)
     # a larger sample reuses the scored features (resume) and only scores the new ones
-    per3, s3 = interp.compare_runs(p, "solo", joint, None, judge, seed=1, show_progress=False)
+    per3, s3 = interp.compare_runs(Run.of(p, "solo"), Run.of(p, joint), None, judge, seed=1, show_progress=False)
     assert s3["n_new_features"] < 2 * len(per3)
     table = interp.summary_table(s1, {"accuracy": 0.9, "wilson_low": 0.8, "wilson_high": 0.95,
                                       "p_value": 1e-5, "n": 40})
@@ -162,8 +162,6 @@ def test_parallel_training_matches_sequential(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from paperlib.config import paths
-    from paperlib.sae.trainer import ensure_trained
-
     p = tiny_profile()
     names = ["solo", "joint-l0.3-s1"]
     weights = {}

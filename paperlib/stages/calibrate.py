@@ -1,0 +1,52 @@
+"""Calibration stage: per-latent equal-error-rate thresholds of a run on the calibration token range."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from paperlib.config.profiles import Profile
+from paperlib.data.activations import load_cache
+from paperlib.metrics.calibration import Calibration, calibrate_sae
+from paperlib.stages import cache
+from paperlib.stages.run import Run, range_settings
+from paperlib.stages.train import load_run
+
+EXACT_CALIBRATION_MAX_VALUES = 50_000_000
+"""``calibration_mode="auto"``: exact EER thresholds while calibration tokens × k stays below this."""
+
+
+def calibration_mode(profile: Profile) -> str:
+    """The profile's calibration mode with ``auto`` resolved to ``exact`` or ``hist``."""
+    if profile.calibration_mode != "auto":
+        return profile.calibration_mode
+    n_values = int(profile.tokens.calibration) * profile.k
+    return "exact" if n_values <= EXACT_CALIBRATION_MAX_VALUES else "hist"
+
+
+def _settings(p: Profile) -> dict:
+    return {"data": range_settings(p, "calibration"), "batch_size": p.batch_size, "mode": calibration_mode(p)}
+
+
+cache.declare("calibration", __name__, _settings, outputs=("thresholds.safetensors", "calibration.json"))
+
+
+def ensure_calibration(run: Run, *, progress: bool = True) -> Calibration:
+    """EER thresholds of ``run`` on the calibration range (computed once per key)."""
+    if cache.is_fresh("calibration", run):
+        return Calibration.load(cache.stage_dir("calibration", run))
+    sae = load_run(run)
+    acts = load_cache(run.profile).acts("calibration")
+    cal = calibrate_sae(sae, acts, batch_size=run.profile.batch_size, mode=calibration_mode(run.profile),
+                        progress=progress)
+    cal.meta.update({"run": run.name, "range": "calibration"})
+    d = cache.begin("calibration", run)
+    cal.save(d)
+    cache.commit("calibration", run)
+    return cal
+
+
+def thresholds(run: Run, *, progress: bool = True) -> torch.Tensor:
+    """The calibrated thresholds of ``run`` as a float32 tensor [n]."""
+    cal = ensure_calibration(run, progress=progress)
+    return torch.as_tensor(np.asarray(cal.thresholds), dtype=torch.float32)

@@ -1,0 +1,85 @@
+"""CE stage: next-token loss with a run's SAE spliced into the residual stream, on the CE token range.
+
+``ce_reference`` (per profile): the clean and zero-ablated losses. ``ce`` (per run): the loss with the
+per-token-thresholded SAE spliced in, and optionally with the training-time BatchTopK encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from paperlib.config.io import read_json, write_json
+from paperlib.config.profiles import Profile
+from paperlib.data.activations import load_cache
+from paperlib.data.lm import load_lm
+from paperlib.metrics.ce import ce_losses, loss_recovered, overhead_pct, sae_splice, zero_splice
+from paperlib.stages import cache
+from paperlib.stages.calibrate import thresholds
+from paperlib.stages.run import Run, as_runs, range_settings
+from paperlib.stages.train import load_run
+
+
+def _ref_settings(p: Profile) -> dict:
+    return {"data": range_settings(p, "ce"), "lm_batch_size": p.lm_batch_size}
+
+
+cache.declare("ce_reference", __name__, _ref_settings, per_run=False)
+cache.declare("ce", __name__, _ref_settings, deps=("calibration", "ce_reference"))
+
+
+def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
+    if cache.is_fresh("ce_reference", profile=p):
+        return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
+    ids = load_cache(p).token_ids("ce")
+    ce = ce_losses(lm, ids, p.layer, {"clean": None, "zero": zero_splice}, batch_size=p.lm_batch_size,
+                   progress=progress)
+    ref = {"ce_clean": ce["clean"].ce, "ce_zero": ce["zero"].ce, "n_predictions": ce["clean"].n_tokens, "range": "ce"}
+    d = cache.begin("ce_reference", profile=p)
+    write_json(d / "result.json", ref)
+    cache.commit("ce_reference", profile=p)
+    return ref
+
+
+def _cached(run: Run, batchtopk: bool) -> dict[str, Any] | None:
+    if not cache.is_fresh("ce", run):
+        return None
+    res = read_json(cache.stage_dir("ce", run) / "result.json")
+    return res if (not batchtopk or "ce_batchtopk" in res) else None
+
+
+def ensure_ce(profile: str | Profile, runs: Iterable[Any], *, batchtopk_for: Iterable[Any] = (),
+              progress: bool = True) -> dict[str, dict[str, Any]]:
+    """CE losses (nats) on the CE range for each run; the LM is loaded once, only when something is missing.
+
+    Per run: ``ce_spliced`` (per-token thresholds), ``overhead_pct`` vs clean, ``recovered`` (fraction
+    of the zero-ablation loss recovered); for runs in ``batchtopk_for`` also ``ce_batchtopk`` /
+    ``overhead_batchtopk_pct``; ``ce_clean`` and ``ce_zero`` from the per-profile reference.
+    """
+    runs = as_runs(profile, runs)
+    bt = {r.name for r in as_runs(profile, batchtopk_for)}
+    results = {r.name: _cached(r, r.name in bt) for r in runs}
+    todo = [r for r in runs if results[r.name] is None]
+    p = runs[0].profile if runs else None
+    if p is None or (not todo and cache.is_fresh("ce_reference", profile=p)):
+        return {n: v for n, v in results.items() if v is not None}
+    lm = load_lm(p.model, dtype=p.lm_dtype)
+    ref = _reference(p, lm, progress)
+    ids = load_cache(p).token_ids("ce")
+    for run in todo:  # one run at a time: each result is stored as soon as it exists
+        splices: dict[str, Any] = {"thr": sae_splice(load_run(run), thresholds(run, progress=progress))}
+        if run.name in bt:
+            splices["bt"] = sae_splice(load_run(run), None)
+        ce = ce_losses(lm, ids, p.layer, splices, batch_size=p.lm_batch_size, progress=progress)
+        spliced, clean = ce["thr"].ce, ref["ce_clean"]
+        zero = ref["ce_zero"]
+        res = {"run": run.name, "range": "ce", "ce_clean": clean, "ce_zero": zero, "ce_spliced": spliced,
+               "overhead_pct": overhead_pct(spliced, clean), "recovered": loss_recovered(spliced, clean, zero),
+               "n_predictions": ce["thr"].n_tokens}
+        if "bt" in splices:
+            res.update(ce_batchtopk=ce["bt"].ce, overhead_batchtopk_pct=overhead_pct(ce["bt"].ce, clean))
+        d = cache.begin("ce", run)
+        write_json(d / "result.json", res)
+        cache.commit("ce", run)
+        results[run.name] = res
+    return {r.name: results[r.name] for r in runs}

@@ -1,0 +1,54 @@
+"""Co-occurrence stage: within-SAE φ statistics of a run on the co-occurrence range, and its firing matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import scipy.sparse as sp
+
+from paperlib.config.io import atomic_path, read_json, write_json
+from paperlib.config.profiles import Profile
+from paperlib.data.activations import load_cache
+from paperlib.metrics.cooccurrence import SparseFiring, firing_from_sae, within_stats_blockwise
+from paperlib.stages import cache
+from paperlib.stages.calibrate import thresholds
+from paperlib.stages.run import Run, range_settings
+from paperlib.stages.train import load_run
+
+
+def _settings(p: Profile) -> dict:
+    return {"data": range_settings(p, "cooccurrence"), "batch_size": p.batch_size}
+
+
+cache.declare("cooccurrence", __name__, _settings, deps=("calibration",), outputs=("result.json", "firing.npz"))
+
+
+def ensure_cooccurrence(run: Run, *, progress: bool = True) -> dict[str, Any]:
+    """Within-SAE φ statistics of ``run`` on the co-occurrence range (per-token thresholded firing).
+
+    Returns the :class:`~paperlib.metrics.cooccurrence.WithinStats` fields (``n_pairs``, ``mean_abs_phi``,
+    ``var_abs_phi``, ``sum_abs``, ``sumsq``, ``frac_negative``, ``median_phi``, ``max_phi``, ``n_dead``,
+    ``n_always_on``, the fixed-bin φ histogram ``hist_edges`` / ``hist_counts`` on [−1, 1]) plus ``range``
+    and ``run``. The firing matrix is kept (:func:`load_firing`) for cross-SAE φ.
+    """
+    d = cache.stage_dir("cooccurrence", run)
+    if cache.is_fresh("cooccurrence", run):
+        return read_json(d / "result.json")
+    theta = thresholds(run, progress=progress)
+    sae = load_run(run)
+    acts = load_cache(run.profile).acts("cooccurrence")
+    fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.batch_size, progress=progress)
+    ws = within_stats_blockwise(SparseFiring.from_fired(fired), progress=progress)
+    res = {"run": run.name, "range": "cooccurrence", **ws.to_dict(with_hist=True)}
+    d = cache.begin("cooccurrence", run)
+    with atomic_path(d / "firing.npz") as tmp, open(tmp, "wb") as fh:
+        sp.save_npz(fh, fired.tocsr())
+    write_json(d / "result.json", res)
+    cache.commit("cooccurrence", run)
+    return res
+
+
+def load_firing(run: Run) -> sp.csr_matrix:
+    """The binary firing matrix [T, n] of ``run`` on the co-occurrence range (CSR, bool)."""
+    ensure_cooccurrence(run, progress=False)
+    return sp.load_npz(cache.stage_dir("cooccurrence", run) / "firing.npz").tocsr()

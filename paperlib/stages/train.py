@@ -1,0 +1,156 @@
+"""Training stage: train the runs that are missing or stale, and load trained runs.
+
+A run is *trained* when its directory holds ``done.json`` and ``train.json`` records the run's current
+key (:attr:`paperlib.stages.run.Run.key`: trainer code, training settings, arm, seed, data). A run
+whose key changed (the trainer's code or the profile's training settings were edited since) is
+retrained from scratch; its evaluation results go with it, because every later stage keys on the run.
+Training activations come from the profile's activation cache (extracted first when missing).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from paperlib.config.io import read_json, write_json
+from paperlib.config.profiles import Profile
+from paperlib.data.activations import ActivationCache, load_cache
+from paperlib.sae.models import BatchTopKSAE, MetaSAE
+from paperlib.sae.trainer import (
+    is_done,
+    load_trained_meta,
+    load_trained_sae,
+    read_config_file,
+    read_metrics_file,
+    train_run,
+)
+from paperlib.stages.run import Run, as_runs
+
+RECORD = "train.json"
+
+
+def is_trained(run: Run) -> bool:
+    """Trained with the current key (see the module docstring)."""
+    rec = run.dir / RECORD
+    if not (is_done(run.dir) and rec.exists()):
+        return False
+    try:
+        return read_json(rec).get("key") == run.key
+    except (ValueError, OSError):
+        return False
+
+
+def default_train_workers(n_runs: int) -> int:
+    """Runs trained concurrently by :func:`ensure_trained`: 1 on a GPU, else up to 4 processes
+    sharing the CPU cores (the sparse step's many small ops use extra threads poorly, so separate
+    processes keep the cores busier than one multi-threaded process)."""
+    if n_runs <= 1 or torch.cuda.is_available():
+        return 1
+    return max(1, min(n_runs, os.cpu_count() or 1, 4))
+
+
+def _train_from_cache(run: Run, cache: ActivationCache, progress: bool) -> None:
+    manifest = getattr(cache, "manifest", {}) or {}
+    info: dict[str, Any] = {"range": "train"}
+    ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
+    if isinstance(ranges, dict) and "train" in ranges:
+        info["range_info"] = ranges["train"]
+    train_run(run.profile, run.spec, cache.acts("train"), run.dir, progress=progress, d_in=getattr(cache, "d", None),
+              data_info=info)
+    write_json(run.dir / RECORD, {"run": run.name, "key": run.key, "weights": run.weights_fingerprint()})
+
+
+def _train_worker(profile: Profile, name: str, threads: int) -> str:
+    """Process-pool entry point: train one run with ``threads`` intra-op threads."""
+    torch.set_num_threads(threads)
+    run = Run.of(profile, name)
+    _train_from_cache(run, load_cache(profile), progress=False)
+    return name
+
+
+def _discard_stale(run: Run) -> None:
+    """Remove a finished run whose key is no longer current (it will be retrained)."""
+    if (is_done(run.dir) or (run.dir / RECORD).exists()) and not is_trained(run):
+        print(f"run {run}: trained with other code or settings; retraining it")
+        shutil.rmtree(run.dir)
+
+
+def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: bool = True,
+                   n_workers: int | None = None) -> dict[str, Path]:
+    """Train every run of ``runs`` (names in any spelling, RunSpecs or Runs) that is not trained with its
+    current key; return canonical name → run directory.
+
+    ``n_workers`` runs are trained at once in separate processes (default :func:`default_train_workers`),
+    each with cpu_count / n_workers threads; runs with a meta SAE (the slowest) start first. A run's
+    result does not depend on which process trained it or in which order (its data order and init come
+    from its seed). Killed runs resume from their checkpoints either way.
+    """
+    runs = as_runs(profile, runs)
+    out = {r.name: r.dir for r in runs}
+    for r in runs:
+        _discard_stale(r)
+    todo = [r for r in runs if not is_trained(r)]
+    if not todo:
+        return out
+    cache = load_cache(runs[0].profile)  # extraction (if needed) happens here, once
+    workers = default_train_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
+    if workers == 1:
+        for r in todo:
+            _train_from_cache(r, cache, progress)
+        return out
+    todo.sort(key=lambda r: not r.spec.uses_meta)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(_train_worker, r.profile, r.name, threads): r for r in todo}
+        bar = tqdm(total=len(todo), desc=f"training ({workers} processes)", disable=not progress)
+        try:
+            for fut in as_completed(futures):
+                name = fut.result()  # re-raises a worker's error here
+                bar.update(1)
+                bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+    return out
+
+
+def _require_trained(run: Run) -> None:
+    if not is_trained(run):
+        why = "was trained with other code or settings" if is_done(run.dir) else "is not trained"
+        raise FileNotFoundError(f"run {run} {why} ({run.dir}); call ensure_trained(profile, [{run.name!r}]) first")
+
+
+def load_run(run: Run, device: str | torch.device = "cpu") -> BatchTopKSAE:
+    """The trained primary SAE of ``run``."""
+    _require_trained(run)
+    return load_trained_sae(run.dir, device=device)
+
+
+def load_meta(run: Run, device: str | torch.device = "cpu") -> MetaSAE:
+    """The meta SAE of a run whose arm has one."""
+    _require_trained(run)
+    return load_trained_meta(run.dir, device=device)
+
+
+def read_metrics(run: Run) -> list[dict]:
+    """Per-step training metrics of a run (``metrics.jsonl``)."""
+    return read_metrics_file(run.dir)
+
+
+def read_run_config(run: Run) -> dict:
+    """The ``config.json`` recorded next to a finished run (config, seed, versions, token range)."""
+    _require_trained(run)
+    return read_config_file(run.dir)
