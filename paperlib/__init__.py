@@ -21,7 +21,7 @@ import sys
 
 from paperlib.config.profiles import PROFILES, Profile, get_profile
 from paperlib.metrics import cooccurrence, stats
-from paperlib.metrics.cooccurrence import Counts, count, phi, within_stats
+from paperlib.metrics.cooccurrence import Counts, count, excess_abs_phi, null_abs_phi, phi, within_stats
 from paperlib.metrics.stats import paired, welch
 from paperlib.sae import models, penalty
 from paperlib.sae.models import BatchTopKSAE, MetaSAE
@@ -33,5 +33,6 @@ for _name, _module in {"models": models, "penalty": penalty, "cooccurrence": coo
 __all__ = [
     "PROFILES", "BatchTopKSAE", "Counts", "MetaSAE", "Profile", "count", "decomposability_penalty",
     "get_profile", "paired", "phi", "welch", "within_stats",
+    "excess_abs_phi", "null_abs_phi",
 ]
 __version__ = "0.2.0"
