@@ -94,11 +94,12 @@ def test_no_try_except_import_of_package_modules():
 
 
 def test_public_api_importable_from_the_package_and_its_modules():
-    from paperlib import BatchTopKSAE, count, decomposability_penalty, phi, welch, within_stats
     from paperlib.cooccurrence import count as c2
     from paperlib.models import BatchTopKSAE as B2
     from paperlib.penalty import decomposability_penalty as d2
     from paperlib.stats import welch as w2
+
+    from paperlib import BatchTopKSAE, count, decomposability_penalty, phi, welch, within_stats
 
     assert (BatchTopKSAE, count, decomposability_penalty, welch) == (B2, c2, d2, w2)
     assert callable(phi) and callable(within_stats)

@@ -69,7 +69,7 @@ def sample_features(run: Run, n: int, seed: int = 0) -> list[int]:
 
     counts = np.asarray(ensure_reconstruction(run, progress=False)["firing_counts"])
     alive = np.flatnonzero(counts > 0)
-    rng = np.random.default_rng([seed, *run.encode()])
+    rng = np.random.default_rng([seed, *run.name.encode()])
     take = min(n, len(alive))
     return sorted(int(f) for f in rng.permutation(alive)[:take])
 
