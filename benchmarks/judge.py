@@ -28,9 +28,9 @@ from paperlib.autointerp.scoring import make_fuzz_items
 from paperlib.data.activations import load_cache
 from paperlib.data.lm import load_hf
 from paperlib.stages.calibrate import ensure_calibration
+from paperlib.stages.interp import LEAN_CONTEXT, profile_decoder
 from paperlib.stages.run import Run
 from paperlib.stages.train import load_run
-from paperlib.stages.interp import LEAN_CONTEXT, profile_decoder
 
 
 def feature_items(profile: str, run: str, n: int, seed: int = 0) -> list[tuple[str, list[JudgeItem]]]:
