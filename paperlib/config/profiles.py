@@ -74,11 +74,22 @@ class Profile:
     streams with massive outlier dimensions (Gemma 3: one dimension holds ~80 % of the variance),
     where the per-token standardised input is essentially a single coordinate."""
 
+    lr_warmup_frac: float = 0.0
+    """Linear learning-rate warm-up over this fraction of the steps (reference: none)."""
+    lr_decay_frac: float = 0.0
+    """Linear learning-rate decay to 0 over this final fraction of the steps (reference: none)."""
+
     # Meta SAE
     n_meta: int = 416
     k_meta: int = 8
     n_primary_steps: int = 10
     n_meta_steps: int = 5
+    meta_lr: float | None = None
+    """Meta SAE learning rate (None: ``lr``)."""
+    penalty_start_frac: float = 0.0
+    """Penalty weight 0 before this fraction of the steps, while the critic (meta SAE) trains."""
+    penalty_ramp_frac: float = 0.0
+    """Then a linear ramp to the full λ₂ over this fraction of the steps."""
 
     # Grid (method.md §1)
     grid_lambda2: tuple[float, ...] = (0.1, 0.3, 1.0)

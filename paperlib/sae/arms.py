@@ -95,6 +95,8 @@ class PenaltyInputs:
     """Completed primary steps before this one."""
     n_chunks: int
     """Chunks of the orthogonality partition (``ortho``)."""
+    scale: float = 1.0
+    """Schedule multiplier of the penalty weight at this step (warm-up of the critic, ramp)."""
 
 
 class Arm:
@@ -163,11 +165,17 @@ def arm_of(name: str) -> Arm:
         raise ValueError(f"unknown arm {name!r}; registered arms: {', '.join(ARMS)}") from None
 
 
+ROW_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+"""Quantiles over decoder rows of the per-row penalty term p_i that joint-type arms log each step."""
+
+
 def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[torch.Tensor | None, dict]:
-    """Decomposability penalty against the meta SAE's reconstruction of the rows (a constant)."""
+    """Decomposability penalty against the meta SAE's reconstruction of the rows (a constant), plus the
+    distribution over rows of p_i = exp(−e_i/σ²) (does the penalty discriminate between rows?)."""
     W_hat = inputs.meta.reconstruct_rows(inputs.W_dec)
     with torch.no_grad():
         err = (inputs.W_dec - W_hat).pow(2).sum(1)
+        q = torch.quantile(torch.exp(-err.double() / spec.sigma2), torch.tensor(ROW_QUANTILES, dtype=torch.float64))
     if weight > 0:
         pen = decomposability_penalty(inputs.W_dec, W_hat, spec.sigma2)
         term = weight * pen
@@ -175,7 +183,9 @@ def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[
         with torch.no_grad():
             pen = decomposability_penalty(inputs.W_dec, W_hat, spec.sigma2)
         term = None
-    return term, {"meta_err": float(err.mean()), "penalty": float(pen.detach())}
+    logs = {"meta_err": float(err.mean()), "penalty": float(pen.detach())}
+    logs.update({f"p_row_q{round(100 * a):02d}": float(v) for a, v in zip(ROW_QUANTILES, q, strict=True)})
+    return term, logs
 
 
 def _sigma_problems(spec: RunSpec) -> list[str]:
@@ -221,7 +231,7 @@ class JointArm(Arm):
         return [RunSpec(self.name, lambda2=a, sigma2=b) for a in profile.grid_lambda2 for b in profile.grid_sigma2]
 
     def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
-        return _meta_penalty(spec, inputs, spec.lambda2)
+        return _meta_penalty(spec, inputs, spec.lambda2 * inputs.scale)
 
 
 class ControlArm(Arm):

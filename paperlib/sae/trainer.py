@@ -50,7 +50,8 @@ from paperlib.sae.models import BatchTopKSAE, MetaSAE
 
 META_SEED_OFFSET = 1_000_003
 TRAIN_PROFILE_FIELDS = ("n_latents", "k", "batch_size", "lr", "dead_after", "k_aux", "aux_alpha", "n_meta", "k_meta",
-                        "n_primary_steps", "n_meta_steps", "ortho_chunks", "train_epochs", "input_norm")
+                        "n_primary_steps", "n_meta_steps", "ortho_chunks", "train_epochs", "input_norm",
+                        "lr_warmup_frac", "lr_decay_frac", "meta_lr", "penalty_start_frac", "penalty_ramp_frac")
 """Profile fields that determine a run's weights (with the arm, the seed and the training data)."""
 ADAM_BETAS = (0.9, 0.99)
 
@@ -83,6 +84,16 @@ class TrainConfig:
     train_epochs: float
     checkpoint_every: int
     input_norm: str = "token"
+    lr_warmup_frac: float = 0.0
+    """Linear learning-rate warm-up over this fraction of the primary steps (0: none)."""
+    lr_decay_frac: float = 0.0
+    """Linear decay of the learning rate to 0 over this final fraction of the primary steps (0: none)."""
+    meta_lr: float | None = None
+    """Adam learning rate of the meta SAE (None: the primary's ``lr``)."""
+    penalty_start_frac: float = 0.0
+    """The penalty weight is 0 before this fraction of the primary steps (the critic trains meanwhile)."""
+    penalty_ramp_frac: float = 0.0
+    """Then it rises linearly to its full value over this fraction of the primary steps."""
 
     @classmethod
     def from_profile(cls, profile: Profile, spec: RunSpec, d_in: int) -> TrainConfig:
@@ -95,6 +106,8 @@ class TrainConfig:
             n_primary_steps=p.n_primary_steps, n_meta_steps=p.n_meta_steps,
             ortho_chunks=p.ortho_chunks, train_epochs=p.train_epochs,
             checkpoint_every=p.checkpoint_every, input_norm=p.input_norm,
+            **{f: getattr(p, f) for f in ("lr_warmup_frac", "lr_decay_frac", "meta_lr", "penalty_start_frac",
+                                          "penalty_ramp_frac")},
         )
 
     @property
@@ -118,6 +131,13 @@ class TrainConfig:
             bad.append(str(err))
         if self.batch_size < 1 or self.lr <= 0 or self.train_epochs <= 0:
             bad.append("batch_size, lr and train_epochs must be > 0")
+        for f in ("lr_warmup_frac", "lr_decay_frac", "penalty_start_frac", "penalty_ramp_frac"):
+            if not 0.0 <= getattr(self, f) <= 1.0:
+                bad.append(f"{f}={getattr(self, f)} must be in [0, 1]")
+        if self.lr_warmup_frac + self.lr_decay_frac > 1.0:
+            bad.append("lr_warmup_frac + lr_decay_frac must be <= 1")
+        if self.meta_lr is not None and not self.meta_lr > 0:
+            bad.append(f"meta_lr={self.meta_lr} must be > 0 (or None)")
         if self.checkpoint_every < 1 or self.dead_after < 1:
             bad.append("checkpoint_every and dead_after must be >= 1")
         if self.uses_meta:
@@ -242,6 +262,29 @@ def _load_adam(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module,
             opt.state[p] = st
 
 
+def lr_factor(step: int, total: int, warmup_frac: float, decay_frac: float) -> float:
+    """Learning-rate multiplier at primary step ``step`` (0-based) of ``total``: a linear warm-up over the
+    first ``round(warmup_frac·total)`` steps, 1, then a linear decay to 0 over the last
+    ``round(decay_frac·total)`` steps. A stateless function of the step, so resuming is exact."""
+    w, d = round(warmup_frac * total), round(decay_frac * total)
+    if w and step < w:
+        return (step + 1) / w
+    if d and step >= total - d:
+        return max(0.0, (total - step) / d)
+    return 1.0
+
+
+def penalty_factor(step: int, total: int, start_frac: float, ramp_frac: float) -> float:
+    """Penalty-weight multiplier at primary step ``step``: 0 before ``round(start_frac·total)`` (the critic
+    trains alone), then a linear ramp to 1 over ``round(ramp_frac·total)`` steps, then 1."""
+    s, r = round(start_frac * total), round(ramp_frac * total)
+    if step < s:
+        return 0.0
+    if r and step < s + r:
+        return (step - s + 1) / r
+    return 1.0
+
+
 class Trainer:
     """One run's models, optimisers and step loop (use :func:`train_run`)."""
 
@@ -260,8 +303,10 @@ class Trainer:
             self.meta = MetaSAE(cfg.d_in, cfg.n_meta, cfg.k_meta, seed=cfg.seed + META_SEED_OFFSET,
                                 dead_after=cfg.dead_after, k_aux=cfg.k_aux,
                                 aux_alpha=cfg.aux_alpha, device=device)
-            self.opt_m = torch.optim.Adam(self.meta.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+            self.opt_m = torch.optim.Adam(self.meta.parameters(), lr=cfg.meta_lr or cfg.lr, betas=ADAM_BETAS)
         self.step = 0  # completed primary steps
+        self.total_steps = 0
+        """Primary steps of the whole run (set by :func:`train_run`; schedules need it)."""
         self.meta_steps = 0
         self.last_meta_mse = float("nan")
 
@@ -295,15 +340,19 @@ class Trainer:
         self.opt_p.zero_grad(set_to_none=True)
         out = sae.training_loss(x)
         loss = out["loss"]
+        scale = penalty_factor(self.step, self.total_steps, cfg.penalty_start_frac, cfg.penalty_ramp_frac)
         term, rec = self.arm.penalty(self.spec, PenaltyInputs(W_dec=sae.W_dec, meta=self.meta, step=self.step,
-                                                                n_chunks=cfg.ortho_chunks))
+                                                                n_chunks=cfg.ortho_chunks, scale=scale))
         if term is not None:
             loss = loss + term
+        lr = cfg.lr * lr_factor(self.step, self.total_steps, cfg.lr_warmup_frac, cfg.lr_decay_frac)
+        for group in self.opt_p.param_groups:
+            group["lr"] = lr
         loss.backward()
         sae.project_decoder_grad()
         self.opt_p.step()
         sae.renorm_decoder()
-        rec.update(loss=float(loss.detach()), mse=float(out["mse"]), aux=float(out["aux"]),
+        rec.update(lr=lr, penalty_scale=scale, loss=float(loss.detach()), mse=float(out["mse"]), aux=float(out["aux"]),
                    l0=float(out["l0"]), dead=int(sae.dead_mask().sum()))
         return rec
 
@@ -464,6 +513,7 @@ def train_run(
 
     data = _Data(acts, cfg.seed, cfg.batch_size, dev)
     total = max(1, round(cfg.train_epochs * data.steps_per_epoch))
+    trainer.total_steps = total
     stop = total if max_steps is None else min(total, max_steps)
     bar = None
     if progress:

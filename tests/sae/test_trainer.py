@@ -273,3 +273,56 @@ def test_finished_run_with_another_config_is_not_reused(tmp_path):
     # checkpoint spacing does not change the weights: the finished run is reused
     assert tr.train_run(_profile(train_epochs=1.0, checkpoint_every=7), RunSpec("solo"), acts, out,
                         progress=False, device="cpu") == out
+
+
+def test_schedules_against_hand_values():
+    f = [tr.lr_factor(s, 10, 0.2, 0.3) for s in range(10)]
+    assert f == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2 / 3, 1 / 3]
+    assert [tr.lr_factor(s, 10, 0.0, 0.0) for s in range(10)] == [1.0] * 10
+    g = [tr.penalty_factor(s, 10, 0.3, 0.2) for s in range(10)]
+    assert g == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_penalty_warmup_and_row_quantiles_are_logged(tmp_path):
+    prof = _profile(penalty_start_frac=0.5, penalty_ramp_frac=0.25, lr_warmup_frac=0.1, lr_decay_frac=0.2)
+    out = tr.train_run(prof, RunSpec("joint", lambda2=0.3, sigma2=1.0), _acts(), tmp_path / "j", progress=False,
+                       device="cpu")
+    recs = tr.read_metrics_file(out)
+    n = len(recs)
+    scales = [r["penalty_scale"] for r in recs]
+    assert scales[: n // 2] == [0.0] * (n // 2) and scales[-1] == 1.0
+    q = [recs[-1][f"p_row_q{x:02d}"] for x in (5, 25, 50, 75, 95)]
+    assert q == sorted(q) and all(0 < v <= 1 for v in q)
+    assert recs[-1]["lr"] < prof.lr  # decayed
+
+
+def test_paired_seeds_share_init_and_data_order(tmp_path):
+    """Solo seed s and joint seed s start from the same primary weights and read the same batches."""
+    prof = _profile()
+    solo = tr.Trainer(tr.TrainConfig.from_profile(prof, RunSpec("solo", seed=3), D), torch.device("cpu"))
+    joint = tr.Trainer(tr.TrainConfig.from_profile(prof, RunSpec("joint", lambda2=0.3, sigma2=1.0, seed=3), D),
+                       torch.device("cpu"))
+    for a, b in zip(solo.primary.state_dict().values(), joint.primary.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    acts = _acts()
+    da, db = tr._Data(acts, 3, prof.batch_size, torch.device("cpu")), tr._Data(acts, 3, prof.batch_size,
+                                                                               torch.device("cpu"))
+    for step in range(2 * da.steps_per_epoch):
+        assert torch.equal(da.batch(step), db.batch(step))
+    other = tr.Trainer(tr.TrainConfig.from_profile(prof, RunSpec("solo", seed=4), D), torch.device("cpu"))
+    assert not torch.equal(other.primary.W_dec, solo.primary.W_dec)
+
+
+def test_random_critic_never_changes(tmp_path):
+    prof = _profile()
+    spec = RunSpec("randcritic", lambda2=0.3, sigma2=1.0, seed=1)
+    t = tr.Trainer(tr.TrainConfig.from_profile(prof, spec, D), torch.device("cpu"))
+    before = {k: v.clone() for k, v in t.meta.state_dict().items()}
+    out = tr.train_run(prof, spec, _acts(), tmp_path / "rc", progress=False, device="cpu")
+    after = tr.load_trained_meta(out).state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    assert any(r.get("penalty", 0) > 0 for r in tr.read_metrics_file(out))
+    j = tr.train_run(prof, RunSpec("joint", lambda2=0.3, sigma2=1.0, seed=1), _acts(), tmp_path / "j",
+                     progress=False, device="cpu")
+    assert not torch.equal(tr.load_trained_meta(j).W_dec, before["W_dec"])  # the trained critic moves
