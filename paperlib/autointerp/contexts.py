@@ -22,8 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from paperlib.config.io import read_json, write_json
+from paperlib.metrics.firing import iter_codes
 
 Decoder = Callable[[Sequence[int]], list[str]]
 """Token ids → one string per token."""
@@ -45,26 +47,21 @@ def collect_feature_activations(sae, acts, features: Sequence[int], thresholds,
                                 ) -> FeatureActivations:
     """Encode ``acts [T, d]`` with per-token thresholds and keep only ``features``' firings.
 
-    ``sae`` is duck-typed: ``sae.encode(x, thresholds=θ) -> [B, n]`` codes (torch).
+    ``sae`` is duck-typed: ``sae.encode(x, thresholds=θ) -> [B, n]`` codes (torch); θ is passed as an
+    fp32 tensor (:func:`paperlib.metrics.firing.iter_codes`).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if thresholds is None:
         raise ValueError("thresholds are required (per-token firing, method.md §3.1)")
     feats = np.asarray(list(features), dtype=np.int64)
     if feats.ndim != 1 or len(np.unique(feats)) != len(feats):
         raise ValueError("features must be a list of distinct ints")
-    theta = thresholds if isinstance(thresholds, torch.Tensor) else torch.as_tensor(
-        np.asarray(thresholds, dtype=np.float32))
     ft = torch.from_numpy(feats)
     T = int(acts.shape[0])
     idx_parts: list[list[np.ndarray]] = [[] for _ in feats]
     val_parts: list[list[np.ndarray]] = [[] for _ in feats]
     with torch.no_grad():
-        for s in tqdm(range(0, T, chunk_size), desc="encode", disable=not show_progress):
-            x = torch.from_numpy(np.asarray(acts[s:s + chunk_size], dtype=np.float32))
-            codes = sae.encode(x, thresholds=theta)[:, ft]
+        for s, _, codes in iter_codes(sae, acts, thresholds, chunk_size, progress=show_progress):
+            codes = codes[:, ft]
             rows, cols = torch.nonzero(codes > 0, as_tuple=True)
             vals = codes[rows, cols].float().numpy()
             rows, cols = rows.numpy() + s, cols.numpy()

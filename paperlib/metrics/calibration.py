@@ -40,6 +40,8 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from paperlib.config.io import atomic_path, provenance, read_json, write_json
+from paperlib.metrics.firing import iter_pre_acts
+from paperlib.sae.models import batch_topk_mask
 
 __all__ = [
     "Calibration",
@@ -153,16 +155,10 @@ class Calibration:
 
 
 def batch_topk_select(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the top ``k·B`` entries of the flattened ``[B, n]`` pre-activations that are > 0."""
-    if pre.ndim != 2:
-        raise ValueError(f"pre must be [B, n], got {tuple(pre.shape)}")
-    B, n = pre.shape
-    kk = min(int(k) * B, B * n)
-    flat = pre.reshape(-1)
-    idx = torch.topk(flat, kk, sorted=False).indices
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[idx] = True
-    return mask.view(B, n) & (pre > 0)
+    """Boolean mask of the top ``k·B`` entries of the flattened ``[B, n]`` pre-activations that are > 0.
+
+    The selection is the SAE's own (:func:`paperlib.sae.models.batch_topk_mask`, same tie-breaking)."""
+    return batch_topk_mask(pre, int(k)) & (pre > 0)
 
 
 def eer_threshold_exact(active: np.ndarray, inactive: np.ndarray) -> tuple[float, float, float, float]:
@@ -197,6 +193,20 @@ def _iter(batches: Iterable[Any] | Callable[[], Iterable[Any]]) -> Iterator[Any]
     return iter(batches() if callable(batches) else batches)
 
 
+def _active_inactive(batches: Any, k: int, n: int | None, desc: str, progress: bool
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(pre, active, inactive) per batch: active = selected by BatchTopK and > 0, inactive = > 0 and not
+    selected (module doc). Every batch must have ``n`` features (the first batch's when ``n`` is None)."""
+    for pre in tqdm(_iter(batches), desc=desc, disable=not progress, leave=False):
+        pre = _as_tensor(pre)
+        if n is None:
+            n = pre.shape[1]
+        elif pre.shape[1] != n:
+            raise ValueError("all batches must have the same number of features")
+        sel = batch_topk_select(pre, k)
+        yield pre, sel, (pre > 0) & ~sel
+
+
 def calibrate_from_pre(batches: Iterable[Any] | Callable[[], Iterable[Any]], k: int, *,
                        mode: str = "exact", n_bins: int = 2048, max_values: int = 400_000_000,
                        progress: bool = True) -> Calibration:
@@ -217,14 +227,8 @@ def calibrate_from_pre(batches: Iterable[Any] | Callable[[], Iterable[Any]], k: 
 def _calibrate_exact(batches: Any, k: int, max_values: int, progress: bool) -> Calibration:
     af, av, uf, uv = [], [], [], []
     T, n, total = 0, None, 0
-    for pre in tqdm(_iter(batches), desc="calibrate", disable=not progress, leave=False):
-        pre = _as_tensor(pre)
-        if n is None:
-            n = pre.shape[1]
-        elif pre.shape[1] != n:
-            raise ValueError("all batches must have the same number of features")
-        sel = batch_topk_select(pre, k)
-        ina = (pre > 0) & ~sel
+    for pre, sel, ina in _active_inactive(batches, k, None, "calibrate", progress):
+        n = pre.shape[1]
         for mask, fs, vs in ((sel, af, av), (ina, uf, uv)):
             rows_cols = mask.nonzero()
             fs.append(rows_cols[:, 1].to(torch.int32).cpu().numpy())
@@ -282,12 +286,7 @@ def _calibrate_hist(batches: Any, k: int, n_bins: int, progress: bool) -> Calibr
     hA = np.zeros(n * n_bins, dtype=np.int64)
     hU = np.zeros(n * n_bins, dtype=np.int64)
     T = 0
-    for pre in tqdm(_iter(batches), desc="calibrate: hist", disable=not progress, leave=False):
-        pre = _as_tensor(pre)
-        if pre.shape[1] != n:
-            raise ValueError("all batches must have the same number of features")
-        sel = batch_topk_select(pre, k)
-        ina = (pre > 0) & ~sel
+    for pre, sel, ina in _active_inactive(batches, k, n, "calibrate: hist", progress):
         for mask, h in ((sel, hA), (ina, hU)):
             rc = mask.nonzero().cpu().numpy()
             f = rc[:, 1]
@@ -334,13 +333,10 @@ def _calibrate_hist(batches: Any, k: int, n_bins: int, progress: bool) -> Calibr
 # ----------------------------------------------------------------------------------------------
 # SAE convenience
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
 def sae_pre_batches(sae: Any, acts: Any, batch_size: int = 4096, *,
                     device: str | torch.device = "cpu") -> Iterator[torch.Tensor]:
     """Yield ``sae.pre_acts(x)`` for consecutive ``batch_size``-token chunks of ``acts [T, d]``."""
-    for s in range(0, len(acts), batch_size):
-        x = torch.as_tensor(np.asarray(acts[s:s + batch_size]), device=device).float()
-        yield sae.pre_acts(x)
+    return (pre for _, _, pre in iter_pre_acts(sae, acts, batch_size, device=device))
 
 
 def calibrate_sae(sae: Any, acts: Any, *, batch_size: int = 4096, mode: str = "exact", n_bins: int = 2048,

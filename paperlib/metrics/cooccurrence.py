@@ -33,6 +33,9 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from paperlib.metrics.firing import as_thresholds, iter_codes
+from paperlib.metrics.streaming import StreamingMoments, finite_array
+
 __all__ = [
     "Counts",
     "CrossTopK",
@@ -355,9 +358,7 @@ class _WithinAccumulator:
     def __init__(self, n_bins: int) -> None:
         self.edges = np.linspace(-1.0, 1.0, n_bins + 1)
         self.hist = np.zeros(n_bins, dtype=np.int64)
-        self.n = 0
-        self.mean = 0.0
-        self.m2 = 0.0
+        self.abs_moments = StreamingMoments("|φ|")
         self.sum_abs = 0.0
         self.sumsq = 0.0
         self.sum = 0.0
@@ -379,13 +380,8 @@ class _WithinAccumulator:
         sq = float(np.dot(v, v))
         np.abs(v, out=f)
         s = float(f.sum())
-        mb = s / nb
-        m2b = max(0.0, sq - s * mb)  # within-block; |φ| has var/mean² = O(1): no cancellation issue
-        tot = self.n + nb
-        delta = mb - self.mean
-        self.m2 += m2b + delta * delta * self.n * nb / tot
-        self.mean += delta * nb / tot
-        self.n = tot
+        # within-block moments from the sums (|φ| has var/mean² = O(1): no cancellation issue)
+        self.abs_moments.merge(StreamingMoments.from_sums(nb, s, sq, name="|φ|"))
         self.sum_abs += s
         self.sumsq += sq
         self.sum += float(v.sum())
@@ -400,6 +396,10 @@ class _WithinAccumulator:
         np.copyto(i, f, casting="unsafe")
         np.clip(i, 0, nbins - 1, out=i)
         self.hist += np.bincount(i, minlength=nbins)
+
+    @property
+    def n(self) -> int:
+        return self.abs_moments.count
 
     def median(self) -> float:
         if self.n == 0:
@@ -427,45 +427,57 @@ def _within_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int,
     fbuf = np.empty(size, dtype=np.float64)
     tbuf = np.empty(size, dtype=np.float64)
     bbuf = np.empty(size, dtype=bool)
-    for start, stop, sq, rect in blocks:  # rect: array [r, c] or callable(buf) -> array [c, r]
-        r, c = stop - start, n - stop
-        # square part: strict upper triangle (small, allocating path)
-        ph_sq = phi_block(T, N1[start:stop], N1[start:stop], sq)
-        iu = np.triu_indices(r, 1)
-        tri = ph_sq[iu]
-        if exclude_degenerate:
-            al = alive[start:stop]
-            tri = tri[al[iu[0]] & al[iu[1]]]
-        acc.update(tri)
-        del ph_sq, tri
-        if c == 0:
-            continue
-        rws, cls = slice(start, stop), slice(stop, n)
-        if callable(rect):
-            n11 = rect(ibuf)
-            rws, cls = cls, rws
-        else:
-            n11 = rect
-        shape = n11.shape
-        ph = phi_block(T, N1[rws], N1[cls], n11, out=fbuf[: r * c].reshape(shape),
-                       tmp=tbuf[: r * c].reshape(shape))
-        del n11
-        if exclude_degenerate:
+    for rws, cls, ph, square in _phi_pieces(T, N1, blocks, ibuf, fbuf, tbuf):
+        if square:  # strict upper triangle (small, allocating path)
+            iu = np.triu_indices(ph.shape[0], 1)
+            tri = ph[iu]
+            if exclude_degenerate:
+                al = alive[rws]
+                tri = tri[al[iu[0]] & al[iu[1]]]
+            acc.update(tri)
+            del tri
+        elif exclude_degenerate:
             acc.update(ph[np.ix_(alive[rws], alive[cls])])
         else:
             acc.update(ph.reshape(-1), fbuf=tbuf, ibuf=ibuf, bbuf=bbuf)
         del ph
-    var = acc.m2 / (acc.n - 1) if acc.n > 1 else float("nan")
+    var = acc.abs_moments.var(ddof=1)
     width = 2.0 / n_bins
     return WithinStats(
         T=int(T), n_features=n, n_pairs=acc.n, sum_abs=acc.sum_abs, sumsq=acc.sumsq,
-        mean_abs_phi=acc.mean if acc.n else float("nan"), var_abs_phi=var, std_abs_phi=math.sqrt(var),
+        mean_abs_phi=acc.abs_moments.mean, var_abs_phi=var, std_abs_phi=math.sqrt(var),
         n_negative=acc.n_neg, frac_negative=acc.n_neg / acc.n if acc.n else float("nan"),
         median_phi=acc.median(), median_err=width, max_phi=acc.max, min_phi=acc.min,
         mean_phi=acc.sum / acc.n if acc.n else float("nan"),
         n_dead=int(dead.sum()), n_always_on=int(always.sum()), exclude_degenerate=exclude_degenerate,
         hist_edges=acc.edges, hist_counts=acc.hist,
     )
+
+
+def _phi_pieces(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, np.ndarray, Any]], ibuf: np.ndarray,
+                fbuf: np.ndarray, tbuf: np.ndarray) -> Iterator[tuple[slice, slice, np.ndarray, bool]]:
+    """φ of the upper triangle of N11, one row block at a time: per block of ``blocks`` (see
+    ``_within_from_blocks``) yields ``(rows, cols, φ[rows, cols], True)`` for the square diagonal block
+    (all of it, freshly allocated; pairs i < j are its strict upper triangle), then, unless the block
+    reaches the last column, ``(rows, cols, φ, False)`` for the rectangle right of it: φ[start:stop, stop:]
+    or, when ``rect`` is a callable, the transposed φ[stop:, start:stop] (``rows``/``cols`` say which).
+    The rectangle is computed into ``fbuf`` (scratch ``tbuf``; ``ibuf`` receives a callable's N11), so
+    it is valid only until the next step."""
+    n = int(N1.size)
+    for start, stop, sq, rect in blocks:  # rect: array [r, c] or callable(buf) -> array [c, r]
+        rws = slice(start, stop)
+        yield rws, rws, phi_block(T, N1[rws], N1[rws], sq), True
+        if stop == n:
+            continue
+        cls = slice(stop, n)
+        if callable(rect):
+            n11 = rect(ibuf)
+            rws, cls = cls, rws
+        else:
+            n11 = rect
+        size = n11.size
+        yield rws, cls, phi_block(T, N1[rws], N1[cls], n11, out=fbuf[:size].reshape(n11.shape),
+                                  tmp=tbuf[:size].reshape(n11.shape)), False
 
 
 def _block_rows(n: int, block_rows: int | None) -> int:
@@ -477,15 +489,8 @@ def _block_rows(n: int, block_rows: int | None) -> int:
 def within_stats(counts: Counts, *, n_bins: int = DEFAULT_HIST_BINS, exclude_degenerate: bool = False,
                  block_rows: int | None = None) -> WithinStats:
     """Within-SAE φ statistics over all pairs i < j from full counts (processed in row blocks)."""
-    n = counts.n
-    br = _block_rows(n, block_rows)
-
-    def blocks() -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-        for s in range(0, n, br):
-            e = min(n, s + br)
-            yield s, e, counts.N11[s:e, s:e], counts.N11[s:e, e:]
-
-    return _within_from_blocks(counts.T, counts.N1, blocks(), n_bins, exclude_degenerate, br)
+    T, N1, br, blocks = _blocks_of(counts, block_rows)
+    return _within_from_blocks(T, N1, blocks, n_bins, exclude_degenerate, br)
 
 
 def within_stats_blockwise(firing: SparseFiring | Any, *, block_rows: int | None = None,
@@ -496,24 +501,8 @@ def within_stats_blockwise(firing: SparseFiring | Any, *, block_rows: int | None
     matrix plus a few ``block_rows × n`` arrays; never an n×n matrix."""
     if not isinstance(firing, SparseFiring):
         firing = SparseFiring.from_fired(firing)
-    n, T, N1 = firing.n, firing.T, firing.N1
-    br = _block_rows(n, block_rows)
-    starts = range(0, n, br)
-
-    def blocks() -> Iterator[tuple[int, int, np.ndarray, Any]]:
-        for s in tqdm(starts, desc="within φ", disable=not progress, leave=False):
-            e = min(n, s + br)
-            B = firing.cols_csr(s, e)  # [T, r]
-            sq = (firing.cols_T(s, e) @ B).toarray()
-
-            def rect(buf: np.ndarray, B: sp.csr_matrix = B, e: int = e) -> np.ndarray:
-                # N11[e:, s:e] = F[:, e:]ᵀ F[:, s:e]  ([c, r]; avoids converting the big column range)
-                prod = firing.cols_T(e) @ B
-                return prod.toarray(out=buf[: prod.shape[0] * prod.shape[1]].reshape(prod.shape))
-
-            yield s, e, sq, rect
-
-    return _within_from_blocks(T, N1, blocks(), n_bins, exclude_degenerate, br)
+    T, N1, br, blocks = _blocks_of(firing, block_rows, progress, "within φ")
+    return _within_from_blocks(T, N1, blocks, n_bins, exclude_degenerate, br)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,16 +585,11 @@ def firing_from_sae(sae: Any, acts: Any, thresholds: Any, batch_size: int = 4096
                     device: str | torch.device = "cpu", progress: bool = True) -> sp.csr_matrix:
     """Binary firing matrix ``[T, n]`` (CSR, bool data) of ``sae.encode(x, thresholds=θ) > 0`` over an
     activation array ``[T, d]`` (e.g. an fp16 memmap), processed in chunks of ``batch_size`` tokens."""
-    T = len(acts)
-    theta = torch.as_tensor(np.asarray(thresholds), dtype=torch.float32, device=device)
-    parts = []
-    for s in tqdm(range(0, T, batch_size), desc="firing", disable=not progress, leave=False):
-        x = torch.as_tensor(np.asarray(acts[s:s + batch_size]), device=device).float()
-        f = sae.encode(x, thresholds=theta)
-        parts.append(sp.csr_matrix((f > 0).cpu().numpy()))
+    parts = [sp.csr_matrix((f > 0).cpu().numpy())
+             for _, _, f in iter_codes(sae, acts, thresholds, batch_size, device=device, progress=progress,
+                                       desc="firing")]
     if not parts:
-        n = int(theta.shape[0])
-        return sp.csr_matrix((0, n), dtype=bool)
+        return sp.csr_matrix((0, int(as_thresholds(thresholds).shape[0])), dtype=bool)
     return sp.vstack(parts, "csr").astype(bool)
 
 
@@ -632,20 +616,9 @@ _STIRLERR_TABLE = np.array([0.0] + [math.lgamma(k + 1.0) - (k + 0.5) * math.log(
                                     for k in range(1, 16)])
 
 
-def _check_finite(name: str, x: Any) -> np.ndarray:
-    """float64 array of ``x``; ValueError naming ``name`` if any entry is NaN/±inf (or not numeric)."""
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be numeric") from err
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (got NaN or inf)")
-    return arr
-
-
 def _as_counts(name: str, x: Any) -> np.ndarray:
     """int64 array of non-negative integer counts; ValueError naming ``name`` otherwise."""
-    arr = _check_finite(name, x)
+    arr = finite_array(name, x)
     if np.any(arr != np.round(arr)) or np.any(arr < 0):
         raise ValueError(f"{name} must hold non-negative integers")
     if np.any(arr > 2.0 ** 53):
@@ -896,25 +869,14 @@ def _rate_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, n
     acc = _RateAccumulator(T, N1, alive, tail, min_expected, size)
     ibuf = np.empty(size, dtype=np.int64)
     fbuf = np.empty(size, dtype=np.float64)
-    for start, stop, sq, rect in blocks:
-        r, c = stop - start, n - stop
-        ph_sq = phi_block(T, N1[start:stop], N1[start:stop], sq)
-        upper = np.triu(np.ones((r, r), dtype=bool), 1)
-        ph_sq *= upper
-        acc.update(ph_sq, slice(start, stop), slice(start, stop), upper)
-        del ph_sq, upper
-        if c == 0:
-            continue
-        rws, cls = slice(start, stop), slice(stop, n)
-        if callable(rect):
-            n11 = rect(ibuf)
-            rws, cls = cls, rws
+    for rws, cls, ph, square in _phi_pieces(T, N1, blocks, ibuf, fbuf, acc.tbuf):
+        if square:
+            upper = np.triu(np.ones(ph.shape, dtype=bool), 1)
+            ph *= upper
+            acc.update(ph, rws, cls, upper)
+            del upper
         else:
-            n11 = rect
-        ph = phi_block(T, N1[rws], N1[cls], n11, out=fbuf[: r * c].reshape(n11.shape),
-                       tmp=acc.tbuf[: r * c].reshape(n11.shape))
-        del n11
-        acc.update(ph, rws, cls)
+            acc.update(ph, rws, cls)
         del ph
     n_pairs = n * (n - 1) // 2
     n_alive = int(alive.sum())
@@ -941,9 +903,19 @@ def _rate_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, n
 
 def _check_rate_args(min_count: Any, tail: Any, min_expected: Any) -> None:
     for name, v in (("min_count", min_count), ("tail", tail), ("min_expected", min_expected)):
-        _check_finite(name, v)
+        finite_array(name, v)
     if int(min_count) != min_count or min_count < 1:
         raise ValueError("min_count must be a positive integer")
+
+
+def _blocks_of(source: Counts | SparseFiring, block_rows: int | None, progress: bool = False,
+               desc: str = "φ") -> tuple[int, np.ndarray, int, Iterator[tuple[int, int, np.ndarray, Any]]]:
+    """(T, N1, block rows, row blocks of the upper triangle of N11) of full counts or a sparse firing
+    matrix (computed block by block, with a progress bar named ``desc``)."""
+    br = _block_rows(source.n, block_rows)
+    if isinstance(source, SparseFiring):
+        return source.T, source.N1, br, _firing_blocks(source, br, progress, desc)
+    return source.T, source.N1, br, _counts_blocks(source, br)
 
 
 def _counts_blocks(counts: Counts, br: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
@@ -955,7 +927,8 @@ def _counts_blocks(counts: Counts, br: int) -> Iterator[tuple[int, int, np.ndarr
 
 def _firing_blocks(firing: SparseFiring, br: int, progress: bool,
                    desc: str) -> Iterator[tuple[int, int, np.ndarray, Any]]:
-    """Row blocks of the upper triangle of N11 from a sparse firing matrix (as in within_stats_blockwise)."""
+    """Row blocks of the upper triangle of N11 from a sparse firing matrix, N11 computed one block at a
+    time (only the columns ≥ the block start)."""
     n = firing.n
     for s in tqdm(range(0, n, br), desc=desc, disable=not progress, leave=False):
         e = min(n, s + br)
@@ -963,7 +936,8 @@ def _firing_blocks(firing: SparseFiring, br: int, progress: bool,
         sq = (firing.cols_T(s, e) @ B).toarray()
 
         def rect(buf: np.ndarray, B: sp.csr_matrix = B, e: int = e) -> np.ndarray:
-            prod = firing.cols_T(e) @ B  # N11[e:, s:e], [c, r]
+            # N11[e:, s:e] = F[:, e:]ᵀ F[:, s:e]  ([c, r]; avoids converting the big column range)
+            prod = firing.cols_T(e) @ B
             return prod.toarray(out=buf[: prod.shape[0] * prod.shape[1]].reshape(prod.shape))
 
         yield s, e, sq, rect
@@ -988,9 +962,9 @@ def rate_robust_stats(counts: Counts, *, min_count: int = 5, tail: float = 0.1, 
     firing (φ → −φ), so a latent silent on 2 tokens is as poorly estimated as one firing on 2.
     """
     _check_rate_args(min_count, tail, min_expected)
-    br = _block_rows(counts.n, block_rows)
-    out, _, _ = _rate_from_blocks(counts.T, counts.N1, _counts_blocks(counts, br), min_count=int(min_count),
-                                  tail=tail, min_expected=min_expected, n_bins=n_bins, block_rows=br)
+    T, N1, br, blocks = _blocks_of(counts, block_rows)
+    out, _, _ = _rate_from_blocks(T, N1, blocks, min_count=int(min_count), tail=tail, min_expected=min_expected,
+                                  n_bins=n_bins, block_rows=br)
     return out
 
 
@@ -1003,9 +977,8 @@ def rate_robust_stats_blockwise(firing: SparseFiring | Any, *, min_count: int = 
     _check_rate_args(min_count, tail, min_expected)
     if not isinstance(firing, SparseFiring):
         firing = SparseFiring.from_fired(firing)
-    br = _block_rows(firing.n, block_rows)
-    out, _, _ = _rate_from_blocks(firing.T, firing.N1, _firing_blocks(firing, br, progress, "rate-robust φ"),
-                                  min_count=int(min_count), tail=tail, min_expected=min_expected,
+    T, N1, br, blocks = _blocks_of(firing, block_rows, progress, "rate-robust φ")
+    out, _, _ = _rate_from_blocks(T, N1, blocks, min_count=int(min_count), tail=tail, min_expected=min_expected,
                                   n_bins=n_bins, block_rows=br)
     return out
 
@@ -1023,13 +996,7 @@ def excess_abs_phi(counts: Counts | SparseFiring, *, n_bins: int | None = 64,
     row blocks of N11; for n beyond ~20k pass a :class:`SparseFiring` (N11 is then computed block by
     block and never held whole).
     """
-    if isinstance(counts, SparseFiring):
-        firing = counts
-        br = _block_rows(firing.n, block_rows)
-        T, N1, blocks = firing.T, firing.N1, _firing_blocks(firing, br, False, "excess |φ|")
-    else:
-        br = _block_rows(counts.n, block_rows)
-        T, N1, blocks = counts.T, counts.N1, _counts_blocks(counts, br)
+    T, N1, br, blocks = _blocks_of(counts, block_rows, False, "excess |φ|")
     n = int(N1.size)
     if n < 2:
         return float("nan")
@@ -1037,21 +1004,12 @@ def excess_abs_phi(counts: Counts | SparseFiring, *, n_bins: int | None = 64,
     fbuf = np.empty(br * n, dtype=np.float64)
     tbuf = np.empty(br * n, dtype=np.float64)
     ibuf = np.empty(br * n, dtype=np.int64)
-    for start, stop, sq, rect in blocks:
-        ph_sq = phi_block(T, N1[start:stop], N1[start:stop], sq)
-        total += float(np.abs(ph_sq[np.triu_indices(stop - start, 1)]).sum())
-        if stop == n:
-            continue
-        rws, cls = slice(start, stop), slice(stop, n)
-        if callable(rect):
-            n11 = rect(ibuf)
-            rws, cls = cls, rws
+    for _, _, ph, square in _phi_pieces(T, N1, blocks, ibuf, fbuf, tbuf):
+        if square:
+            total += float(np.abs(ph[np.triu_indices(ph.shape[0], 1)]).sum())
         else:
-            n11 = rect
-        sz = n11.size
-        ph = phi_block(T, N1[rws], N1[cls], n11, out=fbuf[:sz].reshape(n11.shape), tmp=tbuf[:sz].reshape(n11.shape))
-        np.abs(ph, out=ph)
-        total += float(ph.sum())
+            np.abs(ph, out=ph)
+            total += float(ph.sum())
     return total / (n * (n - 1) / 2.0) - mean_null_abs_phi(N1, T, n_bins=n_bins)
 
 
@@ -1061,12 +1019,7 @@ def row_mean_abs_phi(counts: Counts | SparseFiring, *, min_count: int = 5,
     latents (≥ ``min_count`` firing and ≥ ``min_count`` silent tokens). Returns (alive indices int64,
     row means float64). Accepts full counts or a :class:`SparseFiring` (block-wise)."""
     _check_rate_args(min_count, 0.0, 0.0)
-    if isinstance(counts, SparseFiring):
-        br = _block_rows(counts.n, block_rows)
-        T, N1, blocks = counts.T, counts.N1, _firing_blocks(counts, br, False, "row |φ|")
-    else:
-        br = _block_rows(counts.n, block_rows)
-        T, N1, blocks = counts.T, counts.N1, _counts_blocks(counts, br)
+    T, N1, br, blocks = _blocks_of(counts, block_rows, False, "row |φ|")
     _, alive, rows = _rate_from_blocks(T, N1, blocks, min_count=int(min_count), tail=0.0, min_expected=0.0,
                                        n_bins=None, block_rows=br, with_null=False)
     idx = np.flatnonzero(alive)
@@ -1095,7 +1048,7 @@ def rate_matched_delta(counts_a: Counts | SparseFiring, counts_b: Counts | Spars
 
     if int(n_cells) != n_cells or n_cells < 1:
         raise ValueError("n_cells must be a positive integer")
-    _check_finite("confidence", confidence)
+    finite_array("confidence", confidence)
     if not 0.0 < confidence < 1.0:
         raise ValueError("confidence must be in (0, 1)")
     ys, xs, arms = [], [], []

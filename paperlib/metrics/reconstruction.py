@@ -16,13 +16,14 @@ The CE-splice section (nnsight; clean vs spliced vs zero-ablation) is added by t
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from paperlib.metrics.firing import iter_codes
+from paperlib.metrics.streaming import StreamingMoments
 
 __all__ = ["RATE_LOG10_EDGES", "ReconAccumulator", "ReconMetrics", "reconstruction_metrics"]
 
@@ -36,31 +37,9 @@ def _np64(a: Any) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-class _Moments:
-    """Streaming count/mean/M2 (Chan) plus min/max of a 1-D quantity."""
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-        self.min, self.max = math.inf, -math.inf
-
-    def update(self, v: np.ndarray) -> None:
-        if v.size == 0:
-            return
-        nb, mb = v.size, float(v.mean())
-        m2b = float(np.square(v - mb).sum())
-        tot = self.n + nb
-        delta = mb - self.mean
-        self.m2 += m2b + delta * delta * self.n * nb / tot
-        self.mean += delta * nb / tot
-        self.n = tot
-        self.min, self.max = min(self.min, float(v.min())), max(self.max, float(v.max()))
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else float("nan")
-
-    def as_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
+def _summary(m: StreamingMoments) -> dict[str, float]:
+    """mean (0 when empty), std (ddof = 1), min and max of a scalar stream."""
+    return {"mean": m.mean if m.count else 0.0, "std": m.std(ddof=1), "min": m.min, "max": m.max}
 
 
 @dataclass
@@ -116,11 +95,11 @@ class ReconAccumulator:
         self.sum_x = np.zeros(d, dtype=np.float64)
         self.sumsq_x = 0.0
         self.fire = np.zeros(n_latents, dtype=np.int64)
-        self.l0 = _Moments()
-        self.raw_norm = _Moments()
-        self.xn_norm = _Moments()
-        self.xh_norm = _Moments()
-        self.ratio = _Moments()
+        self.l0 = StreamingMoments("l0")
+        self.raw_norm = StreamingMoments("input norm")
+        self.xn_norm = StreamingMoments("normalised input norm")
+        self.xh_norm = StreamingMoments("reconstruction norm")
+        self.ratio = StreamingMoments("norm ratio")
         self.code_l1 = 0.0
         self.active_sum = 0.0
 
@@ -163,11 +142,11 @@ class ReconAccumulator:
         return ReconMetrics(
             n_tokens=T, d=self.d, n_latents=self.n_latents, mse=self.sse / (T * self.d),
             fve=1.0 - self.sse / sst if sst > 0 else float("nan"), sse=self.sse, sst=sst,
-            l0=self.l0.mean, l0_std=self.l0.std, n_dead=fs["n_dead"], dead_frac=fs["dead_frac"],
+            l0=self.l0.mean, l0_std=self.l0.std(ddof=1), n_dead=fs["n_dead"], dead_frac=fs["dead_frac"],
             firing_rate_quantiles=fs["firing_rate_quantiles"],
-            input_norm=self.raw_norm.as_dict() if self.raw_norm.n else {},
-            normalized_norm=self.xn_norm.as_dict(), recon_norm=self.xh_norm.as_dict(),
-            norm_ratio=self.ratio.as_dict(), code_l1=self.code_l1 / T,
+            input_norm=_summary(self.raw_norm) if self.raw_norm.count else {},
+            normalized_norm=_summary(self.xn_norm), recon_norm=_summary(self.xh_norm),
+            norm_ratio=_summary(self.ratio), code_l1=self.code_l1 / T,
             mean_active_value=self.active_sum / n_act if n_act else float("nan"),
             encoding=self.encoding, firing_counts=self.fire.copy(), rate_hist_counts=fs["rate_hist_counts"],
         )
@@ -194,17 +173,13 @@ def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *
     ``thresholds`` (tensor/array [n]) → per-token encoding ``sae.encode(x, thresholds=θ)``;
     ``None`` → BatchTopK over each ``batch_size``-token batch (training semantics).
     """
-    T = len(acts)
-    theta = None if thresholds is None else torch.as_tensor(np.asarray(thresholds), dtype=torch.float32,
-                                                             device=device)
     acc: ReconAccumulator | None = None
-    for s in tqdm(range(0, T, batch_size), desc="reconstruction", disable=not progress, leave=False):
-        x = torch.as_tensor(np.asarray(acts[s:s + batch_size]), device=device).float()
+    for _, x, f in iter_codes(sae, acts, thresholds, batch_size, device=device, progress=progress,
+                              desc="reconstruction"):
         xn = sae.normalize(x)
-        f = sae.encode(x) if theta is None else sae.encode(x, thresholds=theta)
         xh = sae.decode(f)
         if acc is None:
-            acc = ReconAccumulator(xn.shape[1], f.shape[1], "batchtopk" if theta is None else "thresholds")
+            acc = ReconAccumulator(xn.shape[1], f.shape[1], "batchtopk" if thresholds is None else "thresholds")
         acc.update(xn, xh, f, x)
     if acc is None:
         raise ValueError("empty activation array")

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from paperlib.metrics.streaming import StreamingMoments, finite_array
+
 __all__ = [
     "NoiseFloor",
     "PairedResult",
@@ -100,9 +102,8 @@ def mean_var_from_sums(n: int, s: float, ss: float) -> tuple[float, float]:
     """(mean, sample variance) from count, Σx and Σx² (fp64; clipped at 0 against rounding)."""
     if n < 2:
         raise ValueError("need n >= 2")
-    mean = s / n
-    var = max(0.0, (ss - s * mean) / (n - 1))
-    return mean, var
+    m = StreamingMoments.from_sums(n, s, ss, name="sums")
+    return m.mean, m.var(ddof=1)
 
 
 def welch_from_sums(n_a: int, sum_a: float, sumsq_a: float, n_b: int, sum_b: float, sumsq_b: float,
@@ -295,10 +296,4 @@ def min_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: fl
 
 def _finite_1d(name: str, x: Any) -> np.ndarray:
     """1-D float64 array; ValueError naming ``name`` if it holds NaN/inf or is not numeric."""
-    try:
-        arr = np.asarray(x, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be numeric") from err
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (got NaN or inf)")
-    return arr
+    return finite_array(name, x).reshape(-1)

@@ -112,3 +112,20 @@ def test_token_decoder_memoises():
     dec = token_decoder(Tok())
     assert dec(np.array([3, 4, 3])) == ["<3>", "<4>", "<3>"]
     assert dec([4]) == ["<4>"] and Tok.calls == 2
+
+
+def test_collect_feature_activations_matches_full_batch_encode():
+    from paperlib.sae.models import BatchTopKSAE
+
+    sae = BatchTopKSAE(6, 20, 3, seed=4)
+    acts = (np.random.default_rng(5).normal(size=(300, 6)) * 2).astype(np.float16)
+    theta = np.random.default_rng(6).uniform(0.0, 0.4, 20).astype(np.float32)
+    feats = [0, 3, 7, 19]
+    with torch.no_grad():
+        codes = sae.encode(torch.from_numpy(acts.astype(np.float32)), thresholds=torch.from_numpy(theta)).numpy()
+    for th in (theta, torch.from_numpy(theta)):
+        fa = collect_feature_activations(sae, acts, feats, th, chunk_size=64, show_progress=False)
+        assert fa.T == 300
+        for f in feats:
+            np.testing.assert_array_equal(fa.idx[f], np.flatnonzero(codes[:, f] > 0))
+            np.testing.assert_allclose(fa.val[f], codes[codes[:, f] > 0, f], rtol=0, atol=1e-5)

@@ -142,3 +142,42 @@ def test_calibrate_sae_and_save_load(tmp_path):
     assert s["batchtopk_L0"] == pytest.approx(2.0)
     ch = cal.calibrate_sae(sae, acts, batch_size=256, mode="hist", n_bins=256, progress=False)
     assert ch.mode == "hist"
+
+
+def _full_topk_select(pre, k):
+    """The selection calibration used before it shared the SAE's: one torch.topk over all B·n entries."""
+    B, n = pre.shape
+    mask = torch.zeros(B * n, dtype=torch.bool)
+    mask[torch.topk(pre.reshape(-1), min(k * B, B * n), sorted=False).indices] = True
+    return mask.view(B, n) & (pre > 0)
+
+
+def test_batch_topk_select_is_the_sae_selection_with_ties():
+    from paperlib.sae.models import batch_topk_mask
+
+    g = torch.Generator().manual_seed(0)
+    n_split = 0
+    for trial in range(300):
+        B, n = int(torch.randint(1, 150, (1,), generator=g)), int(torch.randint(2, 40, (1,), generator=g))
+        k = int(torch.randint(1, n + 2, (1,), generator=g))
+        if trial % 3 == 0:  # continuous values: no ties
+            pre = torch.relu(torch.randn(B, n, generator=g))
+        else:  # a few levels: many ties, zeros included
+            pre = torch.relu(torch.randint(-2, int(torch.randint(1, 6, (1,), generator=g)), (B, n), generator=g)
+                             .float())
+        sel = cal.batch_topk_select(pre, k)
+        # one selection, the SAE's (same entries, same tie-breaking)
+        assert torch.equal(sel, batch_topk_mask(pre, k) & (pre > 0))
+        old = _full_topk_select(pre, k)
+        # same number of selections and the same selected values as the full top-k ...
+        assert int(sel.sum()) == int(old.sum())
+        assert torch.equal(pre[sel].sort().values, pre[old].sort().values)
+        # ... and the same entries unless equal values straddle the k·B boundary: then which of the
+        # equal entries (hence which feature) is taken is the SAE's choice, as in training
+        kk = min(k * B, B * n)
+        t = pre.reshape(-1).topk(kk).values.min()
+        split = t > 0 and int((pre >= t).sum()) > kk
+        n_split += split
+        if not split:
+            assert torch.equal(sel, old)
+    assert n_split > 20
