@@ -21,8 +21,9 @@ seed = 0               # seeds the pair sample, the sanity set and the judge's f
     [
         '''import warnings
 
-from paperlib.stages import interp
+from paperlib.report.autointerp import cosine_figure, fuzz_density_figure, summary_table
 from paperlib.report.notebook import setup, save_figure, save_table
+from paperlib.stages import interp
 from paperlib.stages.run import Run
 from paperlib.stages.select import select_runs
 from paperlib.stages.train import ensure_trained
@@ -51,7 +52,7 @@ if not sanity["significant"]:
         '''match = interp.ensure_matching(Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name))
 print(match.summary())
 print(match.pairs["cosine"].describe(percentiles=[0.1, 0.25, 0.5, 0.75, 0.9]).to_string())
-fig = interp.cosine_figure(match)
+fig = cosine_figure(match)
 save_figure(fig, ctx.figures, "autointerp_match_cosine")''',
         ("md", "## Explain and fuzz-score both sides of the sampled pairs"),
         '''solo_run, joint_run = Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name)
@@ -61,10 +62,10 @@ print(f"scored {summary['n_new_features']} new features, "
       f"{summary['sec_per_feature']:.2f} s per feature (NaN = all cached)")
 {k: summary[k] for k in ("n_sampled", "n_pairs", "mean_solo", "mean_joint", "delta", "t", "p")}''',
         ("md", "## Fig. 2: fuzz-score density difference (joint − solo)"),
-        '''fig = interp.fuzz_density_figure(pairs)
+        '''fig = fuzz_density_figure(pairs)
 save_figure(fig, ctx.figures, "fig2_fuzz_density_diff")''',
         ("md", "## §5.2 table and per-pair table"),
-        '''table = interp.summary_table(summary, sanity)
+        '''table = summary_table(summary, sanity)
 save_table(table, ctx.tables, "autointerp_summary")
 save_table(pairs, ctx.tables, "autointerp_pairs")
 table.T''',

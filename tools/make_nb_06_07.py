@@ -25,8 +25,9 @@ judge = "local"        # local | openai | none (no fuzz scores / explanations)''
     [
         '''from IPython.display import Markdown, display
 
-from paperlib.stages.case_studies import case_study_markdown, case_studies, cross_phi_figure, save_case_studies
+from paperlib.report.case_studies import case_study_markdown, cross_phi_figure, save_case_studies
 from paperlib.report.notebook import setup, save_figure
+from paperlib.stages.case_studies import case_studies
 from paperlib.stages.run import Run
 from paperlib.stages.select import select_runs
 from paperlib.stages.train import ensure_trained
@@ -61,8 +62,7 @@ print("skipped as near-duplicate partners (φ ≥ "
 save_case_studies(res["splitting"], ctx.tables, "case_studies_splitting", "Splitting case studies", note)
 save_case_studies(res["merging"], ctx.tables, "case_studies_merging", "Merging case studies", note)''',
         ("md", "## Cross-φ structure of the candidates"),
-        '''fig = cross_phi_figure(res["fired_solo"], res["fired_joint"], res["splitting"], res["merging"],
-                       solo_label="solo", joint_label=joint)
+        '''fig = cross_phi_figure(res["cross_phi"], solo_label="solo", joint_label=joint)
 save_figure(fig, ctx.figures, "case_studies_cross_phi")''',
         ("md", "## Splitting case studies"),
         '''display(Markdown(case_study_markdown(res["splitting"], "Splitting", note)))''',
@@ -86,13 +86,15 @@ sigma2 = "1.0,3.0"         # σ² grid
 n_fuzz_features = None   # features scored per configuration (None: the profile's autointerp_features)
 judge = "local"          # local | openai | none''',
     [
-        '''from paperlib.stages.select import grid_table, select_configuration
+        '''from paperlib.config.paths import second_model_output_dirs
 from paperlib.report.notebook import setup, save_figure, save_table
-from paperlib.stages.second_model import fuzz_table, gemma_figure, gemma_plan, gemma_table, output_dirs
+from paperlib.report.second_model import gemma_figure, gemma_table
+from paperlib.stages.second_model import fuzz_table, gemma_plan
+from paperlib.stages.select import grid_table, select_configuration
 from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
-figures, tables = output_dirs(ctx.profile)
+figures, tables = second_model_output_dirs(ctx.profile)
 plan = gemma_plan(ctx.profile, lambda2, sigma2)
 names = [r.name for r in plan]
 print("outputs ->", figures, tables)

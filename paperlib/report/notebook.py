@@ -10,12 +10,11 @@ from paperlib.config.io import atomic_path, provenance, write_text
 from paperlib.config.paths import output_dirs
 from paperlib.config.profiles import Profile, get_profile
 
-COLAB_REPO = "https://github.com/metasae-repro/metasae"
-"""Where the Colab install cell fetches the package from (change it in a fork)."""
-
 
 @dataclass(frozen=True)
 class NotebookContext:
+    """What :func:`setup` returns: the resolved profile and its figure and table directories."""
+
     profile: Profile
     figures: Path
     tables: Path

@@ -1,35 +1,10 @@
-"""Auto-interp pipeline glue for notebooks 05–07 (method.md §3.5, §3.6; paper §5.2, App. F).
+"""Auto-interp stages: judges, matching, per-feature scores and the solo ↔ joint comparison
+(docs/method.md §3.5, §3.6; paper §5.2).
 
-Cached stages (all atomic writes, all resumable):
-
-* :func:`make_judge` — the offline :class:`~paperlib.autointerp.judges.LocalLikelihoodJudge` or an
-  :class:`~paperlib.autointerp.judges.OpenAIJudge`, with the disk cache in ``<profile_dir>/judge_cache``.
-* :func:`ensure_sanity` — :func:`~paperlib.autointerp.judges.judge_sanity_check` result as JSON in
-  ``<profile_dir>/judge_sanity/`` (accuracy, Wilson CI, one-sided binomial p against 0.5).
-* :func:`ensure_matching` — Hungarian matching of alive solo ↔ joint features on decoder cosine
-  (dead = never selected on the calibration range), CSV in ``<joint eval>/matching/``.
-* :func:`ensure_scores` — per-feature explanation + fuzz (optionally detection / Spearman) records
-  of one run in ``<run eval>/autointerp/<judge>-<settings hash>/`` (one JSON per feature, so a
-  killed run resumes; a retrained run or other settings get a new directory).
-* :func:`compare_runs` — seeded uniform sample of matched alive pairs, both sides scored, per-pair
-  table and the paired comparison (paper §5.2 numbers).
-
-Lean defaults (:data:`LEAN_CONTEXT`): the local judge costs two LM forward passes per fuzz item
-(explanation prefix and neutral prefix), so the cost is set by the number of test windows and
-their length. We use 20-token windows (firing token 4 tokens before the end), 10 explanation
-windows, and 6 test windows per feature (activation terciles × 2) → 3 correctly and 3 wrongly
-highlighted items (fuzz scores in {−1, −1/3, 1/3, 1}), no detection by default. Measured on the
-smoke profile with 8 test windows of 24 tokens: 11.5 s per feature with the machine's 2 cores
-~3× oversubscribed (≈ 4 s idle, i.e. ≈ 25 min for 400 features — over the 20-min budget), hence
-6 windows of 20 tokens (≈ 0.7× the tokens: ≈ 2.7 s per feature idle, ≈ 18 min for 400).
-Judge-only time with these settings, measured under heavy load (load average 4–5 on 2 cores,
-other torch jobs running): 19.8 s per feature; from the method.md §6 throughput (≈ 350 tok/s for
-the full model idle) the ~600 judged tokens per feature take ≈ 2 s idle. Unverified on an idle
-machine: the notebook prints ``sec_per_feature``; pass a smaller ``context_kwargs`` if needed.
-The neutral-prefix likelihoods do not depend on the
-explanation; they are cached on disk per (prefix, text), so re-scoring a feature with another
-explanation or a re-run reuses them. The paper-scale settings are ``PAPER_CONTEXT`` (32-token
-windows, 20 explanation windows, 40 test windows, detection on).
+Every result is cached on disk with atomic writes: the judge's sanity check per profile, the
+matching per pair of runs, and one JSON record per scored feature, so a killed run resumes and a
+retrained run or other settings get fresh directories. :mod:`paperlib.report.autointerp` renders
+the results.
 """
 
 from __future__ import annotations
@@ -64,22 +39,23 @@ __all__ = [
     "LEAN_CONTEXT",
     "PAPER_CONTEXT",
     "compare_runs",
+    "default_sanity_n",
     "ensure_matching",
     "ensure_sanity",
     "ensure_scores",
     "make_judge",
     "profile_decoder",
     "sample_pairs",
+    "scores_dir",
     "summarize_comparison",
-    "summary_table",
-    "fuzz_density_figure",
-    "cosine_figure",
-    "default_sanity_n",
 ]
 
 LEAN_CONTEXT: dict[str, int] = dict(window=20, n_after=4, n_explain=10, n_quantiles=3,
                                     per_quantile=2, n_non_activating=0)
-"""Default context settings: 6 test windows of 20 tokens per feature (see module docstring)."""
+"""Default context settings: 10 explanation windows and 6 test windows (3 activation quantiles × 2)
+of 20 tokens, firing token 4 from the end, no detection. The local judge runs two forward passes per
+fuzz item, so the number and length of test windows set the cost: about 1 s per feature on the
+development machine (docs/method.md §6)."""
 
 PAPER_CONTEXT: dict[str, int] = dict(window=32, n_after=4, n_explain=20, n_quantiles=10,
                                      per_quantile=4, n_non_activating=20)
@@ -107,7 +83,6 @@ def make_judge(kind: str = "local", base_url: str | None = None, model: str | No
     ``OPENAI_BASE_URL``/``OPENAI_MODEL`` environment variables). The cache defaults to
     ``paths.profile_dir(profile)/"judge_cache"`` (``profile`` defaults to ``default``).
     """
-
     if cache_dir is None:
         cache_dir = paths.profile_dir(profile if profile is not None else "default") / "judge_cache"
     if kind == "local":
@@ -124,7 +99,6 @@ def ensure_sanity(profile: str | Profile, judge, n: int = 40, seed: int = 0) -> 
 
     Adds ``significant`` (one-sided binomial p < 0.05 against chance 0.5).
     """
-
     path = paths.profile_dir(profile) / "judge_sanity" / f"{_slug(judge.name)}-n{n}-s{seed}.json"
     if path.exists():
         return read_json(path)
@@ -143,7 +117,6 @@ def ensure_matching(solo: Run, joint: Run) -> MatchResult:
     Alive = selected at least once on the calibration range (``ensure_calibration(...).dead``).
     Cached as ``<joint eval>/matching/vs-<solo>.csv`` + ``.json``, keyed by both runs' weights.
     """
-
     d = joint.dir / "eval" / "matching"
     csv, meta_path = d / f"vs-{solo.name}.csv", d / f"vs-{solo.name}.json"
     key = {"solo": solo.name, "solo_key": solo.key, "joint": joint.name, "joint_key": joint.key, "version": 1}
@@ -178,7 +151,6 @@ def profile_decoder(profile: str | Profile):
     """Per-token string decoder of the profile's LM tokenizer (no model weights loaded)."""
     from transformers import AutoTokenizer
 
-
     key = get_profile(profile).model
     src = str(lm.model_dir(key)) if key in lm.OFFLINE_MODELS else key
     return token_decoder(AutoTokenizer.from_pretrained(src))
@@ -187,7 +159,6 @@ def profile_decoder(profile: str | Profile):
 def scores_dir(run: Run, judge, *, context_kwargs: dict, do_detection: bool, do_spearman: bool,
                seed: int) -> Path:
     """Where :func:`ensure_scores` keeps a run's records for one judge and one setting."""
-
     tag = _hash({"run_key": run.key, "context": context_kwargs, "seed": seed,
                  "detection": do_detection, "spearman": do_spearman, "judge": judge.name})
     return run.dir / "eval" / "autointerp" / f"{_slug(judge.name)}-{tag}"
@@ -204,7 +175,6 @@ def ensure_scores(run: Run, features: Sequence[int], judge, *,
     test windows). ``df.attrs`` holds ``out_dir``, ``n_new`` (features scored by this call) and
     ``sec_per_feature`` (wall time of this call / n_new; NaN when everything was cached).
     """
-
     p = run.profile
     ckw = dict(LEAN_CONTEXT if context_kwargs is None else context_kwargs)
     out = scores_dir(run, judge, context_kwargs=ckw, do_detection=do_detection,
@@ -214,7 +184,6 @@ def ensure_scores(run: Run, features: Sequence[int], judge, *,
     t0 = time.perf_counter()
     sae = acts = token_ids = positions = thresholds = None
     if n_new:  # load heavy inputs only when something is missing
-
         cache = load_cache(p)
         acts, token_ids, positions = (cache.acts("autointerp"), cache.token_ids("autointerp"),
                                       cache.positions("autointerp"))
@@ -247,7 +216,6 @@ def ensure_scores(run: Run, features: Sequence[int], judge, *,
 def summarize_comparison(scores_solo: pd.DataFrame, scores_joint: pd.DataFrame,
                          pairs: pd.DataFrame, column: str = "fuzz_score") -> dict:
     """§5.2 numbers from :func:`paired_comparison` under the table's column names."""
-
     r = paired_comparison(scores_solo, scores_joint, pairs, column=column)
     return {"n_pairs": r["n_pairs"], "mean_solo": r["mean_a"], "mean_joint": r["mean_b"],
             "delta": r["delta_mean"], "delta_pct": 100.0 * r["delta_rel"], "t": r["t"],
@@ -309,63 +277,3 @@ def default_sanity_n(profile: str | Profile) -> int:
     p = 0.006) keep the smoke notebook fast; 12 trials were too few (9/12, p = 0.07).
     """
     return 20 if get_profile(profile).name == "smoke" else 40
-
-
-# ----------------------------------------------------------------------------------------------
-# outputs
-# ----------------------------------------------------------------------------------------------
-SUMMARY_COLUMNS = ["solo", "joint", "n_pairs", "mean_solo", "mean_joint", "delta", "delta_pct",
-                   "t", "p", "ci_low", "ci_high", "pct_joint_higher", "judge", "sanity_acc",
-                   "sanity_ci_low", "sanity_ci_high", "sanity_p", "sanity_n", "n_sampled",
-                   "pct_equal", "sec_per_feature"]
-
-
-def summary_table(summary: dict, sanity: dict) -> pd.DataFrame:
-    """One-row §5.2 table (``tables/autointerp_summary``) with the judge's sanity result."""
-    row = {**summary, "sanity_acc": sanity["accuracy"], "sanity_ci_low": sanity["wilson_low"],
-           "sanity_ci_high": sanity["wilson_high"], "sanity_p": sanity["p_value"],
-           "sanity_n": sanity["n"]}
-    return pd.DataFrame([{c: row.get(c, np.nan) for c in SUMMARY_COLUMNS}])
-
-
-def fuzz_density_figure(per: pd.DataFrame, bin_width: float = 1 / 3):
-    """Paper Fig. 2: density of fuzz scores joint − solo over matched pairs, plus both histograms.
-
-    Histogram densities on bins of ``bin_width`` centred on multiples of it (the lean setting's
-    scores are multiples of 1/3), over pairs where both sides have a score.
-    """
-    import matplotlib.pyplot as plt
-
-    ok = per["fuzz_solo"].notna() & per["fuzz_joint"].notna()
-    a, b = per.loc[ok, "fuzz_solo"].to_numpy(float), per.loc[ok, "fuzz_joint"].to_numpy(float)
-    half = bin_width / 2
-    edges = np.arange(-1 - half, 1 + half + 1e-9, bin_width)
-    da, _ = np.histogram(a, edges, density=True)
-    db, _ = np.histogram(b, edges, density=True)
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].bar(centres - bin_width * 0.2, da, width=bin_width * 0.4, label=f"solo (mean {a.mean():.3f})"
-              if len(a) else "solo")
-    ax[0].bar(centres + bin_width * 0.2, db, width=bin_width * 0.4, label=f"joint (mean {b.mean():.3f})"
-              if len(b) else "joint")
-    ax[0].set(xlabel="fuzz score (2·acc − 1)", ylabel="density", title=f"fuzz scores, {len(a)} pairs")
-    ax[0].legend()
-    diff = db - da
-    ax[1].bar(centres, diff, width=bin_width * 0.9, color=np.where(diff >= 0, "tab:green", "tab:red"))
-    ax[1].axhline(0, color="k", lw=0.8)
-    ax[1].set(xlabel="fuzz score (2·acc − 1)", ylabel="density joint − solo",
-              title="Fig. 2: density difference (joint − solo)")
-    fig.tight_layout()
-    return fig
-
-
-def cosine_figure(match: MatchResult):
-    """Histogram of the matched pairs' decoder cosine similarities."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.hist(match.pairs["cosine"], bins=50)
-    ax.set(xlabel="decoder cosine (solo ↔ joint)", ylabel="pairs",
-           title=f"{match.n_pairs} matched alive pairs")
-    fig.tight_layout()
-    return fig

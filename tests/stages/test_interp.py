@@ -9,19 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from paperlib.config.profiles import TokenBudget, get_profile
 from paperlib.metrics import matching
 from paperlib.stages import interp
 from paperlib.stages.run import Run
 from paperlib.stages.train import ensure_trained
-
-
-def tiny_profile(**changes):
-    base = dict(model="tiny-smollm2", layer=2, context=32, lm_batch_size=8,
-                tokens=TokenBudget(train=2048, calibration=512, cooccurrence=512, autointerp=512,
-                                   ce=256))
-    base.update(changes)
-    return get_profile("smoke", **base)
+from tests.helpers import tiny_profile
 
 
 class FakeJudge:
@@ -136,11 +128,6 @@ def test_pipeline_cached_and_consistent(tmp_artifacts, monkeypatch):
     # a larger sample reuses the scored features (resume) and only scores the new ones
     per3, s3 = interp.compare_runs(Run.of(p, "solo"), Run.of(p, joint), None, judge, seed=1, show_progress=False)
     assert s3["n_new_features"] < 2 * len(per3)
-    table = interp.summary_table(s1, {"accuracy": 0.9, "wilson_low": 0.8, "wilson_high": 0.95,
-                                      "p_value": 1e-5, "n": 40})
-    assert list(table.columns) == interp.SUMMARY_COLUMNS and len(table) == 1
-    fig = interp.fuzz_density_figure(per3)
-    assert len(fig.axes) == 2
 
 
 def test_ensure_sanity_cached(tmp_artifacts, monkeypatch):
