@@ -8,7 +8,7 @@ to a profile's grid and the loss term it adds during a primary step. Registered 
 - ``joint`` — the MetaSAE: a meta SAE is trained on the decoder rows and the primary pays
   λ₂ · mean_i exp(−‖W_dec[i] − Ŵ[i]‖²/σ²) (``joint-l0.3-s1``);
 - ``control`` — the joint architecture and schedule with λ₂ = 0 (the penalty is only logged). With
-  the same seed it is identical to solo by construction, which the tests check;
+  the same seed it is identical to solo by construction, which the tests check, so no grid trains it;
 - ``randcritic`` — the same penalty against a *frozen, randomly initialised* meta SAE of the same
   size (re-drawn per seed): tells whether a trained critic matters beyond generic decoder repulsion
   (``randcritic-l0.3-s1``);
@@ -235,6 +235,9 @@ class JointArm(Arm):
 
 
 class ControlArm(Arm):
+    """λ₂ = 0 with the joint schedule: with the same seed it is solo bitwise, so it is not in any grid (a unit
+    test checks the identity); the random-critic arm is the reported control."""
+
     name = "control"
     uses_meta = True
     trains_meta = True
@@ -249,9 +252,6 @@ class ControlArm(Arm):
 
     def problems(self, spec: RunSpec) -> list[str]:
         return [] if spec.lambda2 == 0 else [f"the control arm has lambda2 = 0, got {spec.lambda2}"]
-
-    def grid(self, profile: Profile) -> list[RunSpec]:
-        return [RunSpec(self.name)]
 
     def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
         return _meta_penalty(spec, inputs, 0.0)
@@ -329,14 +329,26 @@ def canonical_name(name: str | RunSpec) -> str:
     return parse_run(name).name
 
 
+def primary_runs(profile: str | Profile) -> dict[str, list[RunSpec]]:
+    """The paired-seed primary comparison: for each arm of ``profile.primary_arms``, its runs at seeds
+    0..K−1 (joint-type arms at the paper's configuration)."""
+    p = get_profile(profile)
+    values = {"lambda2": p.paper_lambda2, "sigma2": p.paper_sigma2}
+    return {a: [arm_of(a).make(seed=s, **values) for s in range(p.primary_seeds)] for a in p.primary_arms}
+
+
 def grid_runs(profile: str | Profile) -> list[RunSpec]:
-    """Every run of a profile's grid, baseline first: each registered arm's :meth:`Arm.grid` in
-    registration order (solo, the λ₂ × σ² joint grid, the control, the ortho arm(s), ...), then
-    the extra independent solo seeds of the noise floor."""
+    """Every run a profile trains, baseline first: each registered arm's exploratory :meth:`Arm.grid`
+    (seed 0, in registration order: solo, the λ₂ × σ² joint grid, the ortho arm(s), ...), then the
+    primary comparison's other seeds (:func:`primary_runs`), then ``n_noise_seeds`` extra solo seeds."""
     p = get_profile(profile)
     runs = [spec for arm in ARMS.values() for spec in arm.grid(p)]
+    runs += [spec for specs in primary_runs(p).values() for spec in specs]
     runs += [RunSpec("solo", seed=s) for s in range(1, p.n_noise_seeds + 1)]
-    return runs
+    out: dict[str, RunSpec] = {}
+    for r in runs:
+        out.setdefault(r.name, r)
+    return list(out.values())
 
 
 def _as_list(value) -> list:

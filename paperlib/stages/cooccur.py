@@ -9,7 +9,12 @@ import scipy.sparse as sp
 from paperlib.config.io import atomic_path, read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
-from paperlib.metrics.cooccurrence import SparseFiring, firing_from_sae, within_stats_blockwise
+from paperlib.metrics.cooccurrence import (
+    SparseFiring,
+    firing_from_sae,
+    rate_robust_stats_blockwise,
+    within_stats_blockwise,
+)
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
 from paperlib.stages.run import Run, range_settings
@@ -20,16 +25,33 @@ def _settings(p: Profile) -> dict:
     return {"data": range_settings(p, "cooccurrence"), "batch_size": p.batch_size}
 
 
+ALIVE_MIN_COUNT = 5
+"""A latent is alive on the co-occurrence range when it fires on, and stays silent on, at least this many tokens."""
+TAIL = 0.1
+"""Positive-tail threshold: share of pairs with φ above it."""
+
+
+def split_halves(fired: sp.spmatrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The first and second half of the co-occurrence tokens (rows): a configuration is *selected* on the
+    first half and *reported* on the second, so the selection does not grade itself."""
+    fired = fired.tocsr()
+    mid = fired.shape[0] // 2
+    return fired[:mid], fired[mid:]
+
+
 cache.declare("cooccurrence", __name__, _settings, deps=("calibration",), outputs=("result.json", "firing.npz"))
 
 
 def ensure_cooccurrence(run: Run, *, progress: bool = True) -> dict[str, Any]:
     """Within-SAE φ statistics of ``run`` on the co-occurrence range (per-token thresholded firing).
 
-    Returns the :class:`~paperlib.metrics.cooccurrence.WithinStats` fields (``n_pairs``, ``mean_abs_phi``,
-    ``var_abs_phi``, ``sum_abs``, ``sumsq``, ``frac_negative``, ``median_phi``, ``max_phi``, ``n_dead``,
-    ``n_always_on``, the fixed-bin φ histogram ``hist_edges`` / ``hist_counts`` on [−1, 1]) plus ``range``
-    and ``run``. The firing matrix is kept (:func:`load_firing`) for cross-SAE φ.
+    Returns the :class:`~paperlib.metrics.cooccurrence.WithinStats` fields over all pairs (``n_pairs``,
+    ``mean_abs_phi``, ``var_abs_phi``, ``sum_abs``, ``sumsq``, ``frac_negative``, ``median_phi``, ``max_phi``,
+    ``n_dead``, ``n_always_on``, the fixed-bin φ histogram ``hist_edges`` / ``hist_counts`` on [−1, 1]) plus
+    ``range`` and ``run``; ``robust``: the rate-robust statistics
+    (:func:`~paperlib.metrics.cooccurrence.rate_robust_stats_blockwise`: alive pairs, excess over the
+    independent-firing null, positive tail); ``halves``: the WithinStats of each half of the tokens
+    (:func:`split_halves`). The firing matrix is kept (:func:`load_firing`).
     """
     d = cache.stage_dir("cooccurrence", run)
     if cache.is_fresh("cooccurrence", run):
@@ -38,8 +60,12 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> dict[str, Any]:
     sae = load_run(run)
     acts = load_cache(run.profile).acts("cooccurrence")
     fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.batch_size, progress=progress)
-    ws = within_stats_blockwise(SparseFiring.from_fired(fired), progress=progress)
-    res = {"run": run.name, "range": "cooccurrence", **ws.to_dict(with_hist=True)}
+    firing = SparseFiring.from_fired(fired)
+    ws = within_stats_blockwise(firing, progress=progress)
+    res = {"run": run.name, "range": "cooccurrence", **ws.to_dict(with_hist=True),
+           "robust": rate_robust_stats_blockwise(firing, min_count=ALIVE_MIN_COUNT, tail=TAIL, progress=progress),
+           "halves": [within_stats_blockwise(SparseFiring.from_fired(h), progress=False).to_dict()
+                      for h in split_halves(fired)]}
     d = cache.begin("cooccurrence", run)
     with atomic_path(d / "firing.npz") as tmp, open(tmp, "wb") as fh:
         sp.save_npz(fh, fired.tocsr())

@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile, get_profile
@@ -21,104 +23,138 @@ from paperlib.metrics.stats import noise_floor, welch
 from paperlib.sae.arms import RunSpec, grid_runs, with_grid
 from paperlib.stages import cache
 from paperlib.stages.ce import ensure_ce
+from paperlib.stages.compare import convergence_table
 from paperlib.stages.cooccur import ensure_cooccurrence
 from paperlib.stages.recon import ensure_reconstruction
 from paperlib.stages.run import Run, as_runs
 
 TABLE1_COLUMNS = [
-    "run", "arm", "lambda2", "sigma2", "gamma", "seed", "n_pairs", "mean_abs_phi", "std_abs_phi",
-    "delta_phi_pct", "delta_phi_ci_low_pct", "delta_phi_ci_high_pct", "l2", "delta_l2_pct", "fve",
-    "l0", "ce_overhead_pct", "dead_latents", "welch_t", "welch_df", "welch_p", "welch_log10_p",
+    "run", "arm", "lambda2", "sigma2", "gamma", "seed", "baseline", "n_pairs", "mean_abs_phi", "delta_phi_pct",
+    "mean_abs_phi_alive", "delta_phi_alive_pct", "excess_abs_phi", "delta_excess_pct", "frac_phi_gt_tail",
+    "mean_phi_expected5", "delta_phi_half1_pct", "delta_phi_half2_pct", "l2", "delta_l2_pct", "fve", "l0",
+    "ce_overhead_pct", "dead_latents", "dead_on_tokens", "n_alive", "converged", "l2_change_last20",
+    "welch_t", "welch_df", "welch_p", "welch_log10_p", "delta_phi_ci_low_pct", "delta_phi_ci_high_pct",
 ]
+"""Table 1. Δ columns are relative to the solo run of the *same seed* (``baseline``; its pair), in %.
+``delta_phi_half1_pct`` / ``delta_phi_half2_pct``: Δ mean |φ| on the first / second half of the
+co-occurrence tokens (the selection uses the first, the report the second). Welch columns compare the
+two SAEs' pair distributions and are descriptive only: pairs are not independent samples."""
 
 
 def table_runs(profile: str | Profile, runs: Iterable[Any] | None = None) -> list[Run]:
-    """``runs`` (default: the profile's whole grid) as Runs, with solo first."""
+    """``runs`` (default: every run the profile trains) as Runs, with solo (seed 0) first."""
     p = get_profile(profile)
     runs = as_runs(p, grid_runs(p) if runs is None else runs)
     solo = Run.of(p, "solo")
     return [solo] + [r for r in runs if r.name != solo.name]
 
 
-def _row(run: Run, co: dict, rec: dict, ce: dict | None, base_co: dict, base_rec: dict) -> dict[str, Any]:
-    base_phi, base_l2 = base_co["mean_abs_phi"], base_rec["mse"]
-    spec = run.spec
+def _pct(a: float, b: float) -> float:
+    return 100.0 * (a - b) / b if b else math.nan
+
+
+def _row(run: Run, base: Run, co: dict, rec: dict, ce: dict | None, conv: dict, base_co: dict,
+         base_rec: dict) -> dict[str, Any]:
+    spec, rb, bb = run.spec, co["robust"], base_co["robust"]
     row: dict[str, Any] = {
-        "run": run.name, "arm": spec.arm, **spec.hyper(), "seed": spec.seed,
-        "n_pairs": co["n_pairs"], "mean_abs_phi": co["mean_abs_phi"], "std_abs_phi": co["std_abs_phi"],
-        "delta_phi_pct": 100.0 * (co["mean_abs_phi"] - base_phi) / base_phi,
-        "l2": rec["mse"], "delta_l2_pct": 100.0 * (rec["mse"] - base_l2) / base_l2, "fve": rec["fve"],
-        "l0": rec["l0"], "ce_overhead_pct": ce["overhead_pct"] if ce else math.nan,
-        "dead_latents": rec["n_dead"],
+        "run": run.name, "arm": spec.arm, **spec.hyper(), "seed": spec.seed, "baseline": base.name,
+        "n_pairs": co["n_pairs"], "mean_abs_phi": co["mean_abs_phi"],
+        "delta_phi_pct": _pct(co["mean_abs_phi"], base_co["mean_abs_phi"]),
+        "mean_abs_phi_alive": rb["mean_abs_phi_alive"],
+        "delta_phi_alive_pct": _pct(rb["mean_abs_phi_alive"], bb["mean_abs_phi_alive"]),
+        "excess_abs_phi": rb["excess_abs_phi"], "delta_excess_pct": _pct(rb["excess_abs_phi"], bb["excess_abs_phi"]),
+        "frac_phi_gt_tail": rb["frac_phi_gt_tail"], "mean_phi_expected5": rb["mean_phi_expected5"],
+        "delta_phi_half1_pct": _pct(co["halves"][0]["mean_abs_phi"], base_co["halves"][0]["mean_abs_phi"]),
+        "delta_phi_half2_pct": _pct(co["halves"][1]["mean_abs_phi"], base_co["halves"][1]["mean_abs_phi"]),
+        "l2": rec["mse"], "delta_l2_pct": _pct(rec["mse"], base_rec["mse"]), "fve": rec["fve"], "l0": rec["l0"],
+        "ce_overhead_pct": ce["overhead_pct"] if ce else math.nan,
+        "dead_latents": rec["n_dead"], "dead_on_tokens": int(rec.get("firing_n_tokens", rec.get("n_tokens", 0))),
+        "n_alive": rb["n_alive"], "converged": bool(conv["ok"]), "l2_change_last20": conv["l2_change_last20"],
     }
-    if run.name == "solo":
+    if run.name == base.name:
         row.update(delta_phi_ci_low_pct=math.nan, delta_phi_ci_high_pct=math.nan, welch_t=math.nan,
                    welch_df=math.nan, welch_p=math.nan, welch_log10_p=math.nan)
     else:
         w = welch(co["mean_abs_phi"], co["var_abs_phi"], co["n_pairs"],
                   base_co["mean_abs_phi"], base_co["var_abs_phi"], base_co["n_pairs"])
-        row.update(delta_phi_ci_low_pct=100.0 * w.ci_low / base_phi,
-                   delta_phi_ci_high_pct=100.0 * w.ci_high / base_phi,
+        base_phi = base_co["mean_abs_phi"]
+        row.update(delta_phi_ci_low_pct=100.0 * w.ci_low / base_phi, delta_phi_ci_high_pct=100.0 * w.ci_high / base_phi,
                    welch_t=w.t, welch_df=w.df, welch_p=w.p, welch_log10_p=w.log10_p)
     return row
 
 
+def baseline_of(run: Run, names: set[str]) -> Run:
+    """The run's paired solo run (same seed) when it is in the table, else solo seed 0."""
+    pair = Run(run.profile, RunSpec("solo", seed=run.spec.seed))
+    return pair if pair.name in names else Run.of(run.profile, "solo")
+
+
 def noise_floor_phi(profile: str | Profile, runs: Iterable[Any] | None = None) -> dict[str, Any] | None:
     """Mean ± std of mean |φ| over the independent solo seeds among ``runs`` (solo + solo-seedN);
-    None when fewer than two are available. Adds ``rel_std_pct`` (std as % of the mean)."""
+    None when fewer than two are available. Adds ``rel_std_pct`` (std as % of the mean) and the 95%
+    prediction interval of a new solo seed's mean |φ| in % of solo seed 0's (``pi_low_pct``, ``pi_high_pct``,
+    ``seed_mean_pct``): the band a configuration must leave to differ from run-to-run noise."""
     seeds = [r for r in table_runs(profile, runs) if r.arm == "solo"]
     if len(seeds) < 2:
         return None
     vals = [ensure_cooccurrence(r, progress=False)["mean_abs_phi"] for r in seeds]
     nf = noise_floor(vals).to_dict()
-    nf.update(runs=[r.name for r in seeds], rel_std_pct=100.0 * nf["rel_std"])
+    pct = 100.0 * (np.asarray(vals) - vals[0]) / vals[0]
+    k = len(pct)
+    half = float(sps.t.ppf(0.975, k - 1) * pct.std(ddof=1) * math.sqrt(1 + 1 / k))
+    nf.update(runs=[r.name for r in seeds], rel_std_pct=100.0 * nf["rel_std"], seed_mean_pct=float(pct.mean()),
+              pi_low_pct=float(pct.mean()) - half, pi_high_pct=float(pct.mean()) + half)
     return nf
 
 
 def grid_table(profile: str | Profile, runs: Iterable[Any] | None = None, *, with_ce: bool = True,
                progress: bool = True) -> pd.DataFrame:
-    """Table 1: one row per configuration (solo first) with Δ% vs solo and Welch tests vs solo.
-
-    ``delta_phi_pct = 100·(mean|φ| − solo)/solo``, ``delta_l2_pct`` likewise on the normalised-space MSE
-    (thresholded encoder, co-occurrence range); Welch t/df/p of mean |φ| vs solo from the streamed
-    statistics over all pairs i < j (descriptive precision only: pairs are not independent samples);
-    CE overhead on the CE range (NaN when ``with_ce=False``). The noise floor over the solo seeds is in
-    ``df.attrs["noise_floor"]``.
-    """
+    """Table 1 (:data:`TABLE1_COLUMNS`): one row per run (solo first), Δ% against its paired solo run,
+    rate-robust statistics, convergence flag, CE overhead (NaN when ``with_ce=False``), and the descriptive
+    Welch test over pairs. The noise floor over the solo seeds is in ``df.attrs["noise_floor"]``."""
     p = get_profile(profile)
     runs = table_runs(p, runs)
+    names = {r.name for r in runs}
     co = {r.name: ensure_cooccurrence(r, progress=progress) for r in runs}
     rec = {r.name: ensure_reconstruction(r, progress=progress) for r in runs}
+    conv = convergence_table(runs).set_index("run")
     ce = ensure_ce(p, runs, progress=progress) if with_ce else {}
-    rows = [_row(r, co[r.name], rec[r.name], ce.get(r.name), co["solo"], rec["solo"]) for r in runs]
+    rows = []
+    for r in runs:
+        b = baseline_of(r, names)
+        rows.append(_row(r, b, co[r.name], rec[r.name], ce.get(r.name), conv.loc[r.name].to_dict(), co[b.name],
+                         rec[b.name]))
     df = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
     df.attrs["noise_floor"] = noise_floor_phi(p, runs)
     return df
 
 
-def select_configuration(table: pd.DataFrame, max_dl2_pct: float = 5.0) -> dict[str, Any]:
-    """Selection rule: among ``arm == "joint"`` rows with ``delta_l2_pct <= max_dl2_pct``, the one with
-    the most negative ``delta_phi_pct`` (largest mean |φ| reduction). When no joint configuration
-    satisfies the bound, fall back to the joint configuration with the smallest ΔL2 (flagged)."""
-    joint = table[table["arm"] == "joint"]
+def select_configuration(table: pd.DataFrame, max_dl2_pct: float = 10.0) -> dict[str, Any]:
+    """Selection rule (exploratory): among seed-0 ``joint`` rows with ``delta_l2_pct <= max_dl2_pct``, the one
+    with the most negative Δ mean |φ| on the *first half* of the co-occurrence tokens; its Δ on the second
+    half (``delta_phi_heldout_pct``) is the number to report. When no joint configuration satisfies the
+    bound, the one with the smallest ΔL2 (flagged)."""
+    joint = table[(table["arm"] == "joint") & (table["seed"] == 0)]
     if joint.empty:
-        raise ValueError("the table has no joint configuration to select from")
+        raise ValueError("the table has no seed-0 joint configuration to select from")
     ok = joint[joint["delta_l2_pct"] <= max_dl2_pct]
-    rule = f"min delta_phi_pct among joint configs with delta_l2_pct <= {max_dl2_pct:g}%"
+    rule = f"min Δ mean |φ| on the first token half among joint configs with ΔL2 <= {max_dl2_pct:g}%"
     if ok.empty:
         best = joint.loc[joint["delta_l2_pct"].idxmin()]
-        rule = f"fallback (no joint config within ΔL2 <= {max_dl2_pct:g}%): smallest delta_l2_pct"
+        rule = f"fallback (no joint config within ΔL2 <= {max_dl2_pct:g}%): smallest ΔL2"
     else:
-        best = ok.loc[ok["delta_phi_pct"].idxmin()]
+        best = ok.loc[ok["delta_phi_half1_pct"].idxmin()]
     return {"selected": str(best["run"]), "rule": rule, "max_dl2_pct": float(max_dl2_pct),
             "n_candidates": int(len(ok)), "n_joint": int(len(joint)),
+            "delta_phi_selection_half_pct": float(best["delta_phi_half1_pct"]),
+            "delta_phi_heldout_pct": float(best["delta_phi_half2_pct"]),
             "delta_phi_pct": float(best["delta_phi_pct"]), "delta_l2_pct": float(best["delta_l2_pct"]),
             "mean_abs_phi": float(best["mean_abs_phi"]),
             "lambda2": float(best["lambda2"]), "sigma2": float(best["sigma2"])}
 
 
 def _selection_settings(p: Profile) -> dict:
-    runs = table_runs(p)
+    runs = [r for r in table_runs(p) if r.spec.seed == 0]
     return {"max_dl2_pct": p.max_dl2_pct,
             "inputs": {r.name: [cache.stage_key("cooccurrence", r), cache.stage_key("reconstruction", r)]
                        for r in runs}}
@@ -132,7 +168,8 @@ def ensure_selection(profile: str | Profile, *, progress: bool = True) -> dict[s
     p = get_profile(profile)
     if cache.is_fresh("selection", profile=p):
         return read_json(cache.stage_dir("selection", profile=p) / "result.json")
-    sel = select_configuration(grid_table(p, with_ce=False, progress=progress), p.max_dl2_pct)
+    runs = [r for r in table_runs(p) if r.spec.seed == 0]
+    sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.max_dl2_pct)
     d = cache.begin("selection", profile=p)
     write_json(d / "result.json", sel)
     cache.commit("selection", profile=p)
@@ -180,11 +217,9 @@ def training_plan(profile: str | Profile, sae: str = "all", lambda2=None, sigma2
 
 
 def paper_joint(profile: str | Profile) -> RunSpec:
-    """The paper's configuration (λ₂ = 0.3, σ² = 1) when the profile's grid has it, else the grid's middle."""
+    """The preregistered configuration of the primary comparison (``paper_lambda2``, ``paper_sigma2``)."""
     p = get_profile(profile)
-    l2 = 0.3 if 0.3 in p.grid_lambda2 else p.grid_lambda2[len(p.grid_lambda2) // 2]
-    s2 = 1.0 if 1.0 in p.grid_sigma2 else p.grid_sigma2[len(p.grid_sigma2) // 2]
-    return RunSpec("joint", lambda2=l2, sigma2=s2)
+    return RunSpec("joint", lambda2=p.paper_lambda2, sigma2=p.paper_sigma2)
 
 
 def publish_selection(profile: str | Profile, tables_dir: Path) -> Path:

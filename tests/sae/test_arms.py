@@ -19,8 +19,9 @@ def test_runs_names_round_trip():
     with pytest.raises(ValueError, match="cannot parse run name"):
         parse_run("jointy")
     names = [r.name for r in grid_runs("default")]
-    assert names[0] == "solo" and "control" in names and "solo-seed3" in names
-    assert sum(n.startswith("joint-") for n in names) == 9
+    assert names[0] == "solo" and "control" not in names and "solo-seed4" in names and "randcritic-l0.3-s1" in names
+    assert sum(n.startswith("joint-") and "-seed" not in n for n in names) == 9  # the exploratory grid
+    assert sum(n.startswith("joint-l0.3-s1") for n in names) == 5  # the paired seeds of the paper config
 
 
 @pytest.mark.parametrize("spelling", ["joint-l0.3-s1.0", "joint-l0.3-s1", "joint-l0.30-s1.00", "joint-l3e-1-s1"])

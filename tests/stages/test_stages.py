@@ -11,55 +11,11 @@ import pytest
 from scipy import stats as sps
 
 from paperlib.config.io import read_json
-from paperlib.config.profiles import TokenBudget, get_profile
+from paperlib.config.profiles import get_profile
 from paperlib.metrics.stats import welch_from_sums
 from paperlib.stages import cache, calibrate, cooccur, recon, select, train
 from paperlib.stages.run import Run
-
-D = 16
-NAMES = ["solo", "joint-l1-s0.5", "solo-seed1", "control"]
-
-
-def _profile():
-    return get_profile(
-        "smoke", model="tiny-smollm2", layer=2, context=32,
-        tokens=TokenBudget(train=256, calibration=512, cooccurrence=512, autointerp=64, ce=64),
-        n_latents=48, k=4, n_meta=8, k_meta=2, batch_size=32, train_epochs=2.0, checkpoint_every=100,
-        n_primary_steps=3, n_meta_steps=2, dead_after=2, k_aux=8, grid_lambda2=(1.0,), grid_sigma2=(0.5,),
-        ortho_gamma=(), n_noise_seeds=1,
-    )
-
-
-class _FakeCache:
-    def __init__(self) -> None:
-        g = np.random.default_rng(0)
-        mu = g.standard_normal(D)
-        self._acts = {r: (g.standard_normal((512, D)) * 2 + mu).astype(np.float16)
-                      for r in ("train", "calibration", "cooccurrence")}
-        self.d = D
-
-    def acts(self, name):
-        return self._acts[name]
-
-
-@pytest.fixture()
-def env(tmp_artifacts, monkeypatch):
-    p = _profile()
-    fake = _FakeCache()
-    calls = {"n": 0}
-
-    def fake_cache(profile):
-        calls["n"] += 1
-        return fake
-
-    for mod in (calibrate, cooccur, recon, train):
-        monkeypatch.setattr(mod, "load_cache", fake_cache)
-    train.ensure_trained(p, NAMES, progress=False, n_workers=1)
-    return p, calls
-
-
-def R(p, name):
-    return Run.of(p, name)
+from tests.stages.conftest import NAMES, R
 
 
 def test_stage_caching_and_invalidation(env):
@@ -93,25 +49,35 @@ def test_grid_table_arithmetic_and_welch(env):
     rec = {n: read_json(cache.stage_dir("reconstruction", R(p, n)) / "result.json") for n in NAMES}
     base = df.set_index("run").loc["solo"]
     assert base["delta_phi_pct"] == 0 and base["delta_l2_pct"] == 0 and math.isnan(base["welch_t"])
-    for n in NAMES[1:]:
+    for n in [x for x in NAMES if not x.startswith("solo")]:
         r = df.set_index("run").loc[n]
-        s_phi, j_phi = co["solo"]["mean_abs_phi"], co[n]["mean_abs_phi"]
+        b = "solo-seed1" if n.endswith("seed1") else "solo"  # the paired solo run: same seed
+        assert r["baseline"] == b
+        s_phi, j_phi = co[b]["mean_abs_phi"], co[n]["mean_abs_phi"]
         assert r["delta_phi_pct"] == pytest.approx(100 * (j_phi - s_phi) / s_phi, rel=1e-12)
-        assert r["delta_l2_pct"] == pytest.approx(100 * (rec[n]["mse"] / rec["solo"]["mse"] - 1), rel=1e-9)
+        assert r["delta_l2_pct"] == pytest.approx(100 * (rec[n]["mse"] / rec[b]["mse"] - 1), rel=1e-9)
         assert r["dead_latents"] == rec[n]["n_dead"]
+        sa, sb = co[n]["robust"]["excess_abs_phi"], co[b]["robust"]["excess_abs_phi"]
+        assert r["delta_excess_pct"] == pytest.approx(100 * (sa - sb) / sb, rel=1e-12)
+        h1 = co[n]["halves"][0]["mean_abs_phi"] / co[b]["halves"][0]["mean_abs_phi"] - 1
+        assert r["delta_phi_half1_pct"] == pytest.approx(100 * h1, rel=1e-9)
         # Welch from the stored sufficient statistics (count, Σ|φ|, Σφ²) and from scipy
         w = welch_from_sums(co[n]["n_pairs"], co[n]["sum_abs"], co[n]["sumsq"],
-                            co["solo"]["n_pairs"], co["solo"]["sum_abs"], co["solo"]["sumsq"])
+                            co[b]["n_pairs"], co[b]["sum_abs"], co[b]["sumsq"])
         assert r["welch_t"] == pytest.approx(w.t, rel=1e-6)
         assert r["welch_df"] == pytest.approx(w.df, rel=1e-6)
         ref = sps.ttest_ind_from_stats(j_phi, co[n]["std_abs_phi"], co[n]["n_pairs"],
-                                       s_phi, co["solo"]["std_abs_phi"], co["solo"]["n_pairs"], equal_var=False)
+                                       s_phi, co[b]["std_abs_phi"], co[b]["n_pairs"], equal_var=False)
         assert r["welch_t"] == pytest.approx(ref.statistic, rel=1e-9)
         assert r["welch_p"] == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-300)
     nf = df.attrs["noise_floor"]
     vals = [co["solo"]["mean_abs_phi"], co["solo-seed1"]["mean_abs_phi"]]
     assert nf["runs"] == ["solo", "solo-seed1"]
     assert nf["mean"] == pytest.approx(np.mean(vals)) and nf["std"] == pytest.approx(np.std(vals, ddof=1))
+    pct = np.array([0.0, 100 * (vals[1] / vals[0] - 1)])
+    half = sps.t.ppf(0.975, 1) * pct.std(ddof=1) * np.sqrt(1.5)
+    assert nf["pi_high_pct"] == pytest.approx(pct.mean() + half)
+    assert nf["pi_low_pct"] == pytest.approx(pct.mean() - half)
 
 
 def _hand_table():
@@ -120,8 +86,11 @@ def _hand_table():
         "arm": ["solo", "joint", "joint", "joint", "control", "ortho"],
         "lambda2": [np.nan, 0.1, 0.3, 1.0, 0.0, np.nan],
         "sigma2": [np.nan, 1.0, 1.0, 1.0, np.nan, np.nan],
+        "seed": [0] * 6,
         "mean_abs_phi": [1.0, 0.98, 0.95, 0.90, 0.99, 0.5],
         "delta_phi_pct": [0.0, -2.0, -5.0, -10.0, -1.0, -50.0],
+        "delta_phi_half1_pct": [0.0, -2.0, -5.0, -10.0, -1.0, -50.0],
+        "delta_phi_half2_pct": [0.0, -1.0, -4.0, -9.0, -1.0, -40.0],
         "delta_l2_pct": [0.0, 1.0, 4.0, 9.0, 0.0, 0.0],
     })
 
@@ -130,11 +99,17 @@ def test_selection_rule():
     t = _hand_table()
     sel = select.select_configuration(t, max_dl2_pct=5.0)
     assert sel["selected"] == "joint-l0.3-s1" and sel["n_candidates"] == 2  # ortho/control never selected
+    assert sel["delta_phi_heldout_pct"] == -4.0  # reported on the held-out half
+    t2 = t.assign(delta_phi_half1_pct=[0.0, -6.0, -5.0, -10.0, -1.0, -50.0])
+    assert select.select_configuration(t2, 5.0)["selected"] == "joint-l0.1-s1"  # chosen on the first half only
+    seeded = t.assign(seed=[0, 1, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match="seed-0"):
+        select.select_configuration(seeded)
     assert select.select_configuration(t, max_dl2_pct=10.0)["selected"] == "joint-l1-s1"
     assert select.select_configuration(t, max_dl2_pct=1.0)["selected"] == "joint-l0.1-s1"
     fb = select.select_configuration(t, max_dl2_pct=0.5)
     assert fb["selected"] == "joint-l0.1-s1" and fb["rule"].startswith("fallback")
-    with pytest.raises(ValueError, match="no joint"):
+    with pytest.raises(ValueError, match="no seed-0 joint"):
         select.select_configuration(t[t["arm"] != "joint"])
 
 
