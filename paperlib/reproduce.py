@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from paperlib.config.io import read_json, write_json
 from paperlib.config.paths import REPO_ROOT
 from paperlib.config.profiles import get_profile, second_model
@@ -77,6 +79,18 @@ def stage_key(stage: Stage, upstream: str) -> str:
     return hashlib.sha256(nb + payload.encode()).hexdigest()[:16]
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul rate now (GFLOP/s, all intra-op threads): run times scale with it, and
+    these machines vary up to 2× from day to day, so it is printed beside the stage times."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
 def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
@@ -93,6 +107,9 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     upstream = ""
     timings: list[tuple[str, str, float]] = []
     pipeline = [s for s in stages(profile) if (REPO_ROOT / "notebooks" / s.notebook).exists()]
+    gflops = matmul_gflops()
+    print(f"machine: fp32 matmul {gflops:.0f} GFLOP/s on {torch.get_num_threads()} threads "
+          "(the budget of the default profile holds at 120)", flush=True)
     t_all = time.perf_counter()
     for i, stage in enumerate(pipeline, 1):
         key = stage_key(stage, upstream)
@@ -118,17 +135,19 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
                   f"The executed copy with the traceback is {out_dir / stage.notebook}", file=sys.stderr)
             return 1
         dt = time.perf_counter() - t0
-        record[stage.name] = {"key": key, "seconds": round(dt, 1), "finished": time.strftime("%FT%T")}
+        record[stage.name] = {"key": key, "seconds": round(dt, 1), "finished": time.strftime("%FT%T"),
+                              "matmul_gflops": round(gflops, 1)}
         write_json(record_path, record)
         timings.append((stage.name, "ran", dt))
         print(f"    done in {_fmt(dt)}", flush=True)
 
-    path = write_summary(profile, stage_seconds={k: v.get("seconds") for k, v in record.items()})
+    path = write_summary(profile, stage_seconds={k: v.get("seconds") for k, v in record.items()},
+                         matmul_gflops=gflops)
     print(f"\nsummary: {path}")
     print("stage times (this invocation):")
     for name, status, dt in timings:
         print(f"  {name:22s} {status:8s} {_fmt(dt) if status == 'ran' else ''}")
-    print(f"total {_fmt(time.perf_counter() - t_all)}")
+    print(f"total {_fmt(time.perf_counter() - t_all)} at {gflops:.0f} GFLOP/s fp32 matmul")
     return 0
 
 

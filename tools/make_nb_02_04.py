@@ -41,8 +41,10 @@ write_notebook(
     "notebooks/03_cooccurrence.ipynb",
     "03 · Co-occurrence: mean |φ|, Fig. 1a/1b, App. B, App. C",
     "Binary firing with the calibrated thresholds on the co-occurrence token range; within-SAE φ over "
-    "all pairs i < j (exact counts). Fig. 1a compares solo with the selected joint configuration; "
-    "Fig. 1b needs the whole grid (skipped with a note otherwise).",
+    "all pairs i < j (exact counts), and over the pairs of alive latents (both fire, and stay silent, on at "
+    "least 5 tokens: dead latents have φ = 0 by definition and would otherwise dominate a comparison). "
+    "Fig. 1a compares solo with the paper's preregistered configuration (seed 0) on all and on alive "
+    "pairs; Fig. 1b (exploratory) needs the whole grid (skipped with a note otherwise).",
     PARAMS,
     [
         SETUP,
@@ -52,12 +54,16 @@ cols = ["n_pairs", "mean_abs_phi", "std_abs_phi", "frac_negative", "median_phi",
 phi_table = pd.DataFrame([{"run": n, **{c: co[n][c] for c in cols}} for n in names])
 phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"]["mean_abs_phi"] - 1)
 phi_table''',
-        ("md", "## Fig. 1a: solo vs the selected joint configuration"),
-        '''joint = select.selected_joint(ctx.profile)  # the selection stage (computed on the whole grid when stale)
+        ("md", "## Fig. 1a: solo vs the paper's configuration (seed 0), all pairs and alive pairs"),
+        '''joint = select.paper_joint(ctx.profile).name
 ensure_trained(ctx.profile, [joint])
 co_joint = cooccur.ensure_cooccurrence(Run.of(ctx.profile, joint))
 fig = figures.fig1a_phi_density(co["solo"], co_joint, joint_label=joint)
-save_figure(fig, ctx.figures, "fig1a_phi_density_diff")''',
+save_figure(fig, ctx.figures, "fig1a_phi_density_diff")
+fig = figures.fig1a_phi_density(co["solo"]["alive"], co_joint["alive"], joint_label=joint,
+                                pairs=f"alive pairs: {co['solo']['robust']['n_alive']} / "
+                                      f"{co_joint['robust']['n_alive']} latents")
+save_figure(fig, ctx.figures, "fig1a_phi_density_diff_alive")''',
         ("md", "## App. C: φ sign and shape statistics"),
         '''import numpy as np
 def shape_row(name, c):
@@ -67,7 +73,9 @@ def shape_row(name, c):
             "mean_phi": c["mean_phi"], "min_phi": c["min_phi"], "tail_max_phi": c["max_phi"],
             "frac_phi_gt_0.1": tail(0.1), "frac_phi_gt_0.3": tail(0.3), "mean_abs_phi": c["mean_abs_phi"],
             "n_dead": c["n_dead"], "n_always_on": c["n_always_on"]}
-appc = pd.DataFrame([shape_row("solo", co["solo"]), shape_row(joint, co_joint)])
+appc = pd.DataFrame([shape_row("solo", co["solo"]), shape_row(joint, co_joint),
+                     shape_row("solo (alive pairs)", co["solo"]["alive"]),
+                     shape_row(f"{joint} (alive pairs)", co_joint["alive"])])
 save_table(appc, ctx.tables, "appC_phi_shape")
 appc''',
         ("md", "## App. B: firing-rate distributions (thresholded encoder, co-occurrence range)"),
@@ -78,7 +86,8 @@ save_figure(fig, ctx.figures, "appB_firing_rates")''',
         '''grid = [r.name for r in grid_runs(ctx.profile)]
 if set(grid) <= set(names):
     table = select.grid_table(ctx.profile, grid, with_ce=False)
-    fig = figures.fig1b_grid_scatter(table, selected=joint, noise_floor=table.attrs["noise_floor"])
+    fig = figures.fig1b_grid_scatter(table, selected=select.selected_joint(ctx.profile),
+                                     noise_floor=table.attrs["noise_floor"], paper=joint)
     save_figure(fig, ctx.figures, "fig1b_grid_scatter")
 else:
     print(f"Fig. 1b skipped: needs the full grid (run with sae='all'); selected runs: {names}")''',

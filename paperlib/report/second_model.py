@@ -13,8 +13,9 @@ import pandas as pd
 
 __all__ = ["GEMMA_COLUMNS", "gemma_figure", "gemma_table"]
 
-GEMMA_COLUMNS = ["run", "lambda2", "sigma2", "mean_abs_phi", "dphi_pct", "l2", "dl2_pct", "l0",
-                 "ce_overhead_pct", "dead_latents", "welch_p", "n_fuzz", "fuzz_mean", "fuzz_sem", "dfuzz",
+GEMMA_COLUMNS = ["run", "lambda2", "sigma2", "mean_abs_phi", "dphi_pct", "delta_phi_alive_pct", "delta_excess_pct",
+                 "frac_phi_gt_tail", "l2", "dl2_pct", "l0", "ce_overhead_pct", "dead_latents", "converged",
+                 "welch_p", "n_fuzz", "fuzz_mean", "fuzz_sem", "dfuzz",
                  "dfuzz_se", "dfuzz_pct"]
 """Columns of :func:`gemma_table`. ``dfuzz`` = fuzz_mean − solo's (absolute, 2·acc−1 units), ``dfuzz_se``
 its standard error (independent feature samples); ``dfuzz_pct`` is the paper's relative ΔFuzz %,

@@ -1,8 +1,11 @@
-"""``tables/summary.md``: every headline number of the paper beside the reproduced one.
+"""``tables/summary.md``: the answer first (paired seeds), then every headline number of the paper beside
+the reproduced one.
 
-Reads the tables the notebooks wrote (Table 1, reconstruction, auto-interp, Gemma grid, ground
-truth) from ``paths.output_dirs(profile)``; a number whose stage has not run is shown as
-"not run". Records the profile, token counts, package versions and git revision.
+Reads the tables the notebooks wrote (``primary_paired_seeds``, ``primary_rate_matched``, ``convergence``,
+Table 1, reconstruction, auto-interp, the second-model grid, ground truth) from
+``paths.output_dirs(profile)``; a number whose stage has not run is shown as "not run". Every sentence
+that judges a result is computed from the numbers in those tables. Records the profile, token counts,
+package versions and git revision.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import pandas as pd
 
 from paperlib.config.io import provenance, read_json, write_text
 from paperlib.config.paths import output_dirs, second_model_output_dirs
-from paperlib.config.profiles import get_profile, second_model
-from paperlib.stages.second_model import add_fuzz_deltas
+from paperlib.config.profiles import Profile, get_profile, second_model
+from paperlib.data.lm import MODEL_NAMES
+from paperlib.stages.compare import STATISTICS, overall_verdict
+
+WELCH_CAVEAT = ("Welch over pairs is descriptive precision only: the pairs of one SAE are not independent "
+                "samples (they share latents and tokens); the unit of inference is the training seed.")
 
 PAPER = {
     "dphi_pct": "−7.5% (λ₂=0.3, σ²=1.0)",
@@ -39,13 +46,6 @@ def _read(tables: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _col(df: pd.DataFrame, *names: str):
-    for n in names:
-        if n in df.columns:
-            return n
-    return None
-
-
 def _fmt(x, spec: str = ".4g") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -53,20 +53,14 @@ def _fmt(x, spec: str = ".4g") -> str:
 
 
 def _row(df: pd.DataFrame, run: str) -> pd.Series | None:
-    c = _col(df, "run", "name", "config")
-    if c is None:
-        return None
-    hit = df[df[c] == run]
+    hit = df[df["run"] == run]
     return hit.iloc[0] if len(hit) else None
 
 
-def _get(row, *names, spec=".4g", unit: str = "") -> str:
+def _get(row, name: str, spec=".4g", unit: str = "") -> str:
     if row is None:
         return "not run"
-    for n in names:
-        if n in row.index:
-            return _fmt(row[n], spec) + unit
-    return "n/a"
+    return _fmt(row[name], spec) + unit if name in row.index else "n/a"
 
 
 def gemma_text(gem: pd.DataFrame | None, paper_config: tuple[float, float] = (0.3, 1.0)) -> str:
@@ -80,10 +74,6 @@ def gemma_text(gem: pd.DataFrame | None, paper_config: tuple[float, float] = (0.
     solo = gem[gem["run"] == "solo"]
     if not len(joint) or not len(solo):
         return "table present, no solo/joint rows"
-    if "dfuzz" not in gem and "fuzz_mean" in gem:  # a table written before dfuzz / dfuzz_se existed
-
-        gem = add_fuzz_deltas(gem.assign(fuzz_sem=gem.get("fuzz_sem", math.nan)))
-        joint, solo = gem[gem["run"] != "solo"], gem[gem["run"] == "solo"]
     d = joint["dphi_pct"].astype(float)
     parts = [f"Δ mean \\|φ\\| {d.min():+.2f}% to {d.max():+.2f}% over {len(joint)} configs"]
     has_fuzz = "dfuzz" in gem and joint["dfuzz"].notna().any()
@@ -116,73 +106,134 @@ def ground_truth_text(gt: pd.DataFrame | None) -> str:
     return "; ".join(out) if out else "solo only"
 
 
-def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
+def _pct_ci(r) -> str:
+    return (f"{float(r['delta_pct']):+.2f}% [{float(r['ci_low_pct']):+.2f}, {float(r['ci_high_pct']):+.2f}]"
+            if "delta_pct" in r and math.isfinite(float(r["delta_pct"])) else "n/a")
+
+
+def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None) -> list[str]:
+    """The primary comparison as Markdown: verdict sentence, one row per comparison and statistic."""
+    if paired is None or not len(paired):
+        return ["The primary comparison has not run (notebook 04)."]
+    k = int(paired["K"].max())
+    lines = [f"**{overall_verdict(paired)}**", "",
+             f"Paired t-test over K = {k} training seeds (seed s shares initialisation and data order across "
+             "arms; K − 1 df). Δ in % of the baseline mean with its 95% CI; MDE = smallest |Δ| detectable with "
+             "80% power at α = 0.05 given the observed spread of the paired differences.", "",
+             "| comparison | statistic | baseline | treatment | Δ % [95% CI] | p | MDE % | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in paired.iterrows():
+        label = STATISTICS.get(r["statistic"], r["statistic"]).replace("|", "\\|")
+        lines.append(f"| {r['comparison']} | {label} | "
+                     f"{_fmt(r['mean_baseline'])} | {_fmt(r['mean_treatment'])} | {_pct_ci(r)} | "
+                     f"{_fmt(r.get('p'), '.2g')} | {_fmt(r.get('mde_pct'), '.2f')} | {r['verdict']} |")
+    if rate is not None and len(rate):
+        d = rate["rel_diff_pct"].astype(float)
+        lines += ["", f"Firing-rate-matched (latent-level regression of a latent's mean \\|φ\\| over alive partners "
+                      f"on arm and log firing rate), joint vs solo per seed: {', '.join(f'{x:+.2f}%' for x in d)}; "
+                      f"mean {d.mean():+.2f}%."]
+    return lines
+
+
+def convergence_lines(conv: pd.DataFrame | None) -> list[str]:
+    """How many runs meet each convergence criterion, and how far the others are."""
+    if conv is None or not len(conv):
+        return ["Convergence diagnostics have not run (notebook 04)."]
+    ok = conv["ok"].astype(bool)
+    out = [f"{int(ok.sum())} of {len(conv)} runs meet every criterion (L2 change over the last 20% of steps < 3%, "
+           f"dead latents < 1% of n on the {int(conv['dead_on_tokens'].max()):,} co-occurrence tokens, meta SAE "
+           "error on a plateau).",
+           f"Largest L2 change over the last 20%: {100 * conv['l2_change_last20'].max():.2f}%; most dead latents: "
+           f"{int(conv['dead_eval'].max())} ({100 * conv['dead_frac'].max():.2f}% of n)."]
+    meta = conv["meta_err_final"].dropna()
+    if len(meta):
+        lo, hi = 100 * (1 - meta.max()), 100 * (1 - meta.min())
+        out.append(f"Meta SAE error on the unit decoder rows at the end: {meta.min():.2f}–{meta.max():.2f} "
+                   f"(it explains {lo:.0f}–{hi:.0f}% of each row's squared norm).")
+    bad = conv.loc[~ok, "run"].tolist()
+    if bad:
+        out.append("Runs missing a criterion (flagged in Table 1): " + ", ".join(f"`{b}`" for b in bad) + ".")
+    return out
+
+
+def _model_line(p: Profile) -> str:
+    return (f"- subject model: {MODEL_NAMES.get(p.model, p.model)}, layer {p.layer} (resid_pre), corpus `{p.corpus}`, "
+            f"context {p.context}")
+
+
+def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops: float | None = None) -> Path:
     """Write ``<tables>/summary.md`` for ``profile`` and return its path."""
     p = get_profile(profile)
     figs, tables = output_dirs(p)
     sel_path = tables / "selected.json"
-    selected = read_json(sel_path)["selected"] if sel_path.exists() else None
+    sel_info = read_json(sel_path) if sel_path.exists() else None
+    selected = sel_info["selected"] if sel_info else None
     t1 = _read(tables, "table1_grid")
-    lines = [f"# Paper vs reproduction — profile `{p.name}`", ""]
     prov = provenance()
-    lines += [
-        f"- model: `{p.model}`, layer {p.layer} (resid_pre), corpus `{p.corpus}`, context {p.context}",
-        f"- SAE: n = {p.n_latents}, k = {p.k}, meta m = {p.n_meta}, k_meta = {p.k_meta}, "
-        f"batch {p.batch_size}, {p.train_epochs:g} epoch(s) over the training range",
-        "- token ranges (disjoint): " + ", ".join(f"{k} {v:,}" for k, v in p.tokens.as_dict().items()),
-        f"- git `{prov['git']}`; " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
-        f"- selected joint configuration: `{selected or 'not selected yet'}`",
-        "",
-        "| quantity | paper (GPT-2 large, layer 20) | reproduced (this profile) |",
-        "|---|---|---|",
-    ]
+    per_epoch = (p.tokens.train // p.context) * (p.context - int(p.drop_bos)) // p.batch_size
+    steps = max(1, round(p.train_epochs * per_epoch))
+    lines = [f"# Paper vs reproduction — profile `{p.name}`", "", _model_line(p),
+             f"- SAE: n = {p.n_latents}, k = {p.k}, meta m = {p.n_meta}, k_meta = {p.k_meta}; batch {p.batch_size}, "
+             f"{p.train_epochs:g} epochs over the training range (about {steps} steps), lr {p.lr:g} "
+             f"(warm-up {p.lr_warmup_frac:g}, linear decay over the last {p.lr_decay_frac:g} of the steps), "
+             f"penalty from {p.penalty_start_frac:g} of the steps (ramp {p.penalty_ramp_frac:g})",
+             "- token ranges (disjoint): " + ", ".join(f"{k} {v:,}" for k, v in p.tokens.as_dict().items()),
+             f"- git `{prov['git']}`; " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
+             "", f"## The answer: does the penalty make latents co-fire less? (λ₂ = {p.paper_lambda2:g}, "
+             f"σ² = {p.paper_sigma2:g}, fixed in advance)", ""]
+    lines += primary_lines(_read(tables, "primary_paired_seeds"), _read(tables, "primary_rate_matched"))
+    lines += ["", "## Are the SAEs trained?", ""] + convergence_lines(_read(tables, "convergence"))
+    lines += ["", "## Paper vs reproduction (exploratory: one seed per grid configuration)", "",
+              f"Selected configuration: `{selected or 'not selected yet'}`"
+              + (f" (chosen on the first half of the co-occurrence tokens; Δ mean \\|φ\\| on the held-out half "
+                 f"{sel_info['delta_phi_heldout_pct']:+.2f}%)" if sel_info and "delta_phi_heldout_pct" in sel_info
+                 else ""), "", WELCH_CAVEAT, "",
+              "| quantity | paper (GPT-2 large, layer 20) | reproduced (this profile) |", "|---|---|---|"]
     solo = _row(t1, "solo") if t1 is not None else None
     sel = _row(t1, selected) if (t1 is not None and selected) else None
-    ctrl = _row(t1, "control") if t1 is not None else None
     rows: list[tuple[str, str, str]] = []
-    dphi = _get(sel, "dphi_pct", "delta_phi_pct", spec="+.2f", unit="%")
     phis = f"solo {_get(solo, 'mean_abs_phi')}, joint {_get(sel, 'mean_abs_phi')}"
-    rows.append(("Δ mean \\|φ\\| (selected vs solo)", PAPER["dphi_pct"], f"{dphi} ({phis})"))
-    dl2 = _get(sel, "dl2_pct", "delta_l2_pct", spec="+.2f", unit="%")
-    rows.append(("ΔL2 (selected vs solo)", PAPER["dl2_pct"], dl2))
-    p_txt = _get(sel, "welch_p", "p", spec=".2g")
-    if p_txt == "0" and sel is not None and "welch_log10_p" in sel.index:  # fp64 underflow: show log10 p
+    rows.append(("Δ mean \\|φ\\| (selected vs solo, all tokens)", PAPER["dphi_pct"],
+                 f"{_get(sel, 'delta_phi_pct', spec='+.2f', unit='%')} ({phis})"))
+    rows.append(("ΔL2 (selected vs solo)", PAPER["dl2_pct"], _get(sel, "delta_l2_pct", spec="+.2f", unit="%")))
+    p_txt = _get(sel, "welch_p", spec=".2g")
+    if p_txt == "0" and sel is not None:  # fp64 underflow: show log10 p
         p_txt = f"10^{float(sel['welch_log10_p']):.0f}"
-    welch = f"t = {_get(sel, 'welch_t', 't', spec='.2f')}, p = {p_txt}, pairs = {_get(sel, 'n_pairs', spec=',.0f')}"
-    rows.append(("Welch t, p (mean \\|φ\\|, joint vs solo)", PAPER["welch_t"], welch))
+    rows.append(("Welch t, p over pairs (descriptive)", PAPER["welch_t"],
+                 f"t = {_get(sel, 'welch_t', spec='.2f')}, p = {p_txt}, pairs = {_get(sel, 'n_pairs', spec=',.0f')}"))
     nf = "not run"
-    if t1 is not None and "arm" in t1.columns:
+    if t1 is not None:
         solos = t1[t1["arm"] == "solo"]["mean_abs_phi"].astype(float)
         if len(solos) >= 2:
             nf = f"{solos.mean():.4g} ± {solos.std(ddof=1):.2g} over {len(solos)} independent solo SAEs"
-            if sel is not None:
-                nf += f"; joint−solo gap {float(sel['mean_abs_phi']) - float(solo['mean_abs_phi']):+.3g}"
     rows.append(("noise floor (independent solo seeds)", PAPER["noise_floor"], nf))
     rows.append(("CE overhead, solo", PAPER["ce_solo"], _get(solo, "ce_overhead_pct", spec="+.2f", unit="%")))
-    rows.append(("CE overhead, joint", PAPER["ce_joint"], _get(sel, "ce_overhead_pct", spec="+.2f", unit="%")))
-    rows.append(("dead latents", PAPER["dead"],
-                 f"joint {_get(sel, 'dead_latents', 'dead', spec='.0f')} "
-                 f"vs solo {_get(solo, 'dead_latents', 'dead', spec='.0f')}"))
+    rows.append(("CE overhead, joint (selected)", PAPER["ce_joint"],
+                 _get(sel, "ce_overhead_pct", spec="+.2f", unit="%")))
+    tok = f" on {int(solo['dead_on_tokens']):,} co-occurrence tokens" if solo is not None else ""
+    rows.append(("dead latents", PAPER["dead"], f"joint {_get(sel, 'dead_latents', spec='.0f')} "
+                 f"vs solo {_get(solo, 'dead_latents', spec='.0f')}{tok}"))
     rows.append(("λ₂ = 0 control", PAPER["control"],
-                 f"Δ\\|φ\\| {_get(ctrl, 'dphi_pct', 'delta_phi_pct', spec='+.2f', unit='%')}, "
-                 f"ΔL2 {_get(ctrl, 'dl2_pct', 'delta_l2_pct', spec='+.2f', unit='%')}"))
+                 "identical to solo by construction (same seed, zero weight; a unit test); the reported control is "
+                 "the random-critic arm above"))
     ai = _read(tables, "autointerp_summary")
     r = ai.iloc[0] if ai is not None and len(ai) else None
     rows.append(("fuzz means (2·acc−1)", PAPER["fuzz_means"],
-                 f"solo {_get(r, 'mean_solo', 'solo_mean', spec='.3f')}, "
-                 f"joint {_get(r, 'mean_joint', 'joint_mean', spec='.3f')}"))
+                 f"solo {_get(r, 'mean_solo', spec='.3f')}, joint {_get(r, 'mean_joint', spec='.3f')}"))
     rows.append(("paired Δfuzz", PAPER["fuzz_delta"],
-                 f"Δ = {_get(r, 'delta', 'mean_delta', spec='+.4f')}, t = {_get(r, 't', spec='.2f')}, "
-                 f"p = {_get(r, 'p', spec='.2g')}, pairs = {_get(r, 'n_pairs', 'n', spec='.0f')}"))
-    share = _get(r, "pct_joint_higher", "share_joint_higher", spec=".1f", unit="%")
+                 f"Δ = {_get(r, 'delta', spec='+.4f')}, t = {_get(r, 't', spec='.2f')}, "
+                 f"p = {_get(r, 'p', spec='.2g')}, pairs = {_get(r, 'n_pairs', spec='.0f')}"))
+    share = _get(r, "pct_joint_higher", spec=".1f", unit="%")
     if r is not None and "pct_equal" in r.index:
         share += f" (ties {_get(r, 'pct_equal', spec='.1f')}%)"
     rows.append(("% pairs improved", PAPER["fuzz_share"], share))
-    gem = _read(second_model_output_dirs(second_model(p.name))[1], "gemma_grid")
-
-    rows.append(("second model (§6)", PAPER["gemma"],
-                 f"`{second_model(p.name)}` profile: {gemma_text(gem)}"))
+    second = second_model(p.name)
+    gem = _read(second_model_output_dirs(second)[1], "gemma_grid")
+    rows.append(("second model (§6)", PAPER["gemma"], f"`{second}` profile: {gemma_text(gem)}"))
     lines += [f"| {q} | {paper} | {ours} |" for q, paper, ours in rows]
+    gpaired = _read(second_model_output_dirs(second)[1], "gemma_paired_seeds")
+    if gpaired is not None and len(gpaired):
+        lines += ["", f"Second model, paired seeds (`{second}`):", ""] + primary_lines(gpaired, None)
     gt = _read(tables, "ground_truth")
     lines += ["", "Beyond the paper:", ""]
     lines.append("- ground-truth benchmark (notebook 08, `ground_truth.md`): " + ground_truth_text(gt))
@@ -190,7 +241,8 @@ def write_summary(profile: str, stage_seconds: dict | None = None) -> Path:
         done = {k: v for k, v in stage_seconds.items() if v is not None}
         lines += ["", "Stage run times of the last run of each stage (s): "
                   + ", ".join(f"{k} {v}" for k, v in done.items())
-                  + f"; sum {sum(done.values()) / 60:.1f} min"]
+                  + f"; sum {sum(done.values()) / 60:.1f} min"
+                  + (f" (machine: fp32 matmul {matmul_gflops:.0f} GFLOP/s)" if matmul_gflops else "")]
     lines += ["", "Numbers are regenerated by `make reproduce`; the paper's are quoted from its text.", ""]
     path = tables / "summary.md"
     write_text(path, "\n".join(lines))

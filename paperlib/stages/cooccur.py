@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 
 from paperlib.config.io import atomic_path, read_json, write_json
@@ -39,6 +40,14 @@ def split_halves(fired: sp.spmatrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return fired[:mid], fired[mid:]
 
 
+def alive_columns(fired: sp.spmatrix) -> sp.csr_matrix:
+    """The firing matrix restricted to alive latents (fire on, and stay silent on, ≥ ALIVE_MIN_COUNT tokens)."""
+    fired = fired.tocsc()
+    n1 = np.asarray(fired.sum(axis=0)).ravel()
+    keep = np.flatnonzero((n1 >= ALIVE_MIN_COUNT) & (fired.shape[0] - n1 >= ALIVE_MIN_COUNT))
+    return fired[:, keep].tocsr()
+
+
 cache.declare("cooccurrence", __name__, _settings, deps=("calibration",), outputs=("result.json", "firing.npz"))
 
 
@@ -51,7 +60,8 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> dict[str, Any]:
     ``range`` and ``run``; ``robust``: the rate-robust statistics
     (:func:`~paperlib.metrics.cooccurrence.rate_robust_stats_blockwise`: alive pairs, excess over the
     independent-firing null, positive tail); ``halves``: the WithinStats of each half of the tokens
-    (:func:`split_halves`). The firing matrix is kept (:func:`load_firing`).
+    (:func:`split_halves`); ``alive``: the WithinStats (with histogram) over the pairs of alive latents
+    (:func:`alive_columns`). The firing matrix is kept (:func:`load_firing`).
     """
     d = cache.stage_dir("cooccurrence", run)
     if cache.is_fresh("cooccurrence", run):
@@ -65,7 +75,9 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> dict[str, Any]:
     res = {"run": run.name, "range": "cooccurrence", **ws.to_dict(with_hist=True),
            "robust": rate_robust_stats_blockwise(firing, min_count=ALIVE_MIN_COUNT, tail=TAIL, progress=progress),
            "halves": [within_stats_blockwise(SparseFiring.from_fired(h), progress=False).to_dict()
-                      for h in split_halves(fired)]}
+                      for h in split_halves(fired)],
+           "alive": within_stats_blockwise(SparseFiring.from_fired(alive_columns(fired)),
+                                           progress=False).to_dict(with_hist=True)}
     d = cache.begin("cooccurrence", run)
     with atomic_path(d / "firing.npz") as tmp, open(tmp, "wb") as fh:
         sp.save_npz(fh, fired.tocsr())

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from paperlib.config.profiles import Profile, get_profile
+from paperlib.sae.arms import primary_runs
 from paperlib.stages.interp import ensure_scores
 from paperlib.stages.recon import ensure_reconstruction
 from paperlib.stages.run import Run, as_runs
@@ -27,11 +28,13 @@ SMOKE_GRID = ("0.3", "1.0")
 
 
 def gemma_plan(profile: str | Profile, lambda2: Any = "0.1,0.3,1.0", sigma2: Any = "1.0,3.0") -> list[Run]:
-    """solo + the λ₂ × σ² joint grid (on ``smoke``: the single configuration :data:`SMOKE_GRID`)."""
+    """solo + the λ₂ × σ² joint grid at seed 0 (on ``smoke``: the single configuration :data:`SMOKE_GRID`),
+    then the profile's paired seeds of the primary comparison (solo and the paper's configuration)."""
     p = get_profile(profile)
     if p.name == "smoke":
         lambda2, sigma2 = SMOKE_GRID
-    return training_plan(p, "solo", lambda2=lambda2, sigma2=sigma2)
+    grid = training_plan(p, "solo", lambda2=lambda2, sigma2=sigma2)
+    return as_runs(p, grid + [Run(p, s) for specs in primary_runs(p).values() for s in specs])
 
 
 def sample_features(run: Run, n: int, seed: int = 0) -> list[int]:

@@ -27,6 +27,7 @@ from paperlib.stages.compare import convergence_table
 from paperlib.stages.cooccur import ensure_cooccurrence
 from paperlib.stages.recon import ensure_reconstruction
 from paperlib.stages.run import Run, as_runs
+from paperlib.stages.train import ensure_trained
 
 TABLE1_COLUMNS = [
     "run", "arm", "lambda2", "sigma2", "gamma", "seed", "baseline", "n_pairs", "mean_abs_phi", "delta_phi_pct",
@@ -169,6 +170,7 @@ def ensure_selection(profile: str | Profile, *, progress: bool = True) -> dict[s
     if cache.is_fresh("selection", profile=p):
         return read_json(cache.stage_dir("selection", profile=p) / "result.json")
     runs = [r for r in table_runs(p) if r.spec.seed == 0]
+    ensure_trained(p, runs, progress=progress)  # a notebook asking for "joint" runs standalone
     sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.max_dl2_pct)
     d = cache.begin("selection", profile=p)
     write_json(d / "result.json", sel)

@@ -12,7 +12,9 @@ from paperlib.report.second_model import GEMMA_COLUMNS, gemma_figure, gemma_tabl
 def _grid() -> pd.DataFrame:
     return pd.DataFrame({"run": ["solo", "joint-l0.3-s1", "joint-l1-s3"], "lambda2": [math.nan, 0.3, 1.0],
                          "sigma2": [math.nan, 1.0, 3.0], "mean_abs_phi": [0.02, 0.018, 0.017],
-                         "delta_phi_pct": [0.0, -10.0, -15.0], "l2": [0.1, 0.105, 0.11],
+                         "delta_phi_pct": [0.0, -10.0, -15.0], "delta_phi_alive_pct": [0.0, -5.0, -6.0],
+                         "delta_excess_pct": [0.0, -8.0, -9.0], "frac_phi_gt_tail": [0.01, 0.009, 0.008],
+                         "converged": [True, True, False], "l2": [0.1, 0.105, 0.11],
                          "delta_l2_pct": [0.0, 5.0, 10.0], "l0": [8.0, 8.0, 8.0],
                          "ce_overhead_pct": [1.0, 1.2, 1.3], "dead_latents": [0, 1, 2],
                          "welch_p": [math.nan, 0.01, 0.001], "arm": ["solo", "joint", "joint"]})

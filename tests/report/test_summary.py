@@ -11,11 +11,12 @@ def test_gemma_text_uses_absolute_fuzz_differences():
     gem = pd.DataFrame({
         "run": ["solo", "joint-l0.3-s1", "joint-l1-s3"], "lambda2": [math.nan, 0.3, 1.0],
         "sigma2": [math.nan, 1.0, 3.0], "dphi_pct": [0.0, -2.5, 1.25], "dl2_pct": [0.0, 3.0, 1.0],
-        "fuzz_mean": [0.05, 0.2, 0.1], "n_fuzz": [16, 16, 16]})
+        "fuzz_mean": [0.05, 0.2, 0.1], "n_fuzz": [16, 16, 16], "dfuzz": [0.0, 0.15, 0.05],
+        "dfuzz_se": [math.nan, 0.02, 0.03]})
     t = gemma_text(gem)
     assert "-2.50% to +1.25% over 2 configs" in t
     assert "λ₂=0.3, σ²=1: ΔL2 +3.00%, Δfuzz +0.150" in t
-    assert "best Δfuzz +0.150 at joint-l0.3-s1" in t and "16 features per config" in t
+    assert "best Δfuzz +0.150 ± 0.020 s.e. at joint-l0.3-s1" in t and "16 features per config" in t
     assert gemma_text(None) == "not run"
 
 

@@ -16,8 +16,10 @@ def test_plan_and_output_dirs(tmp_path, monkeypatch):
                                                         tmp_path / "default" / "tables")
     assert second_model_output_dirs("smoke")[1] == tmp_path / "smoke" / "tables"
     names = [r.name for r in sm.gemma_plan("gemma-3-270m", "0.1,0.3", "1.0,3.0")]
-    assert names == ["solo", "joint-l0.1-s1", "joint-l0.1-s3", "joint-l0.3-s1", "joint-l0.3-s3"]
-    assert [r.name for r in sm.gemma_plan("smoke")] == ["solo", "joint-l0.3-s1"]
+    assert names == ["solo", "joint-l0.1-s1", "joint-l0.1-s3", "joint-l0.3-s1", "joint-l0.3-s3",  # grid, seed 0
+                     "solo-seed1", "solo-seed2", "joint-l0.3-s1-seed1", "joint-l0.3-s1-seed2"]  # paired seeds
+    assert [r.name for r in sm.gemma_plan("smoke")] == ["solo", "joint-l0.3-s1", "solo-seed1", "joint-l0.3-s1-seed1",
+                                                        "randcritic-l0.3-s1", "randcritic-l0.3-s1-seed1"]
 
 
 def test_fuzz_table_without_judge():
