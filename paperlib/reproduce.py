@@ -25,7 +25,7 @@ import torch
 from paperlib.config.io import read_json, write_json
 from paperlib.config.paths import REPO_ROOT
 from paperlib.config.profiles import get_profile, second_model
-from paperlib.report.summary import write_summary
+from paperlib.report.summary import write_readme_results, write_summary
 from paperlib.stages.cache import PACKAGE_ROOT, code_digest, digest
 
 
@@ -144,6 +144,8 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     path = write_summary(profile, stage_seconds={k: v.get("seconds") for k, v in record.items()},
                          matmul_gflops=gflops)
     print(f"\nsummary: {path}")
+    if profile == "default" and write_readme_results(REPO_ROOT / "README.md", profile):
+        print("README.md: results section rewritten from tables/")
     print("stage times (this invocation):")
     for name, status, dt in timings:
         print(f"  {name:22s} {status:8s} {_fmt(dt) if status == 'ran' else ''}")

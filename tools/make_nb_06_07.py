@@ -84,7 +84,7 @@ write_notebook(
     "`-p profile gemma-2-9b` this is the paper's experiment (GPU + hub). On `smoke` a single "
     "configuration is used.",
     '''lambda2 = "0.1,0.3,1.0"   # λ₂ grid (the paper's §6 grid)
-sigma2 = "1.0,3.0"         # σ² grid
+sigma2 = "1.0"             # σ² grid (the paper's §6 grid has 1.0,3.0; the offline default keeps 1.0)
 n_fuzz_features = None   # features scored per configuration (None: the profile's autointerp_features)
 judge = "local"          # local | openai | none''',
     [

@@ -202,7 +202,8 @@ PROFILES: dict[str, Profile] = {
                            autointerp=19_200, ce=2_048),  # CE: Gemma's 262k-vocabulary head dominates
         n_latents=2560, k=32, n_meta=232, k_meta=8, batch_size=1024, dead_after=20, lr=1e-3, train_epochs=2.0,
         lr_warmup_frac=0.05, lr_decay_frac=0.6, meta_lr=3e-3, penalty_start_frac=0.25, penalty_ramp_frac=0.1,
-        grid_sigma2=(1.0, 3.0), ortho_gamma=(), primary_seeds=3, primary_arms=("solo", "joint"),
+        # the §6 grid at σ² = 1 only (λ₂ ∈ {0.1, 0.3, 1}): the 60-min budget goes to the 3 paired seeds first
+        grid_sigma2=(1.0,), ortho_gamma=(), primary_seeds=3, primary_arms=("solo", "joint"),
         autointerp_features=16,
         # Gemma 3's layer-9 residual has a massive outlier dimension (dim 163: mean ≈ 5435, std ≈ 1848
         # vs median |x| ≈ 18); with per-token standardisation alone 96 % of the latents died.

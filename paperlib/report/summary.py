@@ -247,3 +247,36 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
     path = tables / "summary.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+README_START = "<!-- results:start (written by make reproduce from tables/; do not edit by hand) -->"
+README_END = "<!-- results:end -->"
+
+
+def results_block(profile: str) -> str:
+    """The README's results section for ``profile``: the verdict and the paired-seed rows of the primary
+    comparison, convergence, and the second model's verdict, all from the published tables."""
+    p = get_profile(profile)
+    tables = output_dirs(p)[1]
+    paired = _read(tables, "primary_paired_seeds")
+    lines = primary_lines(paired, _read(tables, "primary_rate_matched"))
+    lines += ["", "Convergence: " + " ".join(convergence_lines(_read(tables, "convergence")))]
+    second = second_model(p.name)
+    gpaired = _read(second_model_output_dirs(second)[1], "gemma_paired_seeds")
+    if gpaired is not None and len(gpaired):
+        lines += ["", f"Second model (`{second}`, {int(gpaired['K'].max())} paired seeds): {overall_verdict(gpaired)}"]
+    lines += ["", "Everything else (Table 1, the exploratory grid, auto-interp, case studies, ground truth) is in "
+              "`tables/summary.md`."]
+    return "\n".join(lines)
+
+
+def write_readme_results(readme: Path, profile: str) -> bool:
+    """Replace the text between :data:`README_START` and :data:`README_END` in ``readme`` with
+    :func:`results_block`; False (and nothing written) when the markers are missing."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    write_text(readme, f"{head}{README_START}\n{results_block(profile)}\n{README_END}{tail}")
+    return True

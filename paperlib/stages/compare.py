@@ -158,6 +158,10 @@ def overall_verdict(table: pd.DataFrame) -> str:
         beyond = [s for s in robust if s in jr.index and "ci_high" in jr and jr.loc[s, "ci_high"] < 0]
         tail = ("; it also exceeds what a random critic does" if len(beyond) == len(robust) else
                 "; but a random critic is not clearly worse, so generic decoder repulsion may explain it")
+        against = [s for s in js.index if s not in robust and js.loc[s, "ci_low"] > 0]
+        if against:
+            tail += (f"; but {', '.join(against)} rises (95% CI excludes 0), so the strongly co-firing pairs do not "
+                     "become rarer")
         return (f"Evidence that the penalty lowers co-firing at this scale: over {k} paired seeds the 95% CIs of "
                 f"the rate-robust statistics ({', '.join(robust)}) exclude 0{tail}.")
     if higher:

@@ -27,3 +27,27 @@ def test_ground_truth_text_and_number_format():
     assert ground_truth_text(None) == "not run"
     assert _fmt(pd.Series([10614528]).iloc[0], ",.0f") == "10,614,528"  # numpy integers are formatted
     assert _fmt(float("nan")) == "n/a"
+
+
+def test_readme_results_block_is_written_between_markers_from_the_tables(tmp_path, monkeypatch):
+    from paperlib.config.paths import output_dirs
+    from paperlib.report import summary
+
+    monkeypatch.setenv("PAPERLIB_OUTPUTS", str(tmp_path / "out"))
+    tables = output_dirs("smoke")[1]
+    rows = [{"comparison": c, "statistic": s, "label": s, "K": 5, "mean_baseline": 1.0, "mean_treatment": 0.99,
+             "delta": -0.01, "ci_low": lo, "ci_high": hi, "p": 0.2, "delta_pct": -1.0, "ci_low_pct": 100 * lo,
+             "ci_high_pct": 100 * hi, "mde_pct": 2.0, "verdict": "v"}
+            for c in ("joint vs solo", "joint vs randcritic")
+            for s, lo, hi in (("mean_abs_phi_alive", -0.02, 0.01), ("excess_abs_phi", -0.03, 0.005))]
+    pd.DataFrame(rows).to_csv(tables / "primary_paired_seeds.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{summary.README_START}\nold words\n{summary.README_END}\noutro\n")
+    assert summary.write_readme_results(readme, "smoke")
+    text = readme.read_text()
+    assert "old words" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "No evidence at this scale: over 5 paired seeds" in text
+    assert "-1.00% [-2.00, +1.00]" in text
+    other = tmp_path / "other.md"
+    other.write_text("no markers")
+    assert not summary.write_readme_results(other, "smoke") and other.read_text() == "no markers"

@@ -36,10 +36,11 @@ def test_verdict_words_follow_the_interval():
     assert compare.verdict(float("nan"), 1.0, 0.0) == "not testable"
 
 
-def _table(ci_alive, ci_excess, ci_rc=(-1.0, 1.0)):
+def _table(ci_alive, ci_excess, ci_rc=(-1.0, 1.0), ci_tail=(-1.0, 1.0)):
     rows = []
-    for comp, cis in (("joint vs solo", (ci_alive, ci_excess)), ("joint vs randcritic", (ci_rc, ci_rc))):
-        for stat, (lo, hi) in zip(("mean_abs_phi_alive", "excess_abs_phi"), cis, strict=True):
+    comps = (("joint vs solo", (ci_alive, ci_excess, ci_tail)), ("joint vs randcritic", (ci_rc, ci_rc, ci_rc)))
+    for comp, cis in comps:
+        for stat, (lo, hi) in zip(("mean_abs_phi_alive", "excess_abs_phi", "frac_phi_gt_tail"), cis, strict=True):
             rows.append({"comparison": comp, "statistic": stat, "K": 5, "ci_low": lo, "ci_high": hi,
                          "verdict": compare.verdict(lo, hi, (lo + hi) / 2)})
     return pd.DataFrame(rows)
@@ -50,6 +51,8 @@ def test_overall_verdict_is_computed_from_the_intervals():
     assert "generic decoder repulsion" in compare.overall_verdict(_table((-2, -1), (-3, -1)))
     assert "exceeds what a random critic does" in compare.overall_verdict(_table((-2, -1), (-3, -1), (-2, -0.1)))
     assert compare.overall_verdict(_table((0.5, 1), (-1, 1))).startswith("The penalty raised")
+    mixed = compare.overall_verdict(_table((-2, -1), (-3, -1), (-2, -0.1), ci_tail=(0.5, 1.0)))
+    assert "frac_phi_gt_tail rises" in mixed and mixed.startswith("Evidence")
     assert compare.overall_verdict(pd.DataFrame()).startswith("The primary comparison has not run")
 
 
