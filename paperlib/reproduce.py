@@ -109,7 +109,8 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     pipeline = [s for s in stages(profile) if (REPO_ROOT / "notebooks" / s.notebook).exists()]
     gflops = matmul_gflops()
     print(f"machine: fp32 matmul {gflops:.0f} GFLOP/s on {torch.get_num_threads()} threads "
-          "(the budget of the default profile holds at 120)", flush=True)
+          "(stage times scale roughly with 1/this rate; the default profile's budget target is 60 min at 120)",
+          flush=True)
     t_all = time.perf_counter()
     for i, stage in enumerate(pipeline, 1):
         key = stage_key(stage, upstream)
