@@ -15,6 +15,7 @@ import numbers
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats as sps
 
 from paperlib.config.io import provenance, read_json, write_text
 from paperlib.config.paths import output_dirs, second_model_output_dirs
@@ -116,7 +117,10 @@ def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None) -> lis
     if paired is None or not len(paired):
         return ["The primary comparison has not run (notebook 04)."]
     k = int(paired["K"].max())
-    lines = [f"**{overall_verdict(paired)}**", "",
+    lines = [f"**{overall_verdict(paired)}**", ""]
+    if rate is not None and len(rate):
+        lines += rate_matched_lines(rate) + [""]
+    lines += [
              f"Paired t-test over K = {k} training seeds (seed s shares initialisation and data order across "
              "arms; K − 1 df). Δ in % of the baseline mean with its 95% CI; MDE = smallest |Δ| detectable with "
              "80% power at α = 0.05 given the observed spread of the paired differences.", "",
@@ -127,12 +131,39 @@ def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None) -> lis
         lines.append(f"| {r['comparison']} | {label} | "
                      f"{_fmt(r['mean_baseline'])} | {_fmt(r['mean_treatment'])} | {_pct_ci(r)} | "
                      f"{_fmt(r.get('p'), '.2g')} | {_fmt(r.get('mde_pct'), '.2f')} | {r['verdict']} |")
-    if rate is not None and len(rate):
-        d = rate["rel_diff_pct"].astype(float)
-        lines += ["", f"Firing-rate-matched (latent-level regression of a latent's mean \\|φ\\| over alive partners "
-                      f"on arm and log firing rate), joint vs solo per seed: {', '.join(f'{x:+.2f}%' for x in d)}; "
-                      f"mean {d.mean():+.2f}%."]
     return lines
+
+
+def _seed_ci(values: pd.Series) -> tuple[float, float, float]:
+    """Mean and 95% t-interval over seeds (the seed is the unit)."""
+    v = values.astype(float).to_numpy()
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    half = float(sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def rate_matched_lines(rate: pd.DataFrame) -> list[str]:
+    """The firing-rate-matched estimates (regression and rate-cell strata) with their CIs over seeds, and
+    whether they agree with the raw difference."""
+    raw, reg, cell = (_seed_ci(rate[c]) for c in ("raw_rel_pct", "rel_diff_pct", "cell_rel_pct"))
+    k = len(rate)
+
+    def fmt(x):
+        return f"{x[0]:+.2f}% [{x[1]:+.2f}, {x[2]:+.2f}]"
+
+    out = [f"Firing-rate-matched comparison, joint vs solo, latent level (a latent's mean \\|φ\\| over alive "
+           f"partners), mean over {k} seeds with 95% CI: raw {fmt(raw)}; adjusted by regression on arm and log "
+           f"firing rate {fmt(reg)}; within firing-rate cells {fmt(cell)}."]
+    signs = {"raw": raw, "regression": reg, "rate cells": cell}
+    lower = [n for n, x in signs.items() if x[2] < 0]
+    higher = [n for n, x in signs.items() if x[1] > 0]
+    if lower and higher:
+        out.append(f"The estimates disagree in sign ({', '.join(lower)} lower; {', '.join(higher)} higher, CIs "
+                   "excluding 0): much of the raw difference goes with a change in firing rates, so it does not by "
+                   "itself show more atomic latents.")
+    return out
 
 
 def convergence_lines(conv: pd.DataFrame | None) -> list[str]:
@@ -161,8 +192,10 @@ def _model_line(p: Profile) -> str:
             f"context {p.context}")
 
 
-def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops: float | None = None) -> Path:
-    """Write ``<tables>/summary.md`` for ``profile`` and return its path."""
+def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops: float | None = None,
+                  run_revision: str | None = None) -> Path:
+    """Write ``<tables>/summary.md`` for ``profile`` and return its path. ``run_revision``: the commit of the
+    run that made the tables, when this summary is re-rendered later from them."""
     p = get_profile(profile)
     figs, tables = output_dirs(p)
     sel_path = tables / "selected.json"
@@ -178,7 +211,9 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
              f"(warm-up {p.lr_warmup_frac:g}, linear decay over the last {p.lr_decay_frac:g} of the steps), "
              f"penalty from {p.penalty_start_frac:g} of the steps (ramp {p.penalty_ramp_frac:g})",
              "- token ranges (disjoint): " + ", ".join(f"{k} {v:,}" for k, v in p.tokens.as_dict().items()),
-             f"- git `{prov['git']}`; " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
+             (f"- tables made by `make reproduce` at git `{run_revision}`, this summary rendered at `{prov['git']}`; "
+              if run_revision else f"- git `{prov['git']}`; ")
+             + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
              "", f"## The answer: does the penalty make latents co-fire less? (λ₂ = {p.paper_lambda2:g}, "
              f"σ² = {p.paper_sigma2:g}, fixed in advance)", ""]
     lines += primary_lines(_read(tables, "primary_paired_seeds"), _read(tables, "primary_rate_matched"))

@@ -51,3 +51,19 @@ def test_readme_results_block_is_written_between_markers_from_the_tables(tmp_pat
     other = tmp_path / "other.md"
     other.write_text("no markers")
     assert not summary.write_readme_results(other, "smoke") and other.read_text() == "no markers"
+
+
+def test_rate_matched_lines_ci_over_seeds_and_disagreement():
+    import numpy as np
+    from scipy import stats as sps
+
+    from paperlib.report.summary import rate_matched_lines
+
+    rate = pd.DataFrame({"raw_rel_pct": [-4.0, -4.5, -4.2], "rel_diff_pct": [2.0, 1.5, 2.5],
+                         "cell_rel_pct": [-1.0, -2.0, -1.5]})
+    lines = rate_matched_lines(rate)
+    half = sps.t.ppf(0.975, 2) * np.std([2.0, 1.5, 2.5], ddof=1) / np.sqrt(3)
+    assert f"+2.00% [{2 - half:+.2f}, {2 + half:+.2f}]" in lines[0]
+    assert "disagree in sign (raw, rate cells lower; regression higher" in lines[1]
+    agree = rate_matched_lines(rate.assign(rel_diff_pct=[-2.0, -1.5, -2.5]))
+    assert len(agree) == 1
