@@ -22,4 +22,4 @@ def test_readme_library_example_runs(tmp_artifacts):
     exec(compile(code, str(README), "exec"), scope)  # noqa: S102
     assert scope["run"].name == "joint-l0.3-s1"
     assert scope["sae"].W_dec.shape == (64, scope["sae"].W_dec.shape[1])
-    assert scope["stats"]["n_pairs"] == 64 * 63 // 2
+    assert scope["stats"].all.n_pairs == 64 * 63 // 2

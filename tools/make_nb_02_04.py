@@ -51,31 +51,30 @@ write_notebook(
         ("md", "## Within-SAE φ per run (cached in `runs/<name>/eval/cooccurrence.json`)"),
         '''co = {r.name: cooccur.ensure_cooccurrence(r) for r in runs}
 cols = ["n_pairs", "mean_abs_phi", "std_abs_phi", "frac_negative", "median_phi", "max_phi", "n_dead", "n_always_on"]
-phi_table = pd.DataFrame([{"run": n, **{c: co[n][c] for c in cols}} for n in names])
-phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"]["mean_abs_phi"] - 1)
+phi_table = pd.DataFrame([{"run": n, **{c: getattr(co[n].all, c) for c in cols}} for n in names])
+phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"].all.mean_abs_phi - 1)
 phi_table''',
         ("md", "## Fig. 1a: solo vs the paper's configuration (seed 0), all pairs and alive pairs"),
         '''joint = select.paper_joint(ctx.profile).name
 ensure_trained(ctx.profile, [joint])
 co_joint = cooccur.ensure_cooccurrence(Run.of(ctx.profile, joint))
-fig = figures.fig1a_phi_density(co["solo"], co_joint, joint_label=joint)
+fig = figures.fig1a_phi_density(co["solo"].all, co_joint.all, joint_label=joint)
 save_figure(fig, ctx.figures, "fig1a_phi_density_diff")
-fig = figures.fig1a_phi_density(co["solo"]["alive"], co_joint["alive"], joint_label=joint,
-                                pairs=f"alive pairs: {co['solo']['robust']['n_alive']} / "
-                                      f"{co_joint['robust']['n_alive']} latents")
+fig = figures.fig1a_phi_density(co["solo"].alive, co_joint.alive, joint_label=joint,
+                                pairs=f"alive pairs: {co['solo'].robust.n_alive} / {co_joint.robust.n_alive} latents")
 save_figure(fig, ctx.figures, "fig1a_phi_density_diff_alive")''',
         ("md", "## App. C: φ sign and shape statistics"),
         '''import numpy as np
 def shape_row(name, c):
-    e, h = np.asarray(c["hist_edges"]), np.asarray(c["hist_counts"])
-    tail = lambda x: float(h[e[:-1] >= x - 1e-12].sum() / c["n_pairs"])
-    return {"run": name, "frac_negative": c["frac_negative"], "median_phi": c["median_phi"],
-            "mean_phi": c["mean_phi"], "min_phi": c["min_phi"], "tail_max_phi": c["max_phi"],
-            "frac_phi_gt_0.1": tail(0.1), "frac_phi_gt_0.3": tail(0.3), "mean_abs_phi": c["mean_abs_phi"],
-            "n_dead": c["n_dead"], "n_always_on": c["n_always_on"]}
-appc = pd.DataFrame([shape_row("solo", co["solo"]), shape_row(joint, co_joint),
-                     shape_row("solo (alive pairs)", co["solo"]["alive"]),
-                     shape_row(f"{joint} (alive pairs)", co_joint["alive"])])
+    e, h = c.hist_edges, c.hist_counts
+    tail = lambda x: float(h[e[:-1] >= x - 1e-12].sum() / c.n_pairs)
+    return {"run": name, "frac_negative": c.frac_negative, "median_phi": c.median_phi,
+            "mean_phi": c.mean_phi, "min_phi": c.min_phi, "tail_max_phi": c.max_phi,
+            "frac_phi_gt_0.1": tail(0.1), "frac_phi_gt_0.3": tail(0.3), "mean_abs_phi": c.mean_abs_phi,
+            "n_dead": c.n_dead, "n_always_on": c.n_always_on}
+appc = pd.DataFrame([shape_row("solo", co["solo"].all), shape_row(joint, co_joint.all),
+                     shape_row("solo (alive pairs)", co["solo"].alive),
+                     shape_row(f"{joint} (alive pairs)", co_joint.alive)])
 save_table(appc, ctx.tables, "appC_phi_shape")
 appc''',
         ("md", "## App. B: firing-rate distributions (thresholded encoder, co-occurrence range)"),
@@ -165,10 +164,10 @@ table''',
     else:
         sel = select.select_configuration(table, max_dl2_pct=ctx.profile.max_dl2_pct)
         print("(partial grid: the selection shown is not published)")
-    joint = sel["selected"]
-    print(f"selected configuration: {joint}  ({sel['rule']}; Δ mean|φ| on the selection half "
-          f"{sel['delta_phi_selection_half_pct']:+.2f}%, on the held-out half {sel['delta_phi_heldout_pct']:+.2f}%, "
-          f"ΔL2 {sel['delta_l2_pct']:+.2f}%)")
+    joint = sel.selected
+    print(f"selected configuration: {joint}  ({sel.rule}; Δ mean|φ| on the selection half "
+          f"{sel.delta_phi_selection_half_pct:+.2f}%, on the held-out half {sel.delta_phi_heldout_pct:+.2f}%, "
+          f"ΔL2 {sel.delta_l2_pct:+.2f}%)")
 else:
     joint = select.selected_joint(ctx.profile)
     ensure_trained(ctx.profile, [joint])
@@ -182,13 +181,13 @@ rows = []
 for run in pair:
     n = run.name
     r, c = recon.ensure_reconstruction(run), ce_res[n]
-    rows.append({"run": n, "ce_clean": c["ce_clean"], "ce_spliced": c["ce_spliced"],
-                 "ce_overhead_pct": c["overhead_pct"], "ce_batchtopk": c["ce_batchtopk"],
-                 "ce_overhead_batchtopk_pct": c["overhead_batchtopk_pct"], "ce_zero": c["ce_zero"],
-                 "loss_recovered": c["recovered"], "l2": r["mse"], "fve": r["fve"], "l0": r["l0"],
-                 "dead": r["n_dead"], "dead_on_tokens": r["firing_n_tokens"],
-                 "input_norm_mean": r["input_norm"].get("mean"),
-                 "input_norm_std": r["input_norm"].get("std"), "recon_norm_ratio_mean": r["norm_ratio"]["mean"]})
+    m = r.thresholded
+    rows.append({"run": n, "ce_clean": c.ce_clean, "ce_spliced": c.ce_spliced,
+                 "ce_overhead_pct": c.overhead_pct, "ce_batchtopk": c.ce_batchtopk,
+                 "ce_overhead_batchtopk_pct": c.overhead_batchtopk_pct, "ce_zero": c.ce_zero,
+                 "loss_recovered": c.recovered, "l2": m.mse, "fve": m.fve, "l0": m.l0,
+                 "dead": r.n_dead, "dead_on_tokens": r.firing_n_tokens, "input_norm_mean": m.input_norm.get("mean"),
+                 "input_norm_std": m.input_norm.get("std"), "recon_norm_ratio_mean": m.norm_ratio["mean"]})
 recon_df = pd.DataFrame(rows)
 save_table(recon_df, ctx.tables, "reconstruction_summary")
 recon_df''',

@@ -116,7 +116,7 @@ paired[["comparison", "statistic", "K", "delta_pct", "ci_low_pct", "ci_high_pct"
         '''grid_names = [r.name for r in plan if r.spec.seed == 0]
 grid = grid_table(ctx.profile, grid_names)
 sel = select_configuration(grid, ctx.profile.max_dl2_pct)
-print("selection rule:", sel["rule"], "->", sel["selected"])''',
+print("selection rule:", sel.rule, "->", sel.selected)''',
         ("md", "## Fuzz scores on a random sample of features per configuration"),
         '''judge_obj = None
 if judge and judge != "none":

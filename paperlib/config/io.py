@@ -48,6 +48,8 @@ def _jsonable(obj: Any) -> Any:
         return asdict(obj)
     if isinstance(obj, Path):
         return str(obj)
+    if getattr(obj, "ndim", 0) > 0 and hasattr(obj, "tolist"):  # numpy / torch arrays
+        return obj.tolist()
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
     if hasattr(obj, "tolist"):

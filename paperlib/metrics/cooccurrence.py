@@ -353,6 +353,13 @@ class WithinStats:
             d["hist_counts"] = self.hist_counts.tolist()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WithinStats:
+        """Inverse of :meth:`to_dict` with ``with_hist=True``."""
+        fields = {k: v for k, v in d.items() if not k.startswith("hist_")}
+        return cls(**fields, hist_edges=np.asarray(d["hist_edges"], dtype=np.float64),
+                   hist_counts=np.asarray(d["hist_counts"], dtype=np.int64))
+
 
 class _WithinAccumulator:
     def __init__(self, n_bins: int) -> None:
@@ -899,6 +906,36 @@ def _rate_from_blocks(T: int, N1: np.ndarray, blocks: Iterator[tuple[int, int, n
         "n_pairs_expected5": acc.n_exp,
     }
     return out, alive, acc.row_abs_alive
+
+
+@dataclass(frozen=True)
+class RateRobustStats:
+    """The rate-robust statistics of :func:`rate_robust_stats` as a typed record (φ units)."""
+
+    T: int
+    n_features: int
+    n_pairs: int
+    min_count: int
+    tail: float
+    min_expected: float
+    mean_abs_phi_all: float
+    mean_abs_phi_alive: float
+    n_alive: int
+    n_pairs_alive: int
+    null_abs_phi_mean: float
+    excess_abs_phi: float
+    n_phi_gt_tail: int
+    frac_phi_gt_tail: float
+    mean_phi_expected5: float
+    mean_abs_phi_expected5: float
+    n_pairs_expected5: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RateRobustStats:
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def _check_rate_args(min_count: Any, tail: Any, min_expected: Any) -> None:

@@ -13,6 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from paperlib.metrics.cooccurrence import WithinStats
+from paperlib.metrics.reconstruction import RATE_LOG10_EDGES
+from paperlib.stages.recon import ReconstructionResult
+
 __all__ = ["appb_firing_rates", "calibration_firing_rates", "fig1a_phi_density", "fig1b_grid_scatter",
            "rebin"]
 
@@ -50,26 +54,26 @@ def rebin(edges: np.ndarray, counts: np.ndarray, factor: int) -> tuple[np.ndarra
     return edges[: m + 1: factor], counts[:m].reshape(-1, factor).sum(1)
 
 
-def _density(co: Mapping[str, Any], factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    e, c = rebin(co["hist_edges"], co["hist_counts"], factor)
+def _density(co: WithinStats, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    e, c = rebin(co.hist_edges, co.hist_counts, factor)
     width = np.diff(e)
     return e, 0.5 * (e[1:] + e[:-1]), c / (c.sum() * width)
 
 
-def fig1a_phi_density(solo: Mapping[str, Any], joint: Mapping[str, Any], *, joint_label: str = "joint",
+def fig1a_phi_density(solo: WithinStats, joint: WithinStats, *, joint_label: str = "joint",
                       rebin_factor: int = 50, xlim: tuple[float, float] = (-0.1, 0.3),
                       tail_start: float = 0.1, pairs: str = "all pairs") -> plt.Figure:
     """Fig. 1a: within-SAE φ densities (solo, joint), their difference joint − solo, and the positive
     tail (pair counts for φ ≥ ``tail_start``, log scale). Inputs are :func:`ensure_cooccurrence` dicts
     (same fixed bins for every run)."""
-    if list(solo["hist_edges"]) != list(joint["hist_edges"]):
+    if not np.array_equal(solo.hist_edges, joint.hist_edges):
         raise ValueError("solo and joint histograms use different bins")
     e, mid, ds = _density(solo, rebin_factor)
     _, _, dj = _density(joint, rebin_factor)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
-    ax.plot(mid, ds, label=f"solo (mean|φ|={solo['mean_abs_phi']:.4g})")
-    ax.plot(mid, dj, label=f"{joint_label} (mean|φ|={joint['mean_abs_phi']:.4g})")
+    ax.plot(mid, ds, label=f"solo (mean|φ|={solo.mean_abs_phi:.4g})")
+    ax.plot(mid, dj, label=f"{joint_label} (mean|φ|={joint.mean_abs_phi:.4g})")
     ax.set_yscale("log")
     ax.set_xlim(*xlim)
     ax.set_xlabel("φ")
@@ -86,7 +90,7 @@ def fig1a_phi_density(solo: Mapping[str, Any], joint: Mapping[str, Any], *, join
     ax.set_title(f"{joint_label} − solo")
     ax = axes[2]
     for co, lab in ((solo, "solo"), (joint, joint_label)):
-        et, ct = rebin(co["hist_edges"], co["hist_counts"], rebin_factor)
+        et, ct = rebin(co.hist_edges, co.hist_counts, rebin_factor)
         keep = et[:-1] >= tail_start - 1e-12
         ax.step(et[:-1][keep], ct[keep], where="post", label=lab)
     ax.set_yscale("log")
@@ -149,14 +153,13 @@ def fig1b_grid_scatter(table: pd.DataFrame, *, selected: str | None = None,
     return fig
 
 
-def appb_firing_rates(recons: Mapping[str, Mapping[str, Any]]) -> plt.Figure:
+def appb_firing_rates(recons: Mapping[str, ReconstructionResult]) -> plt.Figure:
     """App. B: distribution of log10 firing rates (thresholded encoder, co-occurrence range) per run;
-    inputs are :func:`ensure_reconstruction` dicts (dead latents listed in the legend)."""
+    inputs are :func:`~paperlib.stages.recon.ensure_reconstruction` results (dead latents in the legend)."""
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
     for name, r in recons.items():
-        e = np.asarray(r["rate_hist_edges"])
-        c = np.asarray(r["rate_hist_counts"])
-        ax.step(e[:-1], c, where="post", label=f"{name} (dead {r['n_dead']}, L0 {r['l0']:.1f})")
+        ax.step(RATE_LOG10_EDGES[:-1], r.rate_hist_counts, where="post",
+                label=f"{name} (dead {r.n_dead} on {r.firing_n_tokens:,} tokens, L0 {r.thresholded.l0:.1f})")
     ax.set_xlabel("log10 firing rate")
     ax.set_ylabel("latents per bin")
     ax.legend(fontsize=8)

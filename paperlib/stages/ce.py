@@ -7,6 +7,7 @@ per-token-thresholded SAE spliced in, and optionally with the training-time Batc
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from paperlib.config.io import read_json, write_json
@@ -28,6 +29,28 @@ cache.declare("ce_reference", __name__, _ref_settings, per_run=False)
 cache.declare("ce", __name__, _ref_settings, deps=("calibration", "ce_reference"))
 
 
+@dataclass(frozen=True)
+class RunCE:
+    """Next-token CE (nats) on the CE range with one run's SAE spliced in (see :func:`ensure_ce`)."""
+
+    run: str
+    ce_clean: float
+    ce_zero: float
+    ce_spliced: float
+    overhead_pct: float
+    recovered: float
+    n_predictions: int
+    ce_batchtopk: float | None = None
+    overhead_batchtopk_pct: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunCE:
+        return cls(**{k: v for k, v in d.items() if k != "range"})
+
+
 def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     if cache.is_fresh("ce_reference", profile=p):
         return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
@@ -41,15 +64,15 @@ def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     return ref
 
 
-def _cached(run: Run, batchtopk: bool) -> dict[str, Any] | None:
+def _cached(run: Run, batchtopk: bool) -> RunCE | None:
     if not cache.is_fresh("ce", run):
         return None
-    res = read_json(cache.stage_dir("ce", run) / "result.json")
-    return res if (not batchtopk or "ce_batchtopk" in res) else None
+    res = RunCE.from_json(read_json(cache.stage_dir("ce", run) / "result.json"))
+    return res if (not batchtopk or res.ce_batchtopk is not None) else None
 
 
 def ensure_ce(profile: str | Profile, runs: Iterable[Any], *, batchtopk_for: Iterable[Any] = (),
-              progress: bool = True) -> dict[str, dict[str, Any]]:
+              progress: bool = True) -> dict[str, RunCE]:
     """CE losses (nats) on the CE range for each run; the LM is loaded once, only when something is missing.
 
     Per run: ``ce_spliced`` (per-token thresholds), ``overhead_pct`` vs clean, ``recovered`` (fraction
@@ -73,13 +96,13 @@ def ensure_ce(profile: str | Profile, runs: Iterable[Any], *, batchtopk_for: Ite
         ce = ce_losses(lm, ids, p.layer, splices, batch_size=p.lm_batch_size, progress=progress)
         spliced, clean = ce["thr"].ce, ref["ce_clean"]
         zero = ref["ce_zero"]
-        res = {"run": run.name, "range": "ce", "ce_clean": clean, "ce_zero": zero, "ce_spliced": spliced,
-               "overhead_pct": overhead_pct(spliced, clean), "recovered": loss_recovered(spliced, clean, zero),
-               "n_predictions": ce["thr"].n_tokens}
+        res = RunCE(run=run.name, ce_clean=clean, ce_zero=zero, ce_spliced=spliced,
+                    overhead_pct=overhead_pct(spliced, clean), recovered=loss_recovered(spliced, clean, zero),
+                    n_predictions=ce["thr"].n_tokens)
         if "bt" in splices:
-            res.update(ce_batchtopk=ce["bt"].ce, overhead_batchtopk_pct=overhead_pct(ce["bt"].ce, clean))
+            res = replace(res, ce_batchtopk=ce["bt"].ce, overhead_batchtopk_pct=overhead_pct(ce["bt"].ce, clean))
         d = cache.begin("ce", run)
-        write_json(d / "result.json", res)
+        write_json(d / "result.json", res.to_json())
         cache.commit("ce", run)
         results[run.name] = res
     return {r.name: results[r.name] for r in runs}

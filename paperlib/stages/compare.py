@@ -46,10 +46,10 @@ COMPARISONS = (("solo", "joint"), ("solo", "randcritic"), ("randcritic", "joint"
 def run_statistics(run: Run, *, progress: bool = False) -> dict[str, float]:
     """The :data:`STATISTICS` of one run (from its co-occurrence stage), plus dead-latent counts."""
     co = ensure_cooccurrence(run, progress=progress)
-    rb = co["robust"]
-    return {"mean_abs_phi": co["mean_abs_phi"], "mean_abs_phi_alive": rb["mean_abs_phi_alive"],
-            "excess_abs_phi": rb["excess_abs_phi"], "frac_phi_gt_tail": rb["frac_phi_gt_tail"],
-            "mean_phi_expected5": rb["mean_phi_expected5"], "n_alive": rb["n_alive"], "n_dead": co["n_dead"]}
+    rb = co.robust
+    return {"mean_abs_phi": co.all.mean_abs_phi, "mean_abs_phi_alive": rb.mean_abs_phi_alive,
+            "excess_abs_phi": rb.excess_abs_phi, "frac_phi_gt_tail": rb.frac_phi_gt_tail,
+            "mean_phi_expected5": rb.mean_phi_expected5, "n_alive": rb.n_alive, "n_dead": co.all.n_dead}
 
 
 def verdict(ci_low: float, ci_high: float, delta: float) -> str:
@@ -134,10 +134,9 @@ def convergence_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         rec = ensure_reconstruction(run, progress=False)
-        c = convergence(read_metrics(run), run.profile.n_latents, int(rec["n_dead"]),
-                        trains_meta=run.spec.arm_def.trains_meta)
-        rows.append({"run": run.name, "arm": run.arm, "seed": run.spec.seed,
-                     "dead_on_tokens": int(rec.get("firing_n_tokens", rec.get("n_tokens", 0))), **c})
+        c = convergence(read_metrics(run), run.profile.n_latents, rec.n_dead, trains_meta=run.spec.arm_def.trains_meta)
+        rows.append({"run": run.name, "arm": run.arm, "seed": run.spec.seed, "dead_on_tokens": rec.firing_n_tokens,
+                     **c})
     return pd.DataFrame(rows)
 
 

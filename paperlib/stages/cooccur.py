@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,9 @@ from paperlib.config.io import atomic_path, read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
 from paperlib.metrics.cooccurrence import (
+    RateRobustStats,
     SparseFiring,
+    WithinStats,
     firing_from_sae,
     rate_robust_stats_blockwise,
     within_stats_blockwise,
@@ -51,37 +54,55 @@ def alive_columns(fired: sp.spmatrix) -> sp.csr_matrix:
 cache.declare("cooccurrence", __name__, _settings, deps=("calibration",), outputs=("result.json", "firing.npz"))
 
 
-def ensure_cooccurrence(run: Run, *, progress: bool = True) -> dict[str, Any]:
-    """Within-SAE φ statistics of ``run`` on the co-occurrence range (per-token thresholded firing).
+@dataclass(frozen=True)
+class CooccurrenceResult:
+    """Within-SAE φ statistics of one run on the co-occurrence range (see :func:`ensure_cooccurrence`)."""
 
-    Returns the :class:`~paperlib.metrics.cooccurrence.WithinStats` fields over all pairs (``n_pairs``,
-    ``mean_abs_phi``, ``var_abs_phi``, ``sum_abs``, ``sumsq``, ``frac_negative``, ``median_phi``, ``max_phi``,
-    ``n_dead``, ``n_always_on``, the fixed-bin φ histogram ``hist_edges`` / ``hist_counts`` on [−1, 1]) plus
-    ``range`` and ``run``; ``robust``: the rate-robust statistics
-    (:func:`~paperlib.metrics.cooccurrence.rate_robust_stats_blockwise`: alive pairs, excess over the
-    independent-firing null, positive tail); ``halves``: the WithinStats of each half of the tokens
-    (:func:`split_halves`); ``alive``: the WithinStats (with histogram) over the pairs of alive latents
-    (:func:`alive_columns`). The firing matrix is kept (:func:`load_firing`).
-    """
+    run: str
+    range: str
+    all: WithinStats
+    """Over all pairs i < j (the paper's statistic; dead latents count as φ = 0)."""
+    alive: WithinStats
+    """Over the pairs of alive latents (:func:`alive_columns`)."""
+    halves: tuple[WithinStats, WithinStats]
+    """Over the first and the second half of the tokens (:func:`split_halves`)."""
+    robust: RateRobustStats
+    """Rate-robust statistics (alive pairs, excess over independent firing, positive tail)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run, "range": self.range, "all": self.all.to_dict(with_hist=True),
+                "alive": self.alive.to_dict(with_hist=True),
+                "halves": [h.to_dict(with_hist=True) for h in self.halves], "robust": self.robust.to_dict()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CooccurrenceResult:
+        return cls(run=d["run"], range=d["range"], all=WithinStats.from_dict(d["all"]),
+                   alive=WithinStats.from_dict(d["alive"]),
+                   halves=tuple(WithinStats.from_dict(h) for h in d["halves"]),
+                   robust=RateRobustStats.from_dict(d["robust"]))
+
+
+def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResult:
+    """Within-SAE φ statistics of ``run`` on the co-occurrence range (per-token thresholded firing), as a
+    :class:`CooccurrenceResult` (stored as ``result.json``); the firing matrix is kept (:func:`load_firing`)."""
     d = cache.stage_dir("cooccurrence", run)
     if cache.is_fresh("cooccurrence", run):
-        return read_json(d / "result.json")
+        return CooccurrenceResult.from_json(read_json(d / "result.json"))
     theta = thresholds(run, progress=progress)
     sae = load_run(run)
     acts = load_cache(run.profile).acts("cooccurrence")
     fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.batch_size, progress=progress)
     firing = SparseFiring.from_fired(fired)
-    ws = within_stats_blockwise(firing, progress=progress)
-    res = {"run": run.name, "range": "cooccurrence", **ws.to_dict(with_hist=True),
-           "robust": rate_robust_stats_blockwise(firing, min_count=ALIVE_MIN_COUNT, tail=TAIL, progress=progress),
-           "halves": [within_stats_blockwise(SparseFiring.from_fired(h), progress=False).to_dict()
-                      for h in split_halves(fired)],
-           "alive": within_stats_blockwise(SparseFiring.from_fired(alive_columns(fired)),
-                                           progress=False).to_dict(with_hist=True)}
+    res = CooccurrenceResult(
+        run=run.name, range="cooccurrence", all=within_stats_blockwise(firing, progress=progress),
+        alive=within_stats_blockwise(SparseFiring.from_fired(alive_columns(fired)), progress=False),
+        halves=tuple(within_stats_blockwise(SparseFiring.from_fired(h), progress=False) for h in split_halves(fired)),
+        robust=RateRobustStats.from_dict(rate_robust_stats_blockwise(firing, min_count=ALIVE_MIN_COUNT, tail=TAIL,
+                                                                     progress=progress)))
     d = cache.begin("cooccurrence", run)
     with atomic_path(d / "firing.npz") as tmp, open(tmp, "wb") as fh:
         sp.save_npz(fh, fired.tocsr())
-    write_json(d / "result.json", res)
+    write_json(d / "result.json", res.to_json())
     cache.commit("cooccurrence", run)
     return res
 

@@ -41,7 +41,7 @@ def sample_features(run: Run, n: int, seed: int = 0) -> list[int]:
     """``n`` alive features of ``run`` (fired on the co-occurrence range), uniform without replacement,
     seeded by (seed, run name) so each run gets its own independent sample. Prefix-stable: the
     sample of n is the first n of one seeded permutation, so a larger n reuses cached scores."""
-    counts = np.asarray(ensure_reconstruction(run, progress=False)["firing_counts"])
+    counts = np.asarray(ensure_reconstruction(run, progress=False).firing_counts)
     alive = np.flatnonzero(counts > 0)
     rng = np.random.default_rng([seed, *run.name.encode()])
     take = min(n, len(alive))

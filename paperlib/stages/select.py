@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ from paperlib.config.profiles import Profile, get_profile
 from paperlib.metrics.stats import noise_floor, welch
 from paperlib.sae.arms import RunSpec, grid_runs, with_grid
 from paperlib.stages import cache
-from paperlib.stages.ce import ensure_ce
+from paperlib.stages.ce import RunCE, ensure_ce
 from paperlib.stages.compare import convergence_table
-from paperlib.stages.cooccur import ensure_cooccurrence
-from paperlib.stages.recon import ensure_reconstruction
+from paperlib.stages.cooccur import CooccurrenceResult, ensure_cooccurrence
+from paperlib.stages.recon import ReconstructionResult, ensure_reconstruction
 from paperlib.stages.run import Run, as_runs
 from paperlib.stages.train import ensure_trained
 
@@ -54,32 +55,31 @@ def _pct(a: float, b: float) -> float:
     return 100.0 * (a - b) / b if b else math.nan
 
 
-def _row(run: Run, base: Run, co: dict, rec: dict, ce: dict | None, conv: dict, base_co: dict,
-         base_rec: dict) -> dict[str, Any]:
-    spec, rb, bb = run.spec, co["robust"], base_co["robust"]
+def _row(run: Run, base: Run, co: CooccurrenceResult, rec: ReconstructionResult, ce: RunCE | None, conv: dict,
+         base_co: CooccurrenceResult, base_rec: ReconstructionResult) -> dict[str, Any]:
+    spec, rb, bb, ca, cb = run.spec, co.robust, base_co.robust, co.all, base_co.all
     row: dict[str, Any] = {
         "run": run.name, "arm": spec.arm, **spec.hyper(), "seed": spec.seed, "baseline": base.name,
-        "n_pairs": co["n_pairs"], "mean_abs_phi": co["mean_abs_phi"],
-        "delta_phi_pct": _pct(co["mean_abs_phi"], base_co["mean_abs_phi"]),
-        "mean_abs_phi_alive": rb["mean_abs_phi_alive"],
-        "delta_phi_alive_pct": _pct(rb["mean_abs_phi_alive"], bb["mean_abs_phi_alive"]),
-        "excess_abs_phi": rb["excess_abs_phi"], "delta_excess_pct": _pct(rb["excess_abs_phi"], bb["excess_abs_phi"]),
-        "frac_phi_gt_tail": rb["frac_phi_gt_tail"], "mean_phi_expected5": rb["mean_phi_expected5"],
-        "delta_phi_half1_pct": _pct(co["halves"][0]["mean_abs_phi"], base_co["halves"][0]["mean_abs_phi"]),
-        "delta_phi_half2_pct": _pct(co["halves"][1]["mean_abs_phi"], base_co["halves"][1]["mean_abs_phi"]),
-        "l2": rec["mse"], "delta_l2_pct": _pct(rec["mse"], base_rec["mse"]), "fve": rec["fve"], "l0": rec["l0"],
-        "ce_overhead_pct": ce["overhead_pct"] if ce else math.nan,
-        "dead_latents": rec["n_dead"], "dead_on_tokens": int(rec.get("firing_n_tokens", rec.get("n_tokens", 0))),
-        "n_alive": rb["n_alive"], "converged": bool(conv["ok"]), "l2_change_last20": conv["l2_change_last20"],
+        "n_pairs": ca.n_pairs, "mean_abs_phi": ca.mean_abs_phi,
+        "delta_phi_pct": _pct(ca.mean_abs_phi, cb.mean_abs_phi),
+        "mean_abs_phi_alive": rb.mean_abs_phi_alive,
+        "delta_phi_alive_pct": _pct(rb.mean_abs_phi_alive, bb.mean_abs_phi_alive),
+        "excess_abs_phi": rb.excess_abs_phi, "delta_excess_pct": _pct(rb.excess_abs_phi, bb.excess_abs_phi),
+        "frac_phi_gt_tail": rb.frac_phi_gt_tail, "mean_phi_expected5": rb.mean_phi_expected5,
+        "delta_phi_half1_pct": _pct(co.halves[0].mean_abs_phi, base_co.halves[0].mean_abs_phi),
+        "delta_phi_half2_pct": _pct(co.halves[1].mean_abs_phi, base_co.halves[1].mean_abs_phi),
+        "l2": rec.mse, "delta_l2_pct": _pct(rec.mse, base_rec.mse), "fve": rec.thresholded.fve,
+        "l0": rec.thresholded.l0, "ce_overhead_pct": ce.overhead_pct if ce else math.nan,
+        "dead_latents": rec.n_dead, "dead_on_tokens": rec.firing_n_tokens,
+        "n_alive": rb.n_alive, "converged": bool(conv["ok"]), "l2_change_last20": conv["l2_change_last20"],
     }
     if run.name == base.name:
         row.update(delta_phi_ci_low_pct=math.nan, delta_phi_ci_high_pct=math.nan, welch_t=math.nan,
                    welch_df=math.nan, welch_p=math.nan, welch_log10_p=math.nan)
     else:
-        w = welch(co["mean_abs_phi"], co["var_abs_phi"], co["n_pairs"],
-                  base_co["mean_abs_phi"], base_co["var_abs_phi"], base_co["n_pairs"])
-        base_phi = base_co["mean_abs_phi"]
-        row.update(delta_phi_ci_low_pct=100.0 * w.ci_low / base_phi, delta_phi_ci_high_pct=100.0 * w.ci_high / base_phi,
+        w = welch(ca.mean_abs_phi, ca.var_abs_phi, ca.n_pairs, cb.mean_abs_phi, cb.var_abs_phi, cb.n_pairs)
+        row.update(delta_phi_ci_low_pct=100.0 * w.ci_low / cb.mean_abs_phi,
+                   delta_phi_ci_high_pct=100.0 * w.ci_high / cb.mean_abs_phi,
                    welch_t=w.t, welch_df=w.df, welch_p=w.p, welch_log10_p=w.log10_p)
     return row
 
@@ -98,7 +98,7 @@ def noise_floor_phi(profile: str | Profile, runs: Iterable[Any] | None = None) -
     seeds = [r for r in table_runs(profile, runs) if r.arm == "solo"]
     if len(seeds) < 2:
         return None
-    vals = [ensure_cooccurrence(r, progress=False)["mean_abs_phi"] for r in seeds]
+    vals = [ensure_cooccurrence(r, progress=False).all.mean_abs_phi for r in seeds]
     nf = noise_floor(vals).to_dict()
     pct = 100.0 * (np.asarray(vals) - vals[0]) / vals[0]
     k = len(pct)
@@ -131,7 +131,32 @@ def grid_table(profile: str | Profile, runs: Iterable[Any] | None = None, *, wit
     return df
 
 
-def select_configuration(table: pd.DataFrame, max_dl2_pct: float = 10.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Selection:
+    """The exploratory selection (:func:`select_configuration`)."""
+
+    selected: str
+    rule: str
+    max_dl2_pct: float
+    n_candidates: int
+    n_joint: int
+    delta_phi_selection_half_pct: float
+    delta_phi_heldout_pct: float
+    delta_phi_pct: float
+    delta_l2_pct: float
+    mean_abs_phi: float
+    lambda2: float
+    sigma2: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Selection:
+        return cls(**d)
+
+
+def select_configuration(table: pd.DataFrame, max_dl2_pct: float = 10.0) -> Selection:
     """Selection rule (exploratory): among seed-0 ``joint`` rows with ``delta_l2_pct <= max_dl2_pct``, the one
     with the most negative Δ mean |φ| on the *first half* of the co-occurrence tokens; its Δ on the second
     half (``delta_phi_heldout_pct``) is the number to report. When no joint configuration satisfies the
@@ -146,13 +171,13 @@ def select_configuration(table: pd.DataFrame, max_dl2_pct: float = 10.0) -> dict
         rule = f"fallback (no joint config within ΔL2 <= {max_dl2_pct:g}%): smallest ΔL2"
     else:
         best = ok.loc[ok["delta_phi_half1_pct"].idxmin()]
-    return {"selected": str(best["run"]), "rule": rule, "max_dl2_pct": float(max_dl2_pct),
-            "n_candidates": int(len(ok)), "n_joint": int(len(joint)),
-            "delta_phi_selection_half_pct": float(best["delta_phi_half1_pct"]),
-            "delta_phi_heldout_pct": float(best["delta_phi_half2_pct"]),
-            "delta_phi_pct": float(best["delta_phi_pct"]), "delta_l2_pct": float(best["delta_l2_pct"]),
-            "mean_abs_phi": float(best["mean_abs_phi"]),
-            "lambda2": float(best["lambda2"]), "sigma2": float(best["sigma2"])}
+    return Selection(selected=str(best["run"]), rule=rule, max_dl2_pct=float(max_dl2_pct),
+                     n_candidates=int(len(ok)), n_joint=int(len(joint)),
+                     delta_phi_selection_half_pct=float(best["delta_phi_half1_pct"]),
+                     delta_phi_heldout_pct=float(best["delta_phi_half2_pct"]),
+                     delta_phi_pct=float(best["delta_phi_pct"]), delta_l2_pct=float(best["delta_l2_pct"]),
+                     mean_abs_phi=float(best["mean_abs_phi"]), lambda2=float(best["lambda2"]),
+                     sigma2=float(best["sigma2"]))
 
 
 def _selection_settings(p: Profile) -> dict:
@@ -165,23 +190,23 @@ def _selection_settings(p: Profile) -> dict:
 cache.declare("selection", __name__, _selection_settings, per_run=False)
 
 
-def ensure_selection(profile: str | Profile, *, progress: bool = True) -> dict[str, Any]:
+def ensure_selection(profile: str | Profile, *, progress: bool = True) -> Selection:
     """The selected joint configuration of the profile's grid (see :func:`select_configuration`)."""
     p = get_profile(profile)
     if cache.is_fresh("selection", profile=p):
-        return read_json(cache.stage_dir("selection", profile=p) / "result.json")
+        return Selection.from_json(read_json(cache.stage_dir("selection", profile=p) / "result.json"))
     runs = [r for r in table_runs(p) if r.spec.seed == 0]
     ensure_trained(p, runs, progress=progress)  # a notebook asking for "joint" runs standalone
     sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.max_dl2_pct)
     d = cache.begin("selection", profile=p)
-    write_json(d / "result.json", sel)
+    write_json(d / "result.json", sel.to_json())
     cache.commit("selection", profile=p)
     return sel
 
 
 def selected_joint(profile: str | Profile) -> str:
     """Name of the selected joint configuration (computes the selection stage when stale)."""
-    return ensure_selection(profile, progress=False)["selected"]
+    return ensure_selection(profile, progress=False).selected
 
 
 def select_runs(profile: str | Profile, sae: str) -> list[Run]:
@@ -229,5 +254,5 @@ def publish_selection(profile: str | Profile, tables_dir: Path) -> Path:
     """Copy the selection stage's result to ``<tables_dir>/selected.json`` (a published copy only:
     nothing reads it back)."""
     path = Path(tables_dir) / "selected.json"
-    write_json(path, ensure_selection(profile, progress=False))
+    write_json(path, ensure_selection(profile, progress=False).to_json())
     return path

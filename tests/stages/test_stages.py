@@ -29,9 +29,12 @@ def test_stage_caching_and_invalidation(env):
     rec2 = recon.ensure_reconstruction(R(p, "solo"), progress=False)
     calibrate.ensure_calibration(R(p, "solo"), progress=False)
     assert calls["n"] == n_calls  # nothing recomputed: activations never touched again
-    assert co1 == co2 and rec1 == rec2
+    assert co1.to_json() == co2.to_json() and rec1.to_json() == rec2.to_json()
     assert mtimes == {f: f.stat().st_mtime_ns for f in (R(p, "solo").dir / "stages").rglob("*") if f.is_file()}
-    assert co1["range"] == "cooccurrence" and co1["n_pairs"] == 48 * 47 // 2
+    assert co1.range == "cooccurrence" and co1.all.n_pairs == 48 * 47 // 2
+    assert cooccur.CooccurrenceResult.from_json(co1.to_json()).to_json() == co1.to_json()  # JSON round trip
+    assert recon.ReconstructionResult.from_json(read_json(cache.stage_dir("reconstruction", R(p, "solo"))
+                                                          / "result.json")).to_json() == rec1.to_json()
     assert cooccur.load_firing(R(p, "solo")).shape == (512, 48)
     # a retrained run (another training setting: a new run key) recomputes everything downstream
     p2 = p.replace(lr=p.lr * 2)
@@ -45,33 +48,33 @@ def test_grid_table_arithmetic_and_welch(env):
     df = select.grid_table(p, NAMES, with_ce=False, progress=False)
     assert list(df.columns) == select.TABLE1_COLUMNS
     assert list(df["run"]) == NAMES
-    co = {n: read_json(cache.stage_dir("cooccurrence", R(p, n)) / "result.json") for n in NAMES}
-    rec = {n: read_json(cache.stage_dir("reconstruction", R(p, n)) / "result.json") for n in NAMES}
+    co = {n: cooccur.ensure_cooccurrence(R(p, n), progress=False) for n in NAMES}  # cached: read back
+    rec = {n: recon.ensure_reconstruction(R(p, n), progress=False) for n in NAMES}
     base = df.set_index("run").loc["solo"]
     assert base["delta_phi_pct"] == 0 and base["delta_l2_pct"] == 0 and math.isnan(base["welch_t"])
     for n in [x for x in NAMES if not x.startswith("solo")]:
         r = df.set_index("run").loc[n]
         b = "solo-seed1" if n.endswith("seed1") else "solo"  # the paired solo run: same seed
         assert r["baseline"] == b
-        s_phi, j_phi = co[b]["mean_abs_phi"], co[n]["mean_abs_phi"]
+        s_phi, j_phi = co[b].all.mean_abs_phi, co[n].all.mean_abs_phi
         assert r["delta_phi_pct"] == pytest.approx(100 * (j_phi - s_phi) / s_phi, rel=1e-12)
-        assert r["delta_l2_pct"] == pytest.approx(100 * (rec[n]["mse"] / rec[b]["mse"] - 1), rel=1e-9)
-        assert r["dead_latents"] == rec[n]["n_dead"]
-        sa, sb = co[n]["robust"]["excess_abs_phi"], co[b]["robust"]["excess_abs_phi"]
+        assert r["delta_l2_pct"] == pytest.approx(100 * (rec[n].mse / rec[b].mse - 1), rel=1e-9)
+        assert r["dead_latents"] == rec[n].n_dead
+        sa, sb = co[n].robust.excess_abs_phi, co[b].robust.excess_abs_phi
         assert r["delta_excess_pct"] == pytest.approx(100 * (sa - sb) / sb, rel=1e-12)
-        h1 = co[n]["halves"][0]["mean_abs_phi"] / co[b]["halves"][0]["mean_abs_phi"] - 1
+        h1 = co[n].halves[0].mean_abs_phi / co[b].halves[0].mean_abs_phi - 1
         assert r["delta_phi_half1_pct"] == pytest.approx(100 * h1, rel=1e-9)
         # Welch from the stored sufficient statistics (count, Σ|φ|, Σφ²) and from scipy
-        w = welch_from_sums(co[n]["n_pairs"], co[n]["sum_abs"], co[n]["sumsq"],
-                            co[b]["n_pairs"], co[b]["sum_abs"], co[b]["sumsq"])
+        ca, cb = co[n].all, co[b].all
+        w = welch_from_sums(ca.n_pairs, ca.sum_abs, ca.sumsq, cb.n_pairs, cb.sum_abs, cb.sumsq)
         assert r["welch_t"] == pytest.approx(w.t, rel=1e-6)
         assert r["welch_df"] == pytest.approx(w.df, rel=1e-6)
-        ref = sps.ttest_ind_from_stats(j_phi, co[n]["std_abs_phi"], co[n]["n_pairs"],
-                                       s_phi, co[b]["std_abs_phi"], co[b]["n_pairs"], equal_var=False)
+        ref = sps.ttest_ind_from_stats(j_phi, ca.std_abs_phi, ca.n_pairs, s_phi, cb.std_abs_phi, cb.n_pairs,
+                                       equal_var=False)
         assert r["welch_t"] == pytest.approx(ref.statistic, rel=1e-9)
         assert r["welch_p"] == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-300)
     nf = df.attrs["noise_floor"]
-    vals = [co["solo"]["mean_abs_phi"], co["solo-seed1"]["mean_abs_phi"]]
+    vals = [co["solo"].all.mean_abs_phi, co["solo-seed1"].all.mean_abs_phi]
     assert nf["runs"] == ["solo", "solo-seed1"]
     assert nf["mean"] == pytest.approx(np.mean(vals)) and nf["std"] == pytest.approx(np.std(vals, ddof=1))
     pct = np.array([0.0, 100 * (vals[1] / vals[0] - 1)])
@@ -98,17 +101,17 @@ def _hand_table():
 def test_selection_rule():
     t = _hand_table()
     sel = select.select_configuration(t, max_dl2_pct=5.0)
-    assert sel["selected"] == "joint-l0.3-s1" and sel["n_candidates"] == 2  # ortho/control never selected
-    assert sel["delta_phi_heldout_pct"] == -4.0  # reported on the held-out half
+    assert sel.selected == "joint-l0.3-s1" and sel.n_candidates == 2  # ortho/control never selected
+    assert sel.delta_phi_heldout_pct == -4.0  # reported on the held-out half
     t2 = t.assign(delta_phi_half1_pct=[0.0, -6.0, -5.0, -10.0, -1.0, -50.0])
-    assert select.select_configuration(t2, 5.0)["selected"] == "joint-l0.1-s1"  # chosen on the first half only
+    assert select.select_configuration(t2, 5.0).selected == "joint-l0.1-s1"  # chosen on the first half only
     seeded = t.assign(seed=[0, 1, 1, 1, 0, 0])
     with pytest.raises(ValueError, match="seed-0"):
         select.select_configuration(seeded)
-    assert select.select_configuration(t, max_dl2_pct=10.0)["selected"] == "joint-l1-s1"
-    assert select.select_configuration(t, max_dl2_pct=1.0)["selected"] == "joint-l0.1-s1"
+    assert select.select_configuration(t, max_dl2_pct=10.0).selected == "joint-l1-s1"
+    assert select.select_configuration(t, max_dl2_pct=1.0).selected == "joint-l0.1-s1"
     fb = select.select_configuration(t, max_dl2_pct=0.5)
-    assert fb["selected"] == "joint-l0.1-s1" and fb["rule"].startswith("fallback")
+    assert fb.selected == "joint-l0.1-s1" and fb.rule.startswith("fallback")
     with pytest.raises(ValueError, match="no seed-0 joint"):
         select.select_configuration(t[t["arm"] != "joint"])
 
@@ -116,12 +119,12 @@ def test_selection_rule():
 def test_selection_is_a_stage_output_and_tables_are_only_a_copy(env, tmp_path):
     p, _ = env
     sel = select.ensure_selection(p, progress=False)
-    assert sel["selected"] == select.selected_joint(p) and sel["selected"].startswith("joint-")
+    assert sel.selected == select.selected_joint(p) and sel.selected.startswith("joint-")
     assert cache.is_fresh("selection", profile=p)
     copy = select.publish_selection(p, tmp_path)
-    assert read_json(copy) == sel
+    assert select.Selection.from_json(read_json(copy)) == sel
     copy.write_text('{"selected": "joint-l9-s9"}')  # a stale published table is never read back
-    assert select.selected_joint(p) == sel["selected"]
+    assert select.selected_joint(p) == sel.selected
 
 
 def test_reconstruction_subset_keeps_full_range_firing_stats(env):
@@ -129,15 +132,16 @@ def test_reconstruction_subset_keeps_full_range_firing_stats(env):
     full = recon.ensure_reconstruction(R(p, "solo"), progress=False)
     sub_p = p.replace(recon_tokens=100)
     sub = recon.ensure_reconstruction(R(sub_p, "solo"), progress=False)
-    assert full["n_tokens"] == 512 and sub["n_tokens"] == 100 and sub["n_tokens_evaluated"] == 100
-    assert sub["mse"] != full["mse"]  # errors on the subset only
+    assert full.thresholded.n_tokens == 512 and sub.thresholded.n_tokens == 100 and sub.n_tokens_evaluated == 100
+    assert sub.mse != full.mse  # errors on the subset only
     # dead latents and firing counts always cover the whole co-occurrence range
-    assert sub["n_dead"] == full["n_dead"] == cooccur.ensure_cooccurrence(R(p, "solo"), progress=False)["n_dead"]
-    assert sub["firing_counts"] == full["firing_counts"]
-    assert sub["rate_hist_counts"] == full["rate_hist_counts"]
-    assert sub["firing_rate_quantiles"] == pytest.approx(full["firing_rate_quantiles"])
-    # the BatchTopK sub-dict is labelled with the tokens it covers
-    assert sub["batchtopk"]["n_tokens_evaluated"] == 100 and full["batchtopk"]["n_tokens_evaluated"] == 512
+    assert sub.n_dead == full.n_dead == cooccur.ensure_cooccurrence(R(p, "solo"), progress=False).all.n_dead
+    assert sub.firing_n_tokens == full.firing_n_tokens == 512
+    np.testing.assert_array_equal(sub.firing_counts, full.firing_counts)
+    np.testing.assert_array_equal(sub.rate_hist_counts, full.rate_hist_counts)
+    assert sub.firing_rate_quantiles == pytest.approx(full.firing_rate_quantiles)
+    # the BatchTopK metrics cover the same tokens as the thresholded ones
+    assert sub.batchtopk.n_tokens == 100 and full.batchtopk.n_tokens == 512
 
 
 def test_profile_evaluation_settings_are_validated():
@@ -154,8 +158,7 @@ def test_new_calibration_invalidates_downstream_stages(env):
     n = calls["n"]
     co_hist = cooccur.ensure_cooccurrence(R(p.replace(calibration_mode="hist"), "solo"), progress=False)
     assert calls["n"] > n  # thresholds changed -> φ recomputed, not served from the exact-mode cache
-    assert co_exact["n_pairs"] == co_hist["n_pairs"]
-    assert co_exact["n_pairs"] == co_hist["n_pairs"]
+    assert co_exact.all.n_pairs == co_hist.all.n_pairs
 
 
 def _edited(monkeypatch, module: str, new_source: str):
