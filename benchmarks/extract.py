@@ -50,23 +50,23 @@ def main() -> None:
     args = ap.parse_args()
     p = get_profile(args.profile)
     torch.manual_seed(0)
-    lm = load_lm(p.model, dtype=p.lm_dtype)
+    lm = load_lm(p.data.model, dtype=p.data.lm_dtype)
     hf = lm._module
-    batches = [torch.randint(100, 40000, (p.lm_batch_size, p.context)) for _ in range(args.batches + 1)]
+    batches = [torch.randint(100, 40000, (p.data.lm_batch_size, p.data.context)) for _ in range(args.batches + 1)]
     # warm-up and equality check
-    a, b = resid_pre(lm, batches[0], p.layer), plain_truncated(hf, batches[0], p.layer)
+    a, b = resid_pre(lm, batches[0], p.data.layer), plain_truncated(hf, batches[0], p.data.layer)
     assert torch.equal(a, b), "pipeline and plain forward disagree"
     times = {"nnsight pipeline": [], "plain transformers": []}
     for ids in batches[1:]:
         t0 = time.perf_counter()
-        resid_pre(lm, ids, p.layer)
+        resid_pre(lm, ids, p.data.layer)
         t1 = time.perf_counter()
-        plain_truncated(hf, ids, p.layer)
+        plain_truncated(hf, ids, p.data.layer)
         t2 = time.perf_counter()
         times["nnsight pipeline"].append(t1 - t0)
         times["plain transformers"].append(t2 - t1)
-    tokens = p.lm_batch_size * p.context
-    print(f"profile={p.name} model={p.model} layer={p.layer} batch={p.lm_batch_size}x{p.context} "
+    tokens = p.data.lm_batch_size * p.data.context
+    print(f"profile={p.name} model={p.data.model} layer={p.data.layer} batch={p.data.lm_batch_size}x{p.data.context} "
           f"threads={torch.get_num_threads()}")
     for name, ts in times.items():
         print(f"  {name:20s} {tokens / np.median(ts):8.0f} tok/s (median of {len(ts)} batches)")

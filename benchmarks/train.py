@@ -81,7 +81,7 @@ def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, 
 
     naive = BatchTopKSAE(d, n, k, seed=0)
     mark_dead(naive)
-    opt = torch.optim.Adam(naive.parameters(), lr=prof.lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(naive.parameters(), lr=prof.sae.lr, betas=(0.9, 0.99))
     t_naive = _time(lambda: (naive_dense_step(naive, opt, x), mark_dead(naive)), reps)
 
     solo = Trainer(TrainConfig.from_profile(prof, RunSpec("solo"), d), torch.device("cpu"))
@@ -93,12 +93,12 @@ def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, 
     mark_dead(joint.primary)
 
     def macro() -> None:
-        for _ in range(prof.n_primary_steps):
+        for _ in range(prof.meta.n_primary_steps):
             joint.macro_step(x)
             mark_dead(joint.primary)
 
-    t_macro = _time(macro, 2) / prof.n_primary_steps
-    out = dict(batch=batch, d=d, n=n, k=k, n_meta=prof.n_meta, dead_frac=dead_frac,
+    t_macro = _time(macro, 2) / prof.meta.n_primary_steps
+    out = dict(batch=batch, d=d, n=n, k=k, n_meta=prof.meta.n_meta, dead_frac=dead_frac,
                naive=batch / t_naive, solo=batch / t_solo, joint=batch / t_macro)
     out["solo_vs_naive"] = out["solo"] / out["naive"]
     out["joint_vs_naive"] = out["joint"] / out["naive"]

@@ -123,7 +123,8 @@ for base, treat in compare.COMPARISONS:
         per_seed[f"{treat} vs {base}"] = {
             s: [100 * (b[s] - a[s]) / abs(a[s]) for a, b in zip(vals[base], vals[treat])] for s in compare.STATISTICS}
 if "delta_pct" in paired:
-    fig = primary.paired_seed_figure(paired, per_seed, title=f"{ctx.profile.model}, layer {ctx.profile.layer}: "
+    d = ctx.profile.data
+    fig = primary.paired_seed_figure(paired, per_seed, title=f"{d.model}, layer {d.layer}: "
                                      "treatment − baseline, paired by seed")
     save_figure(fig, ctx.figures, "primary_paired_seeds")''',
         ("md", "### Firing-rate-matched comparison (joint vs solo)"),
@@ -162,7 +163,7 @@ table''',
         sel = select.ensure_selection(ctx.profile)
         select.publish_selection(ctx.profile, ctx.tables)
     else:
-        sel = select.select_configuration(table, max_dl2_pct=ctx.profile.max_dl2_pct)
+        sel = select.select_configuration(table, max_dl2_pct=ctx.profile.grid.max_dl2_pct)
         print("(partial grid: the selection shown is not published)")
     joint = sel.selected
     print(f"selected configuration: {joint}  ({sel.rule}; Δ mean|φ| on the selection half "

@@ -15,7 +15,7 @@ write_notebook(
 judge = "local"        # local (offline likelihood judge) | openai (OpenAI-compatible endpoint)
 base_url = None        # e.g. "http://127.0.0.1:8000/v1" when judge is "openai"
 judge_model = None     # judge model name (local default: smollm2-135m)
-n_features = None      # matched pairs to score (None → profile.autointerp_features)
+n_features = None      # matched pairs to score (None → profile.eval.autointerp_features)
 sanity_n = None        # sanity-check trials (None → 40; 20 on smoke)
 seed = 0               # seeds the pair sample, the sanity set and the judge's fuzz items''',
     [
@@ -32,7 +32,7 @@ ctx = setup(profile)
 joint_name = select_runs(ctx.profile, sae)[0].name
 solo_name = "solo"
 ensure_trained(ctx.profile, [solo_name, joint_name])
-n_pairs_wanted = n_features or ctx.profile.autointerp_features
+n_pairs_wanted = n_features or ctx.profile.eval.autointerp_features
 print(f"comparing {solo_name} vs {joint_name}; {n_pairs_wanted} matched pairs; judge={judge}")''',
         ("md", "## Judge sanity check (read this first)\n\n"
                "Two-alternative forced choice on labelled BBC snippets: which snippet matches a "

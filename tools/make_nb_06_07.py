@@ -115,7 +115,7 @@ paired[["comparison", "statistic", "K", "delta_pct", "ci_low_pct", "ci_high_pct"
         ("md", "## Co-occurrence, reconstruction and CE per grid configuration (seed 0; exploratory)"),
         '''grid_names = [r.name for r in plan if r.spec.seed == 0]
 grid = grid_table(ctx.profile, grid_names)
-sel = select_configuration(grid, ctx.profile.max_dl2_pct)
+sel = select_configuration(grid, ctx.profile.grid.max_dl2_pct)
 print("selection rule:", sel.rule, "->", sel.selected)''',
         ("md", "## Fuzz scores on a random sample of features per configuration"),
         '''judge_obj = None
@@ -125,14 +125,14 @@ if judge and judge != "none":
     judge_obj = make_judge(judge, profile=ctx.profile)
     print("judge sanity check:", ensure_sanity(ctx.profile, judge_obj))
 if n_fuzz_features is None:  # smoke: a handful, to stay fast
-    n_fuzz_features = 3 if ctx.profile.name == "smoke" else ctx.profile.autointerp_features
+    n_fuzz_features = 3 if ctx.profile.name == "smoke" else ctx.profile.eval.autointerp_features
 n_fuzz = int(n_fuzz_features)
 fuzz = fuzz_table(ctx.profile, grid_names, n_fuzz, judge_obj)
 fuzz''',
         ("md", "## §6 table and figure"),
         '''table = gemma_table(grid, fuzz)
 save_table(table, tables, "gemma_grid")
-fig = gemma_figure(table, f"{ctx.profile.model}, layer {ctx.profile.layer}")
+fig = gemma_figure(table, f"{ctx.profile.data.model}, layer {ctx.profile.data.layer}")
 save_figure(fig, figures, "gemma_grid")
 table''',
     ],

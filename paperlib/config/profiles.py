@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 INPUT_NORMS = ("token", "dim+token")
 """Valid :attr:`Profile.input_norm` values."""
@@ -32,10 +33,9 @@ class TokenBudget:
 
 
 @dataclass(frozen=True)
-class Profile:
-    """One end-to-end configuration of the pipeline."""
+class DataConfig:
+    """What is read: language model, hook layer, text and token ranges (docs/method.md §2)."""
 
-    name: str
     model: str
     """Model key understood by :func:`paperlib.data.lm.load_lm` (``smollm2-135m``, ``gemma-3-270m``,
     ``tiny-smollm2``) or a hub id such as ``openai-community/gpt2-large``."""
@@ -52,7 +52,11 @@ class Profile:
     """Rows per LM forward pass during activation extraction and CE evaluation."""
     lm_dtype: str = "float32"
 
-    # Primary SAE (method.md §1)
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """The primary BatchTopK SAE and its optimisation (docs/method.md §1)."""
+
     n_latents: int = 4608
     k: int = 32
     batch_size: int = 4096
@@ -61,6 +65,10 @@ class Profile:
     """Passes over the training token range (reshuffled each epoch)."""
     lr: float = 3e-4
     """Adam learning rate (reference 3e-4 for 100M-token runs; short CPU profiles use a larger one)."""
+    lr_warmup_frac: float = 0.0
+    """Linear learning-rate warm-up over this fraction of the steps (reference: none)."""
+    lr_decay_frac: float = 0.0
+    """Linear learning-rate decay to 0 over this final fraction of the steps (reference: none)."""
     dead_after: int = 5
     """Steps without selection after which a latent counts as dead (reference: 5 at 4096 tokens/step;
     profiles with smaller batches scale it to keep the same token window)."""
@@ -73,13 +81,13 @@ class Profile:
     (computed by the trainer in fp64 and stored in the SAE), then the per-token one. For residual
     streams with massive outlier dimensions (Gemma 3: one dimension holds ~80 % of the variance),
     where the per-token standardised input is essentially a single coordinate."""
+    checkpoint_every: int = 50
 
-    lr_warmup_frac: float = 0.0
-    """Linear learning-rate warm-up over this fraction of the steps (reference: none)."""
-    lr_decay_frac: float = 0.0
-    """Linear learning-rate decay to 0 over this final fraction of the steps (reference: none)."""
 
-    # Meta SAE
+@dataclass(frozen=True)
+class MetaConfig:
+    """The meta SAE (the critic) and the penalty schedule (docs/method.md §1)."""
+
     n_meta: int = 416
     k_meta: int = 8
     n_primary_steps: int = 10
@@ -91,7 +99,11 @@ class Profile:
     penalty_ramp_frac: float = 0.0
     """Then a linear ramp to the full λ₂ over this fraction of the steps."""
 
-    # Primary comparison (docs/method.md §7): paired seeds, preregistered configuration
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Which runs are trained: the paired-seed primary comparison and the exploratory grid (§1, §7)."""
+
     primary_seeds: int = 5
     """K: seeds 0..K−1 of every primary arm. Seed s fixes the primary init and the data order, so solo seed s
     and joint seed s are paired (same start, same batches); the seed is the unit of replication."""
@@ -100,8 +112,6 @@ class Profile:
     paper_lambda2: float = 0.3
     paper_sigma2: float = 1.0
     """The paper's configuration, fixed before looking at any result here (not a selected one)."""
-
-    # Exploratory grid (method.md §1), one seed (0) per configuration
     grid_lambda2: tuple[float, ...] = (0.1, 0.3, 1.0)
     grid_sigma2: tuple[float, ...] = (0.3, 1.0, 3.0)
     n_noise_seeds: int = 0
@@ -112,7 +122,11 @@ class Profile:
     """Exploratory selection rule: best Δ mean |φ| (first token half) among configs whose ΔL2 stays within
     this bound (%). 10%: the paper's own pick had +9.3% L2."""
 
-    # Evaluation
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings (docs/method.md §3)."""
+
     calibration_mode: str = "auto"
     """EER thresholds: ``exact`` (sorts every pre-activation), ``hist`` (2048-bin per-feature
     histograms, two passes, ~3x faster) or ``auto`` (exact below 50M calibration values)."""
@@ -120,46 +134,101 @@ class Profile:
     """Reconstruction metrics (L2, FVE, L0) on the first this-many tokens of the co-occurrence
     range; ``None`` = the whole range. Co-occurrence φ always uses the whole range."""
     autointerp_features: int = 200
-    checkpoint_every: int = 50
+
+
+FIELD_GROUPS: dict[str, str] = {f.name: g for g, cls in (("data", DataConfig), ("sae", SAEConfig), ("meta", MetaConfig),
+                                                        ("grid", GridConfig), ("eval", EvalConfig))
+                                for f in dataclasses.fields(cls)}
+"""Which sub-configuration each setting belongs to (for flat overrides such as ``get_profile("smoke", lr=1e-3)``)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One end-to-end configuration of the pipeline, nested by concern: ``data``, ``sae``, ``meta``,
+    ``grid`` and ``eval``. Build one with :meth:`build` (flat settings) or :func:`get_profile`."""
+
+    name: str
+    data: DataConfig
+    sae: SAEConfig
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.k > self.n_latents:
-            problems.append(f"k={self.k} exceeds n_latents={self.n_latents}")
-        if self.k_meta > self.n_meta:
-            problems.append(f"k_meta={self.k_meta} exceeds n_meta={self.n_meta}")
-        if self.n_meta >= self.n_latents:
-            problems.append(f"n_meta={self.n_meta} must be smaller than n_latents={self.n_latents}")
-        if any(s <= 0 for s in self.grid_sigma2):
-            problems.append(f"grid_sigma2 must be > 0, got {self.grid_sigma2}")
-        if self.input_norm not in INPUT_NORMS:
-            problems.append(f"input_norm={self.input_norm!r} must be one of {', '.join(map(repr, INPUT_NORMS))}")
-        if self.context < 2:
-            problems.append("context must be at least 2 tokens (BOS + one token)")
-        for rng, size in self.tokens.as_dict().items():
-            if size < self.context:
-                problems.append(f"token range {rng!r} ({size}) is shorter than one row ({self.context})")
-        if self.calibration_mode not in ("auto", "exact", "hist"):
-            problems.append(f"calibration_mode must be auto, exact or hist, got {self.calibration_mode!r}")
-        if self.primary_seeds < 0:
-            problems.append(f"primary_seeds must be >= 0, got {self.primary_seeds}")
-        if self.paper_sigma2 <= 0 or self.paper_lambda2 <= 0:
-            problems.append("paper_lambda2 and paper_sigma2 must be > 0")
-        if self.recon_tokens is not None and self.recon_tokens < 1:
-            problems.append(f"recon_tokens must be positive or None, got {self.recon_tokens}")
+        problems = self.problems()
         if problems:
             raise ValueError(f"invalid profile {self.name!r}: " + "; ".join(problems))
 
-    def replace(self, **changes) -> Profile:
-        return dataclasses.replace(self, **changes)
+    def problems(self) -> list[str]:
+        """Everything wrong with this profile (empty when valid)."""
+        d, s, m, g, e = self.data, self.sae, self.meta, self.grid, self.eval
+        problems = []
+        if s.k > s.n_latents:
+            problems.append(f"k={s.k} exceeds n_latents={s.n_latents}")
+        if m.k_meta > m.n_meta:
+            problems.append(f"k_meta={m.k_meta} exceeds n_meta={m.n_meta}")
+        if m.n_meta >= s.n_latents:
+            problems.append(f"n_meta={m.n_meta} must be smaller than n_latents={s.n_latents}")
+        if any(x <= 0 for x in g.grid_sigma2):
+            problems.append(f"grid_sigma2 must be > 0, got {g.grid_sigma2}")
+        if s.input_norm not in INPUT_NORMS:
+            problems.append(f"input_norm={s.input_norm!r} must be one of {', '.join(map(repr, INPUT_NORMS))}")
+        if d.context < 2:
+            problems.append("context must be at least 2 tokens (BOS + one token)")
+        for rng, size in d.tokens.as_dict().items():
+            if size < d.context:
+                problems.append(f"token range {rng!r} ({size}) is shorter than one row ({d.context})")
+        if e.calibration_mode not in ("auto", "exact", "hist"):
+            problems.append(f"calibration_mode must be auto, exact or hist, got {e.calibration_mode!r}")
+        if g.primary_seeds < 0:
+            problems.append(f"primary_seeds must be >= 0, got {g.primary_seeds}")
+        if g.paper_sigma2 <= 0 or g.paper_lambda2 <= 0:
+            problems.append("paper_lambda2 and paper_sigma2 must be > 0")
+        if e.recon_tokens is not None and e.recon_tokens < 1:
+            problems.append(f"recon_tokens must be positive or None, got {e.recon_tokens}")
+        return problems
+
+    @classmethod
+    def build(cls, name: str, extra: dict | None = None, **settings: Any) -> Profile:
+        """A profile from flat settings, each routed to its sub-configuration (:data:`FIELD_GROUPS`)."""
+        parts: dict[str, dict[str, Any]] = {g: {} for g in CLASSES}
+        for key, value in settings.items():
+            parts[_group_of(key)][key] = value
+        return cls(name=name, extra=extra or {}, **{g: CLASSES[g](**kw) for g, kw in parts.items()})
+
+    def replace(self, **changes: Any) -> Profile:
+        """A copy with settings replaced; flat names (``lr=...``) and sub-configurations (``sae=...``)."""
+        top = {k: changes.pop(k) for k in list(changes) if k in ("name", "extra", *CLASSES)}
+        parts: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            parts.setdefault(_group_of(key), {})[key] = value
+        for g, kw in parts.items():
+            top[g] = dataclasses.replace(top.get(g, getattr(self, g)), **kw)
+        return dataclasses.replace(self, **top)
+
+    def setting(self, key: str) -> Any:
+        """One setting by its flat name (``profile.setting("lr")`` is ``profile.sae.lr``)."""
+        return getattr(getattr(self, _group_of(key)), key)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+CLASSES: dict[str, type] = {"data": DataConfig, "sae": SAEConfig, "meta": MetaConfig, "grid": GridConfig,
+                            "eval": EvalConfig}
+
+
+def _group_of(key: str) -> str:
+    try:
+        return FIELD_GROUPS[key]
+    except KeyError:
+        valid = ", ".join(sorted(FIELD_GROUPS))
+        raise ValueError(f"unknown profile setting {key!r}; valid settings: {valid}") from None
+
+
 PROFILES: dict[str, Profile] = {
-    "default": Profile(
+    "default": Profile.build(
         name="default",
         model="smollm2-135m",
         layer=12,
@@ -179,7 +248,7 @@ PROFILES: dict[str, Profile] = {
         penalty_ramp_frac=0.1, calibration_mode="hist", recon_tokens=25_600,
         autointerp_features=120, checkpoint_every=100,
     ),
-    "smoke": Profile(
+    "smoke": Profile.build(
         name="smoke",
         model="smollm2-135m",
         layer=3,
@@ -193,7 +262,7 @@ PROFILES: dict[str, Profile] = {
         penalty_start_frac=0.25, penalty_ramp_frac=0.1,
         autointerp_features=8, checkpoint_every=10,
     ),
-    "gemma-3-270m": Profile(
+    "gemma-3-270m": Profile.build(
         name="gemma-3-270m",
         model="gemma-3-270m",
         layer=9,
@@ -209,7 +278,7 @@ PROFILES: dict[str, Profile] = {
         # vs median |x| ≈ 18); with per-token standardisation alone 96 % of the latents died.
         input_norm="dim+token",
     ),
-    "gpt2-large": Profile(
+    "gpt2-large": Profile.build(
         name="gpt2-large",
         model="openai-community/gpt2-large",
         layer=20,
@@ -220,7 +289,7 @@ PROFILES: dict[str, Profile] = {
         n_latents=20480, k=64, n_meta=1800, k_meta=8, batch_size=4096,
         autointerp_features=1000, checkpoint_every=1000,
     ),
-    "gemma-2-9b": Profile(
+    "gemma-2-9b": Profile.build(
         name="gemma-2-9b",
         model="google/gemma-2-9b",
         layer=23,

@@ -8,7 +8,7 @@ Layout under ``paths.activations_dir(profile)``::
     <range>.npy            fp16 [T, d] activations of a finished range (memory-mapped on read)
 
 Activation row t of a range is token ``positions(range)[t] = (row, pos)`` of ``token_ids(range)``;
-BOS positions are dropped when ``profile.drop_bos`` (the default: the BOS residual is a huge
+BOS positions are dropped when ``profile.data.drop_bos`` (the default: the BOS residual is a huge
 outlier that carries no text). Each shard is written atomically, so a killed extraction resumes
 at the first missing shard; a finished range is consolidated into one file. A cache whose
 settings differ from the profile's is refused, never silently reused.
@@ -57,20 +57,20 @@ def cache_settings(profile: str | Profile) -> dict[str, Any]:
     ranges = token_ranges(p)
     return {
         "profile": p.name,
-        "model": p.model,
-        "model_package_version": _model_package_version(p.model),
-        "layer": p.layer,
+        "model": p.data.model,
+        "model_package_version": _model_package_version(p.data.model),
+        "layer": p.data.layer,
         "hook": "resid_pre",
-        "corpus": p.corpus,
-        "context": p.context,
-        "drop_bos": p.drop_bos,
-        "lm_dtype": p.lm_dtype,
+        "corpus": p.data.corpus,
+        "context": p.data.context,
+        "drop_bos": p.data.drop_bos,
+        "lm_dtype": p.data.lm_dtype,
         "row_spans": {k: list(v) for k, v in ranges.spans.items()},
     }
 
 
 def _shard_rows(profile: Profile) -> int:
-    return max(1, SHARD_TOKENS // profile.context)
+    return max(1, SHARD_TOKENS // profile.data.context)
 
 
 @dataclass
@@ -171,7 +171,7 @@ def load_cache(
 def _extract(p, root, settings, manifest, progress, lm, stop_after) -> ActivationCache:
 
     root.mkdir(parents=True, exist_ok=True)
-    lm = lm if lm is not None else load_lm(p.model, dtype=p.lm_dtype)
+    lm = lm if lm is not None else load_lm(p.data.model, dtype=p.data.lm_dtype)
     tok_path = root / "tokens.npy"
     if not tok_path.exists():
         tokens = build_token_matrix(p, lm.tokenizer, progress=progress)
@@ -185,7 +185,7 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
         write_json(root / "manifest.json", manifest)
     device = next(lm._module.parameters()).device
     shard_rows = _shard_rows(p)
-    first = 1 if p.drop_bos else 0
+    first = 1 if p.data.drop_bos else 0
     done_shards = 0
     for name in RANGE_NAMES:
         if manifest["complete"].get(name):
@@ -194,27 +194,27 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
         shard_dir = root / "shards"
         shard_dir.mkdir(exist_ok=True)
         starts = list(range(start, stop, shard_rows))
-        bar = tqdm(total=(stop - start) * p.context, desc=f"activations {name}", unit="tok",
+        bar = tqdm(total=(stop - start) * p.data.context, desc=f"activations {name}", unit="tok",
                    disable=not progress, smoothing=0.1)
         max_abs = 0.0
         for i, s0 in enumerate(starts):
             s1 = min(s0 + shard_rows, stop)
             path = shard_dir / f"{name}_{i:05d}.npy"
             if path.exists():
-                bar.update((s1 - s0) * p.context)
+                bar.update((s1 - s0) * p.data.context)
                 continue
             parts = []
-            for b0 in range(s0, s1, p.lm_batch_size):
-                b1 = min(b0 + p.lm_batch_size, s1)
+            for b0 in range(s0, s1, p.data.lm_batch_size):
+                b1 = min(b0 + p.data.lm_batch_size, s1)
                 ids = torch.as_tensor(np.asarray(tokens[b0:b1], dtype=np.int64), device=device)
-                h = resid_pre(lm, ids, p.layer)[:, first:, :].float()
+                h = resid_pre(lm, ids, p.data.layer)[:, first:, :].float()
                 parts.append(h.reshape(-1, h.shape[-1]).cpu().numpy())
-                bar.update((b1 - b0) * p.context)
+                bar.update((b1 - b0) * p.data.context)
             shard = np.concatenate(parts)
             peak = float(np.abs(shard).max())
             if peak >= FP16_MAX:
                 raise OverflowError(
-                    f"activations reach {peak:.3g} at layer {p.layer}, beyond fp16's range; "
+                    f"activations reach {peak:.3g} at layer {p.data.layer}, beyond fp16's range; "
                     "use another layer or set drop_bos=True"
                 )
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -232,7 +232,7 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
         manifest["d"] = int(np.load(root / f"{name}.npy", mmap_mode="r").shape[1])
         manifest["complete"][name] = True
         manifest["n_tokens"] = {**manifest.get("n_tokens", {}), name: int(
-            (stop - start) * (p.context - first))}
+            (stop - start) * (p.data.context - first))}
         write_json(root / "manifest.json", manifest)
         for i in range(len(starts)):
             (shard_dir / f"{name}_{i:05d}.npy").unlink()

@@ -145,11 +145,11 @@ def token_ranges(profile: str | Profile) -> TokenRanges:
     """Disjoint, deterministic row spans for the profile's token budget."""
     p = get_profile(profile)
     spans, start = {}, 0
-    for name, size in p.tokens.as_dict().items():
-        n_rows = size // p.context
+    for name, size in p.data.tokens.as_dict().items():
+        n_rows = size // p.data.context
         spans[name] = (start, start + n_rows)
         start += n_rows
-    return TokenRanges(p.context, spans)
+    return TokenRanges(p.data.context, spans)
 
 
 def build_token_matrix(profile: str | Profile, tokenizer, *, progress: bool = True) -> np.ndarray:
@@ -159,12 +159,12 @@ def build_token_matrix(profile: str | Profile, tokenizer, *, progress: bool = Tr
 
     p = get_profile(profile)
     ranges = token_ranges(p)
-    need = ranges.n_rows * (p.context - 1)
+    need = ranges.n_rows * (p.data.context - 1)
     bos = bos_token_id(tokenizer)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     stream: list[int] = []
-    bar = tqdm(total=need, desc=f"tokenising {p.corpus}", unit="tok", disable=not progress)
-    for doc in iter_documents(p.corpus):
+    bar = tqdm(total=need, desc=f"tokenising {p.data.corpus}", unit="tok", disable=not progress)
+    for doc in iter_documents(p.data.corpus):
         ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [eos]
         stream.extend(ids)
         bar.update(min(len(ids), max(0, need - bar.n)))
@@ -173,11 +173,11 @@ def build_token_matrix(profile: str | Profile, tokenizer, *, progress: bool = Tr
     bar.close()
     if len(stream) < need:
         raise ValueError(
-            f"corpus {p.corpus!r} has {len(stream):,} tokens but profile {p.name!r} needs {need:,} "
-            f"({ranges.n_rows} rows of {p.context}); shrink the profile's token budget"
+            f"corpus {p.data.corpus!r} has {len(stream):,} tokens but profile {p.name!r} needs {need:,} "
+            f"({ranges.n_rows} rows of {p.data.context}); shrink the profile's token budget"
         )
-    body = np.asarray(stream[:need], dtype=np.int64).reshape(ranges.n_rows, p.context - 1)
-    out = np.empty((ranges.n_rows, p.context), dtype=np.int32)
+    body = np.asarray(stream[:need], dtype=np.int64).reshape(ranges.n_rows, p.data.context - 1)
+    out = np.empty((ranges.n_rows, p.data.context), dtype=np.int32)
     out[:, 0] = bos
     out[:, 1:] = body
     return out

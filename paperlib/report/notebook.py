@@ -26,8 +26,8 @@ def setup(profile: str | Profile, **overrides) -> NotebookContext:
     p = get_profile(profile, **overrides)
     figs, tabs = output_dirs(p)
     prov = provenance()
-    print(f"profile={p.name} model={p.model} layer={p.layer} corpus={p.corpus} "
-          f"n={p.n_latents} k={p.k} m={p.n_meta} k_meta={p.k_meta}")
+    print(f"profile={p.name} model={p.data.model} layer={p.data.layer} corpus={p.data.corpus} "
+          f"n={p.sae.n_latents} k={p.sae.k} m={p.meta.n_meta} k_meta={p.meta.k_meta}")
     print(f"git={prov['git']} torch={prov['versions']['torch']} -> figures: {figs}  tables: {tabs}")
     return NotebookContext(p, figs, tabs)
 

@@ -188,8 +188,9 @@ def convergence_lines(conv: pd.DataFrame | None) -> list[str]:
 
 
 def _model_line(p: Profile) -> str:
-    return (f"- subject model: {MODEL_NAMES.get(p.model, p.model)}, layer {p.layer} (resid_pre), corpus `{p.corpus}`, "
-            f"context {p.context}")
+    d = p.data
+    return (f"- subject model: {MODEL_NAMES.get(d.model, d.model)}, layer {d.layer} (resid_pre), corpus `{d.corpus}`, "
+            f"context {d.context}")
 
 
 def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops: float | None = None,
@@ -203,19 +204,20 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
     selected = sel_info["selected"] if sel_info else None
     t1 = _read(tables, "table1_grid")
     prov = provenance()
-    per_epoch = (p.tokens.train // p.context) * (p.context - int(p.drop_bos)) // p.batch_size
-    steps = max(1, round(p.train_epochs * per_epoch))
+    d, s, m = p.data, p.sae, p.meta
+    per_epoch = (d.tokens.train // d.context) * (d.context - int(d.drop_bos)) // s.batch_size
+    steps = max(1, round(s.train_epochs * per_epoch))
     lines = [f"# Paper vs reproduction — profile `{p.name}`", "", _model_line(p),
-             f"- SAE: n = {p.n_latents}, k = {p.k}, meta m = {p.n_meta}, k_meta = {p.k_meta}; batch {p.batch_size}, "
-             f"{p.train_epochs:g} epochs over the training range (about {steps} steps), lr {p.lr:g} "
-             f"(warm-up {p.lr_warmup_frac:g}, linear decay over the last {p.lr_decay_frac:g} of the steps), "
-             f"penalty from {p.penalty_start_frac:g} of the steps (ramp {p.penalty_ramp_frac:g})",
-             "- token ranges (disjoint): " + ", ".join(f"{k} {v:,}" for k, v in p.tokens.as_dict().items()),
+             f"- SAE: n = {s.n_latents}, k = {s.k}, meta m = {m.n_meta}, k_meta = {m.k_meta}; batch {s.batch_size}, "
+             f"{s.train_epochs:g} epochs over the training range (about {steps} steps), lr {s.lr:g} "
+             f"(warm-up {s.lr_warmup_frac:g}, linear decay over the last {s.lr_decay_frac:g} of the steps), "
+             f"penalty from {m.penalty_start_frac:g} of the steps (ramp {m.penalty_ramp_frac:g})",
+             "- token ranges (disjoint): " + ", ".join(f"{k} {v:,}" for k, v in p.data.tokens.as_dict().items()),
              (f"- tables made by `make reproduce` at git `{run_revision}`, this summary rendered at `{prov['git']}`; "
               if run_revision else f"- git `{prov['git']}`; ")
              + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
-             "", f"## The answer: does the penalty make latents co-fire less? (λ₂ = {p.paper_lambda2:g}, "
-             f"σ² = {p.paper_sigma2:g}, fixed in advance)", ""]
+             "", f"## The answer: does the penalty make latents co-fire less? (λ₂ = {p.grid.paper_lambda2:g}, "
+             f"σ² = {p.grid.paper_sigma2:g}, fixed in advance)", ""]
     lines += primary_lines(_read(tables, "primary_paired_seeds"), _read(tables, "primary_rate_matched"))
     lines += ["", "## Are the SAEs trained?", ""] + convergence_lines(_read(tables, "convergence"))
     lines += ["", "## Paper vs reproduction (exploratory: one seed per grid configuration)", "",

@@ -228,7 +228,8 @@ class JointArm(Arm):
         return bad
 
     def grid(self, profile: Profile) -> list[RunSpec]:
-        return [RunSpec(self.name, lambda2=a, sigma2=b) for a in profile.grid_lambda2 for b in profile.grid_sigma2]
+        g = profile.grid
+        return [RunSpec(self.name, lambda2=a, sigma2=b) for a in g.grid_lambda2 for b in g.grid_sigma2]
 
     def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
         return _meta_penalty(spec, inputs, spec.lambda2 * inputs.scale)
@@ -291,7 +292,7 @@ class OrthoArm(Arm):
         return [] if spec.gamma >= 0 else [f"gamma must be >= 0, got {spec.gamma}"]
 
     def grid(self, profile: Profile) -> list[RunSpec]:
-        return [RunSpec(self.name, gamma=g) for g in profile.ortho_gamma]
+        return [RunSpec(self.name, gamma=g) for g in profile.grid.ortho_gamma]
 
     def penalty(self, spec: RunSpec, inputs: PenaltyInputs) -> tuple[torch.Tensor | None, dict[str, float]]:
         # a fresh random partition each step, a stateless function of (seed, step): resumable
@@ -330,11 +331,11 @@ def canonical_name(name: str | RunSpec) -> str:
 
 
 def primary_runs(profile: str | Profile) -> dict[str, list[RunSpec]]:
-    """The paired-seed primary comparison: for each arm of ``profile.primary_arms``, its runs at seeds
+    """The paired-seed primary comparison: for each arm of ``profile.grid.primary_arms``, its runs at seeds
     0..K−1 (joint-type arms at the paper's configuration)."""
     p = get_profile(profile)
-    values = {"lambda2": p.paper_lambda2, "sigma2": p.paper_sigma2}
-    return {a: [arm_of(a).make(seed=s, **values) for s in range(p.primary_seeds)] for a in p.primary_arms}
+    values = {"lambda2": p.grid.paper_lambda2, "sigma2": p.grid.paper_sigma2}
+    return {a: [arm_of(a).make(seed=s, **values) for s in range(p.grid.primary_seeds)] for a in p.grid.primary_arms}
 
 
 def grid_runs(profile: str | Profile) -> list[RunSpec]:
@@ -344,7 +345,7 @@ def grid_runs(profile: str | Profile) -> list[RunSpec]:
     p = get_profile(profile)
     runs = [spec for arm in ARMS.values() for spec in arm.grid(p)]
     runs += [spec for specs in primary_runs(p).values() for spec in specs]
-    runs += [RunSpec("solo", seed=s) for s in range(1, p.n_noise_seeds + 1)]
+    runs += [RunSpec("solo", seed=s) for s in range(1, p.grid.n_noise_seeds + 1)]
     out: dict[str, RunSpec] = {}
     for r in runs:
         out.setdefault(r.name, r)
@@ -368,7 +369,7 @@ def with_grid(runs: list[RunSpec], profile: Profile, lambda2=None, sigma2=None, 
     if l2s or s2s:
         runs = [r for r in runs if r.arm != "joint"]
         runs += [RunSpec("joint", lambda2=float(a), sigma2=float(b))
-                 for a in (l2s or profile.grid_lambda2) for b in (s2s or profile.grid_sigma2)]
+                 for a in (l2s or profile.grid.grid_lambda2) for b in (s2s or profile.grid.grid_sigma2)]
     seed_list = [int(s) for s in _as_list(seeds)]
     if seed_list:
         runs = [r.with_seed(s) for r in runs for s in seed_list]

@@ -43,7 +43,7 @@ def orthogonality_penalty(W_dec: torch.Tensor, n_chunks: int,
        similarity of decoder rows; 0 for a latent alone in its chunk);
     3. L_orth = (1/n) Σ_i m_i  (mean over all latents).
 
-    The trainer uses L = L_SAE + γ · L_orth with γ = ``RunSpec.gamma`` and K = ``profile.ortho_chunks``.
+    The trainer uses L = L_SAE + γ · L_orth with γ = ``RunSpec.gamma`` and K = ``profile.grid.ortho_chunks``.
     """
     n = W_dec.shape[0]
     Wn = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -11,14 +11,14 @@ therefore fully independent. Step s of epoch e reads the permutation slice [j·B
 for memmap locality), with j = s mod (T // B); the last partial batch of an epoch is dropped.
 Total primary steps = max(1, round(train_epochs · (T // B))).
 
-Checkpoints (every ``profile.checkpoint_every`` primary steps, and when ``max_steps`` stops a run)
+Checkpoints (every ``profile.sae.checkpoint_every`` primary steps, and when ``max_steps`` stops a run)
 hold both models (with dead counters and running thresholds), both Adam states, the step counters,
 the metrics line count and the torch RNG state, as one safetensors file plus a JSON pointer, each
 written atomically. A run killed at any moment resumes from its last checkpoint and finishes with
 weights bitwise identical to an uninterrupted run (data order and penalty partitions are stateless
 functions of (seed, step)).
 
-Input normalisation (``profile.input_norm``): ``"token"`` is the reference per-token
+Input normalisation (``profile.sae.input_norm``): ``"token"`` is the reference per-token
 standardisation. ``"dim+token"`` additionally standardises each dimension with the mean and
 (population) std of the training activations, computed once before step 0 in fp64
 (:func:`input_dim_stats`, chunked over the memory-mapped array) and stored in the primary SAE's
@@ -100,13 +100,13 @@ class TrainConfig:
         p = profile
         return cls(
             arm=spec.arm, lambda2=float(spec.lambda2), sigma2=float(spec.sigma2),
-            gamma=float(spec.gamma), seed=int(spec.seed), d_in=int(d_in), n_latents=p.n_latents,
-            k=p.k, batch_size=p.batch_size, lr=p.lr, dead_after=p.dead_after, k_aux=p.k_aux,
-            aux_alpha=p.aux_alpha, n_meta=p.n_meta, k_meta=p.k_meta,
-            n_primary_steps=p.n_primary_steps, n_meta_steps=p.n_meta_steps,
-            ortho_chunks=p.ortho_chunks, train_epochs=p.train_epochs,
-            checkpoint_every=p.checkpoint_every, input_norm=p.input_norm,
-            **{f: getattr(p, f) for f in ("lr_warmup_frac", "lr_decay_frac", "meta_lr", "penalty_start_frac",
+            gamma=float(spec.gamma), seed=int(spec.seed), d_in=int(d_in), n_latents=p.sae.n_latents,
+            k=p.sae.k, batch_size=p.sae.batch_size, lr=p.sae.lr, dead_after=p.sae.dead_after, k_aux=p.sae.k_aux,
+            aux_alpha=p.sae.aux_alpha, n_meta=p.meta.n_meta, k_meta=p.meta.k_meta,
+            n_primary_steps=p.meta.n_primary_steps, n_meta_steps=p.meta.n_meta_steps,
+            ortho_chunks=p.grid.ortho_chunks, train_epochs=p.sae.train_epochs,
+            checkpoint_every=p.sae.checkpoint_every, input_norm=p.sae.input_norm,
+            **{f: p.setting(f) for f in ("lr_warmup_frac", "lr_decay_frac", "meta_lr", "penalty_start_frac",
                                           "penalty_ramp_frac")},
         )
 

@@ -18,14 +18,14 @@ EXACT_CALIBRATION_MAX_VALUES = 50_000_000
 
 def calibration_mode(profile: Profile) -> str:
     """The profile's calibration mode with ``auto`` resolved to ``exact`` or ``hist``."""
-    if profile.calibration_mode != "auto":
-        return profile.calibration_mode
-    n_values = int(profile.tokens.calibration) * profile.k
+    if profile.eval.calibration_mode != "auto":
+        return profile.eval.calibration_mode
+    n_values = int(profile.data.tokens.calibration) * profile.sae.k
     return "exact" if n_values <= EXACT_CALIBRATION_MAX_VALUES else "hist"
 
 
 def _settings(p: Profile) -> dict:
-    return {"data": range_settings(p, "calibration"), "batch_size": p.batch_size, "mode": calibration_mode(p)}
+    return {"data": range_settings(p, "calibration"), "batch_size": p.sae.batch_size, "mode": calibration_mode(p)}
 
 
 cache.declare("calibration", __name__, _settings, outputs=("thresholds.safetensors", "calibration.json"))
@@ -37,7 +37,7 @@ def ensure_calibration(run: Run, *, progress: bool = True) -> Calibration:
         return Calibration.load(cache.stage_dir("calibration", run))
     sae = load_run(run)
     acts = load_cache(run.profile).acts("calibration")
-    cal = calibrate_sae(sae, acts, batch_size=run.profile.batch_size, mode=calibration_mode(run.profile),
+    cal = calibrate_sae(sae, acts, batch_size=run.profile.sae.batch_size, mode=calibration_mode(run.profile),
                         progress=progress)
     cal.meta.update({"run": run.name, "range": "calibration"})
     d = cache.begin("calibration", run)

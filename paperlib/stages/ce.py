@@ -22,7 +22,7 @@ from paperlib.stages.train import load_run
 
 
 def _ref_settings(p: Profile) -> dict:
-    return {"data": range_settings(p, "ce"), "lm_batch_size": p.lm_batch_size}
+    return {"data": range_settings(p, "ce"), "lm_batch_size": p.data.lm_batch_size}
 
 
 cache.declare("ce_reference", __name__, _ref_settings, per_run=False)
@@ -55,7 +55,7 @@ def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     if cache.is_fresh("ce_reference", profile=p):
         return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
     ids = load_cache(p).token_ids("ce")
-    ce = ce_losses(lm, ids, p.layer, {"clean": None, "zero": zero_splice}, batch_size=p.lm_batch_size,
+    ce = ce_losses(lm, ids, p.data.layer, {"clean": None, "zero": zero_splice}, batch_size=p.data.lm_batch_size,
                    progress=progress)
     ref = {"ce_clean": ce["clean"].ce, "ce_zero": ce["zero"].ce, "n_predictions": ce["clean"].n_tokens, "range": "ce"}
     d = cache.begin("ce_reference", profile=p)
@@ -86,14 +86,14 @@ def ensure_ce(profile: str | Profile, runs: Iterable[Any], *, batchtopk_for: Ite
     p = runs[0].profile if runs else None
     if p is None or (not todo and cache.is_fresh("ce_reference", profile=p)):
         return {n: v for n, v in results.items() if v is not None}
-    lm = load_lm(p.model, dtype=p.lm_dtype)
+    lm = load_lm(p.data.model, dtype=p.data.lm_dtype)
     ref = _reference(p, lm, progress)
     ids = load_cache(p).token_ids("ce")
     for run in todo:  # one run at a time: each result is stored as soon as it exists
         splices: dict[str, Any] = {"thr": sae_splice(load_run(run), thresholds(run, progress=progress))}
         if run.name in bt:
             splices["bt"] = sae_splice(load_run(run), None)
-        ce = ce_losses(lm, ids, p.layer, splices, batch_size=p.lm_batch_size, progress=progress)
+        ce = ce_losses(lm, ids, p.data.layer, splices, batch_size=p.data.lm_batch_size, progress=progress)
         spliced, clean = ce["thr"].ce, ref["ce_clean"]
         zero = ref["ce_zero"]
         res = RunCE(run=run.name, ce_clean=clean, ce_zero=zero, ce_spliced=spliced,

@@ -134,7 +134,8 @@ def convergence_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         rec = ensure_reconstruction(run, progress=False)
-        c = convergence(read_metrics(run), run.profile.n_latents, rec.n_dead, trains_meta=run.spec.arm_def.trains_meta)
+        c = convergence(read_metrics(run), run.profile.sae.n_latents, rec.n_dead,
+                        trains_meta=run.spec.arm_def.trains_meta)
         rows.append({"run": run.name, "arm": run.arm, "seed": run.spec.seed, "dead_on_tokens": rec.firing_n_tokens,
                      **c})
     return pd.DataFrame(rows)

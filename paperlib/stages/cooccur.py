@@ -26,7 +26,7 @@ from paperlib.stages.train import load_run
 
 
 def _settings(p: Profile) -> dict:
-    return {"data": range_settings(p, "cooccurrence"), "batch_size": p.batch_size}
+    return {"data": range_settings(p, "cooccurrence"), "batch_size": p.sae.batch_size}
 
 
 ALIVE_MIN_COUNT = 5
@@ -91,7 +91,7 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResul
     theta = thresholds(run, progress=progress)
     sae = load_run(run)
     acts = load_cache(run.profile).acts("cooccurrence")
-    fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.batch_size, progress=progress)
+    fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.sae.batch_size, progress=progress)
     firing = SparseFiring.from_fired(fired)
     res = CooccurrenceResult(
         run=run.name, range="cooccurrence", all=within_stats_blockwise(firing, progress=progress),

@@ -151,7 +151,7 @@ def profile_decoder(profile: str | Profile):
     """Per-token string decoder of the profile's LM tokenizer (no model weights loaded)."""
     from transformers import AutoTokenizer
 
-    key = get_profile(profile).model
+    key = get_profile(profile).data.model
     src = str(lm.model_dir(key)) if key in lm.OFFLINE_MODELS else key
     return token_decoder(AutoTokenizer.from_pretrained(src))
 
@@ -201,7 +201,7 @@ def ensure_scores(run: Run, features: Sequence[int], judge, *,
         df = score_features(sae, acts, token_ids, positions, feats, thresholds, judge, decode,
                             out_dir=out, do_detection=do_detection, do_spearman=do_spearman,
                             seed=seed, context_kwargs=ckw, show_progress=show_progress,
-                            n_workers=n_workers, chunk_size=p.batch_size * 4)
+                            n_workers=n_workers, chunk_size=p.sae.batch_size * 4)
     dt = time.perf_counter() - t0
     if "fuzz_score" not in df.columns:
         df["fuzz_score"] = np.nan

@@ -19,7 +19,8 @@ from paperlib.stages.train import load_run
 
 
 def _settings(p: Profile) -> dict:
-    return {"data": range_settings(p, "cooccurrence"), "recon_tokens": p.recon_tokens, "batch_size": p.batch_size}
+    return {"data": range_settings(p, "cooccurrence"), "recon_tokens": p.eval.recon_tokens,
+            "batch_size": p.sae.batch_size}
 
 
 cache.declare("reconstruction", __name__, _settings, deps=("calibration", "cooccurrence"))
@@ -75,7 +76,7 @@ class ReconstructionResult:
 
 
 def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionResult:
-    """Reconstruction metrics of ``run`` on the co-occurrence range (its first ``profile.recon_tokens`` tokens
+    """Reconstruction metrics of ``run`` on the co-occurrence range (its first ``profile.eval.recon_tokens`` tokens
     when set) with the calibrated per-token thresholds (``thresholded``: L2 in the normalised space, FVE,
     L0, norm statistics; :class:`~paperlib.metrics.reconstruction.ReconMetrics`) and with the training-time
     BatchTopK encoder (``batchtopk``). Dead latents, firing counts and rate statistics always cover the whole
@@ -88,10 +89,10 @@ def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionR
     theta = thresholds(run, progress=progress)
     sae = load_run(run)
     full = load_cache(p).acts("cooccurrence")
-    n_tok = len(full) if p.recon_tokens is None else min(len(full), int(p.recon_tokens))
+    n_tok = len(full) if p.eval.recon_tokens is None else min(len(full), int(p.eval.recon_tokens))
     acts = full[:n_tok]
-    m = reconstruction_metrics(sae, acts, theta, batch_size=p.batch_size, progress=progress)
-    b = reconstruction_metrics(sae, acts, None, batch_size=p.batch_size, progress=progress)
+    m = reconstruction_metrics(sae, acts, theta, batch_size=p.sae.batch_size, progress=progress)
+    b = reconstruction_metrics(sae, acts, None, batch_size=p.sae.batch_size, progress=progress)
     firing = {"firing_n_tokens": n_tok, "n_dead": m.n_dead, "dead_frac": m.dead_frac,
               "firing_rate_quantiles": m.firing_rate_quantiles, "firing_counts": m.firing_counts,
               "rate_hist_counts": m.rate_hist_counts}

@@ -38,7 +38,7 @@ def range_settings(profile: Profile, range_name: str) -> dict[str, Any]:
 
 def train_settings(profile: Profile) -> dict[str, Any]:
     """The profile fields that change a run's weights (``checkpoint_every`` does not)."""
-    return {f: getattr(profile, f) for f in TRAIN_PROFILE_FIELDS}
+    return {f: profile.setting(f) for f in TRAIN_PROFILE_FIELDS}
 
 
 @dataclass(frozen=True)

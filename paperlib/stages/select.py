@@ -182,7 +182,7 @@ def select_configuration(table: pd.DataFrame, max_dl2_pct: float = 10.0) -> Sele
 
 def _selection_settings(p: Profile) -> dict:
     runs = [r for r in table_runs(p) if r.spec.seed == 0]
-    return {"max_dl2_pct": p.max_dl2_pct,
+    return {"max_dl2_pct": p.grid.max_dl2_pct,
             "inputs": {r.name: [cache.stage_key("cooccurrence", r), cache.stage_key("reconstruction", r)]
                        for r in runs}}
 
@@ -197,7 +197,7 @@ def ensure_selection(profile: str | Profile, *, progress: bool = True) -> Select
         return Selection.from_json(read_json(cache.stage_dir("selection", profile=p) / "result.json"))
     runs = [r for r in table_runs(p) if r.spec.seed == 0]
     ensure_trained(p, runs, progress=progress)  # a notebook asking for "joint" runs standalone
-    sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.max_dl2_pct)
+    sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.grid.max_dl2_pct)
     d = cache.begin("selection", profile=p)
     write_json(d / "result.json", sel.to_json())
     cache.commit("selection", profile=p)
@@ -247,7 +247,7 @@ def training_plan(profile: str | Profile, sae: str = "all", lambda2=None, sigma2
 def paper_joint(profile: str | Profile) -> RunSpec:
     """The preregistered configuration of the primary comparison (``paper_lambda2``, ``paper_sigma2``)."""
     p = get_profile(profile)
-    return RunSpec("joint", lambda2=p.paper_lambda2, sigma2=p.paper_sigma2)
+    return RunSpec("joint", lambda2=p.grid.paper_lambda2, sigma2=p.grid.paper_sigma2)
 
 
 def publish_selection(profile: str | Profile, tables_dir: Path) -> Path:

@@ -40,7 +40,7 @@ def test_cache_resumes_and_refuses_mismatch(tmp_artifacts, monkeypatch):
     ids = torch.as_tensor(cache.token_ids("calibration")[:2])
     with torch.no_grad():
         ref = model._module(ids, output_hidden_states=True).hidden_states[2]
-    pos = cache.positions("calibration")[: 2 * (p.context - 1)]
+    pos = cache.positions("calibration")[: 2 * (p.data.context - 1)]
     np.testing.assert_allclose(cache.acts("calibration")[: len(pos)].astype(np.float32),
                                ref[pos[:, 0], pos[:, 1]].numpy(), rtol=1e-3, atol=1e-3)
     # a cache built for other settings is refused, never silently reused

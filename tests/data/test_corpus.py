@@ -46,7 +46,7 @@ def test_local_jsonl_corpus_and_token_matrix(tmp_path):
     _, tok = lm.load_hf("tiny-smollm2")
     m1 = corpus.build_token_matrix(p, tok, progress=False)
     m2 = corpus.build_token_matrix(p, tok, progress=False)
-    assert m1.shape == (corpus.token_ranges(p).n_rows, p.context)
+    assert m1.shape == (corpus.token_ranges(p).n_rows, p.data.context)
     assert (m1[:, 0] == lm.bos_token_id(tok)).all()
     np.testing.assert_array_equal(m1, m2)
 

@@ -182,7 +182,7 @@ def test_load_meta_and_metrics(tmp_path):
         tr.load_trained_sae(tmp_path / "missing")
 
 
-# -- per-dimension input standardisation (profile.input_norm = "dim+token") ------------------------
+# -- per-dimension input standardisation (profile.sae.input_norm = "dim+token") ------------------------
 
 
 def test_input_dim_stats_equal_numpy_fp64():
@@ -294,7 +294,7 @@ def test_penalty_warmup_and_row_quantiles_are_logged(tmp_path):
     assert scales[: n // 2] == [0.0] * (n // 2) and scales[-1] == 1.0
     q = [recs[-1][f"p_row_q{x:02d}"] for x in (5, 25, 50, 75, 95)]
     assert q == sorted(q) and all(0 < v <= 1 for v in q)
-    assert recs[-1]["lr"] < prof.lr  # decayed
+    assert recs[-1]["lr"] < prof.sae.lr  # decayed
 
 
 def test_paired_seeds_share_init_and_data_order(tmp_path):
@@ -306,7 +306,7 @@ def test_paired_seeds_share_init_and_data_order(tmp_path):
     for a, b in zip(solo.primary.state_dict().values(), joint.primary.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     acts = _acts()
-    da, db = tr._Data(acts, 3, prof.batch_size, torch.device("cpu")), tr._Data(acts, 3, prof.batch_size,
+    da, db = tr._Data(acts, 3, prof.sae.batch_size, torch.device("cpu")), tr._Data(acts, 3, prof.sae.batch_size,
                                                                                torch.device("cpu"))
     for step in range(2 * da.steps_per_epoch):
         assert torch.equal(da.batch(step), db.batch(step))

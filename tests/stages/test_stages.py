@@ -37,7 +37,7 @@ def test_stage_caching_and_invalidation(env):
                                                           / "result.json")).to_json() == rec1.to_json()
     assert cooccur.load_firing(R(p, "solo")).shape == (512, 48)
     # a retrained run (another training setting: a new run key) recomputes everything downstream
-    p2 = p.replace(lr=p.lr * 2)
+    p2 = p.replace(lr=p.sae.lr * 2)
     train.ensure_trained(p2, ["solo"], progress=False, n_workers=1)
     cooccur.ensure_cooccurrence(R(p2, "solo"), progress=False)
     assert calls["n"] > n_calls
@@ -149,7 +149,7 @@ def test_profile_evaluation_settings_are_validated():
         get_profile("smoke", calibration_mode="fast")
     with pytest.raises(ValueError, match="recon_tokens"):
         get_profile("smoke", recon_tokens=0)
-    assert get_profile("default").calibration_mode == "hist"
+    assert get_profile("default").eval.calibration_mode == "hist"
 
 
 def test_new_calibration_invalidates_downstream_stages(env):
