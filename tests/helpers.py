@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from paperlib.config.profiles import TokenBudget, get_profile
+from paperlib.data.synthetic import SyntheticConfig, SyntheticData, generate
 
 
 def tiny_profile(**changes):
@@ -14,3 +19,32 @@ def tiny_profile(**changes):
     base.update(changes)
     return get_profile("smoke", **base)
 
+
+
+def brute_phi(F) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N1, N11, φ) of a dense bool firing matrix [T, n] by direct loops over tokens and pairs."""
+    F = np.asarray(F, dtype=bool)
+    T, n = F.shape
+    N1 = np.zeros(n, dtype=np.int64)
+    N11 = np.zeros((n, n), dtype=np.int64)
+    for t in range(T):
+        for i in range(n):
+            if F[t, i]:
+                N1[i] += 1
+                for j in range(n):
+                    if F[t, j]:
+                        N11[i, j] += 1
+    ph = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            den = N1[i] * (T - N1[i]) * N1[j] * (T - N1[j])
+            if den > 0:
+                ph[i, j] = (T * N11[i, j] - N1[i] * N1[j]) / math.sqrt(den)
+    return N1, N11, ph
+
+
+def small_synthetic_data() -> SyntheticData:
+    """The small ground-truth data set the synthetic and atomicity tests share."""
+    cfg = SyntheticConfig(d=32, n_features=64, n_groups=6, group_size=3, n_similar_pairs=6, n_train=8192,
+                          n_calibration=2048, n_eval=8192, batch_size=512, base_rate=0.03, group_rate=0.1)
+    return generate(cfg)

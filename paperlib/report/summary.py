@@ -14,13 +14,14 @@ import math
 import numbers
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from paperlib.config.io import provenance, read_json, write_text
 from paperlib.config.paths import output_dirs, second_model_output_dirs
 from paperlib.config.profiles import Profile, get_profile, second_model
 from paperlib.data.lm import MODEL_NAMES
+from paperlib.metrics.stats import paired
 from paperlib.stages.compare import STATISTICS, overall_verdict
 
 WELCH_CAVEAT = ("Welch over pairs is descriptive precision only: the pairs of one SAE are not independent "
@@ -135,13 +136,12 @@ def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None) -> lis
 
 
 def _seed_ci(values: pd.Series) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over seeds (the seed is the unit)."""
+    """Mean and 95% t-interval over seeds (the seed is the unit): the one-sample form of the paired test."""
     v = values.astype(float).to_numpy()
-    m = float(v.mean())
     if len(v) < 2:
-        return m, math.nan, math.nan
-    half = float(sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - half, m + half
+        return float(v.mean()), math.nan, math.nan
+    r = paired(v, np.zeros(len(v)))
+    return r.mean_diff, r.ci_low, r.ci_high
 
 
 def rate_matched_lines(rate: pd.DataFrame) -> list[str]:

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from paperlib.data.synthetic import SyntheticConfig, generate, tiny_config
+from tests.helpers import small_synthetic_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    cfg = SyntheticConfig(d=32, n_features=64, n_groups=6, group_size=3, n_similar_pairs=6, n_train=8192,
-                          n_calibration=2048, n_eval=8192, batch_size=512, base_rate=0.03, group_rate=0.1)
-    return generate(cfg)
+    return small_synthetic_data()
 
 
 def test_deterministic_and_seed_dependent(data):

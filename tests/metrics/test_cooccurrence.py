@@ -1,4 +1,3 @@
-import math
 
 import numpy as np
 import pytest
@@ -6,6 +5,7 @@ import scipy.sparse as sp
 import torch
 
 from paperlib.metrics import cooccurrence as co
+from tests.helpers import brute_phi
 
 
 def _random_fired(T=300, n=12, seed=0):
@@ -17,26 +17,6 @@ def _random_fired(T=300, n=12, seed=0):
     F[:5, 2] = True  # rare
     F[5:, 2] = False
     return F
-
-
-def _brute(F):
-    T, n = F.shape
-    N1 = np.zeros(n, dtype=np.int64)
-    N11 = np.zeros((n, n), dtype=np.int64)
-    for t in range(T):
-        for i in range(n):
-            if F[t, i]:
-                N1[i] += 1
-                for j in range(n):
-                    if F[t, j]:
-                        N11[i, j] += 1
-    ph = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            den = N1[i] * (T - N1[i]) * N1[j] * (T - N1[j])
-            if den > 0:
-                ph[i, j] = (T * N11[i, j] - N1[i] * N1[j]) / math.sqrt(den)
-    return N1, N11, ph
 
 
 def _pairs(ph, alive=None):
@@ -51,7 +31,7 @@ def _pairs(ph, alive=None):
 
 def test_counts_and_phi_against_brute_force():
     F = _random_fired()
-    N1, N11, ph = _brute(F)
+    N1, N11, ph = brute_phi(F)
     c = co.count(F)
     assert c.T == F.shape[0]
     assert c.N1.dtype == np.int64 and c.N11.dtype == np.int64
@@ -100,9 +80,9 @@ def test_chunked_accumulation_equals_one_shot():
         co.count(F[:10]) + co.count(F[:10, :5])
 
 
-def test_within_stats_full_and_blockwise_match_brute():
+def test_within_stats_full_and_blockwise_matchbrute_phi():
     F = _random_fired(T=400, n=15, seed=3)
-    _, _, ph = _brute(F)
+    _, _, ph = brute_phi(F)
     v = _pairs(ph)
     c = co.count(F)
     for ws in (co.within_stats(c), co.within_stats(c, block_rows=4),
@@ -130,14 +110,14 @@ def test_within_stats_full_and_blockwise_match_brute():
     assert c2.sum() == len(va) and e2[0] == 0.0
 
 
-def test_cross_phi_topk_against_brute():
+def test_cross_phi_topk_againstbrute_phi():
     rng = np.random.default_rng(5)
     T = 400
     A = rng.random((T, 9)) < rng.uniform(0.05, 0.5, 9)
     B = rng.random((T, 7)) < rng.uniform(0.05, 0.5, 7)
     B[:, 0] = A[:, 3] | A[:, 4]  # a "merged" feature
     FA = np.concatenate([A, B], axis=1)
-    _, _, ph = _brute(FA)
+    _, _, ph = brute_phi(FA)
     cross = ph[:9, 9:]  # [n_a, n_b]
     k = 3
     for br in (2, 4, 100):

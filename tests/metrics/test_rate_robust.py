@@ -10,6 +10,7 @@ from statsmodels.stats.power import TTestPower
 
 from paperlib.metrics import cooccurrence as co
 from paperlib.metrics import stats
+from tests.helpers import brute_phi
 
 
 def _fired(T=600, n=40, seed=0):
@@ -29,14 +30,7 @@ def _fired(T=600, n=40, seed=0):
 
 def _brute(F, min_count=5, tail=0.1, min_expected=5.0):
     T, n = F.shape
-    N1 = F.sum(0).astype(np.int64)
-    N11 = F.T.astype(np.int64) @ F.astype(np.int64)
-    ph = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            den = N1[i] * (T - N1[i]) * N1[j] * (T - N1[j])
-            if den > 0:
-                ph[i, j] = (T * N11[i, j] - N1[i] * N1[j]) / math.sqrt(den)
+    N1, N11, ph = brute_phi(F)
     alive = (N1 >= min_count) & (T - N1 >= min_count)
     allv, alv, expv, nulls = [], [], [], []
     for i in range(n):
