@@ -99,9 +99,7 @@ def test_normalisation_detection_and_errors(tmp_path):
 
 
 def test_sae_lens_loads_export(tmp_path):
-    sae_lens = pytest.importorskip(
-        "sae_lens", reason="sae_lens is not installed in this venv (by design: it pins its own deps); "
-        "verified manually with sae-lens 6.54.12 in a throwaway venv")
+    import sae_lens  # in the dev extra (installs beside the torch pin without changing any pin): never skipped
     sae, x, theta = _sae_and_inputs()
     out = to_saelens(sae, tmp_path / "exp", theta, hook_name="blocks.3.hook_resid_pre")
     loaded = sae_lens.SAE.load_from_disk(str(out))
