@@ -22,8 +22,9 @@ is the canonical one. Adding an arm is one subclass of :class:`Arm` plus :func:`
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +35,14 @@ from paperlib.sae.penalty import decomposability_penalty, orthogonality_penalty
 _NUM = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
 HYPER_COLUMNS = ("lambda2", "sigma2", "gamma")
 """Hyper-parameter columns every table carries (NaN where an arm does not have the parameter)."""
+
+
+def format_number(x: float) -> str:
+    """How a hyper-parameter is written in a run name: the shortest decimal that reads back to the same
+    float (``0.3``, ``1``, ``1e-05``, ``0.1234567``); ``-0.0`` is written ``0``. Unlike ``:g`` (6 significant
+    digits), every finite float survives the round trip name → :func:`parse_run`."""
+    s = repr(float(x) + 0.0)
+    return s[:-2] if s.endswith(".0") else s
 
 
 @dataclass(frozen=True)
@@ -47,9 +56,10 @@ class RunSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = arm_of(self.arm).problems(self)
-        if self.seed < 0 or int(self.seed) != self.seed:
-            problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
+        arm = arm_of(self.arm)
+        problems = field_problems(self, arm)
+        if not problems:  # the arm's own checks need finite numbers
+            problems = arm.problems(self)
         if problems:
             raise ValueError(f"invalid {self.arm} run: " + "; ".join(problems))
 
@@ -80,7 +90,25 @@ class RunSpec:
         return out
 
     def with_seed(self, seed: int) -> RunSpec:
-        return replace(self, seed=int(seed))
+        """This run at another seed (validated: ``1.5`` or ``-1`` fail, never truncated)."""
+        return replace(self, seed=seed)
+
+
+def field_problems(spec: RunSpec, arm: Arm) -> list[str]:
+    """What makes ``spec`` unnameable whatever the arm: a hyper-parameter that is not a finite number, a
+    value for a parameter ``arm`` does not have (its name could not carry it), a seed that is not a
+    non-negative integer."""
+    defaults = {f.name: f.default for f in fields(RunSpec)}
+    out = []
+    for name in HYPER_COLUMNS:
+        v = getattr(spec, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            out.append(f"{name} must be a finite number, got {v!r}; use a decimal such as 0.3")
+        elif name not in arm.hyper_names and v != defaults[name]:
+            out.append(f"the {arm.name} arm has no {name} parameter, got {name}={v!r}; leave it at {defaults[name]}")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, numbers.Integral) or spec.seed < 0:
+        out.append(f"seed must be a non-negative integer, got {spec.seed!r}; use 0, 1, 2, ...")
+    return out
 
 
 @dataclass
@@ -189,7 +217,7 @@ def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[
 
 
 def _sigma_problems(spec: RunSpec) -> list[str]:
-    return [] if spec.sigma2 > 0 else [f"sigma2 must be > 0, got {spec.sigma2}"]
+    return [] if spec.sigma2 > 0 else [f"sigma2 must be > 0, got {spec.sigma2}; use a positive value such as 1"]
 
 
 class SoloArm(Arm):
@@ -216,7 +244,7 @@ class JointArm(Arm):
         return {"lambda2": float(m[1]), "sigma2": float(m[2])}
 
     def base_name(self, spec: RunSpec) -> str:
-        return f"{self.name}-l{spec.lambda2:g}-s{spec.sigma2:g}"
+        return f"{self.name}-l{format_number(spec.lambda2)}-s{format_number(spec.sigma2)}"
 
     def label(self, spec: RunSpec) -> str:
         return f"λ₂={spec.lambda2:g}, σ²={spec.sigma2:g}"
@@ -224,7 +252,8 @@ class JointArm(Arm):
     def problems(self, spec: RunSpec) -> list[str]:
         bad = _sigma_problems(spec)
         if not spec.lambda2 > 0:
-            bad.append(f"lambda2 must be > 0, got {spec.lambda2} (λ₂ = 0 is the 'control' arm)")
+            bad.append(f"lambda2 must be > 0, got {spec.lambda2}; use a positive value such as 0.3 (λ₂ = 0 is "
+                       "the 'control' arm)")
         return bad
 
     def grid(self, profile: Profile) -> list[RunSpec]:
@@ -283,13 +312,13 @@ class OrthoArm(Arm):
         return {"gamma": float(m[1])}
 
     def base_name(self, spec: RunSpec) -> str:
-        return f"{self.name}-g{spec.gamma:g}"
+        return f"{self.name}-g{format_number(spec.gamma)}"
 
     def label(self, spec: RunSpec) -> str:
         return f"OrtSAE γ={spec.gamma:g}"
 
     def problems(self, spec: RunSpec) -> list[str]:
-        return [] if spec.gamma >= 0 else [f"gamma must be >= 0, got {spec.gamma}"]
+        return [] if spec.gamma >= 0 else [f"gamma must be >= 0, got {spec.gamma}; use a value such as 0.1"]
 
     def grid(self, profile: Profile) -> list[RunSpec]:
         return [RunSpec(self.name, gamma=g) for g in profile.grid.ortho_gamma]
@@ -318,7 +347,10 @@ def parse_run(name: str | RunSpec) -> RunSpec:
     for arm in ARMS.values():
         hyper = arm.parse(base)
         if hyper is not None:
-            return RunSpec(arm.name, seed=seed, **hyper)
+            try:
+                return RunSpec(arm.name, seed=seed, **hyper)
+            except ValueError as e:
+                raise ValueError(f"run name {name!r}: {e}") from None
     raise ValueError(
         f"cannot parse run name {name!r}; expected one of "
         + ", ".join(a.example for a in ARMS.values()) + " (optionally with -seedN)"
@@ -352,25 +384,70 @@ def grid_runs(profile: str | Profile) -> list[RunSpec]:
     return list(out.values())
 
 
-def _as_list(value) -> list:
+def _tokens(value) -> list:
     if value is None:
         return []
     if isinstance(value, str):
-        return [float(v) if any(c in v for c in ".eE") else int(v) for v in value.replace(",", " ").split()]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
+        return value.replace(",", " ").split()
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _bad_value(name: str, value, why: str, example: str) -> ValueError:
+    return ValueError(f"parameter {name}={value!r}: {why}; give {example}")
+
+
+def _to_float(tok) -> float | None:
+    if isinstance(tok, bool):
+        return None
+    try:
+        return float(tok)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_numbers(name: str, value) -> list[float]:
+    """Finite numbers from a parameter (a number, a list or a comma/space separated string such as
+    ``"0.1, 0.3"``); ``None`` or ``""`` gives ``[]``. Anything else fails naming ``name``."""
+    out = []
+    for tok in _tokens(value):
+        x = _to_float(tok)
+        if x is None:
+            raise _bad_value(name, value, f"{tok!r} is not a number", f'numbers such as {name}="0.1,0.3"')
+        if not math.isfinite(x):
+            raise _bad_value(name, value, f"{tok!r} is not a finite number", f'finite numbers such as {name}="0.1,0.3"')
+        out.append(x)
+    return out
+
+
+def parse_positive(name: str, value) -> list[float]:
+    """:func:`parse_numbers`, every value > 0 (λ₂ and σ² of a grid)."""
+    vals = parse_numbers(name, value)
+    if any(v <= 0 for v in vals):
+        raise _bad_value(name, value, "every value must be > 0", f'positive numbers such as {name}="0.3,1"')
+    return vals
+
+
+def parse_seeds(name: str, value) -> list[int]:
+    """Non-negative integer seeds from a parameter (as :func:`parse_numbers`); ``1.5`` or ``-1`` fail
+    naming ``name`` instead of being truncated."""
+    out = []
+    for x in parse_numbers(name, value):
+        if not x.is_integer() or x < 0:
+            raise _bad_value(name, value, f"{x:g} is not a non-negative whole number",
+                             f'whole numbers >= 0 such as {name}="0,1,2"')
+        out.append(int(x))
+    return out
 
 
 def with_grid(runs: list[RunSpec], profile: Profile, lambda2=None, sigma2=None, seeds=None) -> list[RunSpec]:
     """Replace the joint runs by the λ₂ × σ² grid given (number, list or comma/space separated string;
     a missing axis takes the profile's), then repeat every run once per seed of ``seeds``."""
-    l2s, s2s = _as_list(lambda2), _as_list(sigma2)
+    l2s, s2s = parse_positive("lambda2", lambda2), parse_positive("sigma2", sigma2)
     if l2s or s2s:
         runs = [r for r in runs if r.arm != "joint"]
         runs += [RunSpec("joint", lambda2=float(a), sigma2=float(b))
                  for a in (l2s or profile.grid.grid_lambda2) for b in (s2s or profile.grid.grid_sigma2)]
-    seed_list = [int(s) for s in _as_list(seeds)]
+    seed_list = parse_seeds("seeds", seeds)
     if seed_list:
         runs = [r.with_seed(s) for r in runs for s in seed_list]
     out: dict[str, RunSpec] = {}
