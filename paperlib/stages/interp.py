@@ -233,6 +233,9 @@ def compare_runs(solo: Run, joint: Run, n_features: int | None, judge, *,
     score are dropped there) and ``sec_per_feature`` (this call's scoring time per newly scored
     feature; NaN when all were cached).
     """
+    if solo.name == joint.name:
+        raise ValueError(f"compare_runs got the same run {solo.name!r} on both sides; the joint side must be "
+                         f"another run (e.g. sae=\"joint\" for the selected configuration, or a joint run name)")
     m = ensure_matching(solo, joint)
     sample = sample_pairs(m.pairs, n_features, seed=seed)
     kw = dict(context_kwargs=context_kwargs, do_detection=do_detection, seed=seed,

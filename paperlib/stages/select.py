@@ -21,7 +21,7 @@ from scipy import stats as sps
 from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.metrics.stats import noise_floor, welch
-from paperlib.sae.arms import RunSpec, grid_runs, with_grid
+from paperlib.sae.arms import RunSpec, grid_runs, parse_run, with_grid
 from paperlib.stages import cache
 from paperlib.stages.ce import RunCE, ensure_ce
 from paperlib.stages.compare import convergence_table
@@ -190,11 +190,45 @@ def _selection_settings(p: Profile) -> dict:
 cache.declare("selection", __name__, _selection_settings, per_run=False)
 
 
+def selectable_runs(profile: str | Profile) -> list[str]:
+    """Names the selection may name: the seed-0 joint configurations of the profile's grid."""
+    return [r.name for r in table_runs(profile) if r.arm == "joint" and r.spec.seed == 0]
+
+
+def selection_problem(selected: Any, profile: str | Profile) -> str | None:
+    """What is wrong with ``selected`` as the profile's selected joint configuration (None when fine)."""
+    allowed = selectable_runs(profile)
+    try:
+        name = parse_run(selected).name
+    except (TypeError, ValueError) as e:
+        return f"it names {selected!r}, which is not a run name ({e})"
+    if name not in allowed:
+        return (f"it names {name!r}, which is not a seed-0 joint configuration of profile "
+                f"{get_profile(profile).name!r}'s grid ({', '.join(allowed)})")
+    return None
+
+
+def load_selection(path: Path, profile: str | Profile) -> Selection:
+    """A stored :class:`Selection`, checked against the profile's grid: a file naming solo, a run outside the
+    grid or no run at all fails with one error naming the file, what is wrong and what to do."""
+    try:
+        sel = Selection.from_json(read_json(path))
+        problem = selection_problem(sel.selected, profile)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        sel, problem = None, f"it cannot be read as a selection ({type(e).__name__}: {e})"
+    if problem is not None:
+        example = (selectable_runs(profile) or ["joint-l0.3-s1"])[0]
+        raise ValueError(f"{path}: {problem}. Delete {path} so the selection is recomputed from the grid's "
+                         f"results, or name the joint run you want instead of 'joint' (e.g. sae=\"{example}\").")
+    return sel
+
+
 def ensure_selection(profile: str | Profile, *, progress: bool = True) -> Selection:
-    """The selected joint configuration of the profile's grid (see :func:`select_configuration`)."""
+    """The selected joint configuration of the profile's grid (see :func:`select_configuration`); a stored
+    result naming anything else is refused (:func:`load_selection`)."""
     p = get_profile(profile)
     if cache.is_fresh("selection", profile=p):
-        return Selection.from_json(read_json(cache.stage_dir("selection", profile=p) / "result.json"))
+        return load_selection(cache.stage_dir("selection", profile=p) / "result.json", p)
     runs = [r for r in table_runs(p) if r.spec.seed == 0]
     ensure_trained(p, runs, progress=progress)  # a notebook asking for "joint" runs standalone
     sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.grid.max_dl2_pct)
