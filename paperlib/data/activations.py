@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from paperlib.config.checks import NonFiniteError
 from paperlib.config.io import atomic_path, provenance, read_json, write_json
 from paperlib.config.paths import activations_dir
 from paperlib.config.profiles import Profile, get_profile
@@ -211,12 +212,7 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
                 parts.append(h.reshape(-1, h.shape[-1]).cpu().numpy())
                 bar.update((b1 - b0) * p.data.context)
             shard = np.concatenate(parts)
-            peak = float(np.abs(shard).max())
-            if peak >= FP16_MAX:
-                raise OverflowError(
-                    f"activations reach {peak:.3g} at layer {p.data.layer}, beyond fp16's range; "
-                    "use another layer or set drop_bos=True"
-                )
+            check_shard(shard, p, name, s0 - start)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, shard.astype(np.float16))
             done_shards += 1
@@ -238,6 +234,25 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
             (shard_dir / f"{name}_{i:05d}.npy").unlink()
     shutil.rmtree(root / "shards", ignore_errors=True)
     return ActivationCache(root, manifest)
+
+
+def check_shard(shard: np.ndarray, p: Profile, name: str, row0: int) -> None:
+    """Refuse a shard of range ``name`` (first row ``row0`` within the range) holding NaN / inf or values
+    beyond fp16's range, naming the count and the (row, position) of the first bad tokens; nothing is stored."""
+    per_row = p.data.context - int(p.data.drop_bos)
+    bad = np.flatnonzero(~np.isfinite(shard).all(axis=1))
+    where = ", ".join(f"(row {row0 + t // per_row}, pos {t % per_row + int(p.data.drop_bos)})" for t in bad[:5])
+    if bad.size:
+        raise NonFiniteError(
+            f"the language model {p.data.model!r} returned NaN or inf at layer {p.data.layer} for {bad.size} "
+            f"tokens of range {name!r} (first: {where}); nothing was stored. Use lm_dtype='float32' "
+            "or another layer")
+    peak = float(np.abs(shard).max())
+    if peak >= FP16_MAX:
+        raise OverflowError(
+            f"activations reach {peak:.3g} at layer {p.data.layer}, beyond fp16's range; "
+            "use another layer or set drop_bos=True"
+        )
 
 
 def _consolidate(root: Path, name: str, n_shards: int) -> None:

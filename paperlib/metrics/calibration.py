@@ -39,6 +39,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from paperlib.config.checks import NonFiniteError, check_chunk
 from paperlib.config.io import atomic_path, provenance, read_json, write_json
 from paperlib.metrics.firing import iter_pre_acts
 from paperlib.sae.models import batch_topk_mask
@@ -193,12 +194,22 @@ def _iter(batches: Iterable[Any] | Callable[[], Iterable[Any]]) -> Iterator[Any]
     return iter(batches() if callable(batches) else batches)
 
 
+def _finite_pre(pre: torch.Tensor, i: int) -> torch.Tensor:
+    """``pre`` when finite; else NonFiniteError with the count and rows of batch ``i`` (a NaN would make
+    every histogram range NaN, or drop out of the exact sort unnoticed)."""
+    if not bool(torch.isfinite(pre).all()):
+        rows = torch.nonzero(~torch.isfinite(pre).all(dim=1)).ravel().tolist()
+        raise NonFiniteError(f"pre-activations of calibration batch {i}: {len(rows)} rows hold NaN or inf "
+                             f"(rows within the batch: {rows[:5]}); check the activations and the SAE weights")
+    return pre
+
+
 def _active_inactive(batches: Any, k: int, n: int | None, desc: str, progress: bool
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(pre, active, inactive) per batch: active = selected by BatchTopK and > 0, inactive = > 0 and not
     selected (module doc). Every batch must have ``n`` features (the first batch's when ``n`` is None)."""
-    for pre in tqdm(_iter(batches), desc=desc, disable=not progress, leave=False):
-        pre = _as_tensor(pre)
+    for i, pre in enumerate(tqdm(_iter(batches), desc=desc, disable=not progress, leave=False)):
+        pre = _finite_pre(_as_tensor(pre), i)
         if n is None:
             n = pre.shape[1]
         elif pre.shape[1] != n:
@@ -275,8 +286,8 @@ def _calibrate_exact(batches: Any, k: int, max_values: int, progress: bool) -> C
 
 def _calibrate_hist(batches: Any, k: int, n_bins: int, progress: bool) -> Calibration:
     vmax = None
-    for pre in tqdm(_iter(batches), desc="calibrate: range", disable=not progress, leave=False):
-        m = _as_tensor(pre).amax(0).clamp_min(0).cpu().numpy().astype(np.float64)
+    for i, pre in enumerate(tqdm(_iter(batches), desc="calibrate: range", disable=not progress, leave=False)):
+        m = _finite_pre(_as_tensor(pre), i).amax(0).clamp_min(0).cpu().numpy().astype(np.float64)
         vmax = m if vmax is None else np.maximum(vmax, m)
     if vmax is None:
         raise ValueError("no calibration batches")
@@ -333,21 +344,25 @@ def _calibrate_hist(batches: Any, k: int, n_bins: int, progress: bool) -> Calibr
 # ----------------------------------------------------------------------------------------------
 # SAE convenience
 # ----------------------------------------------------------------------------------------------
-def sae_pre_batches(sae: Any, acts: Any, batch_size: int = 4096, *,
-                    device: str | torch.device = "cpu") -> Iterator[torch.Tensor]:
-    """Yield ``sae.pre_acts(x)`` for consecutive ``batch_size``-token chunks of ``acts [T, d]``."""
-    return (pre for _, _, pre in iter_pre_acts(sae, acts, batch_size, device=device))
+def sae_pre_batches(sae: Any, acts: Any, batch_size: int = 4096, *, device: str | torch.device = "cpu",
+                    what: str = "calibration activations") -> Iterator[torch.Tensor]:
+    """Yield ``sae.pre_acts(x)`` for consecutive ``batch_size``-token chunks of ``acts [T, d]``; a chunk with
+    NaN or inf raises :class:`~paperlib.config.checks.NonFiniteError` naming ``what`` and the bad rows."""
+    for _, x, pre in iter_pre_acts(sae, acts, batch_size, device=device):
+        check_chunk(x, acts, what)
+        yield pre
 
 
 def calibrate_sae(sae: Any, acts: Any, *, batch_size: int = 4096, mode: str = "exact", n_bins: int = 2048,
-                  device: str | torch.device = "cpu", progress: bool = True) -> Calibration:
+                  device: str | torch.device = "cpu", progress: bool = True,
+                  what: str = "calibration activations") -> Calibration:
     """Calibrate EER thresholds of ``sae`` on calibration activations ``acts [T, d]``.
 
     BatchTopK is applied per ``batch_size``-token batch (use the training batch size, so selection
-    statistics match training) with ``k = sae.k``.
+    statistics match training) with ``k = sae.k``. Non-finite activation rows raise, naming ``what``.
     """
     def gen() -> Iterator[torch.Tensor]:
-        return sae_pre_batches(sae, acts, batch_size, device=device)
+        return sae_pre_batches(sae, acts, batch_size, device=device, what=what)
 
     cal = calibrate_from_pre(gen, int(sae.k), mode=mode, n_bins=n_bins, progress=progress)
     cal.meta.update({"batch_size": int(batch_size)})

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from paperlib.config.checks import NonFiniteError, check_chunk, describe_rows
 from paperlib.metrics.firing import as_thresholds, iter_codes
 from paperlib.metrics.streaming import StreamingMoments, finite_array
 
@@ -589,12 +590,20 @@ def cross_phi_topk(fired_a: Any, fired_b: Any, k: int, *, block_rows: int | None
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def firing_from_sae(sae: Any, acts: Any, thresholds: Any, batch_size: int = 4096, *,
-                    device: str | torch.device = "cpu", progress: bool = True) -> sp.csr_matrix:
+                    device: str | torch.device = "cpu", progress: bool = True,
+                    what: str = "co-occurrence activations") -> sp.csr_matrix:
     """Binary firing matrix ``[T, n]`` (CSR, bool data) of ``sae.encode(x, thresholds=θ) > 0`` over an
-    activation array ``[T, d]`` (e.g. an fp16 memmap), processed in chunks of ``batch_size`` tokens."""
-    parts = [sp.csr_matrix((f > 0).cpu().numpy())
-             for _, _, f in iter_codes(sae, acts, thresholds, batch_size, device=device, progress=progress,
-                                       desc="firing")]
+    activation array ``[T, d]`` (e.g. an fp16 memmap), processed in chunks of ``batch_size`` tokens.
+    NaN thresholds or non-finite activation rows raise :class:`~paperlib.config.checks.NonFiniteError`
+    (naming ``what``, the count and the rows): a NaN never fires, so it would pass as a dead latent."""
+    nan_theta = np.flatnonzero(np.isnan(as_thresholds(thresholds).cpu().numpy()))
+    if nan_theta.size:
+        raise NonFiniteError(f"thresholds: {describe_rows(nan_theta).replace('row', 'latent')} are NaN; "
+                             "delete the run's calibration stage folder and recalibrate")
+    parts = []
+    for _, x, f in iter_codes(sae, acts, thresholds, batch_size, device=device, progress=progress, desc="firing"):
+        check_chunk(x, acts, what)
+        parts.append(sp.csr_matrix((f > 0).cpu().numpy()))
     if not parts:
         return sp.csr_matrix((0, int(as_thresholds(thresholds).shape[0])), dtype=bool)
     return sp.vstack(parts, "csr").astype(bool)

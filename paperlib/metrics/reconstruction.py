@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from paperlib.config.checks import check_chunk
 from paperlib.metrics.firing import iter_codes
 from paperlib.metrics.streaming import StreamingMoments
 
@@ -167,15 +168,18 @@ def firing_summary(counts: np.ndarray, n_tokens: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *, batch_size: int = 4096,
-                           device: str | torch.device = "cpu", progress: bool = True) -> ReconMetrics:
+                           device: str | torch.device = "cpu", progress: bool = True,
+                           what: str = "activations") -> ReconMetrics:
     """Reconstruction metrics of ``sae`` on raw activations ``acts [T, d]`` (array/memmap/tensor).
 
     ``thresholds`` (tensor/array [n]) → per-token encoding ``sae.encode(x, thresholds=θ)``;
-    ``None`` → BatchTopK over each ``batch_size``-token batch (training semantics).
+    ``None`` → BatchTopK over each ``batch_size``-token batch (training semantics). Non-finite activation
+    rows raise :class:`~paperlib.config.checks.NonFiniteError` naming ``what``, the count and the rows.
     """
     acc: ReconAccumulator | None = None
     for _, x, f in iter_codes(sae, acts, thresholds, batch_size, device=device, progress=progress,
                               desc="reconstruction"):
+        check_chunk(x, acts, what)
         xn = sae.normalize(x)
         xh = sae.decode(f)
         if acc is None:

@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from paperlib.config.checks import NonFiniteError, nonfinite_error
 from paperlib.config.io import atomic_path, provenance, read_json, write_json
 from paperlib.config.profiles import INPUT_NORMS, Profile, get_profile
 from paperlib.sae.arms import PenaltyInputs, RunSpec, arm_of, parse_run
@@ -459,6 +460,27 @@ def _check_done_config(out_dir: Path, profile: Profile, spec: RunSpec) -> None:
         )
 
 
+def check_batch(x: torch.Tensor, acts: Any, run: str, step: int) -> None:
+    """Refuse a training batch holding NaN / inf before it reaches the weights: name the run, the step, the
+    batch's bad rows and every bad row of ``acts`` (scanned only on this error path)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    n_bad = int((~torch.isfinite(x).all(dim=1)).sum())
+    raise nonfinite_error(acts, f"run {run!r}, step {step}: {n_bad} rows of the training batch hold NaN or inf; "
+                          "the training activations",
+                          "nothing was marked done. Delete the activation cache and re-extract it (or fix the "
+                          "array passed as acts)")
+
+
+def check_loss(rec: dict, run: str, step: int) -> None:
+    """Stop a run whose loss became NaN / inf (before the step is logged or checkpointed)."""
+    bad = {k: rec[k] for k in ("loss", "mse") if k in rec and not np.isfinite(rec[k])}
+    if bad:
+        raise NonFiniteError(f"run {run!r}, step {step}: non-finite training loss ({bad}) from finite inputs; "
+                             "the last checkpoint is kept and nothing was marked done. Lower lr or check the "
+                             "profile, then delete the run directory and retrain")
+
+
 def train_run(
     profile: str | Profile,
     spec: RunSpec | str,
@@ -522,7 +544,9 @@ def train_run(
         while trainer.step < stop:
             t0 = time.perf_counter()
             x = data.batch(trainer.step)
+            check_batch(x, acts, spec.name, trainer.step)
             rec = trainer.macro_step(x)
+            check_loss(rec, spec.name, trainer.step)
             dt = time.perf_counter() - t0
             rec = dict(step=trainer.step, epoch=(trainer.step - 1) // data.steps_per_epoch,
                        tokens=trainer.step * cfg.batch_size, **rec,

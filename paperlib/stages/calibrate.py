@@ -9,7 +9,7 @@ from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
 from paperlib.metrics.calibration import Calibration, calibrate_sae
 from paperlib.stages import cache
-from paperlib.stages.run import Run, range_settings
+from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
 EXACT_CALIBRATION_MAX_VALUES = 50_000_000
@@ -38,7 +38,7 @@ def ensure_calibration(run: Run, *, progress: bool = True) -> Calibration:
     sae = load_run(run)
     acts = load_cache(run.profile).acts("calibration")
     cal = calibrate_sae(sae, acts, batch_size=run.profile.sae.batch_size, mode=calibration_mode(run.profile),
-                        progress=progress)
+                        progress=progress, what=acts_label(run.profile, "calibration"))
     cal.meta.update({"run": run.name, "range": "calibration"})
     d = cache.begin("calibration", run)
     cal.save(d)

@@ -21,7 +21,7 @@ from paperlib.metrics.cooccurrence import (
 )
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
-from paperlib.stages.run import Run, range_settings
+from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
 
@@ -91,7 +91,8 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResul
     theta = thresholds(run, progress=progress)
     sae = load_run(run)
     acts = load_cache(run.profile).acts("cooccurrence")
-    fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.sae.batch_size, progress=progress)
+    fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.sae.batch_size, progress=progress,
+                           what=acts_label(run.profile, "cooccurrence"))
     firing = SparseFiring.from_fired(fired)
     res = CooccurrenceResult(
         run=run.name, range="cooccurrence", all=within_stats_blockwise(firing, progress=progress),

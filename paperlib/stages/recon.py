@@ -14,7 +14,7 @@ from paperlib.metrics.reconstruction import RATE_LOG10_EDGES, ReconMetrics, firi
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
 from paperlib.stages.cooccur import load_firing
-from paperlib.stages.run import Run, range_settings
+from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
 
@@ -91,8 +91,9 @@ def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionR
     full = load_cache(p).acts("cooccurrence")
     n_tok = len(full) if p.eval.recon_tokens is None else min(len(full), int(p.eval.recon_tokens))
     acts = full[:n_tok]
-    m = reconstruction_metrics(sae, acts, theta, batch_size=p.sae.batch_size, progress=progress)
-    b = reconstruction_metrics(sae, acts, None, batch_size=p.sae.batch_size, progress=progress)
+    what = acts_label(p, "cooccurrence")
+    m = reconstruction_metrics(sae, acts, theta, batch_size=p.sae.batch_size, progress=progress, what=what)
+    b = reconstruction_metrics(sae, acts, None, batch_size=p.sae.batch_size, progress=progress, what=what)
     firing = {"firing_n_tokens": n_tok, "n_dead": m.n_dead, "dead_frac": m.dead_frac,
               "firing_rate_quantiles": m.firing_rate_quantiles, "firing_counts": m.firing_counts,
               "rate_hist_counts": m.rate_hist_counts}

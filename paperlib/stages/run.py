@@ -36,6 +36,11 @@ def range_settings(profile: Profile, range_name: str) -> dict[str, Any]:
     return {**s, "range": range_name, "rows": spans[range_name]}
 
 
+def acts_label(profile: Profile, range_name: str) -> str:
+    """How error messages name one range of a profile's activation cache (the folder to delete)."""
+    return f"range {range_name!r} of the activation cache {paths.activations_dir(profile)}"
+
+
 def train_settings(profile: Profile) -> dict[str, Any]:
     """The profile fields that change a run's weights (``checkpoint_every`` does not)."""
     return {f: profile.setting(f) for f in TRAIN_PROFILE_FIELDS}
