@@ -9,10 +9,10 @@ write_notebook(
     "`sae=all` trains the whole grid: solo, λ₂ × σ², the λ₂ = 0 control, the OrtSAE arm and the "
     "extra independent solo seeds. Finished runs are skipped; killed runs resume from their last "
     "checkpoint. Writes training curves and a table of final training metrics.",
-    '''sae = "all"        # all | solo | joint | control | a run name such as joint-l0.3-s1.0
-lambda2 = None     # e.g. "0.1,0.3" to train a custom joint grid instead of the profile's
-sigma2 = None      # e.g. "1.0"
-seeds = None       # e.g. "0,1" to train every selected run once per seed''',
+    '''sae: str = "all"               # all | solo | joint | control | a run name such as joint-l0.3-s1.0
+lambda2: Optional[str] = None  # e.g. "0.1,0.3" to train a custom joint grid instead of the profile's
+sigma2: Optional[str] = None   # e.g. "1.0"
+seeds: Optional[str] = None    # e.g. "0,1" to train every selected run once per seed''',
     [
         '''from paperlib.report.notebook import setup, save_figure, save_table
 from paperlib.stages.select import training_plan

@@ -2,7 +2,7 @@
 
 from tools.nbbuild import write_notebook
 
-PARAMS = 'sae = "all"        # all | solo | joint (selected config) | control | a run name; comma lists OK'
+PARAMS = 'sae: str = "all"        # all | solo | joint (selected config) | control | a run name; comma lists OK'
 
 SETUP = '''from paperlib.stages import calibrate, ce, cooccur, recon, select
 from paperlib.stages.run import Run

@@ -11,13 +11,13 @@ write_notebook(
     "first: trust Δfuzz only if the judge is clearly above chance. Lean defaults "
     "(`paperlib.stages.interp.LEAN_CONTEXT`): 6 test windows of 20 tokens per feature, no detection. "
     "Everything is cached per feature: a re-run or a killed run resumes.",
-    '''sae = "joint"          # joint run to compare against "solo" ("joint": the selected configuration)
-judge = "local"        # local (offline likelihood judge) | openai (OpenAI-compatible endpoint)
-base_url = None        # e.g. "http://127.0.0.1:8000/v1" when judge is "openai"
-judge_model = None     # judge model name (local default: smollm2-135m)
-n_features = None      # matched pairs to score (None → profile.eval.autointerp_features)
-sanity_n = None        # sanity-check trials (None → 40; 20 on smoke)
-seed = 0               # seeds the pair sample, the sanity set and the judge's fuzz items''',
+    '''sae: str = "joint"                 # joint run to compare against "solo" ("joint": the selected configuration)
+judge: str = "local"               # local (offline likelihood judge) | openai (OpenAI-compatible endpoint)
+base_url: Optional[str] = None     # e.g. "http://127.0.0.1:8000/v1" when judge is "openai"
+judge_model: Optional[str] = None  # judge model name (local default: smollm2-135m)
+n_features: Optional[int] = None   # matched pairs to score (None → profile.eval.autointerp_features)
+sanity_n: Optional[int] = None     # sanity-check trials (None → 40; 20 on smoke)
+seed: int = 0                      # seeds the pair sample, the sanity set and the judge's fuzz items''',
     [
         '''import warnings
 

@@ -17,11 +17,11 @@ write_notebook(
     "(auto-interp via `paperlib.stages.interp`; \"—\" when no judge is used) — and each feature's top "
     "activating contexts with the firing token marked «like this». A true split has partners that "
     "rarely co-fire with each other; the column `max_phi_other_partners` near 1 flags duplicates instead.",
-    '''sae = "joint"          # "joint": the selected configuration, or a run name such as joint-l0.3-s1.0
-n_candidates = 5       # candidates of each kind to show
-max_partners = 3       # partners listed per candidate
-max_partner_phi = 0.8  # skip candidates with two partners co-firing at φ ≥ this (duplicates); None keeps all
-judge = "local"        # local | openai | none (no fuzz scores / explanations)''',
+    '''sae: str = "joint"                      # "joint": the selected configuration, or a run name (joint-l0.3-s1.0)
+n_candidates: int = 5                   # candidates of each kind to show
+max_partners: int = 3                   # partners listed per candidate
+max_partner_phi: Optional[float] = 0.8  # skip candidates whose partners co-fire at φ ≥ this (duplicates); None: all
+judge: str = "local"                    # local | openai | none (no fuzz scores / explanations)''',
     [
         '''from IPython.display import Markdown, display
 
@@ -83,10 +83,10 @@ write_notebook(
     "are part of the default run and go to the committed `figures/` and `tables/`. With "
     "`-p profile gemma-2-9b` this is the paper's experiment (GPU + hub). On `smoke` a single "
     "configuration is used.",
-    '''lambda2 = "0.1,0.3,1.0"   # λ₂ grid (the paper's §6 grid)
-sigma2 = "1.0"             # σ² grid (the paper's §6 grid has 1.0,3.0; the offline default keeps 1.0)
-n_fuzz_features = None   # features scored per configuration (None: the profile's autointerp_features)
-judge = "local"          # local | openai | none''',
+    '''lambda2: str = "0.1,0.3,1.0"           # λ₂ grid (the paper's §6 grid)
+sigma2: str = "1.0"                    # σ² grid (the paper's §6 grid has 1.0,3.0; the offline default keeps 1.0)
+n_fuzz_features: Optional[int] = None  # features scored per configuration (None: the profile's autointerp_features)
+judge: str = "local"                   # local | openai | none''',
     [
         '''from paperlib.config.paths import second_model_output_dirs
 from paperlib.report.notebook import setup, save_figure, save_table

@@ -27,12 +27,12 @@ write_notebook(
     "\n"
     "The `profile` parameter is used only for the output folders. With `PAPERLIB_PROFILE=smoke` a tiny\n"
     "config runs in well under a minute.",
-    '''seed = 0            # seeds the synthetic dictionary, the data and the SAEs
-n_features = 256    # true atomic directions
-d = 64              # dimension of the synthetic activations
-lambda2 = 0.3       # decomposability penalty weight of the joint SAE
-sigma2 = 1.0        # penalty bandwidth σ² of the joint SAE
-gamma = 0.1         # OrtSAE orthogonality weight''',
+    '''seed: int = 0          # seeds the synthetic dictionary, the data and the SAEs
+n_features: int = 256  # true atomic directions
+d: int = 64            # dimension of the synthetic activations
+lambda2: float = 0.3   # decomposability penalty weight of the joint SAE
+sigma2: float = 1.0    # penalty bandwidth σ² of the joint SAE
+gamma: float = 0.1     # OrtSAE orthogonality weight''',
     [
         r'''import time
 
