@@ -1,7 +1,8 @@
 """On-disk cache of judge calls, so an interrupted run resumes and a re-run costs nothing.
 
 One JSON file per request (request and response), named by the sha256 of (backend, model,
-request) and written atomically; a small in-memory layer sits in front of it.
+endpoint, request) and written atomically; a small in-memory layer sits in front of it. Callers store
+only valid answers: a failed call or an unparseable reply is never put here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from paperlib.config.io import write_json
 
 
 class DiskCache:
-    """JSON cache: one file per request, keyed by sha256 of (backend, model, request).
+    """JSON cache: one file per request, keyed by sha256 of (backend, model, endpoint, request).
 
     ``root=None`` keeps only the in-memory layer (at most ``memory_items`` entries, oldest dropped).
     """
@@ -29,9 +30,13 @@ class DiskCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(backend: str, model: str, request: Any) -> str:
-        blob = json.dumps({"backend": backend, "model": model, "request": request},
-                          sort_keys=True, ensure_ascii=False)
+    def key(backend: str, model: str, request: Any, endpoint: str | None = None) -> str:
+        """Cache key of ``request`` sent to ``model`` of ``backend`` at ``endpoint`` (None for an
+        in-process judge, whose keys then stay what they were before endpoints were keyed)."""
+        what = {"backend": backend, "model": model, "request": request}
+        if endpoint is not None:
+            what["endpoint"] = endpoint
+        blob = json.dumps(what, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def path(self, key: str) -> Path:

@@ -1,29 +1,34 @@
 """Judge on any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, llama.cpp server, ...).
 
-Standard library only (``urllib``). Model, base URL and key come from the arguments or from
-``OPENAI_MODEL`` / ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``; the key only travels in the
-``Authorization`` header and never reaches a cache key, a cache file or a result. Requests run in
-a thread pool. HTTP 429 / 5xx, timeouts and connection errors are retried with exponential
-backoff (a numeric ``Retry-After`` is honoured); failed calls, malformed replies and unparseable
-answers are counted in ``judge.stats`` / ``judge.failures`` and give None answers, never an
-exception. Successful calls are cached on disk by their full request.
+Built on the ``openai`` client, which owns the transport: its ``timeout`` and ``max_retries``
+(retries with exponential backoff on 408/409/429/5xx, timeouts and connection errors, honouring
+``Retry-After``). Model, base URL and key come from the arguments or from ``OPENAI_MODEL`` /
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``; the key only travels in the ``Authorization`` header and
+never reaches a cache key, a cache file or a result.
+
+Failures are never answers:
+
+* HTTP 401 / 403 raise :class:`~paperlib.autointerp.judge.JudgeAuthError` at once, naming the URL;
+* any other failed call, malformed reply or unparseable answer is a missing answer (None), counted in
+  ``judge.stats`` / ``judge.failures``, and is not cached;
+* ``max_consecutive_failures`` failed calls in a row raise :class:`~paperlib.autointerp.judge.JudgeError`
+  naming the URL and the cause, so an endpoint that never answers stops the run quickly.
+
+Valid answers are cached on disk, keyed by backend, model, endpoint and the full request.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import random
-import time
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
+
 from paperlib.autointerp.cache import DiskCache
-from paperlib.autointerp.judge import JudgeItem, JudgeStats
+from paperlib.autointerp.judge import JudgeAuthError, JudgeError, JudgeItem, JudgeStats
 from paperlib.autointerp.prompts import (
     activation_messages,
     binary_messages,
@@ -35,7 +40,16 @@ from paperlib.autointerp.prompts import (
     pick_messages,
 )
 
-log = logging.getLogger(__name__)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _any(reply: str) -> bool:
+    return True
+
+
+def _parses(parser: Callable[[str, int], object], n: int) -> Callable[[str], bool]:
+    """Check that ``parser(reply, n)`` finds an answer (what :meth:`OpenAIJudge.chat` caches)."""
+    return lambda reply: parser(reply, n) is not None
 
 
 class OpenAIJudge(JudgeStats):
@@ -46,135 +60,154 @@ class OpenAIJudge(JudgeStats):
     def __init__(
         self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
         cache_dir: str | os.PathLike | None = None, max_workers: int = 8, max_retries: int = 5,
-        timeout: float = 120.0, backoff: float = 1.0, max_backoff: float = 60.0,
-        temperature: float = 0.0, max_tokens: int = 512, batch_size: int = 5,
+        timeout: float = 120.0, temperature: float = 0.0, max_tokens: int = 512, batch_size: int = 5,
+        max_consecutive_failures: int = 5,
     ):
         super().__init__()
         self.model = model or os.environ.get("OPENAI_MODEL")
         if not self.model:
-            raise ValueError("OpenAIJudge needs a model name (argument or OPENAI_MODEL)")
+            raise ValueError("OpenAIJudge needs a model name (argument model or OPENAI_MODEL)")
         base = base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1"
-        self.base_url = base.rstrip("/")
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.endpoint = base.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.cache = DiskCache(cache_dir)
-        self.max_workers, self.max_retries = max_workers, max_retries
-        self.timeout, self.backoff, self.max_backoff = timeout, backoff, max_backoff
-        self.temperature, self.max_tokens, self.batch_size = temperature, max_tokens, batch_size
-        host = urllib.parse.urlparse(self.base_url).hostname or ""
-        handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self.max_workers, self.batch_size = max_workers, batch_size
+        self.timeout, self.max_retries = timeout, max_retries
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.max_consecutive_failures = max_consecutive_failures
+        self._in_a_row = 0
+        self._row_lock = threading.Lock()
+        local = (urllib.parse.urlparse(self.endpoint).hostname or "") in LOCAL_HOSTS
+        self._client = openai.OpenAI(
+            base_url=self.endpoint, api_key=key or "none", timeout=timeout, max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(trust_env=False) if local else None)
 
     @property
     def name(self) -> str:
         return f"{self.backend}:{self.model}"
 
+    @property
+    def base_url(self) -> str:
+        return self.endpoint
+
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAIJudge(model={self.model!r}, base_url={self.endpoint!r})"
 
     # -- transport
-    def _post(self, payload: dict) -> dict | None:
-        url = self.base_url + "/chat/completions"
-        data = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        for attempt in range(self.max_retries + 1):
-            delay = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                self.record("http_requests")
-                with self._opener.open(req, timeout=self.timeout) as resp:
-                    body = resp.read()
-                break
-            except urllib.error.HTTPError as e:
-                if e.code == 429 or e.code >= 500:
-                    self.record(f"http_{e.code}")
-                    ra = e.headers.get("Retry-After") if e.headers else None
-                    if ra and ra.strip().replace(".", "", 1).isdigit():
-                        delay = min(self.max_backoff, float(ra))
-                else:
-                    self.record_failure("http_error", f"HTTP {e.code}: {e.read()[:200]!r}")
-                    return None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                self.record("transport_errors")
-                log.info("judge transport error (attempt %d): %s", attempt, e)
-            if attempt < self.max_retries:
-                time.sleep(delay)
-        else:
-            self.record_failure("gave_up", f"no success after {self.max_retries + 1} attempts")
-            return None
-        try:
-            reply = json.loads(body)
-            content = reply["choices"][0]["message"]["content"]
-            if not isinstance(content, str):
-                raise TypeError("content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            self.record_failure("malformed_reply", f"{e}: {body[:200]!r}")
-            return None
-        return {"content": content}
+    def _failed(self, kind: str, detail: str) -> None:
+        """Record a failed call; too many in a row stop the run."""
+        self.record_failure(kind, detail)
+        with self._row_lock:
+            self._in_a_row += 1
+            stop = self._in_a_row >= self.max_consecutive_failures
+        if stop:
+            raise JudgeError(
+                f"judge endpoint {self.endpoint} (model {self.model!r}) failed {self.max_consecutive_failures} "
+                f"calls in a row; last: {kind}: {detail[:300]}. Check that the server is up at this URL and "
+                "serves this model, then re-run (answers already received are cached).")
 
-    def chat(self, messages: list[dict], max_tokens: int | None = None) -> str | None:
-        """One chat completion (cached); None if the call failed or the reply was malformed."""
+    def _post(self, request: dict) -> str | None:
+        """One completion; its text, or None after recording why there is none."""
+        url = f"{self.endpoint}/chat/completions"
+        self.record("http_requests")
+        try:
+            reply = self._client.chat.completions.create(model=self.model, **request)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise JudgeAuthError(
+                f"judge endpoint {url} refused the credentials (HTTP {e.status_code}: {str(e)[:200]}). Set "
+                "OPENAI_API_KEY (or api_key) to a key this server accepts for model "
+                f"{self.model!r}.") from None
+        except openai.APIStatusError as e:
+            return self._failed("http_error", f"HTTP {e.status_code} from {url}: {str(e)[:200]}")
+        except openai.APITimeoutError:
+            return self._failed("timeout", f"no reply from {url} within {self.timeout:g} s "
+                                           f"({self.max_retries + 1} attempts)")
+        except openai.APIConnectionError as e:
+            return self._failed("connection_error", f"cannot reach {url} ({self.max_retries + 1} attempts): "
+                                                    f"{e.__cause__ or e}")
+        except (openai.APIError, ValueError) as e:
+            return self._failed("malformed_reply", f"from {url}: {type(e).__name__}: {str(e)[:200]}")
+        return self._content(reply, url)
+
+    def _content(self, reply, url: str) -> str | None:
+        try:
+            content = reply.choices[0].message.content
+        except (AttributeError, IndexError, TypeError) as e:
+            return self._failed("malformed_reply", f"from {url}: {e}")
+        if not isinstance(content, str):
+            return self._failed("malformed_reply", f"from {url}: the reply has no text content")
+        with self._row_lock:
+            self._in_a_row = 0
+        return content
+
+    def chat(self, messages: list[dict], max_tokens: int | None = None,
+             valid: Callable[[str], bool] = _any) -> str | None:
+        """One chat completion; None when the call failed. Only replies that pass ``valid`` (the
+        caller's parser) are cached, so a failed or unparseable answer is asked again next time."""
         request = {"messages": messages, "temperature": self.temperature,
                    "max_tokens": max_tokens or self.max_tokens}
-        key = self.cache.key(self.backend, self.model, request)
+        key = self.cache.key(self.backend, self.model, request, endpoint=self.endpoint)
         hit = self.cache.get(key)
         if hit is not None:
             self.record("cache_hits")
             return hit["content"]
-        out = self._post({"model": self.model, **request})
+        out = self._post(request)
         self.record("calls")
-        if out is None:
-            return None
-        self.cache.put(key, request, out)
-        return out["content"]
+        if out is not None and valid(out):
+            self.cache.put(key, request, {"content": out})
+        return out
 
     def chat_many(self, message_lists: Sequence[list[dict]], max_tokens: int | None = None,
-                  ) -> list[str | None]:
-        """:meth:`chat` for each message list, in a thread pool of ``max_workers``."""
-        if len(message_lists) <= 1 or self.max_workers <= 1:
-            return [self.chat(m, max_tokens) for m in message_lists]
+                  valids: Sequence[Callable[[str], bool]] | None = None) -> list[str | None]:
+        """:meth:`chat` for each message list (with its own ``valids`` check), in a thread pool of
+        ``max_workers``."""
+        jobs = list(zip(message_lists, valids or [_any] * len(message_lists), strict=True))
+        if len(jobs) <= 1 or self.max_workers <= 1:
+            return [self.chat(m, max_tokens, v) for m, v in jobs]
         with ThreadPoolExecutor(self.max_workers) as ex:
-            return list(ex.map(lambda m: self.chat(m, max_tokens), message_lists))
+            return list(ex.map(lambda job: self.chat(job[0], max_tokens, job[1]), jobs))
+
+    def _invalid(self, reply: str | None, what: str) -> None:
+        if reply is not None:  # failed calls were recorded by _post
+            self.record_failure("invalid_answer", f"{what}: {reply[:200]}")
 
     # -- Judge interface
     def explain(self, items: Sequence[JudgeItem]) -> str | None:
-        r = self.chat(explain_messages(items))
+        r = self.chat(explain_messages(items), valid=lambda x: parse_explanation(x) is not None)
         out = parse_explanation(r)
-        if out is None and r is not None:
-            self.record_failure("invalid_explanation", "no explanation in reply")
+        if out is None:
+            self._invalid(r, "explanation")
         return out
 
     def judge_binary(self, explanation: str, items: Sequence[JudgeItem], task: str,
                      n_positive: int | None = None) -> list[bool | None]:
         batches = [list(items[s:s + self.batch_size]) for s in range(0, len(items), self.batch_size)]
-        replies = self.chat_many([binary_messages(explanation, b, task) for b in batches], 64)
+        valids = [_parses(parse_binary_list, len(b)) for b in batches]
+        replies = self.chat_many([binary_messages(explanation, b, task) for b in batches], 64, valids)
         out: list[bool | None] = []
         for b, r in zip(batches, replies, strict=True):
             parsed = parse_binary_list(r, len(b))
             if parsed is None:
-                if r is not None:  # failed calls were already reported by _post
-                    self.record_failure("invalid_answer", f"{task}: {r[:200]}")
-                out.extend([None] * len(b))
-            else:
-                out.extend(parsed)
+                self._invalid(r, task)
+            out.extend([None] * len(b) if parsed is None else parsed)
         return out
 
     def predict_activations(self, explanation: str,
                             items: Sequence[JudgeItem]) -> list[list[float] | None]:
+        valids = [_parses(parse_number_list, len(it.tokens)) for it in items]
         replies = self.chat_many([activation_messages(explanation, it) for it in items],
-                                 max(64, 4 * max((len(it.tokens) for it in items), default=0)))
+                                 max(64, 4 * max((len(it.tokens) for it in items), default=0)), valids)
         out = []
         for it, r in zip(items, replies, strict=True):
             vals = parse_number_list(r, len(it.tokens))
-            if vals is None and r is not None:
-                self.record_failure("invalid_answer", f"activations: {r[:200]}")
+            if vals is None:
+                self._invalid(r, "activations")
             out.append(vals)
         return out
 
     def pick(self, explanation: str, texts: Sequence[str]) -> int | None:
-        r = self.chat(pick_messages(explanation, texts), 8)
+        r = self.chat(pick_messages(explanation, texts), 8, _parses(parse_choice, len(texts)))
         k = parse_choice(r, len(texts))
-        if k is None and r is not None:
-            self.record_failure("invalid_answer", "pick")
+        if k is None:
+            self._invalid(r, "pick")
         return k

@@ -3,6 +3,11 @@
 A judge reads text windows (:class:`JudgeItem`, highlighted tokens wrapped in ``<<``/``>>``) and
 answers the auto-interp questions of docs/method.md §3.6. :func:`template_explanation` is the
 explanation used when the judge model is too small to write one.
+
+A judge that fails (no reply, an error, a reply that does not follow the format) gives a *missing*
+answer (None), never a score: scorers turn missing answers into missing scores and nothing missing is
+cached. :func:`check_answered` stops a run whose judge answered too little, and :class:`JudgeError`
+is raised when a judge cannot work at all (refused credentials, an endpoint that keeps failing).
 """
 
 from __future__ import annotations
@@ -78,6 +83,38 @@ class Judge(Protocol):
     def pick(self, explanation: str, texts: Sequence[str]) -> int | None: ...
 
 
+class JudgeError(RuntimeError):
+    """The judge cannot give answers (unreachable endpoint, refused credentials, too few answers): the run
+    stops here instead of turning failures into results."""
+
+
+class JudgeAuthError(JudgeError):
+    """The endpoint refused the credentials (HTTP 401 / 403)."""
+
+
+def judge_key(judge: Judge) -> str:
+    """What identifies a judge's answers: its name, plus its endpoint when it has one
+    (``openai-chat:model@http://host/v1``). Caches and result folders are keyed by it."""
+    endpoint = getattr(judge, "endpoint", None)
+    return judge.name if not endpoint else f"{judge.name}@{endpoint}"
+
+
+def check_answered(judge: Judge, what: str, n_answered: int, n_total: int, min_answered: float = 0.9,
+                   allow_partial: bool = False) -> None:
+    """Raise :class:`JudgeError` when the judge answered less than ``min_answered`` of ``n_total``
+    ``what`` (unless ``allow_partial``). The message names the judge, its endpoint and its last failure."""
+    if not 0 < min_answered <= 1:
+        raise ValueError(f"min_answered must be in (0, 1], got {min_answered!r}")
+    if allow_partial or n_total == 0 or n_answered >= min_answered * n_total:
+        return
+    last = getattr(judge, "last_failure", "")
+    cause = f"; last failure: {last}" if last else ""
+    raise JudgeError(
+        f"judge {judge_key(judge)} answered {n_answered} of {n_total} {what} (at least {min_answered:.0%} "
+        f"needed){cause}. Check that the endpoint is up and serves the model, then re-run (only answers "
+        "are cached, so the missing ones are asked again), or pass allow_partial=True to accept partial results.")
+
+
 class JudgeStats:
     """Mix-in giving a judge thread-safe counters (``stats``) and a capped failure log (``failures``)."""
 
@@ -87,6 +124,8 @@ class JudgeStats:
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = Counter()
         self.failures: list[dict] = []
+        self.last_failure = ""
+        """Detail of the latest failure (kept beyond the cap of ``failures``)."""
 
     def record(self, key: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``key``."""
@@ -99,6 +138,7 @@ class JudgeStats:
             self.stats[kind] += 1
             if len(self.failures) < self.max_failures:
                 self.failures.append({"kind": kind, "detail": detail[:300]})
+            self.last_failure = f"{kind}: {detail[:300]}"
         log.warning("judge %s: %s", kind, detail[:300])
 
 

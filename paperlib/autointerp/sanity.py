@@ -10,6 +10,8 @@ import contextlib
 import io
 
 import numpy as np
+from scipy.stats import binomtest
+from statsmodels.stats.proportion import proportion_confint
 
 from paperlib.autointerp.judge import Judge
 
@@ -47,11 +49,10 @@ def judge_sanity_check(judge: Judge, n: int = 40, seed: int = 0, n_words: int = 
     Each trial draws two categories, a ``n_words``-word snippet from an article of each, and asks
     the judge (``judge.pick``) which snippet matches the first category's explanation (snippets
     in random order). Returns accuracy, a one-sided binomial test against 0.5, a 95% Wilson
-    interval and every trial (so the result can be audited). Invalid answers count as wrong.
+    interval and every trial (so the result can be audited). A trial the judge did not answer is
+    missing (``correct`` None, counted in ``n_missing``), never wrong: the statistics use the
+    answered trials (``n_answered``; NaN when there are none).
     """
-    from scipy.stats import binomtest
-    from statsmodels.stats.proportion import proportion_confint
-
     data = bbc_snippets() if data is None else data
     explanations = BBC_EXPLANATIONS if explanations is None else explanations
     cats = sorted(c for c in data if c in explanations and data[c])
@@ -71,10 +72,18 @@ def judge_sanity_check(judge: Judge, n: int = 40, seed: int = 0, n_words: int = 
         truth = order.index(0)
         choice = judge.pick(explanations[a], texts)
         trials.append({"target": str(a), "distractor": str(b), "texts": texts, "truth": truth,
-                       "choice": choice, "correct": choice == truth})
-    k = sum(t["correct"] for t in trials)
-    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
-    return {"judge": judge.name, "n": n, "correct": int(k), "accuracy": k / n, "chance": 0.5,
-            "p_value": float(binomtest(k, n, 0.5, alternative="greater").pvalue),
-            "wilson_low": float(lo), "wilson_high": float(hi),
-            "n_invalid": sum(t["choice"] is None for t in trials), "trials": trials}
+                       "choice": choice, "correct": None if choice is None else choice == truth})
+    return {"judge": judge.name, "n": n, **_against_chance(trials), "trials": trials}
+
+
+def _against_chance(trials: list[dict]) -> dict:
+    """Accuracy, one-sided binomial p against 0.5 and the Wilson 95% interval over answered trials."""
+    m = sum(t["correct"] is not None for t in trials)
+    k = sum(t["correct"] is True for t in trials)
+    out = {"n_answered": m, "n_missing": len(trials) - m, "correct": int(k), "chance": 0.5}
+    if m == 0:
+        nan = float("nan")
+        return {**out, "accuracy": nan, "p_value": nan, "wilson_low": nan, "wilson_high": nan}
+    lo, hi = proportion_confint(k, m, alpha=0.05, method="wilson")
+    return {**out, "accuracy": k / m, "p_value": float(binomtest(k, m, 0.5, alternative="greater").pvalue),
+            "wilson_low": float(lo), "wilson_high": float(hi)}

@@ -10,10 +10,12 @@ For one feature the judge first explains the highlighted ``explain`` windows, th
 * :func:`activation_prediction_spearman` — the judge predicts per-token activations; Spearman ρ
   with the true activations over every token of the feature's test windows.
 
-An invalid judge answer counts as wrong and is counted per feature. Every record keeps each
-example's label and answer. :func:`score_features` runs contexts → explanation → scores with one
-result file per feature (so a run resumes), and :func:`paired_comparison` compares matched
-feature pairs of two SAEs with a paired t-test.
+A judge answer that is missing (failed call, unparseable reply) is never counted as wrong: a score
+with any missing answer is missing (NaN), its record says ``missing`` and how many answers were
+missing, and it is not written to disk, so a re-run asks again. Every record keeps each example's
+label and answer. :func:`score_features` runs contexts → explanation → scores with one result file
+per complete feature (so a run resumes), and :func:`paired_comparison` compares matched feature
+pairs of two SAEs with a paired t-test.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from paperlib.autointerp.contexts import (
     load_contexts,
     save_contexts,
 )
-from paperlib.autointerp.judge import Judge, JudgeItem
+from paperlib.autointerp.judge import Judge, JudgeItem, judge_key
 from paperlib.config.io import read_json, write_json
 from paperlib.metrics.stats import paired
 
@@ -83,12 +85,15 @@ def make_fuzz_items(examples: Sequence[Example], seed: int | Sequence[int] = 0) 
 
 
 def balanced_accuracy(labels: Sequence[bool], preds: Sequence[bool | None]) -> float:
-    """Mean of the true-positive and true-negative rates; None predictions count as wrong.
+    """Mean of the true-positive and true-negative rates.
 
-    NaN if either class is absent.
+    NaN if either class is absent or any prediction is missing (None): a missing answer is not a
+    wrong one.
     """
     if len(labels) != len(preds):
         raise ValueError("labels and predictions differ in length")
+    if any(p is None for p in preds):
+        return float("nan")
     pos = [p is True for lab, p in zip(labels, preds, strict=True) if lab]
     neg = [p is False for lab, p in zip(labels, preds, strict=True) if not lab]
     if not pos or not neg:
@@ -123,7 +128,7 @@ def fuzz(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Decoder, 
     preds = judge.judge_binary(explanation, items, "fuzz", n_positive=n_pos) if items else []
     acc = balanced_accuracy(labels, preds)
     out = {"fuzz_bal_acc": acc, "fuzz_score": 2 * acc - 1, "fuzz_n": len(items),
-           "fuzz_n_invalid": sum(p is None for p in preds),
+           "fuzz_n_missing": sum(p is None for p in preds),
            "fuzz_trace": [{"example": f.example, "highlight": [i for i, h in enumerate(f.highlight) if h],
                            "correct": f.correct, "pred": p} for f, p in zip(fitems, preds, strict=True)]}
     if hasattr(judge, "scores") and items:
@@ -140,7 +145,7 @@ def detection(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Deco
         if items else []
     acc = balanced_accuracy(labels, preds)
     out = {"detection_bal_acc": acc, "detection_score": 2 * acc - 1, "detection_n": len(items),
-           "detection_n_invalid": sum(p is None for p in preds),
+           "detection_n_missing": sum(p is None for p in preds),
            "detection_trace": [{"kind": ex.kind, "row": ex.row, "start": ex.start, "label": lab,
                                 "pred": p} for ex, lab, p in zip(exs, labels, preds, strict=True)]}
     if hasattr(judge, "scores") and items:
@@ -150,32 +155,33 @@ def detection(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Deco
 
 def activation_prediction_spearman(ctx: FeatureContexts, explanation: str, judge: Judge,
                                    decode: Decoder) -> dict:
-    """Reference scorer: Spearman ρ between predicted and true per-token activations."""
+    """Reference scorer: Spearman ρ between predicted and true per-token activations (NaN when any
+    window's prediction is missing)."""
     from scipy.stats import spearmanr
 
     exs = ctx.activating + ctx.non_activating
     preds = judge.predict_activations(explanation, [JudgeItem(decode(ex.token_ids)) for ex in exs]) \
         if exs else []
-    true, pred = [], []
-    for ex, p in zip(exs, preds, strict=True):
-        true.extend(ex.acts)
-        pred.extend([0.0] * len(ex.acts) if p is None else p)  # invalid → flat prediction
+    n_missing = sum(p is None for p in preds)
+    true = [a for ex in exs for a in ex.acts]
+    pred = [] if n_missing else [x for p in preds for x in p]
     rho = float(spearmanr(true, pred).statistic) if len(set(true)) > 1 and len(set(pred)) > 1 \
         else float("nan")
-    return {"spearman_rho": rho, "spearman_n_tokens": len(true),
-            "spearman_n_invalid": sum(p is None for p in preds)}
+    return {"spearman_rho": rho, "spearman_n_tokens": len(true), "spearman_n_missing": n_missing}
 
 
 def score_contexts(ctx: FeatureContexts, judge: Judge, decode: Decoder, *,
                    explainer: Judge | None = None, do_detection: bool = True,
                    do_spearman: bool = False, seed: int = 0) -> dict:
-    """Explain and score one feature; returns a flat record plus per-example traces."""
+    """Explain and score one feature; returns a flat record plus per-example traces. ``missing`` is
+    True when the judge left the explanation or any answer missing (the record is then not final)."""
     rec: dict = {"feature": ctx.feature, "n_firing": ctx.n_firing, "firing_rate": ctx.firing_rate,
                  "n_explain": len(ctx.explain), "n_activating": len(ctx.activating),
                  "n_non_activating": len(ctx.non_activating)}
     expl = explain_feature(ctx, explainer or judge, decode)
     rec["explanation_valid"] = expl is not None
     rec["explanation"] = expl or ""
+    rec["missing"] = expl is None and bool(ctx.explain)
     if expl is None:
         return rec
     rec.update(fuzz(ctx, expl, judge, decode, seed=seed))
@@ -183,6 +189,7 @@ def score_contexts(ctx: FeatureContexts, judge: Judge, decode: Decoder, *,
         rec.update(detection(ctx, expl, judge, decode))
     if do_spearman:
         rec.update(activation_prediction_spearman(ctx, expl, judge, decode))
+    rec["missing"] = any(rec.get(f"{k}_n_missing", 0) for k in ("fuzz", "detection", "spearman"))
     return rec
 
 
@@ -195,8 +202,10 @@ def score_features(
 ) -> pd.DataFrame:
     """Collect contexts, explain and score ``features`` of one SAE; one DataFrame row per feature.
 
-    With ``out_dir``: contexts go to ``out_dir/contexts.json`` and each feature's full record
-    (with traces) to ``out_dir/features/<f>.json``; existing files are reused (resume).
+    With ``out_dir``: contexts go to ``out_dir/contexts.json`` and each complete feature's record
+    (with traces) to ``out_dir/features/<f>.json``; existing files of the same judge
+    (:func:`~paperlib.autointerp.judge.judge_key`) are reused (resume). Records with missing judge
+    answers (``missing``) are returned but never written.
     Trace columns are dropped from the returned DataFrame. ``n_workers > 1`` scores features in a
     thread pool (for HTTP judges; keep 1 for the local judge, whose forward passes are serialised).
 
@@ -228,12 +237,12 @@ def score_features(
         fpath = out / "features" / f"{f}.json" if out else None
         if fpath is not None and fpath.exists():
             rec = read_json(fpath)
-            if rec.get("judge") == judge.name:
+            if rec.get("judge") == judge_key(judge):
                 return rec
         rec = score_contexts(contexts[f], judge, decode, explainer=explainer,
                              do_detection=do_detection, do_spearman=do_spearman, seed=seed)
-        rec["judge"] = judge.name
-        if fpath is not None:
+        rec["judge"] = judge_key(judge)
+        if fpath is not None and not rec["missing"]:
             write_json(fpath, rec)
         return rec
 

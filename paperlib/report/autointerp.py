@@ -17,16 +17,18 @@ __all__ = ["SUMMARY_COLUMNS", "cosine_figure", "fuzz_density_figure", "summary_t
 SUMMARY_COLUMNS = ["solo", "joint", "n_pairs", "mean_solo", "mean_joint", "delta", "delta_pct",
                    "t", "p", "ci_low", "ci_high", "pct_joint_higher", "judge", "sanity_acc",
                    "sanity_ci_low", "sanity_ci_high", "sanity_p", "sanity_n", "n_sampled",
-                   "pct_equal", "sec_per_feature"]
+                   "n_missing_solo", "n_missing_joint", "sanity_n_missing", "pct_equal", "sec_per_feature"]
 """Columns of :func:`summary_table`, in order."""
 
 
 def summary_table(summary: dict, sanity: dict) -> pd.DataFrame:
     """One-row §5.2 table (``tables/autointerp_summary``): the summary of
-    :func:`paperlib.stages.interp.compare_runs` beside the judge's sanity result."""
+    :func:`paperlib.stages.interp.compare_runs` beside the judge's sanity result. ``n_missing_solo`` /
+    ``n_missing_joint`` / ``sanity_n_missing`` count the features and trials the judge left unanswered
+    (missing, never scored as wrong)."""
     row = {**summary, "sanity_acc": sanity["accuracy"], "sanity_ci_low": sanity["wilson_low"],
            "sanity_ci_high": sanity["wilson_high"], "sanity_p": sanity["p_value"],
-           "sanity_n": sanity["n"]}
+           "sanity_n": sanity["n"], "sanity_n_missing": sanity.get("n_missing", 0)}
     return pd.DataFrame([{c: row.get(c, np.nan) for c in SUMMARY_COLUMNS}])
 
 

@@ -1,10 +1,15 @@
 """Auto-interp stages: judges, matching, per-feature scores and the solo ↔ joint comparison
 (docs/method.md §3.5, §3.6; paper §5.2).
 
-Every result is cached on disk with atomic writes: the judge's sanity check per profile, the
-matching per pair of runs, and one JSON record per scored feature, so a killed run resumes and a
-retrained run or other settings get fresh directories. :mod:`paperlib.report.autointerp` renders
-the results.
+Every result is cached on disk with atomic writes: the judge's sanity check per profile and judge
+(name, model and endpoint), the matching per pair of runs, and one JSON record per scored feature,
+so a killed run resumes and a retrained run, another judge or other settings get fresh directories.
+
+Judge failures never become results: nothing incomplete is cached (a sanity check with an
+unanswered trial, a feature with a missing answer), and a judge that answered less than
+``min_answered`` (default 0.9) of the trials or of one side's features stops the run with a
+:class:`~paperlib.autointerp.judge.JudgeError` unless ``allow_partial=True``; the summary reports
+how many features are missing on each side. :mod:`paperlib.report.autointerp` renders the results.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pandas as pd
 
 from paperlib.autointerp.client import OpenAIJudge
 from paperlib.autointerp.contexts import token_decoder
+from paperlib.autointerp.judge import check_answered, judge_key
 from paperlib.autointerp.local import LocalLikelihoodJudge
 from paperlib.autointerp.sanity import judge_sanity_check
 from paperlib.autointerp.scoring import paired_comparison, score_features
@@ -44,6 +50,7 @@ __all__ = [
     "ensure_sanity",
     "ensure_scores",
     "make_judge",
+    "n_missing",
     "profile_decoder",
     "sample_pairs",
     "scores_dir",
@@ -70,6 +77,12 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _judge_tag(judge) -> str:
+    """File-name tag of a judge: its name, plus a hash of its endpoint when it has one."""
+    key = judge_key(judge)
+    return _slug(judge.name) if key == judge.name else f"{_slug(judge.name)}-{_hash(key)}"
+
+
 # ----------------------------------------------------------------------------------------------
 # judge
 # ----------------------------------------------------------------------------------------------
@@ -94,17 +107,23 @@ def make_judge(kind: str = "local", base_url: str | None = None, model: str | No
     raise ValueError(f"unknown judge kind {kind!r}; use 'local' or 'openai'")
 
 
-def ensure_sanity(profile: str | Profile, judge, n: int = 40, seed: int = 0) -> dict:
+def ensure_sanity(profile: str | Profile, judge, n: int = 40, seed: int = 0, *, min_answered: float = 0.9,
+                  allow_partial: bool = False) -> dict:
     """Cached :func:`judge_sanity_check` (2AFC on labelled BBC snippets) for ``judge``.
 
-    Adds ``significant`` (one-sided binomial p < 0.05 against chance 0.5).
+    Adds ``significant`` (one-sided binomial p < 0.05 against chance 0.5, over answered trials).
+    Fewer than ``min_answered`` of the trials answered raises
+    :class:`~paperlib.autointerp.judge.JudgeError` (naming the endpoint and the last failure) unless
+    ``allow_partial``; only a check with every trial answered is cached.
     """
-    path = paths.profile_dir(profile) / "judge_sanity" / f"{_slug(judge.name)}-n{n}-s{seed}.json"
+    path = paths.profile_dir(profile) / "judge_sanity" / f"{_judge_tag(judge)}-n{n}-s{seed}.json"
     if path.exists():
         return read_json(path)
     res = judge_sanity_check(judge, n=n, seed=seed)
-    res["significant"] = bool(res["p_value"] < 0.05)
-    write_json(path, res)
+    check_answered(judge, "sanity-check trials", res["n_answered"], n, min_answered, allow_partial)
+    res["significant"] = bool(res["p_value"] < 0.05)  # NaN (nothing answered) is not significant
+    if res["n_missing"] == 0:
+        write_json(path, res)
     return res
 
 
@@ -160,53 +179,68 @@ def scores_dir(run: Run, judge, *, context_kwargs: dict, do_detection: bool, do_
                seed: int) -> Path:
     """Where :func:`ensure_scores` keeps a run's records for one judge and one setting."""
     tag = _hash({"run_key": run.key, "context": context_kwargs, "seed": seed,
-                 "detection": do_detection, "spearman": do_spearman, "judge": judge.name})
+                 "detection": do_detection, "spearman": do_spearman, "judge": judge_key(judge)})
     return run.dir / "eval" / "autointerp" / f"{_slug(judge.name)}-{tag}"
+
+
+def _read_records(out: Path, feats: list[int]) -> pd.DataFrame:
+    """Stored feature records without their traces (no activations touched)."""
+    rows = []
+    for f in feats:
+        rec = read_json(out / "features" / f"{f}.json")
+        rows.append({k: v for k, v in rec.items() if not k.endswith("_trace")})
+    return pd.DataFrame(rows)
+
+
+def _score_new(run: Run, feats: list[int], judge, out: Path, decode, **kw) -> pd.DataFrame:
+    """Load the run's inputs and score ``feats`` (stored records are reused by score_features)."""
+    p = run.profile
+    cache = load_cache(p)
+    thresholds = np.asarray(ensure_calibration(run).thresholds, dtype=np.float32)
+    return score_features(load_run(run), cache.acts("autointerp"), cache.token_ids("autointerp"),
+                          cache.positions("autointerp"), feats, thresholds, judge,
+                          decode if decode is not None else profile_decoder(p), out_dir=out,
+                          chunk_size=p.sae.batch_size * 4, **kw)
+
+
+def n_missing(df: pd.DataFrame) -> int:
+    """Features of a scores table whose judge answers are incomplete (``missing`` records)."""
+    return int(df["missing"].fillna(False).astype(bool).sum()) if "missing" in df.columns else 0
 
 
 def ensure_scores(run: Run, features: Sequence[int], judge, *,
                   context_kwargs: dict | None = None, do_detection: bool = False,
                   do_spearman: bool = False, seed: int = 0, n_workers: int = 1,
-                  decode=None, show_progress: bool = True) -> pd.DataFrame:
-    """Explain and fuzz-score ``features`` of ``run`` (cached per feature, resumable).
+                  decode=None, show_progress: bool = True, min_answered: float = 0.9,
+                  allow_partial: bool = False) -> pd.DataFrame:
+    """Explain and fuzz-score ``features`` of ``run`` (cached per complete feature, resumable).
 
     Contexts come from the ``autointerp`` token range with the run's calibrated thresholds.
     Returns one row per feature (``fuzz_score`` = 2·acc − 1, NaN/absent when the feature has no
-    test windows). ``df.attrs`` holds ``out_dir``, ``n_new`` (features scored by this call) and
-    ``sec_per_feature`` (wall time of this call / n_new; NaN when everything was cached).
+    test windows or a judge answer is missing). ``df.attrs`` holds ``out_dir``, ``n_new`` (features
+    scored by this call), ``n_missing`` (features with missing judge answers, not cached) and
+    ``sec_per_feature`` (wall time of this call / n_new; NaN when everything was cached). Fewer than
+    ``min_answered`` of the features complete raises
+    :class:`~paperlib.autointerp.judge.JudgeError` unless ``allow_partial``.
     """
-    p = run.profile
     ckw = dict(LEAN_CONTEXT if context_kwargs is None else context_kwargs)
     out = scores_dir(run, judge, context_kwargs=ckw, do_detection=do_detection,
                      do_spearman=do_spearman, seed=seed)
     feats = [int(f) for f in features]
     n_new = sum(not (out / "features" / f"{f}.json").exists() for f in feats)
     t0 = time.perf_counter()
-    sae = acts = token_ids = positions = thresholds = None
-    if n_new:  # load heavy inputs only when something is missing
-        cache = load_cache(p)
-        acts, token_ids, positions = (cache.acts("autointerp"), cache.token_ids("autointerp"),
-                                      cache.positions("autointerp"))
-        sae = load_run(run)
-        thresholds = np.asarray(ensure_calibration(run).thresholds, dtype=np.float32)
-    if n_new and decode is None:
-        decode = profile_decoder(p)
-    if not n_new:  # everything cached: read the records without touching the activations
-        rows = []
-        for f in feats:
-            rec = read_json(out / "features" / f"{f}.json")
-            rows.append({k: v for k, v in rec.items() if not k.endswith("_trace")})
-        df = pd.DataFrame(rows)
+    if n_new:
+        df = _score_new(run, feats, judge, out, decode, do_detection=do_detection, do_spearman=do_spearman,
+                        seed=seed, context_kwargs=ckw, show_progress=show_progress, n_workers=n_workers)
     else:
-        df = score_features(sae, acts, token_ids, positions, feats, thresholds, judge, decode,
-                            out_dir=out, do_detection=do_detection, do_spearman=do_spearman,
-                            seed=seed, context_kwargs=ckw, show_progress=show_progress,
-                            n_workers=n_workers, chunk_size=p.sae.batch_size * 4)
+        df = _read_records(out, feats)
     dt = time.perf_counter() - t0
     if "fuzz_score" not in df.columns:
         df["fuzz_score"] = np.nan
-    df.attrs.update(out_dir=str(out), n_new=int(n_new),
+    df.attrs.update(out_dir=str(out), n_new=int(n_new), n_missing=n_missing(df),
                     sec_per_feature=dt / n_new if n_new else float("nan"))
+    check_answered(judge, f"features of run {run.name}", len(feats) - df.attrs["n_missing"], len(feats),
+                   min_answered, allow_partial)
     return df
 
 
@@ -225,13 +259,16 @@ def summarize_comparison(scores_solo: pd.DataFrame, scores_joint: pd.DataFrame,
 
 def compare_runs(solo: Run, joint: Run, n_features: int | None, judge, *,
                  seed: int = 0, context_kwargs: dict | None = None, do_detection: bool = False,
-                 n_workers: int = 1, show_progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                 n_workers: int = 1, show_progress: bool = True, min_answered: float = 0.9,
+                 allow_partial: bool = False) -> tuple[pd.DataFrame, dict]:
     """Score ``n_features`` matched alive pairs (seeded uniform sample) on both sides.
 
     Returns (per-pair DataFrame, summary dict). The summary has ``solo``, ``joint``, ``judge``,
-    ``n_sampled``, the :func:`summarize_comparison` numbers (pairs where either side has no fuzz
-    score are dropped there) and ``sec_per_feature`` (this call's scoring time per newly scored
-    feature; NaN when all were cached).
+    ``n_sampled``, ``n_missing_solo`` / ``n_missing_joint`` (sampled features whose judge answers are
+    missing on that side), the :func:`summarize_comparison` numbers (pairs where either side has no
+    fuzz score are dropped there) and ``sec_per_feature`` (this call's scoring time per newly scored
+    feature; NaN when all were cached). A side whose judge answered less than ``min_answered`` of its
+    features raises :class:`~paperlib.autointerp.judge.JudgeError` unless ``allow_partial``.
     """
     if solo.name == joint.name:
         raise ValueError(f"compare_runs got the same run {solo.name!r} on both sides; the joint side must be "
@@ -239,7 +276,8 @@ def compare_runs(solo: Run, joint: Run, n_features: int | None, judge, *,
     m = ensure_matching(solo, joint)
     sample = sample_pairs(m.pairs, n_features, seed=seed)
     kw = dict(context_kwargs=context_kwargs, do_detection=do_detection, seed=seed,
-              n_workers=n_workers, show_progress=show_progress)
+              n_workers=n_workers, show_progress=show_progress, min_answered=min_answered,
+              allow_partial=allow_partial)
     decode = profile_decoder(solo.profile)
     s_solo = ensure_scores(solo, sample["i"].tolist(), judge, decode=decode, **kw)
     s_joint = ensure_scores(joint, sample["j"].tolist(), judge, decode=decode, **kw)
@@ -264,6 +302,7 @@ def compare_runs(solo: Run, joint: Run, n_features: int | None, judge, *,
         per["detection_solo"] = col(a, "detection_score", sample["i"])
         per["detection_joint"] = col(b, "detection_score", sample["j"])
     summary = {"solo": solo.name, "joint": joint.name, "judge": judge.name, "n_sampled": int(len(sample)),
+               "n_missing_solo": s_solo.attrs["n_missing"], "n_missing_joint": s_joint.attrs["n_missing"],
                **summarize_comparison(s_solo, s_joint, sample)}
     n_new = s_solo.attrs["n_new"] + s_joint.attrs["n_new"]
     secs = [s.attrs["sec_per_feature"] * s.attrs["n_new"] for s in (s_solo, s_joint)

@@ -16,10 +16,11 @@ def test_disk_cache_key_stable(tmp_path):
     assert c.get(k) == {"content": "ok"}
 
 
-def test_key_depends_on_backend_model_and_request():
+def test_key_depends_on_backend_model_endpoint_and_request():
     k = DiskCache.key("b", "m", {"x": 1})
     assert len({k, DiskCache.key("b2", "m", {"x": 1}), DiskCache.key("b", "m2", {"x": 1}),
-                DiskCache.key("b", "m", {"x": 2})}) == 4
+                DiskCache.key("b", "m", {"x": 2}), DiskCache.key("b", "m", {"x": 1}, endpoint="http://a/v1"),
+                DiskCache.key("b", "m", {"x": 1}, endpoint="http://b/v1")}) == 6
 
 
 def test_disk_round_trip_in_a_new_instance(tmp_path):

@@ -25,9 +25,9 @@ def test_parsers():
     assert parse_binary_list("Sure: [1, 0, 1]", 3) == [True, False, True]
     assert parse_binary_list("[1, 0]", 3) is None
     assert parse_binary_list("[1, 2, 0]", 3) is None
-    assert parse_explanation("blah\n[EXPLANATION]: the word cat") == "the word cat"
+    assert parse_explanation("blah\nSummary: the word cat") == "the word cat"
     assert parse_explanation("") is None
-    assert parse_explanation("first\n[EXPLANATION] a\n[EXPLANATION]: b ") == "b"
+    assert parse_explanation("first\nSummary: a\n**Summary:** b ") == "b"
     assert parse_explanation("thinking\nthe word cat\n\n") == "the word cat"
     assert parse_number_list("[1, 2] then [0, 7.5, -1]", 3) == [0.0, 7.5, -1.0]
     assert parse_number_list("[0, 7.5, -1] then [1, 2]", 3) == [0.0, 7.5, -1.0]
@@ -39,20 +39,20 @@ def test_parsers():
 def test_chat_messages():
     m = explain_messages(ITEMS)
     assert m[0] == {"role": "system", "content": EXPLAIN_SYSTEM}
-    assert m[1] == {"role": "user", "content": "Example 1: a<< cat>>\nExample 2: <<a>> dog"}
-    assert "[EXPLANATION]:" in EXPLAIN_SYSTEM.splitlines()[-1]
+    assert m[1] == {"role": "user", "content": "Passage 1: a<< cat>>\nPassage 2: <<a>> dog"}
+    assert '"Summary:"' in EXPLAIN_SYSTEM.splitlines()[-1]
     for task, system in (("fuzz", FUZZ_SYSTEM), ("detection", DETECTION_SYSTEM)):
         m = binary_messages("cats", ITEMS, task)
-        assert m[0]["content"] == system and "Python list" in system
-        assert m[1]["content"] == ("Latent explanation: cats\n\nText examples:\n\n"
-                                   "Example 0: a<< cat>>\n\nExample 1: <<a>> dog")
+        assert m[0]["content"] == system and "bracketed list of 0s and 1s" in system
+        assert m[1]["content"] == ("Description of the unit: cats\n\n"
+                                   "Passage 1: a<< cat>>\n\nPassage 2: <<a>> dog")
     m = activation_messages("cats", ITEMS[0])
     assert m[0]["content"] == ACTIVATION_SYSTEM
-    assert m[1]["content"] == 'Latent explanation: cats\n\nTokens (2):\n0\t"a"\n1\t" cat"'
+    assert m[1]["content"] == 'Description of the unit: cats\n\n2 tokens:\n1\t"a"\n2\t" cat"'
     m = pick_messages("cats", ["x", "y"])
     assert m[0]["content"] == PICK_SYSTEM
-    assert m[1]["content"] == ("Description: cats\n\nText 1: x\n\nText 2: y\n\n"
-                               "Answer with the number of the matching text.")
+    assert m[1]["content"] == ("Description: cats\n\nPassage 1: x\n\nPassage 2: y\n\n"
+                               "Which passage fits the description? Give its number.")
 
 
 def test_likelihood_prefixes():

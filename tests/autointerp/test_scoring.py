@@ -45,7 +45,7 @@ def test_make_fuzz_items_balanced():
 def test_balanced_accuracy_hand_computed():
     labels = [True, True, True, False]
     assert balanced_accuracy(labels, [True, True, False, False]) == pytest.approx(0.5 * (2 / 3 + 1))
-    assert balanced_accuracy(labels, [True, None, True, None]) == pytest.approx(0.5 * (2 / 3 + 0))
+    assert np.isnan(balanced_accuracy(labels, [True, None, True, False]))  # missing, not wrong
     assert np.isnan(balanced_accuracy([True], [True]))
 
 
@@ -95,7 +95,7 @@ def test_score_features_with_hand_built_judge(tmp_path, invert, expected, worker
     assert row["explanation"] == "the word cat"
     assert row["fuzz_score"] == pytest.approx(expected)
     assert row["detection_score"] == pytest.approx(expected)
-    assert row["fuzz_n"] >= 8 and row["fuzz_n_invalid"] == 0
+    assert row["fuzz_n"] >= 8 and row["fuzz_n_missing"] == 0 and not row["missing"]
     assert row["spearman_rho"] > 0.9
     assert not any(c.endswith("_trace") for c in df.columns)
     assert (tmp_path / "contexts.json").exists() and (tmp_path / "features" / "0.json").exists()
