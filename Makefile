@@ -3,9 +3,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
+EXPORT_DIR ?= exports/$(PROFILE)
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce test lint bench clean-artifacts
+.PHONY: install reproduce test lint bench export clean-artifacts
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $(STAMP)
 
 install: $(STAMP)
+	@$(VENV)/bin/jupyter labextension list 2>&1 | grep -q jupyterlab-manager \
+		|| { echo "jupyter lab or its widgets extension is missing from $(VENV)"; exit 1; }
+	@echo "ready: $(VENV)/bin/jupyter lab notebooks/"
 
 reproduce: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m paperlib.reproduce --profile $(PROFILE)
@@ -37,6 +41,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/cooccurrence.py
+
+# Every trained SAE of PROFILE in the SAELens format, one folder per run under EXPORT_DIR.
+export: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m paperlib.stages.export --profile $(PROFILE) --all --out $(EXPORT_DIR)
 
 clean-artifacts:
 	rm -rf artifacts

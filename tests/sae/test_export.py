@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from paperlib.sae.export import detect_layer_norm, load_saelens_arrays, to_saelens
+from paperlib.sae.export import (
+    SAELENS_SPARSITY,
+    detect_layer_norm,
+    fold_input_standardisation,
+    load_saelens_arrays,
+    per_dim_only,
+    to_saelens,
+)
 from paperlib.sae.models import BatchTopKSAE
 
 
@@ -83,8 +90,13 @@ def test_normalisation_detection_and_errors(tmp_path):
     assert detect_layer_norm(sae)
     other = _BiasedStdSAE(24, 96, 4)
     assert not detect_layer_norm(other)
-    _, cfg = load_saelens_arrays(to_saelens(other, tmp_path / "a", theta))
+    # raw activations cannot reproduce its codes: "auto" refuses unless the pre-normalised export is accepted
+    with pytest.raises(ValueError, match="accept_prenormalised"):
+        to_saelens(other, tmp_path / "a0", theta)
+    _, cfg = load_saelens_arrays(to_saelens(other, tmp_path / "a", theta, accept_prenormalised=True))
     assert cfg["normalize_activations"] == "none"
+    assert cfg["metadata"]["paperlib"]["raw_activations"] is False
+    assert cfg["metadata"]["paperlib"]["input_transform"] == "prenormalise"
     with pytest.raises(ValueError, match="layer_norm"):
         to_saelens(other, tmp_path / "b", theta, normalize_activations="layer_norm")
     with pytest.raises(ValueError, match="shape"):
@@ -125,9 +137,15 @@ def test_per_dim_standardised_sae_exports_prenormalised(tmp_path):
     with pytest.raises(ValueError, match="per-dimension input standardisation"):
         to_saelens(sae, tmp_path / "ln", theta, normalize_activations="layer_norm")
     assert not (tmp_path / "ln").exists()
-    arrays, cfg = load_saelens_arrays(to_saelens(sae, tmp_path / "auto", theta))
+    # per-dim followed by per-token standardisation is not affine in x: refused unless accepted
+    with pytest.raises(ValueError, match="not affine"):
+        to_saelens(sae, tmp_path / "refused", theta)
+    assert not (tmp_path / "refused").exists()
+    arrays, cfg = load_saelens_arrays(to_saelens(sae, tmp_path / "auto", theta, accept_prenormalised=True))
     assert cfg["normalize_activations"] == "none"
     meta = cfg["metadata"]["paperlib"]
+    assert meta["raw_activations"] is False and meta["input_transform"] == "prenormalise-nonaffine"
+    assert meta["input_standardisation"]["folded_into_weights"] is False
     assert "PRE-NORMALISED" in meta["inputs"] and "input_scale" in meta["inputs"]
     assert meta["source_config"]["input_standardisation"] == "per-dim"
     std_meta = meta["input_standardisation"]
@@ -145,3 +163,99 @@ def test_per_dim_standardised_sae_exports_prenormalised(tmp_path):
     np.testing.assert_allclose(out_np, sae.decode(f).detach().numpy(), atol=1e-4)
     raw = (out_np * s + m) * np.asarray(std_meta["scale"]) + np.asarray(std_meta["mean"])
     np.testing.assert_allclose(raw, sae.decode(f, mean, scale).detach().numpy(), rtol=1e-4, atol=1e-3)
+
+
+class _PerDimOnlySAE(BatchTopKSAE):
+    """An SAE whose whole input map is the per-dimension standardisation (no per-token step)."""
+
+    @staticmethod
+    def normalize_stats(x):
+        return x, torch.zeros(x.shape[0], 1, dtype=x.dtype), torch.ones(x.shape[0], 1, dtype=x.dtype)
+
+
+def _per_dim_sae(cls, d=24, n=96):
+    sae = cls(d, n, 4, seed=3)
+    g = torch.Generator().manual_seed(1)
+    mu, sd = 50 * torch.randn(d, generator=g), torch.rand(d, generator=g) * 5 + 0.5
+    with torch.no_grad():
+        sae.b_dec.copy_(0.1 * torch.randn(d, generator=g))
+        sae.W_enc.mul_(3.0)
+    sae.set_input_standardisation(mu, sd)
+    x = (2.0 * torch.randn(300, d, generator=g)) * sd + mu
+    theta = torch.quantile(sae.pre_acts(x).detach(), 0.9, dim=0)
+    theta[:3] = float("inf")
+    return sae, x, theta
+
+
+def test_fold_input_standardisation_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    d, n = 5, 7
+    W_enc, W_dec, b_dec = (torch.randn(d, n, generator=g, dtype=torch.float64),
+                           torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(d, generator=g,
+                                                                                             dtype=torch.float64))
+    mean, scale = torch.randn(d, generator=g, dtype=torch.float64), torch.rand(d, generator=g, dtype=torch.float64) + .1
+    We, Wd, bd = fold_input_standardisation(W_enc, W_dec, b_dec, mean, scale)
+    x, f = torch.randn(4, d, generator=g, dtype=torch.float64), torch.randn(4, n, generator=g, dtype=torch.float64)
+    for t in range(4):  # loop over tokens and dimensions: the unfolded maps written out
+        z = torch.tensor([(x[t, i] - mean[i]) / scale[i] for i in range(d)])
+        h = torch.tensor([sum((z[i] - b_dec[i]) * W_enc[i, j] for i in range(d)) for j in range(n)])
+        torch.testing.assert_close((x[t] - bd) @ We, h.to(torch.float64))
+        rec = torch.tensor([(sum(f[t, j] * W_dec[j, i] for j in range(n)) + b_dec[i]) * scale[i] + mean[i]
+                            for i in range(d)])
+        torch.testing.assert_close(f[t] @ Wd + bd, rec.to(torch.float64))
+    with pytest.raises(ValueError, match="scale"):
+        fold_input_standardisation(W_enc, W_dec, b_dec, mean, -scale)
+
+
+def test_affine_per_dim_standardisation_is_folded(tmp_path):
+    """Where the per-dimension standardisation is the whole input map it is affine: folded into the weights,
+    raw activations give the same codes and raw-scale reconstructions (numpy reference and SAELens itself)."""
+    import sae_lens
+
+    sae, x, theta = _per_dim_sae(_PerDimOnlySAE)
+    assert per_dim_only(sae) and not per_dim_only(_per_dim_sae(BatchTopKSAE)[0])
+    out = to_saelens(sae, tmp_path / "fold", theta)
+    arrays, cfg = load_saelens_arrays(out)
+    meta = cfg["metadata"]["paperlib"]
+    assert cfg["normalize_activations"] == "none"
+    assert meta["raw_activations"] is True and meta["input_transform"] == "folded-affine"
+    assert meta["input_standardisation"]["folded_into_weights"] is True
+    f_np, out_np = _np_jumprelu(arrays, x.numpy(), layer_norm=False)  # RAW x in
+    f = sae.encode(x, thresholds=theta).detach()
+    assert (f > 0).sum() > 0 and ((f_np > 0) == (f.numpy() > 0)).all()
+    np.testing.assert_allclose(f_np, f.numpy(), rtol=1e-4, atol=1e-4)
+    xn, mean, scale = sae.normalize_with_stats(x)
+    rec = sae.decode(f, mean, scale).detach()
+    np.testing.assert_allclose(out_np, rec.numpy(), rtol=1e-4, atol=1e-3)
+    loaded = sae_lens.SAE.load_from_disk(str(out))
+    with torch.no_grad():
+        f_sl = loaded.encode(x)
+        torch.testing.assert_close(f_sl, f, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(loaded.decode(f_sl), rec, atol=1e-3, rtol=1e-4)
+
+
+class _Cal:
+    """The two fields of a paperlib Calibration that the export reads."""
+
+    def __init__(self, thresholds, rate):
+        self.thresholds, self.threshold_rate = thresholds, rate
+
+
+def test_sparsity_file_from_calibration(tmp_path):
+    import sae_lens
+
+    sae, x, theta = _sae_and_inputs()
+    rate = np.linspace(0, 0.5, 96)
+    rate[:4] = 0.0  # dead
+    out = to_saelens(sae, tmp_path / "s", _Cal(theta.numpy(), rate), sparsity_note="300 calibration tokens")
+    assert (out / SAELENS_SPARSITY).exists()
+    arrays, cfg = load_saelens_arrays(out)
+    np.testing.assert_allclose(arrays["sparsity"], np.log10(rate + 1e-10).astype(np.float32), rtol=1e-6)
+    sp = cfg["metadata"]["paperlib"]["sparsity"]
+    assert sp["tokens"] == "300 calibration tokens" and sp["n_never_fired"] == 4
+    sae_lens.SAE.load_from_disk(str(out))  # the extra file does not disturb SAELens
+    # without rates no file; a stale one from an earlier export into the same folder is removed
+    to_saelens(sae, out, theta)
+    assert not (out / SAELENS_SPARSITY).exists()
+    with pytest.raises(ValueError, match="firing_rates"):
+        to_saelens(sae, tmp_path / "bad", theta, firing_rates=np.full(96, 2.0))
