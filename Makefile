@@ -6,7 +6,7 @@ PROFILE ?= default
 EXPORT_DIR ?= exports/$(PROFILE)
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce test lint bench export clean-artifacts
+.PHONY: install reproduce test lint bench bench-peers export clean-artifacts
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/cooccurrence.py
+
+# Training-step tok/s of paperlib vs SAELens and dictionary_learning, each in its own venv under
+# artifacts/bench-venvs/ (created on first use with the torch pin); table in artifacts/bench/peers.json.
+bench-peers: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/peers.py
 
 # Every trained SAE of PROFILE in the SAELens format, one folder per run under EXPORT_DIR.
 export: $(STAMP)
