@@ -16,8 +16,9 @@ def artifacts_root() -> Path:
 
 
 def profile_dir(profile: str | Profile) -> Path:
-    """Artifacts of one profile: activation cache, runs, calibration, judge cache."""
-    return artifacts_root() / get_profile(profile).name
+    """Artifacts of one profile: activation cache, runs, calibration, judge cache. The folder is the profile's
+    :attr:`~paperlib.config.profiles.Profile.identity` (an overridden profile gets its own)."""
+    return artifacts_root() / get_profile(profile).identity
 
 
 def activations_dir(profile: str | Profile) -> Path:
@@ -36,17 +37,18 @@ def output_dirs(profile: str | Profile) -> tuple[Path, Path]:
     """(figures, tables) directories for a profile.
 
     The ``default`` profile publishes into the committed ``figures/`` and ``tables/``;
-    every other profile writes under its artifacts folder so that tests and paper-scale
-    runs never overwrite the committed outputs. ``$PAPERLIB_OUTPUTS`` overrides both.
+    every other profile (an overridden ``default`` included) writes under its artifacts folder so that
+    tests and paper-scale runs never overwrite the committed outputs. ``$PAPERLIB_OUTPUTS`` overrides both
+    (``$PAPERLIB_OUTPUTS/<identity>/``).
     """
-    name = get_profile(profile).name
+    name = get_profile(profile).identity
     if "PAPERLIB_OUTPUTS" in os.environ:
         base = Path(os.environ["PAPERLIB_OUTPUTS"]) / name
         figs, tabs = base / "figures", base / "tables"
     elif name == "default":
         figs, tabs = REPO_ROOT / "figures", REPO_ROOT / "tables"
     else:
-        figs, tabs = profile_dir(name) / "figures", profile_dir(name) / "tables"
+        figs, tabs = profile_dir(profile) / "figures", profile_dir(profile) / "tables"
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
     return figs, tabs

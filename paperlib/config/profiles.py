@@ -1,12 +1,16 @@
 """Named experiment profiles (method.md §6): which LM, layer, text, token budget and SAE sizes.
 
 ``get_profile("default")`` returns a frozen :class:`Profile`; ``get_profile(name, **overrides)``
-replaces fields (e.g. for a quick experiment) and validates the result.
+replaces fields (e.g. for a quick experiment) and validates the result. An overridden profile keeps its
+name (tables and figures say ``smoke``) but gets its own :attr:`Profile.identity`, the folder its
+results live in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,9 +218,33 @@ class Profile:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity_settings(self) -> dict[str, Any]:
+        """The settings that make this profile's activation cache and trained runs (:data:`IDENTITY_FIELDS`)."""
+        return {f: self.setting(f) for f in IDENTITY_FIELDS}
+
+    @property
+    def identity(self) -> str:
+        """The folder name of this profile's results: its name while its :meth:`identity_settings` equal those of
+        the registered profile of that name, else ``<name>-<8 hex digest of them>`` (``get_profile("smoke",
+        layer=2)`` → ``smoke-1a2b3c4d``), so an overridden profile never reads, deletes or overwrites the caches
+        and runs of another. Evaluation and grid settings stay out: every stage result is keyed by the settings
+        it reads, and which runs exist does not change any run."""
+        base = PROFILES.get(self.name)
+        mine = self.identity_settings()
+        if base is not None and base.identity_settings() == mine:
+            return self.name
+        blob = json.dumps(mine, sort_keys=True, default=str).encode()
+        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
 
 CLASSES: dict[str, type] = {"data": DataConfig, "sae": SAEConfig, "meta": MetaConfig, "grid": GridConfig,
                             "eval": EvalConfig}
+
+
+IDENTITY_FIELDS: tuple[str, ...] = tuple(
+    [f.name for g in (DataConfig, SAEConfig, MetaConfig) for f in dataclasses.fields(g) if f.name != "checkpoint_every"]
+    + ["ortho_chunks"])
+"""Settings that determine a profile's activation cache and run weights (hence its results folder)."""
 
 
 def _group_of(key: str) -> str:

@@ -57,7 +57,7 @@ def cache_settings(profile: str | Profile) -> dict[str, Any]:
     p = get_profile(profile)
     ranges = token_ranges(p)
     return {
-        "profile": p.name,
+        "profile": p.identity,
         "model": p.data.model,
         "model_package_version": _model_package_version(p.data.model),
         "layer": p.data.layer,

@@ -238,6 +238,12 @@ class _Data:
         return x.to(self.device, torch.float32)
 
 
+def make_adam(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the project's betas, fused implementation (one pass over each parameter, about 5x
+    faster than the multi-tensor default on CPU; the same update up to floating-point reassociation)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
+
+
 def _adam_tensors(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, p in model.named_parameters():
@@ -258,7 +264,7 @@ def _load_adam(prefix: str, opt: torch.optim.Optimizer, model: torch.nn.Module,
             full = f"{prefix}.{name}.{key}"
             if full in tensors:
                 val = tensors[full]
-                st[key] = val.clone() if key == "step" else val.to(p.device).clone()
+                st[key] = val.to(p.device).clone()  # fused Adam keeps ``step`` beside the parameter
         if st:
             opt.state[p] = st
 
@@ -297,14 +303,14 @@ class Trainer:
         self.primary = BatchTopKSAE(cfg.d_in, cfg.n_latents, cfg.k, seed=cfg.seed,
                                     dead_after=cfg.dead_after, k_aux=cfg.k_aux,
                                     aux_alpha=cfg.aux_alpha, device=device)
-        self.opt_p = torch.optim.Adam(self.primary.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+        self.opt_p = make_adam(self.primary, cfg.lr)
         self.meta: MetaSAE | None = None
         self.opt_m: torch.optim.Optimizer | None = None
         if cfg.uses_meta:
             self.meta = MetaSAE(cfg.d_in, cfg.n_meta, cfg.k_meta, seed=cfg.seed + META_SEED_OFFSET,
                                 dead_after=cfg.dead_after, k_aux=cfg.k_aux,
                                 aux_alpha=cfg.aux_alpha, device=device)
-            self.opt_m = torch.optim.Adam(self.meta.parameters(), lr=cfg.meta_lr or cfg.lr, betas=ADAM_BETAS)
+            self.opt_m = make_adam(self.meta, cfg.meta_lr or cfg.lr)
         self.step = 0  # completed primary steps
         self.total_steps = 0
         """Primary steps of the whole run (set by :func:`train_run`; schedules need it)."""
@@ -441,11 +447,26 @@ RESULT_NEUTRAL_FIELDS = ("checkpoint_every",)
 """TrainConfig fields that do not change a finished run's weights (ignored by the stale-run check)."""
 
 
-def _check_done_config(out_dir: Path, profile: Profile, spec: RunSpec) -> None:
-    """A finished run trained with another configuration (profile edited since) is not reused
-    silently: every recorded TrainConfig field except :data:`RESULT_NEUTRAL_FIELDS` must match."""
+def _check_done_data(out_dir: Path, recorded: Any, data_info: dict | None) -> None:
+    """A finished run trained on other data (another model, layer, corpus or token range: ``data_info["data"]``)
+    is refused, never evaluated on activations it was not trained for."""
+    wanted = (data_info or {}).get("data")
+    had = (recorded or {}).get("data") if isinstance(recorded, dict) else None
+    if wanted is not None and had is not None and had != wanted:
+        diff = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
+        raise ValueError(f"finished run {out_dir} was trained on other activations ({', '.join(diff)} differ: "
+                         f"trained {[had.get(k) for k in diff]}, requested {[wanted.get(k) for k in diff]}); "
+                         "delete the run directory to retrain it for these settings")
+
+
+def _check_done_config(out_dir: Path, profile: Profile, spec: RunSpec, data_info: dict | None = None) -> None:
+    """A finished run trained with another configuration (profile edited since) or on other data is not reused
+    silently: every recorded TrainConfig field except :data:`RESULT_NEUTRAL_FIELDS` must match, and so must
+    the recorded data settings when ``data_info`` carries them."""
     cfg_path = out_dir / "config.json"
-    rec = read_json(cfg_path).get("train_config") if cfg_path.exists() else None
+    record = read_config_file(out_dir) if cfg_path.exists() else {}
+    _check_done_data(out_dir, record.get("tokens"), data_info)
+    rec = record.get("train_config")
     if not isinstance(rec, dict):
         return
     recorded = _recorded_config(rec)  # fields missing from an old record: their old behaviour, or skipped
@@ -505,7 +526,7 @@ def train_run(
     spec = parse_run(spec) if isinstance(spec, str) else spec
     out_dir = Path(out_dir)
     if is_done(out_dir):
-        _check_done_config(out_dir, profile, spec)
+        _check_done_config(out_dir, profile, spec, data_info)
         return out_dir
     if len(tuple(acts.shape)) != 2:
         raise ValueError(f"activations must be a 2-D [T, d] array, got shape {tuple(acts.shape)}")

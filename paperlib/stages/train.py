@@ -33,7 +33,7 @@ from paperlib.sae.trainer import (
     read_metrics_file,
     train_run,
 )
-from paperlib.stages.run import Run, as_runs
+from paperlib.stages.run import Run, as_runs, range_settings
 
 RECORD = "train.json"
 
@@ -60,7 +60,7 @@ def default_train_workers(n_runs: int) -> int:
 
 def _train_from_cache(run: Run, cache: ActivationCache, progress: bool) -> None:
     manifest = getattr(cache, "manifest", {}) or {}
-    info: dict[str, Any] = {"range": "train"}
+    info: dict[str, Any] = {"range": "train", "data": range_settings(run.profile, "train")}
     ranges = manifest.get("ranges") if isinstance(manifest, dict) else None
     if isinstance(ranges, dict) and "train" in ranges:
         info["range_info"] = ranges["train"]

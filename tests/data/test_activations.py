@@ -43,7 +43,12 @@ def test_cache_resumes_and_refuses_mismatch(tmp_artifacts, monkeypatch):
     pos = cache.positions("calibration")[: 2 * (p.data.context - 1)]
     np.testing.assert_allclose(cache.acts("calibration")[: len(pos)].astype(np.float32),
                                ref[pos[:, 0], pos[:, 1]].numpy(), rtol=1e-3, atol=1e-3)
-    # a cache built for other settings is refused, never silently reused
-    with pytest.raises(activations.CacheMismatchError, match="layer differ"):
-        activations.load_cache(p.replace(layer=1), progress=False)
+    # another layer has its own folder; a cache built for other settings is refused, never silently reused
+    other = p.replace(layer=1)
+    assert activations.activations_dir(other) != activations.activations_dir(p)
+    other_root = activations.activations_dir(other)
+    other_root.mkdir(parents=True)
+    (other_root / "manifest.json").write_text((activations.activations_dir(p) / "manifest.json").read_text())
+    with pytest.raises(activations.CacheMismatchError, match="layer, profile differ"):
+        activations.load_cache(other, progress=False)
 
