@@ -93,8 +93,9 @@ def make_judge(kind: str = "local", base_url: str | None = None, model: str | No
 
     ``kind="local"``: :class:`LocalLikelihoodJudge` on ``model`` (default ``smollm2-135m``), no
     network. ``kind="openai"``: :class:`OpenAIJudge` on ``base_url``/``model`` (or the
-    ``OPENAI_BASE_URL``/``OPENAI_MODEL`` environment variables). The cache defaults to
-    ``paths.profile_dir(profile)/"judge_cache"`` (``profile`` defaults to ``default``).
+    ``OPENAI_BASE_URL``/``OPENAI_MODEL`` environment variables); ``kwargs`` go to the judge (for
+    ``openai``: ``timeout``, ``max_retries``, ``max_consecutive_failures``, ``max_workers``, ...). The
+    cache defaults to ``paths.profile_dir(profile)/"judge_cache"`` (``profile`` defaults to ``default``).
     """
     if cache_dir is None:
         cache_dir = paths.profile_dir(profile if profile is not None else "default") / "judge_cache"
