@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from paperlib.config.profiles import Profile, get_profile
-from paperlib.sae.penalty import decomposability_penalty, orthogonality_penalty
+from paperlib.sae.penalty import orthogonality_penalty, row_penalty_terms
 
 _NUM = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
 HYPER_COLUMNS = ("lambda2", "sigma2", "gamma")
@@ -199,19 +199,17 @@ ROW_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[torch.Tensor | None, dict]:
     """Decomposability penalty against the meta SAE's reconstruction of the rows (a constant), plus the
-    distribution over rows of p_i = exp(−e_i/σ²) (does the penalty discriminate between rows?)."""
+    distribution over rows of p_i = exp(−e_i/σ²) (does the penalty discriminate between rows?).
+
+    The per-row terms are computed once (:func:`row_penalty_terms`) and serve both the loss and the log."""
     W_hat = inputs.meta.reconstruct_rows(inputs.W_dec)
+    with torch.set_grad_enabled(weight > 0 and torch.is_grad_enabled()):
+        p, err = row_penalty_terms(inputs.W_dec, W_hat, spec.sigma2)
+        pen = p.mean()
     with torch.no_grad():
-        err = (inputs.W_dec - W_hat).pow(2).sum(1)
-        q = torch.quantile(torch.exp(-err.double() / spec.sigma2), torch.tensor(ROW_QUANTILES, dtype=torch.float64))
-    if weight > 0:
-        pen = decomposability_penalty(inputs.W_dec, W_hat, spec.sigma2)
-        term = weight * pen
-    else:
-        with torch.no_grad():
-            pen = decomposability_penalty(inputs.W_dec, W_hat, spec.sigma2)
-        term = None
-    logs = {"meta_err": float(err.mean()), "penalty": float(pen.detach())}
+        q = torch.quantile(p.detach().double(), torch.tensor(ROW_QUANTILES, dtype=torch.float64))
+    term = weight * pen if weight > 0 else None
+    logs = {"meta_err": float(err.detach().mean()), "penalty": float(pen.detach())}
     logs.update({f"p_row_q{round(100 * a):02d}": float(v) for a, v in zip(ROW_QUANTILES, q, strict=True)})
     return term, logs
 

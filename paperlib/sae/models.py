@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,51 @@ def _crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return crow
 
 
+class SparsePattern:
+    """The selected (token, latent) entries of a batch, in two CSR layouts.
+
+    ``rows``/``cols`` are sorted row-major (token, then latent; as :func:`batch_topk_indices` gives
+    them) and ``crow`` [B + 1] indexes them by token. The transpose (latent-major) layout is kept too:
+    ``perm`` orders the entries by latent (stable), ``crow_t`` [n + 1] indexes them by latent and
+    ``rows_t = rows[perm]`` (computed on first use: inference never needs them). Gradients of W_enc
+    and W_dec are then one CSR [n, B] × dense [B, d] product each, with no sparse transpose or format
+    conversion inside the backward pass.
+    """
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> None:
+        self.rows, self.cols, self.shape = rows, cols, (int(shape[0]), int(shape[1]))
+        self.crow = _crow(rows, self.shape[0])
+
+    @cached_property
+    def perm(self) -> torch.Tensor:
+        return torch.argsort(self.cols, stable=True)
+
+    @cached_property
+    def crow_t(self) -> torch.Tensor:
+        return _crow(self.cols, self.shape[1])
+
+    @cached_property
+    def rows_t(self) -> torch.Tensor:
+        return self.rows[self.perm]
+
+    @classmethod
+    def from_flat(cls, flat: torch.Tensor, shape: tuple[int, int]) -> SparsePattern:
+        """Pattern of sorted flat indices into a row-major [B, n] matrix."""
+        n = int(shape[1])
+        return cls(flat // n, flat % n, shape)
+
+    @classmethod
+    def per_row(cls, cols: torch.Tensor, shape: tuple[int, int]) -> SparsePattern:
+        """Pattern with ``cols`` [B, c] (sorted within each row) selected in every row."""
+        B, c = cols.shape
+        rows = torch.arange(B, device=cols.device).repeat_interleave(c)
+        return cls(rows, cols.reshape(-1), shape)
+
+    def transposed_times(self, vals: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Sᵀ @ dense [n, d] for the sparse S [B, n] holding ``vals`` (row-major order) at the pattern."""
+        return _csr(self.crow_t, self.rows_t, vals[self.perm], (self.shape[1], self.shape[0])) @ dense
+
+
 class _SparseEncode(torch.autograd.Function):
     """vals[e] = ReLU((x̃ − b_dec) W_enc)[rows[e], cols[e]] with a sparse backward.
 
@@ -132,55 +178,56 @@ class _SparseEncode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, W_enc, b_dec, xc, vals, crow, cols):  # noqa: D102
-        ctx.save_for_backward(W_enc, xc, vals, crow, cols)
+    def forward(ctx, W_enc, b_dec, xc, vals, pattern):  # noqa: D102
+        ctx.save_for_backward(W_enc, xc, vals)
+        ctx.pattern = pattern
         return vals.clone()
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        W_enc, xc, vals, crow, cols = ctx.saved_tensors
+        W_enc, xc, vals = ctx.saved_tensors
+        pattern = ctx.pattern
         g = torch.where(vals > 0, g, torch.zeros_like(g))
-        B, n = xc.shape[0], W_enc.shape[1]
-        gW = None
+        gW = gb = None
         if ctx.needs_input_grad[0]:
-            gW = (_csr(crow, cols, g, (B, n)).t() @ xc).t()
-        gb = None
+            gW = pattern.transposed_times(g, xc).t()
         if ctx.needs_input_grad[1]:
-            colsum = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+            colsum = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, pattern.cols, g)
             gb = -(W_enc @ colsum)
-        return gW, gb, None, None, None, None
+        return gW, gb, None, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
     """out[b] = Σ_{e: rows[e]=b} vals[e] · W_dec[cols[e]]  (no bias), with a sparse backward."""
 
     @staticmethod
-    def forward(ctx, vals, W_dec, crow, cols):  # noqa: D102
-        ctx.save_for_backward(vals, W_dec, crow, cols)
-        return F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals)
+    def forward(ctx, vals, W_dec, pattern):  # noqa: D102
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pattern = pattern
+        return F.embedding_bag(pattern.cols, W_dec, pattern.crow[:-1], mode="sum", per_sample_weights=vals)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        vals, W_dec, crow, cols = ctx.saved_tensors
-        B, n = g.shape[0], W_dec.shape[0]
+        vals, W_dec = ctx.saved_tensors
+        p = ctx.pattern
         g = g.contiguous()
         gv = gW = None
         if ctx.needs_input_grad[0]:
-            pattern = _csr(crow, cols, torch.zeros_like(vals), (B, n))
-            gv = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values()
+            mask = _csr(p.crow, p.cols, torch.zeros_like(vals), p.shape)
+            gv = torch.sparse.sampled_addmm(mask, g, W_dec.t(), beta=0.0).values()
         if ctx.needs_input_grad[1]:
-            gW = _csr(crow, cols, vals, (B, n)).t() @ g
-        return gv, gW, None, None
+            gW = p.transposed_times(vals, g)
+        return gv, gW, None
 
 
-def sparse_encode_values(W_enc, b_dec, xc, vals, crow, cols) -> torch.Tensor:
+def sparse_encode_values(W_enc, b_dec, xc, vals, pattern: SparsePattern) -> torch.Tensor:
     """Differentiable selected encoder values (see :class:`_SparseEncode`)."""
-    return _SparseEncode.apply(W_enc, b_dec, xc, vals, crow, cols)
+    return _SparseEncode.apply(W_enc, b_dec, xc, vals, pattern)
 
 
-def sparse_decode(vals, W_dec, crow, cols) -> torch.Tensor:
+def sparse_decode(vals, W_dec, pattern: SparsePattern) -> torch.Tensor:
     """Differentiable sparse decode without bias (see :class:`_SparseDecode`)."""
-    return _SparseDecode.apply(vals, W_dec, crow, cols)
+    return _SparseDecode.apply(vals, W_dec, pattern)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,8 +446,8 @@ class BatchTopKSAE(nn.Module):
         pre = torch.relu((xn - self.b_dec) @ self.W_enc)
         if thresholds is None:  # sparse decode of the BatchTopK codes
             flat = batch_topk_indices(pre, self.k)
-            rows, cols = flat // self.n_latents, flat % self.n_latents
-            out = sparse_decode(pre.reshape(-1)[flat], self.W_dec, _crow(rows, pre.shape[0]), cols)
+            pattern = SparsePattern.from_flat(flat, pre.shape)
+            out = sparse_decode(pre.reshape(-1)[flat], self.W_dec, pattern)
             return self._dim_unstandardise((out + self.b_dec) * scale + mean)
         th = self.threshold if isinstance(thresholds, str) else thresholds
         f = pre * (pre > torch.as_tensor(th, dtype=pre.dtype, device=pre.device))
@@ -455,14 +502,13 @@ class BatchTopKSAE(nn.Module):
         B, n = xn.shape[0], self.n_latents
         with torch.no_grad():
             xc = xn - self.b_dec
-            pre = torch.relu(xc @ self.W_enc)
+            pre = (xc @ self.W_enc).relu_()
             flat = batch_topk_indices(pre, self.k)
-            rows, cols = flat // n, flat % n
+            pattern = SparsePattern.from_flat(flat, (B, n))
             sel_vals = pre.view(-1)[flat]
-            crow = _crow(rows, B)
             dead = self.dead_mask()
-        vals = sparse_encode_values(self.W_enc, self.b_dec, xc, sel_vals, crow, cols)
-        recon = sparse_decode(vals, self.W_dec, crow, cols) + self.b_dec
+        vals = sparse_encode_values(self.W_enc, self.b_dec, xc, sel_vals, pattern)
+        recon = sparse_decode(vals, self.W_dec, pattern) + self.b_dec
         mse = (recon - xn).pow(2).mean()
         n_dead = int(dead.sum())
         aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
@@ -471,17 +517,15 @@ class BatchTopKSAE(nn.Module):
                 dead_idx = dead.nonzero().squeeze(1)
                 ka = min(self.k_aux, n_dead)
                 ti = pre[:, dead_idx].topk(ka, dim=1, sorted=False).indices.sort(dim=1).values
-                acols = dead_idx[ti].reshape(-1)
-                arows = torch.arange(B, device=xn.device).repeat_interleave(ka)
-                avals_raw = pre[arows, acols]
-                acrow = torch.arange(0, B * ka + 1, ka, device=xn.device)
-            avals = sparse_encode_values(self.W_enc, self.b_dec, xc, avals_raw, acrow, acols)
-            arecon = sparse_decode(avals, self.W_dec, acrow, acols)
+                apattern = SparsePattern.per_row(dead_idx[ti], (B, n))
+                avals_raw = pre[apattern.rows, apattern.cols]
+            avals = sparse_encode_values(self.W_enc, self.b_dec, xc, avals_raw, apattern)
+            arecon = sparse_decode(avals, self.W_dec, apattern)
             aux = (arecon - (xn - recon).detach()).pow(2).mean()
         if update_state:  # a latent "fires" when selected with a positive activation
             positive = sel_vals > 0
             pos = sel_vals[positive]
-            self._update_state(cols[positive], pos.min() if pos.numel() else None)
+            self._update_state(pattern.cols[positive], pos.min() if pos.numel() else None)
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(flat.numel() / B), n_dead=torch.tensor(n_dead),
                     recon=recon.detach())

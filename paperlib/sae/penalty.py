@@ -16,12 +16,18 @@ def decomposability_penalty(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: fl
 
     ``W_hat`` is detached here (a constant): the gradient reaches ``W_dec`` only.
     """
+    return row_penalty_terms(W_dec, W_hat, sigma2)[0].mean()
+
+
+def row_penalty_terms(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (p_i, e_i): e_i = ‖W_dec[i] − Ŵ[i]‖² and p_i = exp(−e_i / σ²); Ŵ is a constant."""
     if sigma2 <= 0:
         raise ValueError(f"sigma2 must be > 0, got {sigma2}")
     if W_dec.shape != W_hat.shape or W_dec.ndim != 2:
         raise ValueError(f"W_dec {tuple(W_dec.shape)} and W_hat {tuple(W_hat.shape)} must be equal [n, d]")
-    e = (W_dec - W_hat.detach()).pow(2).sum(dim=1)
-    return torch.exp(-e / sigma2).mean()
+    diff = W_dec - W_hat.detach()
+    e = (diff * diff).sum(dim=1)
+    return torch.exp(-e / sigma2), e
 
 
 def partition_chunks(n: int, n_chunks: int, generator: torch.Generator | None = None,

@@ -210,7 +210,7 @@ def _trained_like(seed=0, d=12, n=40, k=4):
 
 
 def test_default_path_bitwise_equals_reference_formula():
-    from paperlib.sae.models import _crow, sparse_decode
+    from paperlib.sae.models import SparsePattern, sparse_decode
 
     x = _x()
     a = _trained_like()
@@ -230,8 +230,8 @@ def test_default_path_bitwise_equals_reference_formula():
         assert torch.equal(sae.decode(f, mean, scale), (f @ sae.W_dec + sae.b_dec) * scale + mean)
         assert torch.equal(sae.reconstruct(x, thresholds=theta), (f @ sae.W_dec + sae.b_dec) * scale + mean)
         flat = batch_topk_indices(pre, sae.k)
-        rows, cols = flat // 40, flat % 40
-        ref = (sparse_decode(pre.reshape(-1)[flat], sae.W_dec, _crow(rows, 64), cols) + sae.b_dec) * scale + mean
+        ref = (sparse_decode(pre.reshape(-1)[flat], sae.W_dec, SparsePattern.from_flat(flat, (64, 40))) + sae.b_dec)
+        ref = ref * scale + mean
         assert torch.equal(sae.reconstruct(x), ref)
         out = sae.training_loss(x, update_state=False)
         out_n = sae.training_loss(xn, normalized=True, update_state=False)
@@ -348,3 +348,23 @@ def test_per_dim_save_load_and_old_format(tmp_path):
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="input_standardisation"):
         BatchTopKSAE.load(tmp_path / "old")
+
+
+def test_sparse_pattern_products_equal_dense_references():
+    """Both backward products of the sparse path against dense matrices built from the same entries."""
+    from paperlib.sae.models import SparsePattern
+
+    g = torch.Generator().manual_seed(3)
+    B, n, d = 7, 11, 5
+    pre = torch.relu(torch.randn(B, n, generator=g))
+    flat = batch_topk_indices(pre, 3)
+    pattern = SparsePattern.from_flat(flat, (B, n))
+    vals = pre.reshape(-1)[flat]
+    dense = torch.zeros(B * n).index_put_((flat,), vals).view(B, n)
+    rhs = torch.randn(B, d, generator=g)
+    torch.testing.assert_close(pattern.transposed_times(vals, rhs), dense.t() @ rhs)
+    assert torch.equal(pattern.rows_t, pattern.rows[pattern.perm])
+    assert torch.equal(pattern.cols[pattern.perm], pattern.cols[pattern.perm].sort().values)
+    cols = torch.tensor([[0, 4], [1, 2], [3, 10]])
+    per_row = SparsePattern.per_row(cols, (3, n))
+    assert per_row.rows.tolist() == [0, 0, 1, 1, 2, 2] and per_row.crow.tolist() == [0, 2, 4, 6]
