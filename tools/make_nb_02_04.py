@@ -13,6 +13,7 @@ from paperlib.sae.arms import grid_runs
 import pandas as pd
 
 ctx = setup(profile)
+caption = figures.figure_caption(ctx.profile)
 runs = select.table_runs(ctx.profile, select.select_runs(ctx.profile, sae))  # solo first: the baseline
 names = [r.name for r in runs]
 print(f"{len(names)} runs:", ", ".join(names))
@@ -32,7 +33,7 @@ write_notebook(
 summary = pd.DataFrame([{"run": n, **c.summary()} for n, c in cals.items()])
 save_table(summary, ctx.tables, "calibration_summary")
 summary''',
-        '''fig = figures.calibration_firing_rates(cals)
+        '''fig = figures.calibration_firing_rates(cals, caption=caption)
 save_figure(fig, ctx.figures, "calibration_firing_rates")''',
     ],
 )
@@ -43,8 +44,9 @@ write_notebook(
     "Binary firing with the calibrated thresholds on the co-occurrence token range; within-SAE φ over "
     "all pairs i < j (exact counts), and over the pairs of alive latents (both fire, and stay silent, on at "
     "least 5 tokens: dead latents have φ = 0 by definition and would otherwise dominate a comparison). "
-    "Fig. 1a compares solo with the paper's preregistered configuration (seed 0) on all and on alive "
-    "pairs; Fig. 1b (exploratory) needs the whole grid (skipped with a note otherwise).",
+    "Fig. 1a compares solo with the paper's preregistered configuration (seed 0): φ densities on alive pairs, "
+    "with the pairs that involve a dead or inactive latent counted apart; Fig. 1b (exploratory) needs the whole "
+    "grid (skipped with a note otherwise).",
     PARAMS,
     [
         SETUP,
@@ -54,15 +56,14 @@ cols = ["n_pairs", "mean_abs_phi", "std_abs_phi", "frac_negative", "median_phi",
 phi_table = pd.DataFrame([{"run": n, **{c: getattr(co[n].all, c) for c in cols}} for n in names])
 phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"].all.mean_abs_phi - 1)
 phi_table''',
-        ("md", "## Fig. 1a: solo vs the paper's configuration (seed 0), all pairs and alive pairs"),
+        ("md", "## Fig. 1a: solo vs the paper's configuration (seed 0): alive pairs, dead pairs apart"),
         '''joint = select.paper_joint(ctx.profile).name
 ensure_trained(ctx.profile, [joint])
 co_joint = cooccur.ensure_cooccurrence(Run.of(ctx.profile, joint))
-fig = figures.fig1a_phi_density(co["solo"].all, co_joint.all, joint_label=joint)
-save_figure(fig, ctx.figures, "fig1a_phi_density_diff")
-fig = figures.fig1a_phi_density(co["solo"].alive, co_joint.alive, joint_label=joint,
-                                pairs=f"alive pairs: {co['solo'].robust.n_alive} / {co_joint.robust.n_alive} latents")
-save_figure(fig, ctx.figures, "fig1a_phi_density_diff_alive")''',
+# densities and their difference on alive pairs; pairs with a dead or inactive latent counted apart
+fig = figures.fig1a_phi_density(co["solo"].all, co_joint.all, joint_label=joint, solo_alive=co["solo"].alive,
+                                joint_alive=co_joint.alive, caption=caption)
+save_figure(fig, ctx.figures, "fig1a_phi_density_diff")''',
         ("md", "## App. C: φ sign and shape statistics"),
         '''import numpy as np
 def shape_row(name, c):
@@ -79,14 +80,14 @@ save_table(appc, ctx.tables, "appC_phi_shape")
 appc''',
         ("md", "## App. B: firing-rate distributions (thresholded encoder, co-occurrence range)"),
         '''rec = {n: recon.ensure_reconstruction(Run.of(ctx.profile, n)) for n in ["solo", joint]}
-fig = figures.appb_firing_rates(rec)
+fig = figures.appb_firing_rates(rec, caption=caption)
 save_figure(fig, ctx.figures, "appB_firing_rates")''',
         ("md", "## Fig. 1b: Δ mean |φ| vs ΔL2 over the grid"),
         '''grid = [r.name for r in grid_runs(ctx.profile)]
 if set(grid) <= set(names):
     table = select.grid_table(ctx.profile, grid, with_ce=False)
     fig = figures.fig1b_grid_scatter(table, selected=select.selected_joint(ctx.profile),
-                                     noise_floor=table.attrs["noise_floor"], paper=joint)
+                                     noise_floor=table.attrs["noise_floor"], paper=joint, caption=caption)
     save_figure(fig, ctx.figures, "fig1b_grid_scatter")
 else:
     print(f"Fig. 1b skipped: needs the full grid (run with sae='all'); selected runs: {names}")''',

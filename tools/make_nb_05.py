@@ -21,7 +21,8 @@ seed: int = 0                      # seeds the pair sample, the sanity set and t
     [
         '''import warnings
 
-from paperlib.report.autointerp import cosine_figure, fuzz_density_figure, summary_table
+from paperlib.report import figures
+from paperlib.report.autointerp import cosine_figure, summary_table
 from paperlib.report.notebook import setup, save_figure, save_table
 from paperlib.stages import interp
 from paperlib.stages.run import Run
@@ -61,8 +62,9 @@ pairs, summary = interp.compare_runs(solo_run, joint_run, n_pairs_wanted, jdg,
 print(f"scored {summary['n_new_features']} new features, "
       f"{summary['sec_per_feature']:.2f} s per feature (NaN = all cached)")
 {k: summary[k] for k in ("n_sampled", "n_pairs", "mean_solo", "mean_joint", "delta", "t", "p")}''',
-        ("md", "## Fig. 2: fuzz-score density difference (joint − solo)"),
-        '''fig = fuzz_density_figure(pairs)
+        ("md", "## Fig. 2: fuzz scores (joint − solo): densities, their difference, Δ with 95% CI and p"),
+        '''fig = figures.fig2_autointerp(pairs, summary, solo_label=solo_name, joint_label=joint_name,
+                              caption=figures.figure_caption(ctx.profile, f"judge {summary.get('judge', judge)}"))
 save_figure(fig, ctx.figures, "fig2_fuzz_density_diff")''',
         ("md", "## §5.2 table and per-pair table"),
         '''table = summary_table(summary, sanity)

@@ -90,7 +90,8 @@ judge: str = "local"                   # local | openai | none''',
     [
         '''from paperlib.config.paths import second_model_output_dirs
 from paperlib.report.notebook import setup, save_figure, save_table
-from paperlib.report.second_model import gemma_figure, gemma_table
+from paperlib.report.figures import figure_caption, gemma_grid_figure
+from paperlib.report.second_model import gemma_table
 from paperlib.stages.second_model import fuzz_table, gemma_plan
 from paperlib.stages import compare
 from paperlib.stages.select import grid_table, select_configuration
@@ -132,7 +133,7 @@ fuzz''',
         ("md", "## §6 table and figure"),
         '''table = gemma_table(grid, fuzz)
 save_table(table, tables, "gemma_grid")
-fig = gemma_figure(table, f"{ctx.profile.data.model}, layer {ctx.profile.data.layer}")
+fig = gemma_grid_figure(table, caption=figure_caption(ctx.profile))
 save_figure(fig, figures, "gemma_grid")
 table''',
     ],

@@ -86,25 +86,11 @@ delta''',
         ("md", "## Figure: co-firing vs atomicity\n"
                "If lower mean |φ| means more atomic latents, arms to the left should recover more true "
                "directions (left panel, higher) and blend fewer (right panel, lower)."),
-        r'''fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-colors = {"solo": "tab:gray", "joint": "tab:blue", "control": "tab:purple", "ortho": "tab:orange"}
-for _, r in df.iterrows():
-    c = colors.get(r["arm"], "k")
-    axes[0].scatter(r["mean_abs_phi"], r["recovered_frac"], color=c, s=60, label=r["label"])
-    axes[1].scatter(r["mean_abs_phi"], r["blend_frac"], color=c, s=60)
-for ax, y in zip(axes[:2], ["recovered fraction (cos ≥ 0.9)", "blending latents fraction"]):
-    ax.set_xlabel("latent co-firing mean |φ|")
-    ax.set_ylabel(y)
-axes[0].legend(fontsize=8)
-kinds = ["recovered_group", "recovered_pair", "recovered_independent"]
-x = np.arange(len(kinds))
-w = 0.8 / len(df)
-for i, (_, r) in enumerate(df.iterrows()):
-    axes[2].bar(x + i * w, [r[k] for k in kinds], w, color=colors.get(r["arm"], "k"), label=r["run"])
-axes[2].set_xticks(x + 0.4 - w / 2, ["co-firing groups", "similar pairs", "independent"])
-axes[2].set_ylabel("recovered fraction")
-fig.suptitle(f"Ground truth: d={config.d}, {config.n_features} true features, {config.n_latents} latents, k={config.k}")
-fig.tight_layout()
+        r'''from paperlib.report.figures import ground_truth_figure
+
+fig = ground_truth_figure(df, caption=(
+    f"synthetic data, seed {seed}: d={config.d}, {config.n_features} true features, {config.n_latents} latents, "
+    f"k={config.k} · profile {ctx.profile.name} (output folders only: no language model or layer)"))
 save_figure(fig, ctx.figures, "ground_truth")
 plt.show()''',
         ("md", "## Verdict\n"

@@ -1,0 +1,131 @@
+from types import SimpleNamespace
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from paperlib.metrics.cooccurrence import WithinStats
+from paperlib.report import figures
+
+matplotlib.use("Agg")
+EDGES = np.linspace(-1, 1, 2001)
+
+
+def _stats(phi: np.ndarray, n_features: int, n_dead: int = 0) -> WithinStats:
+    counts, _ = np.histogram(phi, EDGES)
+    a = np.abs(phi)
+    return WithinStats(T=1000, n_features=n_features, n_pairs=len(phi), sum_abs=float(a.sum()),
+                       sumsq=float((phi ** 2).sum()), mean_abs_phi=float(a.mean()), var_abs_phi=float(a.var()),
+                       std_abs_phi=float(a.std()), n_negative=int((phi < 0).sum()),
+                       frac_negative=float((phi < 0).mean()), median_phi=float(np.median(phi)), median_err=1e-3,
+                       max_phi=float(phi.max()), min_phi=float(phi.min()), mean_phi=float(phi.mean()), n_dead=n_dead,
+                       n_always_on=0, exclude_degenerate=False, hist_edges=EDGES, hist_counts=counts)
+
+
+def _bars(ax):
+    return np.array([p.get_height() for p in ax.patches])
+
+
+def test_arm_colours_are_one_per_arm():
+    c = figures.ARM_COLORS
+    assert len(set(c.values())) == len(c)
+    assert figures.arm_color("joint-l0.3-s1-seed2") == c["joint"] == figures.arm_color("joint")
+    assert figures.arm_color("solo-seed3") == c["solo"] and figures.arm_color("randcritic-l0.3-s1") == c["randcritic"]
+    assert figures.arm_color("ortho-g0.1") == c["ortho"] and figures.arm_color("???") == figures.OTHER_COLOR
+    shades = figures.lambda_shades([1.0, 0.1, 0.3])
+    assert list(shades) == [0.1, 0.3, 1.0] and len(set(shades.values())) == 3
+    assert figures.lambda_shades([0.3]) == {0.3: c["joint"]}
+
+
+def test_caption_names_profile_model_layer():
+    cap = figures.figure_caption("smoke")
+    assert "smoke" in cap and "smollm2-135m" in cap and "layer 3" in cap
+
+
+def test_fig1a_keeps_dead_pairs_out_of_the_difference():
+    """The joint run has 40 extra dead latents (all their pairs at φ = 0) but the same alive pairs: the
+    alive-pair difference is flat, and the dead pairs show up only in the pairs-by-kind panel."""
+    g = np.random.default_rng(0)
+    alive = np.clip(g.laplace(0, 0.02, 5000), -1, 1)
+    s_alive, j_alive = _stats(alive, 100), _stats(alive, 100)
+    s_all = _stats(np.concatenate([alive, np.zeros(300)]), 103, n_dead=3)
+    j_all = _stats(np.concatenate([alive, np.zeros(4000)]), 140, n_dead=40)
+    cap = figures.figure_caption("smoke")
+    fig = figures.fig1a_phi_density(s_all, j_all, joint_label="joint-l0.3-s1", solo_alive=s_alive,
+                                    joint_alive=j_alive, caption=cap)
+    assert cap in fig._suptitle.get_text()
+    dens, diff, tail, kinds, zoom = fig.axes
+    assert np.allclose(_bars(diff), 0) and np.allclose(_bars(zoom), 0)
+    assert "alive pairs" in diff.get_title() and tail.get_yscale() == "log"
+    assert zoom.get_xlim()[0] == pytest.approx(0.1)
+    heights = sorted(_bars(kinds))  # alive pairs per arm, then pairs with a dead/inactive latent per arm
+    assert heights == sorted([5000, 5000, 300, 4000])
+    # the old, unsplit call still works: there the extra dead latents make the spike at 0
+    fig = figures.fig1a_phi_density(s_all, j_all)
+    assert _bars(fig.axes[1]).max() > 1
+    with pytest.raises(ValueError, match="both"):
+        figures.fig1a_phi_density(s_all, j_all, solo_alive=s_alive)
+
+
+def _recon(counts, T=10_000, l0=8.0):
+    counts = np.asarray(counts)
+    return SimpleNamespace(firing_counts=counts, firing_n_tokens=T, n_dead=int((counts == 0).sum()),
+                           thresholded=SimpleNamespace(l0=l0))
+
+
+def test_appb_counts_dead_latents_and_shows_only_occupied_decades():
+    solo = _recon([0] * 3 + [10, 50, 100, 500, 1000])
+    joint = _recon([0] * 12 + [20, 60, 120, 800])
+    fig = figures.appb_firing_rates({"solo": solo, "joint-l0.3-s1": joint}, caption="profile x")
+    dead_ax, ax = fig.axes
+    assert sorted(_bars(dead_ax)) == [3, 12]  # dead latents drawn, per arm
+    lo, hi = ax.get_xlim()
+    assert lo >= np.log10(10 / 10_000) - 0.1 - 1e-9 and hi <= 0  # no empty decades down to 1e-8
+    assert [p.get_facecolor()[:3] for p in dead_ax.patches] == [pytest.approx(figures.arm_color(a)) for a in
+                                                                ("solo", "joint")]
+
+
+def test_fig2_shows_delta_ci_p_in_arm_colours():
+    pairs = pd.DataFrame({"fuzz_solo": [1 / 3, 1 / 3, -1 / 3, 1.0], "fuzz_joint": [1 / 3, -1 / 3, -1 / 3, 1 / 3]})
+    summary = {"delta": -0.25, "ci_low": -0.6, "ci_high": 0.1, "p": 0.18, "n_pairs": 4}
+    fig = figures.fig2_autointerp(pairs, summary, joint_label="joint-l0.3-s1", caption="profile x")
+    hist, diff, delta = fig.axes
+    assert "95% CI [-0.600, +0.100]" in delta.get_title() and "p = 0.18" in delta.get_title()
+    colours = {tuple(np.round(p.get_facecolor()[:3], 6)) for p in hist.patches}
+    assert colours == {tuple(np.round(figures.ARM_COLORS[a], 6)) for a in ("solo", "joint")}
+    assert delta.get_xlim()[0] < -0.6 and delta.get_xlim()[1] > 0.1
+
+
+def test_gemma_figure_uses_fig1b_axes():
+    t = pd.DataFrame({"run": ["solo", "joint-l0.1-s1", "joint-l1-s1"], "lambda2": [np.nan, 0.1, 1.0],
+                      "sigma2": [np.nan, 1.0, 1.0], "dphi_pct": [0, 0.4, 1.7], "dl2_pct": [0, 0.0, 3.7],
+                      "dfuzz": [0, -0.08, -0.2], "dfuzz_se": [np.nan, 0.15, 0.16], "n_fuzz": [16, 16, 16],
+                      "fuzz_mean": [0.29, 0.21, 0.08]})
+    g = figures.gemma_grid_figure(t, caption="profile gemma-3-270m")
+    grid = pd.DataFrame({"run": ["solo", "joint-l0.1-s1"], "arm": ["solo", "joint"], "seed": [0, 0],
+                         "lambda2": [np.nan, 0.1], "sigma2": [np.nan, 1.0], "delta_l2_pct": [0, 1.0],
+                         "delta_phi_pct": [0, -1.0]})
+    b = figures.fig1b_grid_scatter(grid)
+    assert (g.axes[0].get_xlabel(), g.axes[0].get_ylabel()) == (b.axes[0].get_xlabel(), b.axes[0].get_ylabel())
+    assert g.axes[0].get_xlabel() == "ΔL2 vs solo (%)"
+    pts = np.concatenate([c.get_offsets() for c in g.axes[0].collections if len(c.get_offsets())])
+    assert [3.7, 1.7] in pts.tolist()  # (x = ΔL2, y = Δ mean |φ|)
+
+
+def test_ground_truth_fraction_axes_are_not_truncated():
+    df = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "arm": ["solo", "joint"], "label": ["solo", "joint"],
+                       "mean_abs_phi": [0.0100, 0.0096], "recovered_frac": [0.633, 0.613],
+                       "blend_frac": [0.254, 0.270], "recovered_group": [0, 0], "recovered_pair": [0.75, 0.73],
+                       "recovered_independent": [0.93, 0.90]})
+    fig = figures.ground_truth_figure(df, caption="synthetic")
+    assert all(ax.get_ylim() == (0, 1) for ax in fig.axes)
+
+
+def test_one_style_and_rc_untouched():
+    before = dict(matplotlib.rcParams)
+    fig = figures.ground_truth_figure(pd.DataFrame({
+        "run": ["solo"], "arm": ["solo"], "label": ["solo"], "mean_abs_phi": [0.01], "recovered_frac": [0.5],
+        "blend_frac": [0.2], "recovered_group": [0], "recovered_pair": [0.5], "recovered_independent": [0.5]}))
+    assert any(line.get_visible() for line in fig.axes[0].get_ygridlines())  # seaborn whitegrid
+    assert dict(matplotlib.rcParams) == before
