@@ -64,6 +64,10 @@ class OpenAIJudge(JudgeStats):
         max_consecutive_failures: int = 5,
     ):
         super().__init__()
+        for name, value, low in (("timeout", timeout, 0), ("max_retries", max_retries, -1),
+                                 ("max_consecutive_failures", max_consecutive_failures, 0)):
+            if not value > low:
+                raise ValueError(f"OpenAIJudge {name} must be > {low}, got {value!r}")
         self.model = model or os.environ.get("OPENAI_MODEL")
         if not self.model:
             raise ValueError("OpenAIJudge needs a model name (argument model or OPENAI_MODEL)")

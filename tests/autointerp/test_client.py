@@ -88,3 +88,10 @@ def test_activation_prediction_and_pick(server, tmp_path):
     j = make_judge(server, tmp_path)
     assert j.predict_activations("cats", ITEMS) == [[0.0, 7.0], [0.0, 7.0]]
     assert j.pick("cats", ["x", "y"]) == 1
+
+
+@pytest.mark.parametrize("kw,name", [(dict(timeout=0), "timeout"), (dict(max_retries=-1), "max_retries"),
+                                     (dict(max_consecutive_failures=0), "max_consecutive_failures")])
+def test_settings_are_validated_by_name(server, tmp_path, kw, name):
+    with pytest.raises(ValueError, match=name):
+        OpenAIJudge(model="m", base_url=server.url, **kw)
