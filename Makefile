@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
 EXPORT_DIR ?= exports/$(PROFILE)
+EXPORT_FLAGS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: install reproduce test lint bench bench-peers export clean-artifacts
@@ -47,9 +48,10 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/peers.py
 
-# Every trained SAE of PROFILE in the SAELens format, one folder per run under EXPORT_DIR.
+# Every trained SAE of PROFILE in the SAELens format, one folder per run under EXPORT_DIR. SAEs with per-dim +
+# per-token input normalisation (gemma-3-270m) need EXPORT_FLAGS=--accept-prenormalised (inputs sae.normalize(x)).
 export: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m paperlib.stages.export --profile $(PROFILE) --all --out $(EXPORT_DIR)
+	HF_HUB_OFFLINE=1 $(PY) -m paperlib.stages.export --profile $(PROFILE) --all --out $(EXPORT_DIR) $(EXPORT_FLAGS)
 
 clean-artifacts:
 	rm -rf artifacts
