@@ -67,3 +67,13 @@ def test_untrained_run_is_refused(env, tmp_path):
     p, _ = env
     with pytest.raises(FileNotFoundError, match="not trained"):
         export.export_runs(p, ["joint-l3-s0.5"], tmp_path, progress=False)
+
+
+def test_module_runs_as_a_command(tmp_artifacts):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "paperlib.stages.export", "--help"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "--accept-prenormalised" in out.stdout and "--all" in out.stdout
+    assert export.main(["--profile", "smoke", "--all", "--out", str(tmp_artifacts / "x")]) == 1  # nothing trained
