@@ -1,6 +1,7 @@
 """``make reproduce``: run notebooks 01 → 08 through papermill, skipping unchanged stages.
 
     python -m paperlib.reproduce --profile default [--force] [--only 03_cooccurrence]
+    python -m paperlib.reproduce --profile default --verify    # check every artifact in full, run nothing
 
 Each stage's key hashes the notebook, the library sources, the profile, the stage parameters and
 the keys of the stages before it; a stage whose key equals the one recorded after its last
@@ -22,11 +23,15 @@ from pathlib import Path
 
 import torch
 
-from paperlib.config.io import read_json, write_json
-from paperlib.config.paths import REPO_ROOT
-from paperlib.config.profiles import get_profile, second_model
+from paperlib.config.io import ArtifactError, read_json, write_json
+from paperlib.config.paths import REPO_ROOT, runs_dir
+from paperlib.config.profiles import Profile, get_profile, second_model
+from paperlib.data.activations import verify_cache
 from paperlib.report.summary import write_readme_results, write_summary
+from paperlib.sae.trainer import is_done, read_config_file, read_metrics_file
 from paperlib.stages.cache import PACKAGE_ROOT, code_digest, digest
+from paperlib.stages.run import Run
+from paperlib.stages.train import check_weights
 
 
 @dataclass(frozen=True)
@@ -154,12 +159,37 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     return 0
 
 
+def verify(profile: str | Profile) -> list[str]:
+    """Problems found in a profile's artifacts (empty: intact): every activation-cache file checked in full
+    (:func:`~paperlib.data.activations.verify_cache`), and every trained run's record, weights fingerprint,
+    configuration and training log. Each problem names the file and what to delete."""
+    p = get_profile(profile)
+    problems = verify_cache(p)
+    for run_dir in sorted(runs_dir(p).glob("*/")) if runs_dir(p).is_dir() else []:
+        if not is_done(run_dir):
+            continue
+        try:
+            run = Run.of(p, run_dir.name)
+            check_weights(run)
+            read_config_file(run_dir)
+            read_metrics_file(run_dir)
+        except (ArtifactError, ValueError, OSError) as err:
+            problems.append(str(err))
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Regenerate the paper's figures and tables.")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--force", action="store_true", help="re-run every stage")
     ap.add_argument("--only", nargs="*", help="stage names to run (e.g. 03_cooccurrence)")
+    ap.add_argument("--verify", action="store_true",
+                    help="check the profile's artifacts in full (checksums of large files too) and run nothing")
     args = ap.parse_args(argv)
+    if args.verify:
+        problems = verify(args.profile)
+        print("\n".join(problems) if problems else f"profile {args.profile!r}: artifacts intact")
+        return 1 if problems else 0
     return run(args.profile, force=args.force, only=args.only)
 
 

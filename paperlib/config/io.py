@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -63,8 +64,33 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=_jsonable, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+class ArtifactError(ValueError):
+    """A stored artifact is missing, damaged or does not match its record; the message names the file and the fix."""
+
+
+def damaged(path: str | os.PathLike, problem: str, delete: str | os.PathLike | None = None) -> ArtifactError:
+    """The one error for a bad artifact: which file, what is wrong, and what to delete before re-running."""
+    target = Path(delete) if delete is not None else Path(path)
+    return ArtifactError(f"{path}: {problem}. Delete {target} and re-run to rebuild it")
+
+
+def read_json(path: str | os.PathLike, delete: str | os.PathLike | None = None) -> Any:
+    """Parse a JSON file; a damaged (unparsable) one raises :class:`ArtifactError` naming it and what to delete
+    (``delete``, default the file itself)."""
+    text = Path(path).read_text(errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise damaged(path, f"damaged JSON ({err})", delete) from None
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -12,10 +12,16 @@ BOS positions are dropped when ``profile.data.drop_bos`` (the default: the BOS r
 outlier that carries no text). Each shard is written atomically, so a killed extraction resumes
 at the first missing shard; a finished range is consolidated into one file. A cache whose
 settings differ from the profile's is refused, never silently reused.
+
+The manifest records the size, shape and SHA-256 of every finished file. Opening a range checks its
+shape and size always and its checksum when the file is small (:data:`VERIFY_ON_OPEN_BYTES`); large
+files are checked in full on demand (:func:`verify_cache`, ``python -m paperlib.reproduce --verify``).
+A missing, damaged, shortened or changed file raises one error naming it and the folder to delete.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,13 +33,15 @@ import torch
 from tqdm.auto import tqdm
 
 from paperlib.config.checks import NonFiniteError
-from paperlib.config.io import atomic_path, provenance, read_json, write_json
+from paperlib.config.io import ArtifactError, atomic_path, damaged, file_sha256, provenance, read_json, write_json
 from paperlib.config.paths import activations_dir
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.data.corpus import RANGE_NAMES, build_token_matrix, token_ranges
 from paperlib.data.lm import block_envoy, decoder_layers, load_lm
 
 SHARD_TOKENS = 32_768
+VERIFY_ON_OPEN_BYTES = 16 << 20
+"""Cache files up to this size are checksummed every time they are opened; larger ones by :func:`verify_cache`."""
 FP16_MAX = 65504.0
 
 
@@ -96,14 +104,15 @@ class ActivationCache:
             raise RuntimeError(f"range {name!r} of {self.root} is not extracted yet; call load_cache()")
 
     def acts(self, name: str) -> np.ndarray:
-        """fp16 [T, d] activations of a range (memory-mapped, read-only)."""
+        """fp16 [T, d] activations of a range (memory-mapped, read-only), checked against the manifest:
+        shape always, checksum when the file is small (:func:`open_checked`)."""
         self._check(name)
-        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+        return open_checked(self.root, f"{name}.npy", self.manifest, (self.n_tokens(name), self.d))
 
     def token_ids(self, name: str) -> np.ndarray:
         """int64 [rows, context] token ids of a range (BOS included)."""
         start, stop = self.settings["row_spans"][name]
-        return np.asarray(np.load(self.root / "tokens.npy", mmap_mode="r")[start:stop], dtype=np.int64)
+        return np.asarray(open_checked(self.root, "tokens.npy", self.manifest)[start:stop], dtype=np.int64)
 
     def positions(self, name: str) -> np.ndarray:
         """int64 [T, 2]: (row within the range, position in the row) of each activation row."""
@@ -118,11 +127,68 @@ class ActivationCache:
         return (stop - start) * (self.settings["context"] - int(self.settings["drop_bos"]))
 
 
+def file_record(path: Path, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """What the manifest records of a cache file: its size, shape and SHA-256."""
+    return {"bytes": path.stat().st_size, "shape": list(shape) if shape else None, "sha256": file_sha256(path)}
+
+
+@functools.cache
+def _checksum_ok(path: str, mtime_ns: int, size: int, sha256: str) -> bool:
+    return file_sha256(path) == sha256
+
+
+def open_checked(root: Path, fname: str, manifest: dict[str, Any], shape: tuple[int, ...] | None = None,
+                 *, full: bool = False) -> np.ndarray:
+    """Memory-map ``root/fname`` after checking it against the manifest: it exists and parses, its shape is
+    ``shape`` (and the recorded one), its size is the recorded one, and its SHA-256 matches when the file is at
+    most :data:`VERIFY_ON_OPEN_BYTES` (or ``full``; larger files: :func:`verify_cache`). Any failure raises one
+    :class:`~paperlib.config.io.ArtifactError` naming the file and telling to delete the cache folder."""
+    path = root / fname
+    if not path.exists():
+        raise damaged(path, "missing from the activation cache", root)
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as err:
+        raise damaged(path, f"unreadable ({err})", root) from None
+    rec = manifest.get("files", {}).get(fname)
+    want = shape or (tuple(rec["shape"]) if rec and rec.get("shape") else None)
+    if want is not None and tuple(arr.shape) != tuple(want):
+        raise damaged(path, f"shape {tuple(arr.shape)} does not match the manifest's {tuple(want)}", root)
+    if rec:
+        st = path.stat()
+        if st.st_size != rec["bytes"]:
+            raise damaged(path, f"{st.st_size} bytes, the manifest records {rec['bytes']}", root)
+        if (full or st.st_size <= VERIFY_ON_OPEN_BYTES) and not _checksum_ok(str(path), st.st_mtime_ns,
+                                                                            st.st_size, rec["sha256"]):
+            raise damaged(path, "content changed since extraction (SHA-256 differs from the manifest)", root)
+    return arr
+
+
+def verify_cache(profile: str | Profile) -> list[str]:
+    """Check every file of the profile's activation cache in full (checksums of large files included); return
+    the problems found (empty: the cache is intact). A missing cache is a problem too."""
+    p = get_profile(profile)
+    root = activations_dir(p)
+    try:
+        manifest = _read_manifest(root, cache_settings(p))
+    except (ArtifactError, CacheMismatchError) as err:
+        return [str(err)]
+    if manifest is None:
+        return [f"{root}: no activation cache (it is built on first use)"]
+    problems = []
+    for fname in manifest.get("files", {}):
+        try:
+            open_checked(root, fname, manifest, full=True)
+        except ArtifactError as err:
+            problems.append(str(err))
+    return problems
+
+
 def _read_manifest(root: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     path = root / "manifest.json"
     if not path.exists():
         return None
-    manifest = read_json(path)
+    manifest = read_json(path, delete=root)
     if manifest.get("settings") != settings:
         old = manifest.get("settings", {})
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
@@ -182,7 +248,7 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
     tokens = np.load(tok_path, mmap_mode="r")
     if manifest is None:
         manifest = {"settings": settings, "complete": {r: False for r in RANGE_NAMES}, "d": None,
-                    "max_abs": {}, **provenance()}
+                    "max_abs": {}, "files": {"tokens.npy": file_record(tok_path, tokens.shape)}, **provenance()}
         write_json(root / "manifest.json", manifest)
     device = next(lm._module.parameters()).device
     shard_rows = _shard_rows(p)
@@ -227,6 +293,8 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
         manifest["max_abs"][name] = max_abs
         manifest["d"] = int(np.load(root / f"{name}.npy", mmap_mode="r").shape[1])
         manifest["complete"][name] = True
+        manifest.setdefault("files", {})[f"{name}.npy"] = file_record(root / f"{name}.npy", (
+            (stop - start) * (p.data.context - first), manifest["d"]))
         manifest["n_tokens"] = {**manifest.get("n_tokens", {}), name: int(
             (stop - start) * (p.data.context - first))}
         write_json(root / "manifest.json", manifest)

@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from paperlib.config.checks import NonFiniteError, check_chunk
-from paperlib.config.io import atomic_path, provenance, read_json, write_json
+from paperlib.config.io import atomic_path, damaged, provenance, read_json, write_json
 from paperlib.metrics.firing import iter_pre_acts
 from paperlib.sae.models import batch_topk_mask
 
@@ -149,8 +150,11 @@ class Calibration:
     @classmethod
     def load(cls, directory: str | Path) -> Calibration:
         d = Path(directory)
-        arrays = load_file(str(d / "thresholds.safetensors"))
-        info = read_json(d / "calibration.json")
+        try:
+            arrays = load_file(str(d / "thresholds.safetensors"))
+        except (SafetensorError, OSError) as err:
+            raise damaged(d / "thresholds.safetensors", f"unreadable ({err})", d) from None
+        info = read_json(d / "calibration.json", delete=d)
         return cls(n_tokens=int(info["n_tokens"]), k=int(info["k"]), mode=info["mode"],
                    meta=info.get("meta", {}), **{name: arrays[name] for name in ARRAY_FIELDS})
 

@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from paperlib.config.checks import NonFiniteError, nonfinite_error
-from paperlib.config.io import atomic_path, provenance, read_json, write_json
+from paperlib.config.io import atomic_path, damaged, provenance, read_json, write_json
 from paperlib.config.profiles import INPUT_NORMS, Profile, get_profile
 from paperlib.sae.arms import PenaltyInputs, RunSpec, arm_of, parse_run
 from paperlib.sae.models import BatchTopKSAE, MetaSAE
@@ -418,23 +419,31 @@ class Trainer:
 
     def load_checkpoint(self, ckpt_dir: Path) -> int:
         """Restore from ``ckpt_dir``; return the metrics line count recorded with it."""
-        meta = read_json(ckpt_dir / "checkpoint.json")
+        meta = read_json(ckpt_dir / "checkpoint.json", delete=ckpt_dir)
         if _recorded_config(meta["config"]) != dataclasses.asdict(self.cfg):
             raise ValueError(
                 f"checkpoint in {ckpt_dir} was written with a different configuration; "
                 "delete the run directory or pass resume=False"
             )
-        self.load_state_tensors(load_file(str(ckpt_dir / meta["file"])))
+        path = ckpt_dir / str(meta.get("file"))
+        try:
+            self.load_state_tensors(load_file(str(path)))
+        except (SafetensorError, OSError, KeyError, RuntimeError) as err:
+            raise damaged(path, f"damaged checkpoint ({type(err).__name__}: {err}); the run restarts from step 0 "
+                          "once it is gone", ckpt_dir) from None
         self.step, self.meta_steps = int(meta["step"]), int(meta["meta_steps"])
         self.last_meta_mse = float(meta["last_meta_mse"])
         return int(meta["metrics_lines"])
 
 
 def _truncate_lines(path: Path, n_lines: int) -> None:
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
+    """Cut ``metrics.jsonl`` back to the ``n_lines`` lines its checkpoint recorded (steps logged after the
+    checkpoint are re-run). Fewer complete lines than that would leave a silent gap: refused, naming the file."""
+    lines = path.read_text(errors="replace").splitlines(keepends=True) if path.exists() else []
     keep = [ln for ln in lines[:n_lines] if ln.endswith("\n")]
+    if len(keep) < n_lines:
+        raise damaged(path, f"{len(keep)} complete lines, but the checkpoint was written after {n_lines}; resuming "
+                      "would leave a gap in the training log", path.parent)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(keep))
 
@@ -625,9 +634,19 @@ def read_metrics_file(out_dir: str | Path) -> list[dict]:
     path = Path(out_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics file at {path}")
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    try:
+        records = [json.loads(ln) for ln in lines]
+    except json.JSONDecodeError as err:
+        raise damaged(path, f"damaged line in the training log ({err})", out_dir) from None
+    done = Path(out_dir) / "done.json"
+    steps = int(read_json(done, delete=out_dir).get("steps", 0)) if done.exists() else 0
+    if len(records) < steps:
+        raise damaged(path, f"{len(records)} records, but the finished run took {steps} steps (truncated log)",
+                      out_dir)
+    return records
 
 
 def read_config_file(out_dir: str | Path) -> dict:
-    """The ``config.json`` recorded next to a finished run."""
-    return read_json(Path(out_dir) / "config.json")
+    """The ``config.json`` recorded next to a finished run (a damaged one raises, naming the run to delete)."""
+    return read_json(Path(out_dir) / "config.json", delete=out_dir)

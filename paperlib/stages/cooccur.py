@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from paperlib.config.io import atomic_path, read_json, write_json
+from paperlib.config.io import atomic_path, damaged, read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
 from paperlib.metrics.cooccurrence import (
@@ -87,7 +88,7 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResul
     :class:`CooccurrenceResult` (stored as ``result.json``); the firing matrix is kept (:func:`load_firing`)."""
     d = cache.stage_dir("cooccurrence", run)
     if cache.is_fresh("cooccurrence", run):
-        return CooccurrenceResult.from_json(read_json(d / "result.json"))
+        return CooccurrenceResult.from_json(read_json(d / "result.json", delete=d))
     theta = thresholds(run, progress=progress)
     sae = load_run(run)
     acts = load_cache(run.profile).acts("cooccurrence")
@@ -111,4 +112,8 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResul
 def load_firing(run: Run) -> sp.csr_matrix:
     """The binary firing matrix [T, n] of ``run`` on the co-occurrence range (CSR, bool)."""
     ensure_cooccurrence(run, progress=False)
-    return sp.load_npz(cache.stage_dir("cooccurrence", run) / "firing.npz").tocsr()
+    d = cache.stage_dir("cooccurrence", run)
+    try:
+        return sp.load_npz(d / "firing.npz").tocsr()
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
+        raise damaged(d / "firing.npz", f"unreadable firing matrix ({err})", d) from None

@@ -84,7 +84,7 @@ def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionR
     """
     d = cache.stage_dir("reconstruction", run)
     if cache.is_fresh("reconstruction", run):
-        return ReconstructionResult.from_json(read_json(d / "result.json"))
+        return ReconstructionResult.from_json(read_json(d / "result.json", delete=d))
     p = run.profile
     theta = thresholds(run, progress=progress)
     sae = load_run(run)

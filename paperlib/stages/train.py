@@ -13,15 +13,16 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from paperlib.config.io import read_json, write_json
+from paperlib.config.io import ArtifactError, damaged, read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import ActivationCache, load_cache
 from paperlib.sae.models import BatchTopKSAE, MetaSAE
@@ -133,16 +134,34 @@ def _require_trained(run: Run) -> None:
         raise FileNotFoundError(f"run {run} {why} ({run.dir}); call ensure_trained(profile, [{run.name!r}]) first")
 
 
+def check_weights(run: Run) -> None:
+    """The trained weights are the ones recorded in ``train.json`` (SHA-256 of ``sae/``); else ArtifactError."""
+    recorded = read_json(run.dir / RECORD, delete=run.dir).get("weights")
+    if recorded is not None and recorded != run.weights_fingerprint():
+        raise damaged(run.dir / "sae", f"weights changed since training (fingerprint {run.weights_fingerprint()}, "
+                      f"recorded {recorded})", run.dir)
+
+
+def _load(run: Run, loader: Callable[..., Any], device: str | torch.device) -> Any:
+    """``loader(run.dir)``; damaged weight files raise one ArtifactError naming the run directory to delete."""
+    _require_trained(run)
+    check_weights(run)
+    try:
+        return loader(run.dir, device=device)
+    except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as err:
+        if isinstance(err, (ArtifactError, FileNotFoundError)):
+            raise
+        raise damaged(run.dir, f"damaged trained weights ({type(err).__name__}: {err})") from None
+
+
 def load_run(run: Run, device: str | torch.device = "cpu") -> BatchTopKSAE:
     """The trained primary SAE of ``run``."""
-    _require_trained(run)
-    return load_trained_sae(run.dir, device=device)
+    return _load(run, load_trained_sae, device)
 
 
 def load_meta(run: Run, device: str | torch.device = "cpu") -> MetaSAE:
     """The meta SAE of a run whose arm has one."""
-    _require_trained(run)
-    return load_trained_meta(run.dir, device=device)
+    return _load(run, load_trained_meta, device)
 
 
 def read_metrics(run: Run) -> list[dict]:
