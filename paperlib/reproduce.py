@@ -4,10 +4,12 @@
     python -m paperlib.reproduce --profile default --verify    # check every artifact in full, run nothing
 
 Each stage's key hashes the notebook, the library sources, the profile, the stage parameters and
-the keys of the stages before it; a stage whose key equals the one recorded after its last
-successful run (``executed/<profile>/stages.json``) is skipped. Executed copies with outputs are
-kept in ``executed/<profile>/`` (git-ignored). The run stops at the first failing stage and names
-the notebook and the cell. Finally ``tables/summary.md`` is regenerated.
+the keys of the stages before it and where the artifacts and outputs go; a stage whose key equals the
+one recorded after its last successful run (``<artifacts>/<profile>/reproduce/stages.json``) is
+skipped. Executed copies with outputs are kept beside that record. ``PAPERLIB_ARTIFACTS``,
+``PAPERLIB_OUTPUTS`` and ``PAPERLIB_CACHE`` are resolved to absolute paths once, before any notebook
+runs. The run stops at the first failing stage and names the notebook and the cell. Finally
+``tables/summary.md`` is regenerated.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from paperlib.config.io import ArtifactError, read_json, write_json
-from paperlib.config.paths import REPO_ROOT, runs_dir
+from paperlib.config.paths import REPO_ROOT, output_dirs, profile_dir, runs_dir
 from paperlib.config.profiles import Profile, get_profile, second_model
 from paperlib.data.activations import verify_cache
 from paperlib.report.summary import write_readme_results, write_summary
@@ -100,16 +103,35 @@ def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
+LOCATION_VARIABLES = ("PAPERLIB_ARTIFACTS", "PAPERLIB_OUTPUTS", "PAPERLIB_CACHE")
+
+
+def absolute_locations(profile: str) -> dict[str, str]:
+    """Resolve the location variables to absolute paths once, in ``os.environ`` (the notebook kernels inherit
+    them and run in ``notebooks/``, where a relative path would point elsewhere); return where this run's
+    artifacts and outputs go. Stage keys include it, so a new artifacts or outputs folder re-runs every stage."""
+    for var in LOCATION_VARIABLES:
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    return {"artifacts": str(profile_dir(profile)), "outputs": [str(d) for d in output_dirs(profile)]}
+
+
+def record_dir(profile: str) -> Path:
+    """Where the stage record (``stages.json``) and the executed notebooks live: under the profile's artifacts,
+    beside the results they describe."""
+    return profile_dir(profile) / "reproduce"
+
+
 def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> int:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     get_profile(profile)  # fail early on an unknown name
-    out_dir = REPO_ROOT / "executed" / profile
+    upstream = digest(absolute_locations(profile))
+    out_dir = record_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / "stages.json"
-    record = read_json(record_path) if record_path.exists() else {}
-    upstream = ""
+    record = read_json(record_path, delete=record_path) if record_path.exists() else {}
     timings: list[tuple[str, str, float]] = []
     pipeline = [s for s in stages(profile) if (REPO_ROOT / "notebooks" / s.notebook).exists()]
     gflops = matmul_gflops()

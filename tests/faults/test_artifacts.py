@@ -4,7 +4,9 @@ manifests and result files each give one error naming the file and what to delet
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +128,48 @@ def test_damaged_results_and_weights_name_the_folder(tmp_artifacts, tmp_path, mo
     w.write_bytes(w.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(ArtifactError, match=r"sae: weights changed since training .* Delete .*solo and re-run"):
         train.load_run(run)
+
+
+@pytest.fixture()
+def fake_pipeline(tmp_artifacts, monkeypatch):
+    """reproduce.run with every notebook replaced by a recorder of where it would write."""
+    import papermill
+
+    from paperlib import reproduce
+    ran = []
+
+    def execute(src, dst, parameters, cwd, **kw):
+        ran.append((Path(src).name, os.environ.get("PAPERLIB_OUTPUTS")))
+        Path(dst).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(reproduce, "matmul_gflops", lambda: 100.0)
+    monkeypatch.setattr(reproduce, "write_summary", lambda *a, **kw: tmp_artifacts / "summary.md")
+    return reproduce, ran
+
+
+def test_reproduce_records_skips_beside_the_artifacts_and_outputs_it_describes(fake_pipeline, tmp_path,
+                                                                             monkeypatch):
+    reproduce, ran = fake_pipeline
+    assert reproduce.run("smoke") == 0 and len(ran) == 8
+    assert (reproduce.record_dir("smoke") / "stages.json").exists()
+    assert str(reproduce.record_dir("smoke")).startswith(str(tmp_path))
+    ran.clear()
+    assert reproduce.run("smoke") == 0 and ran == []  # unchanged: skipped
+    monkeypatch.setenv("PAPERLIB_OUTPUTS", str(tmp_path / "new-outputs"))
+    reproduce.run("smoke")
+    assert len(ran) == 8  # a new outputs folder is filled, not skipped
+    ran.clear()
+    monkeypatch.setenv("PAPERLIB_ARTIFACTS", str(tmp_path / "empty-artifacts"))
+    reproduce.run("smoke")
+    assert len(ran) == 8  # an empty artifacts folder is rebuilt
+
+
+def test_reproduce_resolves_relative_locations_once(fake_pipeline, tmp_path, monkeypatch):
+    reproduce, ran = fake_pipeline
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAPERLIB_OUTPUTS", "rel-outputs")
+    monkeypatch.setenv("PAPERLIB_ARTIFACTS", "rel-artifacts")
+    reproduce.run("smoke")
+    assert {o for _, o in ran} == {str(tmp_path / "rel-outputs")}
+    assert os.environ["PAPERLIB_ARTIFACTS"] == str(tmp_path / "rel-artifacts")
