@@ -17,7 +17,9 @@ base_url: Optional[str] = None     # e.g. "http://127.0.0.1:8000/v1" when judge 
 judge_model: Optional[str] = None  # judge model name (local default: smollm2-135m)
 n_features: Optional[int] = None   # matched pairs to score (None → profile.eval.autointerp_features)
 sanity_n: Optional[int] = None     # sanity-check trials (None → 40; 20 on smoke)
-seed: int = 0                      # seeds the pair sample, the sanity set and the judge's fuzz items''',
+seed: int = 0                      # seeds the pair sample, the sanity set and the judge's fuzz items
+min_answered: float = 0.9          # least share of trials and features the judge must answer
+allow_partial: bool = False        # True keeps going with missing answers, reported per side''',
     [
         '''import warnings
 
@@ -40,10 +42,11 @@ print(f"comparing {solo_name} vs {joint_name}; {n_pairs_wanted} matched pairs; j
                "category description? Chance = 0.5."),
         '''jdg = interp.make_judge(judge, base_url, judge_model, profile=ctx.profile)
 sanity = interp.ensure_sanity(ctx.profile, jdg, n=sanity_n or interp.default_sanity_n(ctx.profile),
-                              seed=seed)
+                              seed=seed, min_answered=min_answered, allow_partial=allow_partial)
 print(f"judge {sanity['judge']}: {sanity['correct']}/{sanity['n']} = {sanity['accuracy']:.3f} "
       f"(95% Wilson CI [{sanity['wilson_low']:.3f}, {sanity['wilson_high']:.3f}]), "
-      f"one-sided binomial p = {sanity['p_value']:.2g} vs chance 0.5")
+      f"one-sided binomial p = {sanity['p_value']:.2g} vs chance 0.5; "
+      f"{sanity.get('n_missing', 0)} trials unanswered")
 if not sanity["significant"]:
     msg = ("WARNING: the judge is NOT significantly above chance on the sanity set; "
            "the fuzzing scores and Δfuzz below are not trustworthy.")
@@ -58,9 +61,12 @@ save_figure(fig, ctx.figures, "autointerp_match_cosine")''',
         ("md", "## Explain and fuzz-score both sides of the sampled pairs"),
         '''solo_run, joint_run = Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name)
 pairs, summary = interp.compare_runs(solo_run, joint_run, n_pairs_wanted, jdg,
-                                     seed=seed, n_workers=1 if judge == "local" else 8)
+                                     seed=seed, n_workers=1 if judge == "local" else 8,
+                                     min_answered=min_answered, allow_partial=allow_partial)
 print(f"scored {summary['n_new_features']} new features, "
       f"{summary['sec_per_feature']:.2f} s per feature (NaN = all cached)")
+print(f"features with missing judge answers: solo {summary['n_missing_solo']}, "
+      f"joint {summary['n_missing_joint']} of {summary['n_sampled']} sampled per side")
 {k: summary[k] for k in ("n_sampled", "n_pairs", "mean_solo", "mean_joint", "delta", "t", "p")}''',
         ("md", "## Fig. 2: fuzz scores (joint − solo): densities, their difference, Δ with 95% CI and p"),
         '''fig = figures.fig2_autointerp(pairs, summary, solo_label=solo_name, joint_label=joint_name,
