@@ -4,8 +4,10 @@ the reproduced one.
 Reads the tables the notebooks wrote (``primary_paired_seeds``, ``primary_rate_matched``, ``convergence``,
 Table 1, reconstruction, auto-interp, the second-model grid, ground truth) from
 ``paths.output_dirs(profile)``; a number whose stage has not run is shown as "not run". Every sentence
-that judges a result is computed from the numbers in those tables. Records the profile, token counts,
-package versions and git revision.
+that judges a result is computed from the numbers in those tables. The published selection
+(``selected.json``) is read with :func:`paperlib.stages.select.load_selection`, so a damaged file or one
+naming a run outside the grid fails with the same message as the selection stage. Records the profile,
+token counts, package versions and git revision.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from paperlib.config.io import provenance, read_json, write_text
+from paperlib.config.io import provenance, write_text
 from paperlib.config.paths import output_dirs, second_model_output_dirs
 from paperlib.config.profiles import Profile, get_profile, second_model
 from paperlib.data.lm import MODEL_NAMES
 from paperlib.metrics.stats import paired
 from paperlib.stages.compare import STATISTICS, overall_verdict
+from paperlib.stages.select import load_selection
 
 WELCH_CAVEAT = ("Welch over pairs is descriptive precision only: the pairs of one SAE are not independent "
                 "samples (they share latents and tokens); the unit of inference is the training seed.")
@@ -200,8 +203,8 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
     p = get_profile(profile)
     figs, tables = output_dirs(p)
     sel_path = tables / "selected.json"
-    sel_info = read_json(sel_path) if sel_path.exists() else None
-    selected = sel_info["selected"] if sel_info else None
+    sel_info = load_selection(sel_path, p) if sel_path.exists() else None  # a bad file fails naming it
+    selected = sel_info.selected if sel_info else None
     t1 = _read(tables, "table1_grid")
     prov = provenance()
     d, s, m = p.data, p.sae, p.meta
@@ -223,8 +226,7 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
     lines += ["", "## Paper vs reproduction (exploratory: one seed per grid configuration)", "",
               f"Selected configuration: `{selected or 'not selected yet'}`"
               + (f" (chosen on the first half of the co-occurrence tokens; Δ mean \\|φ\\| on the held-out half "
-                 f"{sel_info['delta_phi_heldout_pct']:+.2f}%)" if sel_info and "delta_phi_heldout_pct" in sel_info
-                 else ""), "", WELCH_CAVEAT, "",
+                 f"{sel_info.delta_phi_heldout_pct:+.2f}%)" if sel_info else ""), "", WELCH_CAVEAT, "",
               "| quantity | paper (GPT-2 large, layer 20) | reproduced (this profile) |", "|---|---|---|"]
     solo = _row(t1, "solo") if t1 is not None else None
     sel = _row(t1, selected) if (t1 is not None and selected) else None

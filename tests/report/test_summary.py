@@ -67,3 +67,33 @@ def test_rate_matched_lines_ci_over_seeds_and_disagreement():
     assert "disagree in sign (raw, rate cells lower; regression higher" in lines[1]
     agree = rate_matched_lines(rate.assign(rel_diff_pct=[-2.0, -1.5, -2.5]))
     assert len(agree) == 1
+
+
+def test_summary_reads_selected_json_through_load_selection(tmp_artifacts):
+    """``tables/selected.json`` is checked like the selection stage's own result: a valid file is shown with
+    its held-out Δ, a file naming solo or holding no selection fails naming the file and what to do."""
+    import json
+
+    import pytest
+
+    from paperlib.config.paths import output_dirs
+    from paperlib.report.summary import write_summary
+
+    tables = output_dirs("smoke")[1]
+    sel = {"selected": "joint-l0.3-s1", "rule": "r", "max_dl2_pct": 10.0, "n_candidates": 4, "n_joint": 4,
+           "delta_phi_selection_half_pct": -2.0, "delta_phi_heldout_pct": -1.5, "delta_phi_pct": -1.75,
+           "delta_l2_pct": 3.0, "mean_abs_phi": 0.01, "lambda2": 0.3, "sigma2": 1.0}
+    path = tables / "selected.json"
+    path.write_text(json.dumps(sel))
+    text = write_summary("smoke").read_text()
+    assert "Selected configuration: `joint-l0.3-s1`" in text and "held-out half -1.50%" in text
+
+    path.write_text(json.dumps({**sel, "selected": "solo"}))
+    with pytest.raises(ValueError, match=r"selected\.json: it names 'solo'.*Delete"):
+        write_summary("smoke")
+    path.write_text(json.dumps({"best": "joint-l0.3-s1"}))
+    with pytest.raises(ValueError, match=r"selected\.json: it cannot be read as a selection"):
+        write_summary("smoke")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"selected\.json: it cannot be read as a selection"):
+        write_summary("smoke")
