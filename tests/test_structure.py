@@ -9,7 +9,8 @@ from pathlib import Path
 import paperlib
 
 ROOT = Path(paperlib.__file__).resolve().parent
-LAYERS = ["config", "data", "sae", "metrics", "autointerp", "stages", "report", "reproduce"]
+LAYERS = ["config", "data", "sae", "metrics", "autointerp", "stages", "report", "reproduce", "export"]
+"""Sub-packages (and the top-level command modules `reproduce` and `export`) from the bottom of the data path up."""
 
 
 def _modules() -> dict[str, ast.Module]:
