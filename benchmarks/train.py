@@ -11,9 +11,9 @@ B = 4096 (the reference step):
 - optionally (``--dead``) the same with a fraction of latents marked dead (AuxK active).
 
 Times are the minimum over repetitions. Ratios are printed against the naive step measured in the
-same process. A comparison with SAELens /
-dictionary_learning is out of scope here (they would have to be installed in separate venvs; method.md §6
-records their measured speeds on this machine: ≈1,900 and ≈2,600 tok/s at B = 4096).
+same process. SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``:
+each library in its own venv and process, at B = 4096, against an encoder-forward bound timed in the same
+process; table in ``artifacts/bench/peers.json``).
 
 Usage: ``.venv/bin/python benchmarks/train.py [--batch 1024 4096] [--reps 3] [--dead 0.1]``.
 On a shared, oversubscribed machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads
