@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +43,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock of what this process wants to build."""
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``lock_path`` (``fcntl.flock``, with this process's pid written in it) while
+    ``what`` is built; another process wanting it gets :class:`LockedError` naming the holder's pid. The kernel
+    drops the lock when its holder dies, so a lock file left by a killed process is stale and simply reused."""
+    path = Path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockedError(f"{what} is being built by another process (pid {holder}, lock {path}); wait for it "
+                              "to finish, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries :func:`atomic_path` left in ``directory`` when a process was killed mid-write
+    (``.<name>.*.tmp``). Call it only while holding the directory's :func:`exclusive` lock."""
+    d = Path(directory)
+    stale = sorted(d.glob(".*.tmp")) if d.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
 
 
 def _jsonable(obj: Any) -> Any:

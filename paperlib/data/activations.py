@@ -10,7 +10,8 @@ Layout under ``paths.activations_dir(profile)``::
 Activation row t of a range is token ``positions(range)[t] = (row, pos)`` of ``token_ids(range)``;
 BOS positions are dropped when ``profile.data.drop_bos`` (the default: the BOS residual is a huge
 outlier that carries no text). Each shard is written atomically, so a killed extraction resumes
-at the first missing shard; a finished range is consolidated into one file. A cache whose
+at the first missing shard (removing the temporaries it left); a finished range is consolidated into
+one file. One process builds a cache at a time (a lock file with its pid; another gets a clear error). A cache whose
 settings differ from the profile's is refused, never silently reused.
 
 The manifest records the size, shape and SHA-256 of every finished file. Opening a range checks its
@@ -33,7 +34,17 @@ import torch
 from tqdm.auto import tqdm
 
 from paperlib.config.checks import NonFiniteError
-from paperlib.config.io import ArtifactError, atomic_path, damaged, file_sha256, provenance, read_json, write_json
+from paperlib.config.io import (
+    ArtifactError,
+    atomic_path,
+    damaged,
+    exclusive,
+    file_sha256,
+    provenance,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from paperlib.config.paths import activations_dir
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.data.corpus import RANGE_NAMES, build_token_matrix, token_ranges
@@ -232,11 +243,17 @@ def load_cache(
         return ActivationCache(root, manifest)
     if not build:
         raise RuntimeError(f"activation cache for profile {p.name!r} is missing or incomplete at {root}")
-    return _extract(p, root, settings, manifest, progress, lm, _stop_after_shards)
+    with exclusive(root / ".lock", f"the activation cache {root}"):
+        manifest = _read_manifest(root, settings)  # another process may have finished it meanwhile
+        if manifest is not None and all(manifest["complete"].get(r) for r in RANGE_NAMES):
+            return ActivationCache(root, manifest)
+        for d in (root, root / "shards"):
+            remove_stale_temporaries(d)
+        return _extract(p, root, settings, manifest, progress, lm, _stop_after_shards)
 
 
 def _extract(p, root, settings, manifest, progress, lm, stop_after) -> ActivationCache:
-
+    """Extract whatever is missing (the caller holds the cache's lock and removed stale temporaries)."""
     root.mkdir(parents=True, exist_ok=True)
     lm = lm if lm is not None else load_lm(p.data.model, dtype=p.data.lm_dtype)
     tok_path = root / "tokens.npy"

@@ -45,7 +45,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from paperlib.config.checks import NonFiniteError, nonfinite_error
-from paperlib.config.io import atomic_path, damaged, provenance, read_json, write_json
+from paperlib.config.io import (
+    atomic_path,
+    damaged,
+    exclusive,
+    provenance,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from paperlib.config.profiles import INPUT_NORMS, Profile, get_profile
 from paperlib.sae.arms import PenaltyInputs, RunSpec, arm_of, parse_run
 from paperlib.sae.models import BatchTopKSAE, MetaSAE
@@ -544,9 +552,21 @@ def train_run(
         raise ValueError(f"activation dim {d} != d_in {d_in}")
     cfg = TrainConfig.from_profile(profile, spec, d)
     cfg.validate()
-    T = validate_data(acts, cfg)
+    validate_data(acts, cfg)
     dev = torch.device(device) if device is not None else default_device()
+    with exclusive(out_dir / ".lock", f"run {spec.name!r} ({out_dir})"):
+        if is_done(out_dir):  # another process finished it while this one waited
+            return out_dir
+        for stale in (out_dir, out_dir / "checkpoint", out_dir / "sae", out_dir / "meta"):
+            remove_stale_temporaries(stale)
+        return _train_locked(profile, spec, cfg, acts, out_dir, dev, resume=resume, progress=progress,
+                             max_steps=max_steps, data_info=data_info)
 
+
+def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, out_dir: Path, dev: torch.device, *,
+                  resume: bool, progress: bool, max_steps: int | None, data_info: dict | None) -> Path:
+    """The body of :func:`train_run`, run while holding the run's lock."""
+    T = int(acts.shape[0])
     ckpt_dir, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
     if not resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)

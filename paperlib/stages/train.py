@@ -9,12 +9,18 @@ Training activations come from the profile's activation cache (extracted first w
 
 from __future__ import annotations
 
+import ast
+import ctypes
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +99,8 @@ def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: 
     ``n_workers`` runs are trained at once in separate processes (default :func:`default_train_workers`),
     each with cpu_count / n_workers threads; runs with a meta SAE (the slowest) start first. A run's
     result does not depend on which process trained it or in which order (its data order and init come
-    from its seed). Killed runs resume from their checkpoints either way.
+    from its seed). Killed runs resume from their checkpoints either way. Workers end when this process dies;
+    a script that calls this with several workers needs an ``if __name__ == "__main__":`` guard (checked first).
     """
     runs = as_runs(profile, runs)
     out = {r.name: r.dir for r in runs}
@@ -102,16 +109,23 @@ def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: 
     todo = [r for r in runs if not is_trained(r)]
     if not todo:
         return out
-    cache = load_cache(runs[0].profile)  # extraction (if needed) happens here, once
     workers = default_train_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
+    if workers > 1:
+        require_main_guard()  # before any work: an unguarded script would break the pool
+    cache = load_cache(runs[0].profile)  # extraction (if needed) happens here, once
     if workers == 1:
         for r in todo:
             _train_from_cache(r, cache, progress)
         return out
     todo.sort(key=lambda r: not r.spec.uses_meta)
+    _train_in_pool(todo, workers, progress)
+    return out
+
+
+def _train_in_pool(todo: list[Run], workers: int, progress: bool) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+    with training_pool(workers) as ex:
         futures = {ex.submit(_train_worker, r.profile, r.name, threads): r for r in todo}
         bar = tqdm(total=len(todo), desc=f"training ({workers} processes)", disable=not progress)
         try:
@@ -119,13 +133,62 @@ def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: 
                 name = fut.result()  # re-raises a worker's error here
                 bar.update(1)
                 bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
+        except BrokenProcessPool as err:
+            raise RuntimeError(f"a training process died ({err}). If a script called ensure_trained, put that call "
+                               f"under `{MAIN_GUARD}` (worker processes import the script), or pass n_workers=1; "
+                               "finished runs are kept and killed ones resume from their checkpoints") from None
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
         finally:
             bar.close()
-    return out
+
+
+MAIN_GUARD = 'if __name__ == "__main__":'
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Process-pool initializer: end this worker when its parent dies (Linux: ``prctl(PR_SET_PDEATHSIG,
+    SIGTERM)``; elsewhere a daemon thread that polls the parent pid every second), so a killed notebook or
+    script never leaves training processes behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def require_main_guard() -> None:
+    """Refuse to start worker processes from a script without a ``__main__`` guard: "spawn" workers import the
+    script, which would run ``ensure_trained`` again in every worker and break the pool (BrokenProcessPool)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return  # notebooks, python -c, the REPL: nothing is re-imported
+    tree = ast.parse(Path(path).read_text(errors="replace"))
+    guarded = any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) and "__main__" in ast.unparse(n.test)
+                  for n in tree.body)
+    if not guarded:
+        raise RuntimeError(f"{path} calls ensure_trained at module level, but training runs in worker processes "
+                           f"that import that script again. Put the calls under `{MAIN_GUARD}`, or pass "
+                           "n_workers=1 to train in this process")
+
+
+def training_pool(workers: int) -> ProcessPoolExecutor:
+    """The process pool :func:`ensure_trained` trains in ("spawn" workers that die with this process)."""
+    require_main_guard()
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def _require_trained(run: Run) -> None:
