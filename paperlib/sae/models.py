@@ -157,13 +157,6 @@ class SparsePattern:
         n = int(shape[1])
         return cls(flat // n, flat % n, shape)
 
-    @classmethod
-    def per_row(cls, cols: torch.Tensor, shape: tuple[int, int]) -> SparsePattern:
-        """Pattern with ``cols`` [B, c] (sorted within each row) selected in every row."""
-        B, c = cols.shape
-        rows = torch.arange(B, device=cols.device).repeat_interleave(c)
-        return cls(rows, cols.reshape(-1), shape)
-
     def transposed_times(self, vals: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Sᵀ @ dense [n, d] for the sparse S [B, n] holding ``vals`` (row-major order) at the pattern."""
         return _csr(self.crow_t, self.rows_t, vals[self.perm], (self.shape[1], self.shape[0])) @ dense
@@ -513,15 +506,7 @@ class BatchTopKSAE(nn.Module):
         n_dead = int(dead.sum())
         aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
         if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
-            with torch.no_grad():
-                dead_idx = dead.nonzero().squeeze(1)
-                ka = min(self.k_aux, n_dead)
-                ti = pre[:, dead_idx].topk(ka, dim=1, sorted=False).indices.sort(dim=1).values
-                apattern = SparsePattern.per_row(dead_idx[ti], (B, n))
-                avals_raw = pre[apattern.rows, apattern.cols]
-            avals = sparse_encode_values(self.W_enc, self.b_dec, xc, avals_raw, apattern)
-            arecon = sparse_decode(avals, self.W_dec, apattern)
-            aux = (arecon - (xn - recon).detach()).pow(2).mean()
+            aux = self._aux_loss(xn, (xn - recon).detach(), dead)
         if update_state:  # a latent "fires" when selected with a positive activation
             positive = sel_vals > 0
             pos = sel_vals[positive]
@@ -529,6 +514,21 @@ class BatchTopKSAE(nn.Module):
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(flat.numel() / B), n_dead=torch.tensor(n_dead),
                     recon=recon.detach())
+
+    def _aux_loss(self, xn: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """AuxK term on the dead latents' columns only, densely: per token the top min(k_aux, #dead) dead
+        pre-activations decode (without b_dec) the detached residual. The dead columns' encoder and decoder
+        are gathered into [d, #dead] / [#dead, d] matrices, so the work is two small dense products
+        (2·B·#dead·d FLOPs each); a sparse path would handle B·k_aux entries at a fraction of GEMM speed."""
+        dead_idx = dead.nonzero().squeeze(1)
+        ka = min(self.k_aux, dead_idx.numel())
+        pre = torch.relu((xn - self.b_dec) @ self.W_enc[:, dead_idx])
+        if ka < dead_idx.numel():
+            with torch.no_grad():
+                keep = torch.zeros_like(pre, dtype=torch.bool)
+                keep.scatter_(1, pre.topk(ka, dim=1, sorted=False).indices, True)
+            pre = pre * keep
+        return (pre @ self.W_dec[dead_idx] - residual).pow(2).mean()
 
     def dense_training_loss(self, x: torch.Tensor, *, normalized: bool = False,
                             update_state: bool = True) -> dict[str, torch.Tensor]:
