@@ -128,6 +128,7 @@ def test_damaged_results_and_weights_name_the_folder(tmp_artifacts, tmp_path, mo
     w.write_bytes(w.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(ArtifactError, match=r"sae: weights changed since training .* Delete .*solo and re-run"):
         train.load_run(run)
+    assert any("sae: weights changed since training" in x for x in verify(p)), verify(p)
 
 
 @pytest.fixture()
