@@ -99,6 +99,19 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
+BUDGET_MINUTES = 60
+BUDGET_GFLOPS = 120
+"""The default profile's budget: ``make reproduce`` within 60 minutes on a machine doing 120 GFLOP/s."""
+
+
+def projected_seconds(seconds: float, gflops: float, at_gflops: float = BUDGET_GFLOPS) -> float:
+    """Wall time ``seconds`` measured at ``gflops``, scaled to a machine doing ``at_gflops`` (an upper bound
+    when stages are partly memory- or I/O-bound: it assumes every second scales with the matmul rate)."""
+    if not (gflops > 0 and at_gflops > 0):
+        raise ValueError(f"matmul rates must be > 0, got {gflops} and {at_gflops}")
+    return seconds * gflops / at_gflops
+
+
 def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
@@ -136,7 +149,8 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     pipeline = [s for s in stages(profile) if (REPO_ROOT / "notebooks" / s.notebook).exists()]
     gflops = matmul_gflops()
     print(f"machine: fp32 matmul {gflops:.0f} GFLOP/s on {torch.get_num_threads()} threads "
-          "(stage times scale roughly with 1/this rate; the default profile's budget target is 60 min at 120)",
+          f"(stage times scale roughly with 1/this rate; the default profile's budget is {BUDGET_MINUTES} min at "
+          f"{BUDGET_GFLOPS})",
           flush=True)
     t_all = time.perf_counter()
     for i, stage in enumerate(pipeline, 1):
@@ -177,7 +191,13 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     print("stage times (this invocation):")
     for name, status, dt in timings:
         print(f"  {name:22s} {status:8s} {_fmt(dt) if status == 'ran' else ''}")
-    print(f"total {_fmt(time.perf_counter() - t_all)} at {gflops:.0f} GFLOP/s fp32 matmul")
+    total = time.perf_counter() - t_all
+    end_gflops = matmul_gflops()
+    rate = min(gflops, end_gflops)  # the slower reading: the projection stays an upper bound
+    proj = projected_seconds(total, rate)
+    print(f"total {_fmt(total)} at {gflops:.0f} GFLOP/s fp32 matmul (start) / {end_gflops:.0f} (end); "
+          f"projected at {BUDGET_GFLOPS} GFLOP/s: {_fmt(proj)} "
+          f"({'within' if proj <= 60 * BUDGET_MINUTES else 'over'} the {BUDGET_MINUTES}-min budget)")
     return 0
 
 
