@@ -122,7 +122,7 @@ def export_runs(profile: str | Profile, runs: Iterable[Any] | Any, out: str | Pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``--profile P (--run NAME ... | --all) --out DIR``."""
-    ap = argparse.ArgumentParser(prog="python -m paperlib.stages.export",
+    ap = argparse.ArgumentParser(prog="python -m paperlib.export",
                                  description="Export trained SAEs of a profile to the SAELens format.")
     ap.add_argument("--profile", required=True, help="profile name (default, smoke, gemma-3-270m, ...)")
     which = ap.add_mutually_exclusive_group(required=True)
