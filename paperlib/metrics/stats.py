@@ -7,6 +7,9 @@
 * :func:`paired` — paired t-test (same as ``scipy.stats.ttest_rel(a, b)``) with CI and Cohen's d_z.
 * :func:`bootstrap_ci` — seeded percentile bootstrap.
 * :func:`noise_floor` — spread of a statistic (e.g. mean |φ|) across independent solo seeds.
+* :func:`prediction_test` — does one new value (a single-seed configuration) lie outside the spread of K
+  reference values (the solo seeds)? Prediction-interval t test, K − 1 df.
+* :func:`holm` — Holm's step-down adjustment of a family of p-values (statsmodels ``multipletests``).
 
 All variances are sample variances (ddof = 1).
 """
@@ -297,3 +300,75 @@ def min_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: fl
 def _finite_1d(name: str, x: Any) -> np.ndarray:
     """1-D float64 array; ValueError naming ``name`` if it holds NaN/inf or is not numeric."""
     return finite_array(name, x).reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# one value against a reference sample, and multiple comparisons
+# ----------------------------------------------------------------------------------------------
+__all__ += ["PredictionTest", "holm", "prediction_test"]
+
+
+@dataclass(frozen=True)
+class PredictionTest:
+    """One new value ``value`` against K reference values: t = (value − mean) / (s·√(1 + 1/K)), K − 1 df,
+    two-sided p, and the ``confidence`` prediction interval of a new reference value (``pi_low``, ``pi_high``)."""
+
+    value: float
+    n: int
+    mean: float
+    std: float
+    se: float  # s·√(1 + 1/K): the standard deviation of (new value − reference mean)
+    t: float
+    df: float
+    p: float
+    pi_low: float
+    pi_high: float
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prediction_test(value: float, reference: Sequence[float] | np.ndarray, confidence: float = 0.95) -> PredictionTest:
+    """Is ``value`` (one run, e.g. a grid configuration's mean |φ|) outside the run-to-run spread of the K
+    ``reference`` values (e.g. the independent solo seeds' mean |φ|)? Under "value is one more draw from the
+    reference distribution" (normal, unknown variance), (value − mean) / (s·√(1 + 1/K)) has a t distribution
+    with K − 1 df: the test that belongs to the prediction interval mean ± t₀.₉₇₅,K−1 · s·√(1 + 1/K).
+    Two-sided p; p = 0 when s = 0 and value ≠ mean. Non-finite inputs raise."""
+    ref = _finite_1d("reference", reference)
+    x = float(_finite_1d("value", [value])[0])
+    _finite_1d("confidence", [confidence])
+    if not 0.0 < confidence < 1.0:
+        raise ValueError("confidence must be in (0, 1)")
+    k = ref.size
+    if k < 2:
+        raise ValueError(f"reference needs at least 2 values (got {k}): one value has no spread")
+    mean = float(ref.mean())
+    sd = float(ref.std(ddof=1))
+    se = sd * math.sqrt(1.0 + 1.0 / k)
+    diff = x - mean
+    t = diff / se if se > 0 else (math.copysign(math.inf, diff) if diff else math.nan)
+    df = float(k - 1)
+    p, _ = _t_p(t, df)
+    half = float(sps.t.ppf(0.5 + confidence / 2.0, df)) * se
+    return PredictionTest(value=x, n=k, mean=mean, std=sd, se=se, t=float(t), df=df, p=p, pi_low=mean - half,
+                          pi_high=mean + half, confidence=confidence)
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values of one family of tests (``statsmodels.stats.multitest.multipletests`` with
+    ``method="holm"``): sorted ascending, p₍ᵢ₎ · (m − i + 1) (i = 1…m), made monotone by a running maximum
+    and capped at 1. Controls the family-wise error rate without assuming independence. NaN entries (tests
+    not run) stay NaN and are not counted in m; other non-finite values or values outside [0, 1] raise."""
+    from statsmodels.stats.multitest import multipletests  # lazy: see min_detectable_effect
+
+    p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if not ok.any():
+        return out
+    q = p[ok]
+    if not (np.isfinite(q).all() and (q >= 0).all() and (q <= 1).all()):
+        raise ValueError(f"pvalues must lie in [0, 1] (NaN for a test not run), got {q.tolist()}")
+    out[ok] = multipletests(q, method="holm")[1]
+    return out

@@ -35,6 +35,7 @@ PAPER = {
     "dl2_pct": "+9.3%",
     "welch_t": "t = −53.1 over ~209M pairs, p < 1e−10",
     "noise_floor": "mean \\|φ\\| ≈ 2.15e−3 ± 1e−5 over 4 independent solo SAEs; joint−solo gap 1.7e−4",
+    "grid_noise": "not reported (one run per configuration; no correction across the grid)",
     "ce_solo": "+2.5% over 3.47 nats (+0.087 nats)",
     "ce_joint": "+3.1% (+0.6 pp over solo)",
     "fuzz_means": "solo 0.230, joint 0.248",
@@ -96,6 +97,34 @@ def gemma_text(gem: pd.DataFrame | None, paper_config: tuple[float, float] = (0.
                      + f" at {best['run']} (solo fuzz {float(solo['fuzz_mean'].iloc[0]):.3f}; "
                      f"{int(best['n_fuzz'])} features per config)")
     return "; ".join(parts)
+
+
+def grid_noise_text(t1: pd.DataFrame | None, selected: str | None = None, alpha: float = 0.05) -> str:
+    """Table 1's grid sentence: how many exploratory grid configurations (one seed each) can be told apart from
+    the solo seeds' run-to-run noise at Holm-adjusted p < ``alpha`` (``p_holm``, Holm over the grid's
+    configurations), and the selected one's Δ with its unadjusted and adjusted p. "not run" without a table;
+    a table from before these columns existed says so."""
+    if t1 is None or not len(t1):
+        return "not run"
+    if "p_holm" not in t1 or "p_vs_solo_seeds" not in t1:
+        return "Table 1 has no p against the solo seeds (made before the grid test existed; rerun notebook 04)"
+    fam = t1[t1["p_vs_solo_seeds"].notna()]
+    k = int((t1["arm"] == "solo").sum())
+    if not len(fam):
+        return f"not testable: {k} solo seed(s) in Table 1 (needs at least 2 and a grid configuration)"
+    hits = fam[fam["p_holm"].astype(float) < alpha]
+    txt = (f"{len(hits)} of {len(fam)} grid configurations differ from the {k} solo seeds' noise at Holm-adjusted "
+           f"p < {alpha:g} (each configuration's mean \\|φ\\| against the solo seeds, prediction-interval t, "
+           f"{k - 1} df; Holm over the {len(fam)})")
+    if len(hits):
+        txt += ": " + ", ".join(f"`{r}` ({float(d):+.2f}%, p_holm = {float(q):.2g})"
+                                for r, d, q in zip(hits["run"], hits["delta_phi_pct"], hits["p_holm"], strict=True))
+    sel = fam[fam["run"] == selected] if selected else fam.iloc[:0]
+    if len(sel):
+        r = sel.iloc[0]
+        txt += (f"; selected `{selected}`: Δ {float(r['delta_phi_pct']):+.2f}%, p = {float(r['p_vs_solo_seeds']):.2g}, "
+                f"Holm-adjusted p = {float(r['p_holm']):.2g}")
+    return txt
 
 
 def ground_truth_text(gt: pd.DataFrame | None) -> str:
@@ -246,6 +275,8 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
         if len(solos) >= 2:
             nf = f"{solos.mean():.4g} ± {solos.std(ddof=1):.2g} over {len(solos)} independent solo SAEs"
     rows.append(("noise floor (independent solo seeds)", PAPER["noise_floor"], nf))
+    rows.append(("grid vs the solo seeds' noise (one seed per configuration, Holm over the grid)",
+                 PAPER["grid_noise"], grid_noise_text(t1, selected)))
     rows.append(("CE overhead, solo", PAPER["ce_solo"], _get(solo, "ce_overhead_pct", spec="+.2f", unit="%")))
     rows.append(("CE overhead, joint (selected)", PAPER["ce_joint"],
                  _get(sel, "ce_overhead_pct", spec="+.2f", unit="%")))

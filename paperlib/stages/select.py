@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile, get_profile
-from paperlib.metrics.stats import noise_floor, welch
-from paperlib.sae.arms import RunSpec, grid_runs, parse_run, with_grid
+from paperlib.metrics.stats import holm, noise_floor, prediction_test, welch
+from paperlib.sae.arms import RunSpec, arm_of, grid_runs, parse_run, with_grid
 from paperlib.stages import cache
 from paperlib.stages.ce import RunCE, ensure_ce
 from paperlib.stages.compare import convergence_table
@@ -36,11 +35,16 @@ TABLE1_COLUMNS = [
     "mean_phi_expected5", "delta_phi_half1_pct", "delta_phi_half2_pct", "l2", "delta_l2_pct", "fve", "l0",
     "ce_overhead_pct", "dead_latents", "dead_on_tokens", "n_alive", "converged", "l2_change_last20",
     "welch_t", "welch_df", "welch_p", "welch_log10_p", "delta_phi_ci_low_pct", "delta_phi_ci_high_pct",
+    "p_vs_solo_seeds", "p_holm",
 ]
 """Table 1. Δ columns are relative to the solo run of the *same seed* (``baseline``; its pair), in %.
 ``delta_phi_half1_pct`` / ``delta_phi_half2_pct``: Δ mean |φ| on the first / second half of the
 co-occurrence tokens (the selection uses the first, the report the second). Welch columns compare the
-two SAEs' pair distributions and are descriptive only: pairs are not independent samples."""
+two SAEs' pair distributions and are descriptive only: pairs are not independent samples.
+``p_vs_solo_seeds``: for each exploratory grid configuration (:func:`grid_configurations`), its mean |φ| against
+the independent solo seeds' (prediction-interval t test, K − 1 df; :func:`paperlib.metrics.stats.prediction_test`):
+can one run of it be told apart from run-to-run noise? ``p_holm``: the same p Holm-adjusted over the grid
+configurations of the table (NaN for other rows and when fewer than two solo seeds are in the table)."""
 
 
 def table_runs(profile: str | Profile, runs: Iterable[Any] | None = None) -> list[Run]:
@@ -101,19 +105,46 @@ def noise_floor_phi(profile: str | Profile, runs: Iterable[Any] | None = None) -
     vals = [ensure_cooccurrence(r, progress=False).all.mean_abs_phi for r in seeds]
     nf = noise_floor(vals).to_dict()
     pct = 100.0 * (np.asarray(vals) - vals[0]) / vals[0]
-    k = len(pct)
-    half = float(sps.t.ppf(0.975, k - 1) * pct.std(ddof=1) * math.sqrt(1 + 1 / k))
-    nf.update(runs=[r.name for r in seeds], rel_std_pct=100.0 * nf["rel_std"], seed_mean_pct=float(pct.mean()),
-              pi_low_pct=float(pct.mean()) - half, pi_high_pct=float(pct.mean()) + half)
+    pi = prediction_test(pct[0], pct)
+    nf.update(runs=[r.name for r in seeds], rel_std_pct=100.0 * nf["rel_std"], seed_mean_pct=pi.mean,
+              pi_low_pct=pi.pi_low, pi_high_pct=pi.pi_high)
     return nf
+
+
+def grid_configurations(profile: str | Profile, table: pd.DataFrame) -> pd.Series:
+    """Which rows of a Table 1 are exploratory grid configurations: seed 0 of an arm, other than solo, that
+    contributes to the profile's exploratory grid (``Arm.grid`` non-empty: the λ₂ × σ² joint grid and OrtSAE).
+    The primary comparison's other arms and seeds, the λ₂ = 0 control and the solo seeds are not (boolean
+    Series aligned with ``table``)."""
+    p = get_profile(profile)
+    arms = {a for a in set(table["arm"]) if a != "solo" and arm_of(a).grid(p)}
+    return table["arm"].isin(arms) & (table["seed"] == 0)
+
+
+def grid_noise_tests(profile: str | Profile, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``p_vs_solo_seeds`` (each grid configuration's mean |φ| against the table's solo seeds,
+    :func:`paperlib.metrics.stats.prediction_test`) and ``p_holm`` (Holm over those configurations,
+    :func:`paperlib.metrics.stats.holm`). Why one seed's mean |φ| and not Δ%: for seed-0 configurations
+    Δ% = 100·(x − solo)/solo is an affine map of x with solo seed 0 as the fixed origin, and t is invariant to
+    it, so the test is the same on either scale."""
+    out = table.copy()
+    out["p_vs_solo_seeds"] = math.nan
+    solo = out.loc[out["arm"] == "solo", "mean_abs_phi"].astype(float).to_numpy()
+    family = grid_configurations(profile, out)
+    if solo.size >= 2 and family.any():
+        out.loc[family, "p_vs_solo_seeds"] = [prediction_test(x, solo).p
+                                              for x in out.loc[family, "mean_abs_phi"].astype(float)]
+    out["p_holm"] = holm(out["p_vs_solo_seeds"].to_numpy())
+    return out
 
 
 def grid_table(profile: str | Profile, runs: Iterable[Any] | None = None, *, with_ce: bool = True,
                progress: bool = True) -> pd.DataFrame:
     """Table 1 (:data:`TABLE1_COLUMNS`): one row per run (solo first), Δ% against its paired solo run,
     rate-robust statistics, convergence flag, CE overhead (seed-0 runs only; NaN for the other seeds and when
-    ``with_ce=False``), and the descriptive
-    Welch test over pairs. The noise floor over the solo seeds is in ``df.attrs["noise_floor"]``."""
+    ``with_ce=False``), the descriptive Welch test over pairs, and each grid configuration's p against the
+    solo seeds with its Holm adjustment over the grid (:func:`grid_noise_tests`). The noise floor over the
+    solo seeds is in ``df.attrs["noise_floor"]``."""
     p = get_profile(profile)
     runs = table_runs(p, runs)
     names = {r.name for r in runs}
@@ -126,7 +157,7 @@ def grid_table(profile: str | Profile, runs: Iterable[Any] | None = None, *, wit
         b = baseline_of(r, names)
         rows.append(_row(r, b, co[r.name], rec[r.name], ce.get(r.name), conv.loc[r.name].to_dict(), co[b.name],
                          rec[b.name]))
-    df = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+    df = grid_noise_tests(p, pd.DataFrame(rows, columns=TABLE1_COLUMNS))
     df.attrs["noise_floor"] = noise_floor_phi(p, runs)
     return df
 

@@ -98,3 +98,50 @@ def test_welch_within_from_cooccurrence():
     assert r.t == pytest.approx(ref.statistic, rel=1e-9)
     s = stats.welch_from_sums(wa.n_pairs, wa.sum_abs, wa.sumsq, wb.n_pairs, wb.sum_abs, wb.sumsq)
     assert s.t == pytest.approx(ref.statistic, rel=1e-8)
+
+
+def test_prediction_test_matches_scipy_t():
+    """t = (x − mean) / (s·√(1 + 1/K)), K − 1 df, two-sided, computed with scipy.stats.t directly."""
+    seeds = np.array([2.14e-3, 2.15e-3, 2.17e-3, 2.13e-3, 2.16e-3])
+    k = seeds.size
+    for x in (2.0e-3, 2.151e-3, 2.3e-3):
+        r = stats.prediction_test(x, seeds)
+        se = seeds.std(ddof=1) * np.sqrt(1 + 1 / k)
+        t = (x - seeds.mean()) / se
+        assert r.t == pytest.approx(t, rel=1e-12) and r.df == k - 1 and r.n == k
+        assert r.p == pytest.approx(2 * sps.t.sf(abs(t), k - 1), rel=1e-10)
+        half = sps.t.ppf(0.975, k - 1) * se
+        assert (r.pi_low, r.pi_high) == (pytest.approx(seeds.mean() - half), pytest.approx(seeds.mean() + half))
+    # p = 0.05 exactly on the edge of the 95% prediction interval: the test belongs to the interval
+    r = stats.prediction_test(0.0, seeds)
+    assert stats.prediction_test(r.pi_high, seeds).p == pytest.approx(0.05, rel=1e-9)
+    # invariant to an affine rescaling of both sides (raw mean |φ| or Δ% against solo seed 0)
+    pct = 100 * (seeds - seeds[0]) / seeds[0]
+    assert stats.prediction_test(100 * (2.3e-3 - seeds[0]) / seeds[0], pct).p == pytest.approx(
+        stats.prediction_test(2.3e-3, seeds).p, rel=1e-9)
+    assert stats.prediction_test(1.0, [1.0, 1.0]).p != stats.prediction_test(1.0, [1.0, 1.0]).p  # NaN: no spread
+    assert stats.prediction_test(2.0, [1.0, 1.0]).p == 0.0
+    with pytest.raises(ValueError, match="reference needs at least 2"):
+        stats.prediction_test(1.0, [1.0])
+    with pytest.raises(ValueError, match="value"):
+        stats.prediction_test(float("nan"), [1.0, 2.0])
+
+
+def test_holm_matches_statsmodels_and_hand_computation():
+    from statsmodels.stats.multitest import multipletests
+
+    # hand-computed: sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 → 0.04, 0.06, 0.06, 0.04 → running max
+    p = np.array([0.03, 0.01, 0.04, 0.02])
+    np.testing.assert_allclose(stats.holm(p), [0.06, 0.04, 0.06, 0.06], rtol=1e-12)
+    np.testing.assert_allclose(stats.holm(p), multipletests(p, method="holm")[1], rtol=0, atol=0)
+    rng = np.random.default_rng(5)
+    q = rng.uniform(0, 0.2, 10)
+    np.testing.assert_array_equal(stats.holm(q), multipletests(q, method="holm")[1])
+    np.testing.assert_array_equal(stats.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    # NaN (a test not run) stays NaN and is not part of the family
+    got = stats.holm([np.nan, 0.03, 0.01, np.nan, 0.04, 0.02])
+    assert np.isnan(got[[0, 3]]).all()
+    np.testing.assert_allclose(got[[1, 2, 4, 5]], [0.06, 0.04, 0.06, 0.06], rtol=1e-12)
+    assert np.isnan(stats.holm([np.nan])).all() and stats.holm([]).size == 0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.holm([0.1, 1.5])

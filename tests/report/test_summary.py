@@ -97,3 +97,40 @@ def test_summary_reads_selected_json_through_load_selection(tmp_artifacts):
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"selected\.json: it cannot be read as a selection"):
         write_summary("smoke")
+
+
+def test_grid_sentence_uses_the_holm_adjusted_p():
+    """The summary's grid sentence counts configurations by ``p_holm`` (not the unadjusted p) and shows both
+    for the selected configuration; older tables without the columns and untestable tables say so."""
+    from paperlib.report.summary import grid_noise_text
+
+    t1 = pd.DataFrame({
+        "run": ["solo", "solo-seed1", "solo-seed2", "joint-l0.3-s1", "joint-l1-s1", "ortho-g0.1", "randcritic-l0.3-s1"],
+        "arm": ["solo", "solo", "solo", "joint", "joint", "ortho", "randcritic"],
+        "delta_phi_pct": [0.0, 1.0, -0.5, -4.0, -9.0, -1.0, -3.0],
+        "p_vs_solo_seeds": [math.nan, math.nan, math.nan, 0.03, 0.004, 0.6, math.nan],
+        "p_holm": [math.nan, math.nan, math.nan, 0.06, 0.012, 0.6, math.nan]})
+    text = grid_noise_text(t1, "joint-l0.3-s1")
+    # 0.03 < 0.05 unadjusted, but 0.06 after Holm: only joint-l1-s1 counts
+    assert text.startswith("1 of 3 grid configurations differ from the 3 solo seeds' noise at Holm-adjusted p < 0.05")
+    assert "2 df; Holm over the 3" in text
+    assert "`joint-l1-s1` (-9.00%, p_holm = 0.012)" in text and "`joint-l0.3-s1` (" not in text
+    assert "selected `joint-l0.3-s1`: Δ -4.00%, p = 0.03, Holm-adjusted p = 0.06" in text
+    assert "rerun notebook 04" in grid_noise_text(t1.drop(columns=["p_holm"]))
+    assert grid_noise_text(None) == "not run"
+    assert grid_noise_text(t1.assign(p_vs_solo_seeds=math.nan, p_holm=math.nan)).startswith("not testable")
+
+
+def test_summary_shows_the_grid_sentence(tmp_artifacts):
+    from paperlib.config.paths import output_dirs
+    from paperlib.report.summary import write_summary
+
+    tables = output_dirs("smoke")[1]
+    pd.DataFrame({"run": ["solo", "solo-seed1", "joint-l1-s1"], "arm": ["solo", "solo", "joint"],
+                  "mean_abs_phi": [1.0, 1.01, 0.9], "delta_phi_pct": [0.0, 1.0, -10.0],
+                  "p_vs_solo_seeds": [math.nan, math.nan, 0.04], "p_holm": [math.nan, math.nan, 0.04],
+                  "dead_on_tokens": [512] * 3, "dead_latents": [0] * 3}
+                 ).to_csv(tables / "table1_grid.csv", index=False)
+    text = write_summary("smoke").read_text()
+    line = next(s for s in text.splitlines() if s.startswith("| grid vs the solo seeds' noise"))
+    assert "1 of 1 grid configurations differ from the 2 solo seeds' noise at Holm-adjusted p < 0.05" in line
