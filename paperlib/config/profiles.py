@@ -335,6 +335,26 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def _paper_arch_smoke(name: str, model: str, lm_dtype: str) -> Profile:
+    """A seconds-fast profile on a tiny random-weight model of a paper architecture (``tiny-gpt2`` /
+    ``tiny-gemma2`` in :mod:`paperlib.data.lm`): the paper-scale code path (GPT-2's ``transformer.h`` blocks,
+    Gemma 2's soft-capped bf16 forward) end to end offline, on BBC News. Two runs: solo and joint at the
+    paper's configuration (λ₂ = 0.3, σ² = 1), one seed."""
+    return Profile.build(
+        name=name, model=model, layer=2, corpus="bbc", context=32, lm_batch_size=8, lm_dtype=lm_dtype,
+        tokens=TokenBudget(train=4096, calibration=512, cooccurrence=512, autointerp=512, ce=256),
+        n_latents=256, k=8, n_meta=24, k_meta=4, batch_size=256, train_epochs=1.0, dead_after=20,
+        lr=1e-3, checkpoint_every=10, primary_seeds=1, primary_arms=("solo", "joint"), grid_lambda2=(0.3,),
+        grid_sigma2=(1.0,), ortho_gamma=(), autointerp_features=8,
+    )
+
+
+PROFILES["paper-arch-smoke-gpt2"] = _paper_arch_smoke("paper-arch-smoke-gpt2", "tiny-gpt2", "float32")
+PROFILES["paper-arch-smoke-gemma2"] = _paper_arch_smoke("paper-arch-smoke-gemma2", "tiny-gemma2", "bfloat16")
+PAPER_ARCH_SMOKE = {"paper-arch-smoke-gpt2": "gpt2-large", "paper-arch-smoke-gemma2": "gemma-2-9b"}
+"""Each paper-architecture smoke profile and the paper-scale profile whose architecture and LM dtype it mirrors."""
+
+
 def get_profile(name: str | Profile, **overrides) -> Profile:
     """Return the profile called ``name``, optionally with fields replaced."""
     if isinstance(name, Profile):

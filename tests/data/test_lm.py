@@ -34,3 +34,26 @@ def test_smollm2_offline_resid_pre_matches():
         ref = model._module(ids, output_hidden_states=True).hidden_states[12]
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
+
+
+@pytest.mark.parametrize("key", ["tiny-gpt2", "tiny-gemma2"])
+def test_tiny_paper_arch_tokenizer_is_offline_deterministic_and_byte_level(key):
+    a, b = lm.tiny_tokenizer(key), lm.tiny_tokenizer(key)
+    text = "Gemma 2 and GPT-2 read BBC News: £5bn, café, 東京."
+    assert len(a) == lm.TINY_VOCAB and a(text)["input_ids"] == b(text)["input_ids"]
+    assert a.decode(a(text, add_special_tokens=False)["input_ids"]) == text
+    assert lm.bos_token_id(a) == a.convert_tokens_to_ids(lm.TINY_SPECIALS[key]["bos_token"])
+
+
+def test_tiny_config_names_the_valid_keys():
+    with pytest.raises(ValueError, match="key='tiny-llama' must be one of tiny-gpt2, tiny-gemma2"):
+        lm.tiny_config("tiny-llama", None)
+
+
+@pytest.mark.parametrize("key", ["tiny-gpt2", "tiny-gemma2"])
+def test_tiny_paper_arch_model_is_saved_once_and_reloads_identically(key):
+    path = lm.model_dir(key)
+    assert path == lm.model_dir(key) and (path / "config.json").exists()
+    m1, _ = lm.load_hf(key, device="cpu")
+    m2, _ = lm.load_hf(key, device="cpu")
+    assert all(torch.equal(x, y) for x, y in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
