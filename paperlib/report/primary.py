@@ -1,7 +1,8 @@
 """Figures of the primary comparison: paired seed differences per statistic, and what the critic does.
 
 - :func:`paired_seed_figure`: per statistic and comparison, the paired difference in % of the baseline
-  mean with its 95% CI over seeds (the seed is the unit), and the individual seeds' differences.
+  mean with its 95% CI over seeds (the seed is the unit), the individual seeds' differences, and ±the minimum
+  detectable effect (``mde_pct``: 80% power, α = 0.05), so an interval covering 0 shows what it could have found.
 - :func:`critic_rows_figure`: quantiles over decoder rows of the per-row penalty term
   p_i = exp(−‖W_dec[i] − Ŵ[i]‖²/σ²) during training, for a trained and a random critic: a penalty
   that discriminates between rows has a wide band; one that is the same for every row is a constant.
@@ -23,11 +24,13 @@ COLORS = {"joint vs solo": "tab:blue", "randcritic vs solo": "tab:orange", "join
 def paired_seed_figure(table: pd.DataFrame, per_seed: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
                        title: str = "") -> plt.Figure:
     """Δ (% of the baseline mean) with its 95% CI over paired seeds, one row per statistic; dots are the
-    single seeds' differences when ``per_seed[comparison][statistic]`` is given."""
+    single seeds' differences when ``per_seed[comparison][statistic]`` is given; bars at ±``mde_pct`` (when the
+    table has it) mark the minimum detectable effect."""
     stats = list(dict.fromkeys(table["statistic"]))
     comps = list(dict.fromkeys(table["comparison"]))
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.75 * len(stats)))
     step = 0.8 / max(1, len(comps))
+    mde_labelled = False
     for j, comp in enumerate(comps):
         sub = table[table["comparison"] == comp].set_index("statistic")
         for i, stat in enumerate(stats):
@@ -39,6 +42,11 @@ def paired_seed_figure(table: pd.DataFrame, per_seed: Mapping[str, Mapping[str, 
             ax.errorbar([r.get("delta_pct", np.nan)], [y], xerr=[[r.get("delta_pct", np.nan) - lo],
                                                                   [hi - r.get("delta_pct", np.nan)]],
                         fmt="o", color=COLORS.get(comp, None), capsize=3, label=comp if i == 0 else None)
+            mde = float(r.get("mde_pct", np.nan))
+            if np.isfinite(mde):  # every interval, null or not, shows what it could have detected
+                ax.scatter([-mde, mde], [y, y], marker="|", s=90, color=COLORS.get(comp, None), alpha=0.6,
+                           label="±MDE (80% power)" if not mde_labelled else None)
+                mde_labelled = True
             if per_seed and stat in per_seed.get(comp, {}):
                 d = np.asarray(per_seed[comp][stat], dtype=float)
                 ax.scatter(d, np.full(d.size, y), s=10, color=COLORS.get(comp, None), alpha=0.5, zorder=1)
@@ -47,7 +55,8 @@ def paired_seed_figure(table: pd.DataFrame, per_seed: Mapping[str, Mapping[str, 
     ax.set_yticks(range(len(stats)), labels, fontsize=8)
     ax.invert_yaxis()
     k = int(table["K"].max()) if len(table) else 0
-    ax.set_xlabel(f"paired difference, % of the baseline mean (95% CI over {k} seeds; dots: single seeds)")
+    ax.set_xlabel(f"paired difference, % of the baseline mean (95% CI over {k} seeds; dots: single seeds; "
+                  "bars: ±minimum detectable effect)")
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "Primary comparison: treatment − baseline, paired by seed", fontsize=10)
     fig.tight_layout()

@@ -24,7 +24,7 @@ from paperlib.config.paths import output_dirs, second_model_output_dirs
 from paperlib.config.profiles import Profile, get_profile, second_model
 from paperlib.data.lm import MODEL_NAMES
 from paperlib.metrics.stats import paired
-from paperlib.stages.compare import STATISTICS, overall_verdict
+from paperlib.stages.compare import STATISTICS, mde_or_nan, overall_verdict
 from paperlib.stages.select import load_selection
 
 WELCH_CAVEAT = ("Welch over pairs is descriptive precision only: the pairs of one SAE are not independent "
@@ -167,26 +167,28 @@ def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None) -> lis
     return lines
 
 
-def _seed_ci(values: pd.Series) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over seeds (the seed is the unit): the one-sample form of the paired test."""
+def _seed_ci(values: pd.Series) -> tuple[float, float, float, float]:
+    """Mean, 95% t-interval over seeds (the seed is the unit: the one-sample form of the paired test) and the
+    minimum detectable |mean| at 80% power (:func:`paperlib.stages.compare.mde_or_nan`)."""
     v = values.astype(float).to_numpy()
     if len(v) < 2:
-        return float(v.mean()), math.nan, math.nan
+        return float(v.mean()), math.nan, math.nan, math.nan
     r = paired(v, np.zeros(len(v)))
-    return r.mean_diff, r.ci_low, r.ci_high
+    return r.mean_diff, r.ci_low, r.ci_high, mde_or_nan(r.std_diff, r.n)
 
 
 def rate_matched_lines(rate: pd.DataFrame) -> list[str]:
-    """The firing-rate-matched estimates (regression and rate-cell strata) with their CIs over seeds, and
-    whether they agree with the raw difference."""
+    """The firing-rate-matched estimates (regression and rate-cell strata) with their CIs over seeds and minimum
+    detectable effects (80% power, α = 0.05), and whether they agree with the raw difference."""
     raw, reg, cell = (_seed_ci(rate[c]) for c in ("raw_rel_pct", "rel_diff_pct", "cell_rel_pct"))
     k = len(rate)
 
     def fmt(x):
-        return f"{x[0]:+.2f}% [{x[1]:+.2f}, {x[2]:+.2f}]"
+        return f"{x[0]:+.2f}% [{x[1]:+.2f}, {x[2]:+.2f}] (MDE {_fmt(x[3], '.2f')}%)"
 
     out = [f"Firing-rate-matched comparison, joint vs solo, latent level (a latent's mean \\|φ\\| over alive "
-           f"partners), mean over {k} seeds with 95% CI: raw {fmt(raw)}; adjusted by regression on arm and log "
+           f"partners), mean over {k} seeds with 95% CI and the minimum detectable \\|Δ\\| (MDE: 80% power, α = 0.05): "
+           f"raw {fmt(raw)}; adjusted by regression on arm and log "
            f"firing rate {fmt(reg)}; within firing-rate cells {fmt(cell)}."]
     signs = {"raw": raw, "regression": reg, "rate cells": cell}
     lower = [n for n, x in signs.items() if x[2] < 0]

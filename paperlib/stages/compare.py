@@ -63,6 +63,14 @@ def verdict(ci_low: float, ci_high: float, delta: float) -> str:
     return "no evidence of a difference (95% CI covers 0)"
 
 
+def mde_or_nan(sd_diff: float, n: int) -> float:
+    """:func:`paperlib.metrics.stats.min_detectable_effect` at 80% power and α = 0.05 (units of ``sd_diff``);
+    NaN when it is undefined (fewer than 2 seeds, or paired differences without spread)."""
+    if n < 2 or not math.isfinite(sd_diff) or sd_diff <= 0:
+        return math.nan
+    return min_detectable_effect(sd_diff, n)
+
+
 def _arm_values(runs: dict[str, list[Run]], progress: bool) -> dict[str, list[dict[str, float]]]:
     return {arm: [run_statistics(r, progress=progress) for r in rs] for arm, rs in runs.items()}
 
@@ -93,8 +101,7 @@ def paired_seed_table(profile: str | Profile, *, progress: bool = False) -> pd.D
                 r = paired_seeds(a, b)
                 row.update(delta=r.mean_diff, ci_low=r.ci_low, ci_high=r.ci_high, t=r.t, df=r.df, p=r.p,
                            delta_pct=r.rel_diff_pct, ci_low_pct=r.rel_ci_low_pct, ci_high_pct=r.rel_ci_high_pct,
-                           sd_diff=r.std_diff,
-                           mde=min_detectable_effect(r.std_diff, r.n) if r.std_diff > 0 else math.nan)
+                           sd_diff=r.std_diff, mde=mde_or_nan(r.std_diff, r.n))
                 row["mde_pct"] = 100.0 * row["mde"] / abs(row["mean_baseline"]) if row["mean_baseline"] else math.nan
                 row["verdict"] = verdict(r.ci_low, r.ci_high, r.mean_diff)
             else:
@@ -108,7 +115,8 @@ def rate_matched_table(profile: str | Profile, treatment: str = "joint", baselin
                        progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Firing-rate-matched difference of latent-level mean |φ| (treatment − baseline) per seed (OLS of a
     latent's mean |φ| over alive partners on arm and log firing rate, HC3 errors), and the mean over
-    seeds with a t confidence interval across seeds (the seed is the unit)."""
+    seeds with a t confidence interval across seeds (the seed is the unit), the SD of the per-seed
+    differences (``sd_diff_pct``) and the minimum detectable |Δ| at 80% power (``mde_pct``, in % like Δ)."""
     runs = primary_run_handles(profile)
     rows = []
     for ra, rb in zip(runs.get(baseline, []), runs.get(treatment, []), strict=True):
@@ -122,6 +130,7 @@ def rate_matched_table(profile: str | Profile, treatment: str = "joint", baselin
     if len(df) >= 2:
         r = paired(df["rel_diff_pct"].to_numpy(), np.zeros(len(df)))
         summary.update(mean_rel_diff_pct=r.mean_diff, ci_low_pct=r.ci_low, ci_high_pct=r.ci_high, p=r.p,
+                       sd_diff_pct=r.std_diff, mde_pct=mde_or_nan(r.std_diff, r.n),
                        verdict=verdict(r.ci_low, r.ci_high, r.mean_diff))
     elif len(df) == 1:
         summary.update(mean_rel_diff_pct=float(df["rel_diff_pct"].iloc[0]), verdict="not testable (K < 2)")

@@ -134,3 +134,18 @@ def test_summary_shows_the_grid_sentence(tmp_artifacts):
     text = write_summary("smoke").read_text()
     line = next(s for s in text.splitlines() if s.startswith("| grid vs the solo seeds' noise"))
     assert "1 of 1 grid configurations differ from the 2 solo seeds' noise at Holm-adjusted p < 0.05" in line
+
+
+def test_rate_matched_lines_carry_the_minimum_detectable_effect():
+    import numpy as np
+    from statsmodels.stats.power import TTestPower
+
+    from paperlib.report.summary import rate_matched_lines
+
+    rate = pd.DataFrame({"raw_rel_pct": [-4.0, -4.5, -4.2], "rel_diff_pct": [0.5, -0.5, 0.2],
+                         "cell_rel_pct": [-1.0, -2.0, -1.5]})
+    line = rate_matched_lines(rate)[0]
+    d = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
+    for col in ("raw_rel_pct", "rel_diff_pct", "cell_rel_pct"):  # each estimate, the null one included
+        assert f"(MDE {float(d) * np.std(rate[col], ddof=1):.2f}%)" in line
+    assert "(MDE n/a%)" in rate_matched_lines(rate.assign(rel_diff_pct=[1.0, 1.0, 1.0]))[0]  # no spread
