@@ -9,8 +9,10 @@ from pathlib import Path
 import paperlib
 
 ROOT = Path(paperlib.__file__).resolve().parent
-LAYERS = ["config", "data", "sae", "metrics", "autointerp", "stages", "report", "reproduce", "export"]
-"""Sub-packages (and the top-level command modules `reproduce` and `export`) from the bottom of the data path up."""
+LAYERS = ["config", "data", "sae", "metrics", "autointerp", "stages", "report", "reproduce", "export", "cli",
+          "__main__"]
+"""Sub-packages (and the top-level command modules `reproduce`, `export`, `cli` and `__main__`) from the bottom of
+the data path up."""
 
 
 def _modules() -> dict[str, ast.Module]:
