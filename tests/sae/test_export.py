@@ -259,3 +259,80 @@ def test_sparsity_file_from_calibration(tmp_path):
     assert not (out / SAELENS_SPARSITY).exists()
     with pytest.raises(ValueError, match="firing_rates"):
         to_saelens(sae, tmp_path / "bad", theta, firing_rates=np.full(96, 2.0))
+
+
+def test_saelens_splice_into_the_language_model_reproduces_paperlib(tmp_path):
+    """The export spliced into the (tiny, offline) SmolLM2-architecture model through SAELens.
+
+    1. Activations: paperlib's ``resid_pre`` (nnsight) of block L, non-BOS positions; SAELens' ``encode`` of the
+       loaded export equals paperlib's calibrated codes ``sae.encode(x, thresholds=θ)`` (EER thresholds from
+       ``calibrate_from_pre``): max |Δ| ≤ 1e-5 and the same firing pattern.
+    2. In the model: SAELens' ``SAETransformerBridge`` (booted from the local model, no hub) reads the same
+       activations at the export's ``hook_name``, its attached SAE gives the same codes, and the next-token loss
+       with the SAE spliced in equals paperlib's CE splice on the same tokens: BOS kept (paperlib's
+       ``batch_ce``, SAELens' SAE applied by a hook to positions 1:) and every position (``run_with_saes``).
+       Losses agree to 1e-4 nats while the splice itself moves the loss by ≫ that; the residual gap is the
+       documented scale eps (paperlib multiplies by std + 1e-5, SAELens by std)."""
+    import sae_lens
+    from sae_lens.analysis.sae_transformer_bridge import SAETransformerBridge
+
+    from paperlib.data import activations, lm
+    from paperlib.data.lm import block_envoy
+    from paperlib.metrics.calibration import calibrate_from_pre
+    from paperlib.metrics.ce import batch_ce, sae_splice
+    from paperlib.stages.export import hook_name
+
+    layer = 2
+    model = lm.load_lm("tiny-smollm2", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(model.tokenizer), (4, 32), generator=g)
+    ids[:, 0] = model.tokenizer.bos_token_id
+    x = activations.resid_pre(model, ids, layer)
+    flat = x[:, 1:].reshape(-1, x.shape[-1])  # paperlib's SAEs never see BOS positions
+    sae = BatchTopKSAE(x.shape[-1], 256, 8, seed=1)
+    with torch.no_grad():
+        sae.W_enc.mul_(3.0)
+    cal = calibrate_from_pre([sae.pre_acts(flat).detach()], k=sae.k, progress=False)
+    theta = torch.as_tensor(cal.thresholds, dtype=torch.float32)
+    f = sae.encode(flat, thresholds=theta).detach()
+    assert (f > 0).sum() > 100 and np.isinf(cal.thresholds).any()  # firing codes and some dead latents
+    out = to_saelens(sae, tmp_path / "exp", cal, hook_name=hook_name(layer), model_name="tiny-smollm2",
+                     context_size=ids.shape[1])
+    loaded = sae_lens.SAE.load_from_disk(str(out))
+    with torch.no_grad():
+        f_sl = loaded.encode(flat)
+    assert (f_sl - f).abs().max().item() <= 1e-5
+    assert torch.equal(f_sl > 0, f > 0)
+
+    hf, tok = lm.load_hf("tiny-smollm2", device="cpu")  # its own copy: the bridge wraps the HF modules
+    bridge = SAETransformerBridge.boot_transformers(str(lm.model_dir("tiny-smollm2")), hf_model=hf, tokenizer=tok,
+                                                    device="cpu")
+    hook = loaded.cfg.metadata.hook_name
+    assert hook == "blocks.2.hook_resid_pre"
+    point = bridge.get_hook_point(hook).name  # the bridge's own name for it (blocks.2.hook_in)
+
+    def bos_kept(act, hook):
+        return torch.cat([act[:, :1], loaded(act[:, 1:])], dim=1)
+
+    with torch.no_grad():  # hooks first: in sae-lens 6.54 a name hook there no longer fires once run_with_saes reset it
+        clean = bridge(ids, return_type="loss").item()
+        spliced_bos_kept = bridge.run_with_hooks(ids, return_type="loss", fwd_hooks=[(point, bos_kept)]).item()
+        total, n = batch_ce(model, ids, layer, sae_splice(sae, theta))
+        clean_pl, n_pl = batch_ce(model, ids, layer, None)
+    assert clean == pytest.approx(clean_pl / n_pl, abs=1e-5)
+    assert abs(total / n - clean_pl / n_pl) > 1e-3  # the splice changes the loss ...
+    assert spliced_bos_kept == pytest.approx(total / n, abs=1e-4)  # ... and both splices agree
+
+    with torch.no_grad():
+        loss_sl, cache = bridge.run_with_cache_with_saes(ids, saes=[loaded], return_type="loss")
+        with model.trace(ids):  # paperlib's splice function on every position (BOS included), as SAELens does
+            h = block_envoy(model, layer - 1).output
+            block_envoy(model, layer - 1).output[:, :, :] = sae_splice(sae, theta)(h)
+            logits = model.lm_head.output.save()
+    torch.testing.assert_close(cache[point + ".hook_sae_input"], x, rtol=0, atol=1e-6)  # same activations
+    acts = cache[point + ".hook_sae_acts_post"][:, 1:].reshape(-1, f.shape[1])
+    assert (acts - f).abs().max().item() <= 1e-5 and torch.equal(acts > 0, f > 0)
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    ce_all = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                               ids[:, 1:].reshape(-1)).item()
+    assert loss_sl.item() == pytest.approx(ce_all, abs=1e-4)
