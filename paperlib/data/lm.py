@@ -134,6 +134,9 @@ TINY_VOCAB = 512
 """Vocabulary size of the offline tokenizer of ``tiny-gpt2`` and ``tiny-gemma2`` (special tokens included)."""
 TINY_WIDTH = 64
 TINY_LAYERS = 4
+TINY_BUILD = 1
+"""Version of the tiny paper-architecture models' recipe (tokenizer, config, seed); part of their cache folder's
+name, so a changed recipe builds new models instead of reusing old ones. Raise it whenever the recipe changes."""
 TINY_SPECIALS = {
     "tiny-gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
     "tiny-gemma2": {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"},
@@ -190,7 +193,7 @@ def _tiny_paper_arch(key: str) -> Path:
     """A randomly initialised (seed 0) tiny GPT-2 or Gemma 2 with its offline tokenizer, saved once."""
     from transformers import AutoModelForCausalLM
 
-    out = _converted_dir(key)
+    out = _converted_dir(f"{key}-v{TINY_BUILD}")
     if (out / "config.json").exists():
         return out
     tok = tiny_tokenizer(key)
