@@ -1,28 +1,34 @@
-"""Training-step throughput (tokens/s): sparse BatchTopK path vs a naive dense step, same process.
+"""Training-step throughput (tokens/s) of every arm against the encoder-forward bound, same process.
 
-Measures, at the default profile's sizes (d = 576, n = 4608 = 8·d, k = 32, B = 1024) and at
-B = 4096 (the reference step):
+Two geometries (d = 576, k = 32):
 
-- ``naive``: a naive dense BatchTopK step (flattened ``torch.topk`` over [B·n], dense codes,
-  dense decode matmul, dense autograd backward, decoder constraint, Adam);
-- ``solo``: one primary step of :class:`paperlib.sae.trainer.Trainer` (sparse decode and backward);
-- ``joint``: one joint macro-step (n_p primary steps with the penalty + n_m meta steps), reported
-  per primary token;
-- optionally (``--dead``) the same with a fraction of latents marked dead (AuxK active).
+- ``default``: the default profile's own n and batch size (n = 2304, B = 2048), what ``make reproduce``
+  trains;
+- ``reference``: n = 8·d = 4608 at B = 4096 (issue 16's reference step, as in ``make bench-peers``).
 
-Times are the minimum over repetitions. Ratios are printed against the naive step measured in the
-same process. SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``:
-each library in its own venv and process, at B = 4096, against an encoder-forward bound timed in the same
-process; table in ``artifacts/bench/peers.json``).
+Per geometry, in one process and on the same fixed batch:
 
-Usage: ``.venv/bin/python benchmarks/train.py [--batch 1024 4096] [--reps 3] [--dead 0.1]``.
-On a shared, oversubscribed machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads
-make small parallel ops (sort, embedding_bag, ...) up to ~70x slower under contention.
+- ``bound``: the encoder forward alone, relu(x @ W_enc) (2·B·d·n FLOPs, the only unavoidable dense work);
+- ``naive``: a textbook dense BatchTopK step (flattened ``torch.topk`` over [B·n], dense codes, dense
+  decode matmul, dense autograd backward, decoder constraint, Adam);
+- ``solo``: one primary step of :class:`paperlib.sae.trainer.Trainer`;
+- ``joint``, ``randcritic``, ``ortho``: macro-steps of those arms (n_p primary steps with the penalty at
+  full weight, plus the n_m meta steps that end each block for ``joint``), reported per primary token.
+
+The table prints tok/s, each arm's cost per token relative to solo (``× solo cost``: 1.10 means 10% more
+time per token) and the solo step's share of the bound (``solo / bound``). Times are the minimum over
+repetitions. ``--dead`` marks a fraction of latents dead (AuxK active). SAELens and dictionary_learning
+are compared by ``make bench-peers`` (``benchmarks/peers.py``).
+
+Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 3]``.
+On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads make small parallel
+ops up to ~70x slower under contention.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -68,9 +74,27 @@ def _time(fn, reps: int) -> float:
     return best
 
 
-def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, k: int = 32) -> dict:
+GEOMETRIES = {"default": None, "reference": (4608, 4096)}
+"""n and B per geometry (``None``: the default profile's own)."""
+
+ARMS = {"joint": RunSpec("joint", lambda2=0.3, sigma2=1.0),
+        "randcritic": RunSpec("randcritic", lambda2=0.3, sigma2=1.0),
+        "ortho": RunSpec("ortho", gamma=0.1)}
+
+
+def _trainer(prof, spec: RunSpec, d: int) -> Trainer:
+    """A trainer in the middle of its run: schedules at full learning rate and full penalty weight."""
+    t = Trainer(TrainConfig.from_profile(prof, spec, d), torch.device("cpu"))
+    t.total_steps, t.step = 1000, 500
+    return t
+
+
+def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32) -> dict:
     torch.manual_seed(0)
-    prof = get_profile("default", n_latents=n, k=k, batch_size=batch, n_meta=round(0.09 * n))
+    base = get_profile("default")
+    n, batch = GEOMETRIES[geometry] or (base.sae.n_latents, base.sae.batch_size)
+    prof = base if GEOMETRIES[geometry] is None else get_profile(
+        "default", n_latents=n, k=k, batch_size=batch, n_meta=round(0.09 * n))
     x = torch.randn(batch, d) * 2 + torch.randn(d)
 
     def mark_dead(sae: BatchTopKSAE) -> None:
@@ -79,50 +103,53 @@ def bench(batch: int, reps: int, dead_frac: float, d: int = 576, n: int = 4608, 
         if dead_frac > 0:
             sae.steps_since_fired[: int(dead_frac * n)] = 10**6
 
+    W = torch.randn(d, n)
+    t_bound = _time(lambda: torch.relu(x @ W), max(reps, 5))
     naive = BatchTopKSAE(d, n, k, seed=0)
     mark_dead(naive)
     opt = torch.optim.Adam(naive.parameters(), lr=prof.sae.lr, betas=(0.9, 0.99))
     t_naive = _time(lambda: (naive_dense_step(naive, opt, x), mark_dead(naive)), reps)
-
-    solo = Trainer(TrainConfig.from_profile(prof, RunSpec("solo"), d), torch.device("cpu"))
+    solo = _trainer(prof, RunSpec("solo"), d)
     mark_dead(solo.primary)
-    t_solo = _time(lambda: (solo.primary_step(x), mark_dead(solo.primary)), max(reps, 3))
+    t_solo = _time(lambda: (solo.primary_step(x), mark_dead(solo.primary)), max(reps, 5))
+    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=dead_frac,
+               bound=batch / t_bound, naive=batch / t_naive, solo=batch / t_solo)
+    n_p = prof.meta.n_primary_steps
+    for name, spec in ARMS.items():
+        tr = _trainer(prof, spec, d)
 
-    joint = Trainer(TrainConfig.from_profile(prof, RunSpec("joint", lambda2=0.3, sigma2=1.0), d),
-                    torch.device("cpu"))
-    mark_dead(joint.primary)
+        def macro(tr=tr) -> None:
+            for _ in range(n_p):
+                tr.macro_step(x)
+                mark_dead(tr.primary)
 
-    def macro() -> None:
-        for _ in range(prof.meta.n_primary_steps):
-            joint.macro_step(x)
-            mark_dead(joint.primary)
-
-    t_macro = _time(macro, 2) / prof.meta.n_primary_steps
-    out = dict(batch=batch, d=d, n=n, k=k, n_meta=prof.meta.n_meta, dead_frac=dead_frac,
-               naive=batch / t_naive, solo=batch / t_solo, joint=batch / t_macro)
-    out["solo_vs_naive"] = out["solo"] / out["naive"]
-    out["joint_vs_naive"] = out["joint"] / out["naive"]
-    out["joint_overhead_pct"] = 100 * (t_macro / t_solo - 1)
+        out[name] = batch / (_time(macro, reps) / n_p)
+    for name in ("naive", *ARMS):
+        out[f"{name}_cost"] = out["solo"] / out[name]
+    out["solo_vs_bound"] = out["solo"] / out["bound"]
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--geometry", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--dead", type=float, nargs="+", default=[0.0, 0.1],
+    ap.add_argument("--dead", type=float, nargs="+", default=[0.0],
                     help="fraction of latents marked dead (AuxK active)")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    header = (f"{'B':>5} {'dead':>5} {'naive tok/s':>12} {'solo tok/s':>11} {'joint tok/s':>12} "
-              f"{'solo/naive':>10} {'joint/naive':>11} {'joint overhead':>15}")
-    print(header)
-    for b in args.batch:
+    torch.set_num_threads(args.threads)
+    print(f"{time.strftime('%F %T')} torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    cols = ["bound", "naive", "solo", *ARMS]
+    print(f"{'geometry':>9} {'n':>5} {'B':>5} {'dead':>5} " + " ".join(f"{c + ' tok/s':>16}" for c in cols)
+          + f" {'solo/bound':>10} " + " ".join(f"{c + ' ×solo cost':>18}" for c in ("naive", *ARMS)))
+    for g in args.geometry:
         for dead in args.dead:
-            r = bench(b, args.reps, dead)
-            print(f"{r['batch']:>5} {r['dead_frac']:>5.2f} {r['naive']:>12.0f} {r['solo']:>11.0f} "
-                  f"{r['joint']:>12.0f} {r['solo_vs_naive']:>10.2f} {r['joint_vs_naive']:>11.2f} "
-                  f"{r['joint_overhead_pct']:>14.1f}%", flush=True)
+            r = bench(g, args.reps, dead)
+            print(f"{g:>9} {r['n']:>5} {r['batch']:>5} {r['dead_frac']:>5.2f} "
+                  + " ".join(f"{r[c]:>16,.0f}" for c in cols) + f" {r['solo_vs_bound']:>10.2f} "
+                  + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS)), flush=True)
 
 
 if __name__ == "__main__":
