@@ -32,10 +32,6 @@ from paperlib.stages.train import ensure_trained
 
 PROFILES = tuple(PAPER_ARCH_SMOKE)
 BLOCKS = {"tiny-gpt2": "transformer.h", "tiny-gemma2": "model.layers"}
-GEMMA2_SOFTCAP_XFAIL = pytest.mark.xfail(
-    strict=True, reason="paperlib.metrics.ce.batch_ce reads lm_head.output, which is before Gemma 2's final-logit "
-    "soft-capping (tanh(logits/30)*30): its CE is not the model's loss (the model's own logits, lm.output.logits, "
-    "give it exactly)")
 
 
 def _lm(profile: str):
@@ -99,7 +95,7 @@ def test_identity_splice_reproduces_the_clean_ce(profile):
     assert ce["identity"].n_tokens == ids.shape[0] * (ids.shape[1] - 1)
 
 
-@pytest.mark.parametrize("profile", [PROFILES[0], pytest.param(PROFILES[1], marks=GEMMA2_SOFTCAP_XFAIL)])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_clean_ce_is_the_models_own_loss(profile):
     p, model = _lm(profile)
     ids = _rows(p, model.tokenizer)

@@ -58,8 +58,7 @@ def batch_ce(lm, ids: torch.Tensor, layer: int, splice: SpliceFn | None) -> tupl
             h = _block(lm, layer - 1).output
             new = splice(h[:, 1:, :])
             _block(lm, layer - 1).output[:, 1:, :] = new
-        logits = lm.lm_head.output.save()
-    logits = logits[0] if isinstance(logits, tuple) else logits
+        logits = lm.output.logits.save()  # the model's own logits: after any final soft-capping (Gemma 2)
     # one row at a time: an fp64 [B, S, vocab] copy would need >4 GB for Gemma's 262k vocabulary.
     # log-softmax in fp32 (as the model computes it), summed in fp64.
     total, count = 0.0, 0
