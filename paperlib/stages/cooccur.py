@@ -13,11 +13,14 @@ from paperlib.config.io import atomic_path, damaged, read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
 from paperlib.metrics.cooccurrence import (
+    Counts,
     RateRobustStats,
     SparseFiring,
     WithinStats,
     firing_from_sae,
+    rate_robust_stats,
     rate_robust_stats_blockwise,
+    within_stats,
     within_stats_blockwise,
 )
 from paperlib.stages import cache
@@ -44,12 +47,41 @@ def split_halves(fired: sp.spmatrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return fired[:mid], fired[mid:]
 
 
+def alive_index(N1: np.ndarray, T: int) -> np.ndarray:
+    """Indices of the alive latents: fire on, and stay silent on, at least ALIVE_MIN_COUNT of the T tokens."""
+    N1 = np.asarray(N1)
+    return np.flatnonzero((N1 >= ALIVE_MIN_COUNT) & (T - N1 >= ALIVE_MIN_COUNT))
+
+
 def alive_columns(fired: sp.spmatrix) -> sp.csr_matrix:
-    """The firing matrix restricted to alive latents (fire on, and stay silent on, ≥ ALIVE_MIN_COUNT tokens)."""
+    """The firing matrix restricted to alive latents (:func:`alive_index`)."""
     fired = fired.tocsc()
-    n1 = np.asarray(fired.sum(axis=0)).ravel()
-    keep = np.flatnonzero((n1 >= ALIVE_MIN_COUNT) & (fired.shape[0] - n1 >= ALIVE_MIN_COUNT))
-    return fired[:, keep].tocsr()
+    return fired[:, alive_index(np.asarray(fired.sum(axis=0)).ravel(), fired.shape[0])].tocsr()
+
+
+COUNTS_MAX_N = 8192
+"""Up to this many latents the stage holds full n×n int64 counts (512 MB at 8192): the two half-range
+counts are computed once and every statistic is derived from them (all = half₁ + half₂; alive = a
+sub-matrix), two sparse products per run instead of five. Above it, each statistic streams N11 in row
+blocks and memory stays bounded by the firing matrix."""
+
+
+def within_results(fired: sp.spmatrix, progress: bool = False) -> tuple[WithinStats, WithinStats,
+                                                                          tuple[WithinStats, WithinStats], dict]:
+    """(all pairs, alive pairs, (first half, second half), rate-robust dict) of a firing matrix [T, n]."""
+    halves = split_halves(fired)
+    if fired.shape[1] > COUNTS_MAX_N:
+        firing = SparseFiring.from_fired(fired)
+        return (within_stats_blockwise(firing, progress=progress),
+                within_stats_blockwise(SparseFiring.from_fired(alive_columns(fired)), progress=False),
+                tuple(within_stats_blockwise(SparseFiring.from_fired(h), progress=False) for h in halves),
+                rate_robust_stats_blockwise(firing, min_count=ALIVE_MIN_COUNT, tail=TAIL, progress=progress))
+    c1, c2 = (SparseFiring.from_fired(h).counts() for h in halves)
+    c = c1 + c2
+    keep = alive_index(c.N1, c.T)
+    alive = Counts(c.T, c.N1[keep], c.N11[np.ix_(keep, keep)])
+    return (within_stats(c), within_stats(alive), (within_stats(c1), within_stats(c2)),
+            rate_robust_stats(c, min_count=ALIVE_MIN_COUNT, tail=TAIL))
 
 
 cache.declare("cooccurrence", __name__, _settings, deps=("calibration",), outputs=("result.json", "firing.npz"))
@@ -94,13 +126,9 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResul
     acts = load_cache(run.profile).acts("cooccurrence")
     fired = firing_from_sae(sae, acts, theta, batch_size=run.profile.sae.batch_size, progress=progress,
                            what=acts_label(run.profile, "cooccurrence"))
-    firing = SparseFiring.from_fired(fired)
-    res = CooccurrenceResult(
-        run=run.name, range="cooccurrence", all=within_stats_blockwise(firing, progress=progress),
-        alive=within_stats_blockwise(SparseFiring.from_fired(alive_columns(fired)), progress=False),
-        halves=tuple(within_stats_blockwise(SparseFiring.from_fired(h), progress=False) for h in split_halves(fired)),
-        robust=RateRobustStats.from_dict(rate_robust_stats_blockwise(firing, min_count=ALIVE_MIN_COUNT, tail=TAIL,
-                                                                     progress=progress)))
+    all_pairs, alive, halves, robust = within_results(fired, progress=progress)
+    res = CooccurrenceResult(run=run.name, range="cooccurrence", all=all_pairs, alive=alive, halves=halves,
+                             robust=RateRobustStats.from_dict(robust))
     d = cache.begin("cooccurrence", run)
     with atomic_path(d / "firing.npz") as tmp, open(tmp, "wb") as fh:
         sp.save_npz(fh, fired.tocsr())
