@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from paperlib.config.numerics import numerics_record
+
 TRACKED_PACKAGES = (
     "torch", "transformers", "nnsight", "numpy", "scipy", "safetensors", "datasets",
 )
@@ -166,5 +168,6 @@ def git_revision(root: Path | None = None) -> str:
 
 
 def provenance() -> dict[str, Any]:
-    """Versions and revision to record beside every artifact."""
-    return {"versions": package_versions(), "git": git_revision()}
+    """Versions, revision and the arithmetic setting (:func:`~paperlib.config.numerics.numerics_record`) to
+    record beside every artifact."""
+    return {"versions": package_versions(), "git": git_revision(), "numerics": numerics_record()}
