@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from paperlib.config.io import ArtifactError
-from paperlib.config.numerics import pin_mkl_branch
 from paperlib.config.profiles import PROFILES, Profile, get_profile
 from paperlib.data.activations import load_cache
 from paperlib.stages.calibrate import ensure_calibration
@@ -104,7 +103,6 @@ def _resolve(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Pro
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code (0 done, 1 a stage failed; 2 via argparse)."""
-    pin_mkl_branch()  # before the first matmul
     ap = build_parser()
     args = ap.parse_args(argv)
     p, runs = _resolve(ap, args)

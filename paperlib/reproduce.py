@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from paperlib.config.io import ArtifactError, read_json, write_json
-from paperlib.config.numerics import pin_mkl_branch
 from paperlib.config.paths import REPO_ROOT, output_dirs, profile_dir, runs_dir
 from paperlib.config.profiles import Profile, get_profile, second_model
 from paperlib.data.activations import verify_cache
@@ -141,7 +140,6 @@ def run(profile: str, *, force: bool = False, only: list[str] | None = None) -> 
     from papermill.exceptions import PapermillExecutionError
 
     get_profile(profile)  # fail early on an unknown name
-    pin_mkl_branch()  # the notebook kernels and their workers inherit it
     upstream = digest(absolute_locations(profile))
     out_dir = record_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,13 @@
-"""Which code path MKL's matrix multiplies take, fixed so that a seed fixes results on every AVX-512 machine.
+"""What decides the arithmetic of a process, recorded beside every artifact.
 
-MKL picks its matmul kernels by the CPU it runs on (``MKL_CBWR=AUTO``), and different kernels round
-differently: on the development machine the AVX2 and the AVX-512 branch give different bits for the same
-fp32 product. Training amplifies a last-bit difference into different BatchTopK selections, so the same
-commit and seed would give different numbers on two CPU generations. :func:`pin_mkl_branch` sets
-``MKL_CBWR`` (unless the user set it) before the first matmul of a process; worker processes and notebook
-kernels inherit it. ``AVX512`` is the branch the development machine uses by default (measured: same bits
-as ``AUTO`` and the same speed); forcing ``AVX2`` everywhere would cost about 1.5x in matmul speed there.
-On a CPU without AVX-512, MKL ignores the setting and uses its automatic choice, so results there can
-differ in the last bits and, after training, by about the same-seed spread the README reports.
-Thread count does not matter here: 1- and 2-thread extraction and training gave byte-identical results.
+MKL picks its matmul kernels by the CPU it runs on (``MKL_CBWR`` unset means automatic), and different
+kernels round differently: on the development machine, forcing MKL's AVX2 branch instead of its automatic
+AVX-512 choice gives different bits for the same fp32 product, and training amplifies a last-bit
+difference into different BatchTopK selections. So a seed fixes results bitwise on one kind of CPU (measured:
+byte-identical across machine load, worker order and 1 vs 2 threads), not across CPU generations; the README
+gives the measured size of that same-seed spread. :func:`numerics_record` says which setting and CPU made
+an artifact. Setting ``MKL_CBWR`` (for example ``AVX2``, which most x86 CPUs support, at about 1.5x lower
+matmul speed here) before the first matmul makes MKL take one code path everywhere.
 """
 
 from __future__ import annotations
@@ -17,14 +15,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-
-MKL_BRANCH = "AVX512"
-
-
-def pin_mkl_branch() -> str:
-    """Set ``MKL_CBWR`` to :data:`MKL_BRANCH` unless already set; return the value in effect. Call it
-    before the process's first matrix multiply (MKL reads it then)."""
-    return os.environ.setdefault("MKL_CBWR", MKL_BRANCH)
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paperlib.config.io import atomic_path, provenance, write_text
-from paperlib.config.numerics import pin_mkl_branch
 from paperlib.config.paths import output_dirs
 from paperlib.config.profiles import Profile, get_profile
 
@@ -24,7 +23,6 @@ class NotebookContext:
 def setup(profile: str | Profile, **overrides) -> NotebookContext:
     """Resolve the profile, make the output dirs and print what will run where."""
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
-    pin_mkl_branch()  # before the kernel's first matmul
     p = get_profile(profile, **overrides)
     figs, tabs = output_dirs(p)
     prov = provenance()
