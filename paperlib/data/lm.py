@@ -22,7 +22,9 @@ cannot be reached the error names the offline profiles.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import inspect
 import os
 import shutil
 from dataclasses import dataclass
@@ -116,7 +118,7 @@ def _tiny_smollm2() -> Path:
     """A 4-layer randomly initialised model with SmolLM2's tokenizer (seeded, cached)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    out = _converted_dir("tiny-smollm2")
+    out = _converted_dir(tiny_model_version("tiny-smollm2"))
     if (out / "config.json").exists():
         return out
     tok = AutoTokenizer.from_pretrained(str(model_dir("smollm2-135m")))
@@ -193,13 +195,33 @@ def _tiny_paper_arch(key: str) -> Path:
     """A randomly initialised (seed 0) tiny GPT-2 or Gemma 2 with its offline tokenizer, saved once."""
     from transformers import AutoModelForCausalLM
 
-    out = _converted_dir(f"{key}-v{TINY_BUILD}")
+    out = _converted_dir(tiny_model_version(key))
     if (out / "config.json").exists():
         return out
     tok = tiny_tokenizer(key)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(key, tok), dtype=torch.float32)
     return _save_model_dir(model, tok, out)
+
+
+TINY_MODELS = ("tiny-smollm2", "tiny-gpt2", "tiny-gemma2")
+"""The randomly initialised test models, built here from a recipe (versioned by :func:`tiny_model_version`)."""
+
+
+def tiny_model_version(key: str) -> str:
+    """``<key>-v<TINY_BUILD>-<digest>``: the version of a tiny model's recipe, where the digest covers the source
+    of the code that builds it (config, tokenizer, seed) and its constants. It names the model's cache folder and
+    enters the activation cache's settings, so any change of the recipe builds a new model and invalidates the
+    activations extracted from the old one (no need to remember to raise :data:`TINY_BUILD`)."""
+    if key not in TINY_MODELS:
+        raise ValueError(f"tiny_model_version: key={key!r} must be one of {', '.join(TINY_MODELS)}")
+    parts = [_tiny_smollm2] if key == "tiny-smollm2" else [tiny_tokenizer, tiny_config, _tiny_paper_arch,
+                                                           _bbc_sample]
+    h = hashlib.sha256()
+    for fn in [_save_model_dir, *parts]:
+        h.update(inspect.getsource(fn).encode())
+    h.update(repr((TINY_VOCAB, TINY_WIDTH, TINY_LAYERS, TINY_SPECIALS.get(key))).encode())
+    return f"{key}-v{TINY_BUILD}-{h.hexdigest()[:12]}"
 
 
 def model_dir(key: str) -> Path:

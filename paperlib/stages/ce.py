@@ -2,16 +2,24 @@
 
 ``ce_reference`` (per profile): the clean and zero-ablated losses. ``ce`` (per run): the loss with the
 per-token-thresholded SAE spliced in, and optionally with the training-time BatchTopK encoder.
+
+Concurrent ``ce`` jobs (two ``python -m paperlib ce`` processes of one profile) are safe: each result is computed
+under an exclusive lock beside its stage folder (:func:`~paperlib.config.io.exclusive`, the lock of the activation
+cache and of training runs); a job that finds the lock taken waits for it, then reads the other job's result
+instead of recomputing it (and never deletes it half-written).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from paperlib.config.io import read_json, write_json
-from paperlib.config.profiles import Profile
+from paperlib.config.io import LockedError, exclusive, read_json, write_json
+from paperlib.config.profiles import Profile, get_profile
 from paperlib.data.activations import load_cache
 from paperlib.data.lm import load_lm
 from paperlib.metrics.ce import ce_losses, loss_recovered, overhead_pct, sae_splice, zero_splice
@@ -51,9 +59,39 @@ class RunCE:
         return cls(**{k: v for k, v in d.items() if k != "range"})
 
 
+LOCK_POLL_S = 0.5
+"""How often a ``ce`` job waiting for another job's lock tries again (seconds)."""
+
+
+@contextlib.contextmanager
+def waiting_lock(lock_path: Path, what: str, poll_s: float = LOCK_POLL_S) -> Iterator[None]:
+    """Hold :func:`~paperlib.config.io.exclusive` on ``lock_path``, waiting (polling every ``poll_s`` s) while
+    another process holds it, instead of failing."""
+    while True:
+        try:
+            with exclusive(lock_path, what):
+                yield
+            return
+        except LockedError:
+            time.sleep(poll_s)
+
+
+def stage_lock(name: str, run: Run | None = None, profile: Profile | None = None) -> Path:
+    """The lock file of stage ``name`` (beside its folder, which :func:`~paperlib.stages.cache.begin` empties)."""
+    d = cache.stage_dir(name, run, profile)
+    return d.parent / f".{name}.lock"
+
+
 def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     if cache.is_fresh("ce_reference", profile=p):
         return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
+    with waiting_lock(stage_lock("ce_reference", profile=p), f"the clean-model CE of profile {p.name!r}"):
+        if cache.is_fresh("ce_reference", profile=p):  # another job computed it while this one waited
+            return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
+        return _compute_reference(p, lm, progress)
+
+
+def _compute_reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     ids = load_cache(p).token_ids("ce")
     ce = ce_losses(lm, ids, p.data.layer, {"clean": None, "zero": zero_splice}, batch_size=p.data.lm_batch_size,
                    progress=progress)
@@ -62,6 +100,15 @@ def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     write_json(d / "result.json", ref)
     cache.commit("ce_reference", profile=p)
     return ref
+
+
+def ensure_ce_reference(profile: str | Profile, *, lm: Any = None, progress: bool = True) -> dict[str, Any]:
+    """The profile's clean and zero-ablated CE on the CE range (computed once, under the profile's CE lock; the LM
+    is loaded only when the result is missing and ``lm`` is None)."""
+    p = get_profile(profile)
+    if cache.is_fresh("ce_reference", profile=p):
+        return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
+    return _reference(p, lm if lm is not None else load_lm(p.data.model, dtype=p.data.lm_dtype), progress)
 
 
 def _cached(run: Run, batchtopk: bool) -> RunCE | None:
@@ -90,19 +137,26 @@ def ensure_ce(profile: str | Profile, runs: Iterable[Any], *, batchtopk_for: Ite
     ref = _reference(p, lm, progress)
     ids = load_cache(p).token_ids("ce")
     for run in todo:  # one run at a time: each result is stored as soon as it exists
-        splices: dict[str, Any] = {"thr": sae_splice(load_run(run), thresholds(run, progress=progress))}
-        if run.name in bt:
-            splices["bt"] = sae_splice(load_run(run), None)
-        ce = ce_losses(lm, ids, p.data.layer, splices, batch_size=p.data.lm_batch_size, progress=progress)
-        spliced, clean = ce["thr"].ce, ref["ce_clean"]
-        zero = ref["ce_zero"]
-        res = RunCE(run=run.name, ce_clean=clean, ce_zero=zero, ce_spliced=spliced,
-                    overhead_pct=overhead_pct(spliced, clean), recovered=loss_recovered(spliced, clean, zero),
-                    n_predictions=ce["thr"].n_tokens)
-        if "bt" in splices:
-            res = replace(res, ce_batchtopk=ce["bt"].ce, overhead_batchtopk_pct=overhead_pct(ce["bt"].ce, clean))
-        d = cache.begin("ce", run)
-        write_json(d / "result.json", res.to_json())
-        cache.commit("ce", run)
-        results[run.name] = res
+        with waiting_lock(stage_lock("ce", run), f"the CE of run {run}"):
+            results[run.name] = _cached(run, run.name in bt) or _run_ce(p, lm, ids, ref, run, run.name in bt,
+                                                                         progress)
     return {r.name: results[r.name] for r in runs}
+
+
+def _run_ce(p: Profile, lm: Any, ids: Any, ref: dict[str, Any], run: Run, batchtopk: bool, progress: bool) -> RunCE:
+    """Compute and store one run's CE (the caller holds the run's CE lock)."""
+    splices: dict[str, Any] = {"thr": sae_splice(load_run(run), thresholds(run, progress=progress))}
+    if batchtopk:
+        splices["bt"] = sae_splice(load_run(run), None)
+    ce = ce_losses(lm, ids, p.data.layer, splices, batch_size=p.data.lm_batch_size, progress=progress)
+    spliced, clean = ce["thr"].ce, ref["ce_clean"]
+    zero = ref["ce_zero"]
+    res = RunCE(run=run.name, ce_clean=clean, ce_zero=zero, ce_spliced=spliced,
+                overhead_pct=overhead_pct(spliced, clean), recovered=loss_recovered(spliced, clean, zero),
+                n_predictions=ce["thr"].n_tokens)
+    if "bt" in splices:
+        res = replace(res, ce_batchtopk=ce["bt"].ce, overhead_batchtopk_pct=overhead_pct(ce["bt"].ce, clean))
+    d = cache.begin("ce", run)
+    write_json(d / "result.json", res.to_json())
+    cache.commit("ce", run)
+    return res
