@@ -12,6 +12,11 @@ Commands:
   :func:`~paperlib.stages.ce.ensure_ce`) and print one JSON line per run. Results land in the same cache the
   notebooks read, so a notebook run afterwards finds them fresh. ``ce`` also computes the profile's clean and
   zero-ablated reference once; give every run to one ``ce`` job (``--run`` repeats) rather than one job per run.
+- ``train-many`` trains the given runs (default: the whole plan) in one pass over the activation stream
+  (:func:`~paperlib.sae.multirun.train_profile_one_pass`: the read, or with ``--stream`` the language model's
+  forward, is paid once for all runs; each run keeps its own shuffle-buffer data order; no activation cache is
+  needed with ``--stream``). Results go to ``<profile dir>/one-pass/<run>/`` (``--out`` elsewhere), apart from
+  ``train``'s runs: a one-pass run has another data order than the per-run trainer's.
 
 Exit codes: 0 done, 1 a stage failed (the message names what), 2 a bad command line (unknown profile, run name
 or command; argparse's usage message).
@@ -28,6 +33,7 @@ from typing import Any
 from paperlib.config.io import ArtifactError
 from paperlib.config.profiles import PROFILES, Profile, get_profile
 from paperlib.data.activations import load_cache
+from paperlib.sae.multirun import PassConfig, default_pass_config, train_profile_one_pass
 from paperlib.stages.calibrate import ensure_calibration
 from paperlib.stages.ce import ensure_ce
 from paperlib.stages.cooccur import ensure_cooccurrence
@@ -74,6 +80,29 @@ STAGE_COMMANDS: dict[str, tuple[Callable[[Profile, list[Run], bool], list[dict[s
 """Per-run commands: the function running the stage for a list of runs, and its help line."""
 
 
+def _add_train_many(sub: Any) -> None:
+    """The ``train-many`` sub-command (one pass over the activation stream trains the runs)."""
+    tm = sub.add_parser("train-many", help="train runs in one pass over the activation stream (cache or --stream)")
+    tm.add_argument("--profile", required=True, help=f"profile name ({', '.join(PROFILES)})")
+    tm.add_argument("--run", action="append", help="run name; repeat for several (default: the profile's plan)")
+    tm.add_argument("--stream", action="store_true", help="produce activations with the LM on the fly (no cache)")
+    tm.add_argument("--out", default=None, help="output folder of the runs (default: <profile dir>/one-pass)")
+    tm.add_argument("--rows-per-chunk", type=int, default=None, help="token rows per stream chunk")
+    tm.add_argument("--buffer-batches", type=int, default=8, help="shuffle-buffer capacity in batches (default 8)")
+    tm.add_argument("--stream-seed", type=int, default=0, help="seed of the chunk order (default 0)")
+    tm.add_argument("--max-steps", type=int, default=None, help="stop (checkpointed) after about this many steps")
+    tm.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train_many(p: Profile, runs: list[Run], args: argparse.Namespace, progress: bool) -> list[dict[str, Any]]:
+    runs = runs or training_plan(p, "all")
+    cfg = PassConfig(rows_per_chunk=args.rows_per_chunk or default_pass_config(p).rows_per_chunk,
+                     buffer_batches=args.buffer_batches, stream_seed=args.stream_seed)
+    dirs = train_profile_one_pass(p, [r.spec for r in runs], stream=args.stream, out_root=args.out, pass_cfg=cfg,
+                                  progress=progress, max_steps=args.max_steps)
+    return [{"run": r.name, "dir": str(dirs[r.name]), "done": (dirs[r.name] / "done.json").exists()} for r in runs]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m paperlib`` (one sub-command per stage, plus ``plan`` and ``extract``)."""
     ap = argparse.ArgumentParser(prog=PROG, description="Run one pipeline stage of a profile's runs.")
@@ -90,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", action="append", required=True,
                        help="run name in any spelling (joint-l0.3-s1.0, solo-seed2); repeat for several runs")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_train_many(sub)
     return ap
 
 
@@ -110,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             print("\n".join(r.name for r in training_plan(p, args.sae)))
+        elif args.command == "train-many":
+            for rec in _train_many(p, runs, args, progress):
+                print(json.dumps(rec, sort_keys=True))
         elif args.command == "extract":
             cache = load_cache(p, progress=progress)
             print(json.dumps({"profile": p.name, "activations": str(cache.root), "d": cache.d}))

@@ -111,7 +111,7 @@ class CacheSource:
         block = self.acts[r0 * self.per_row:r1 * self.per_row]
         if isinstance(block, torch.Tensor):
             return block.detach().to("cpu", torch.float16)
-        return torch.from_numpy(np.asarray(block, dtype=np.float16))
+        return torch.from_numpy(np.array(block, dtype=np.float16))
 
     def describe(self) -> dict[str, Any]:
         return dict(kind=self.kind, n_rows=self.n_rows, per_row=self.per_row, d=self.d)

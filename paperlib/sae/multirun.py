@@ -412,7 +412,8 @@ def train_profile_one_pass(profile: str | Profile, runs: Iterable[RunSpec | str]
                            progress: bool = True, max_steps: int | None = None) -> dict[str, Path]:
     """:func:`train_one_pass` on the profile's training range (cache or stream mode, :func:`profile_source`)."""
     p = get_profile(profile)
+    (pass_cfg := pass_cfg or default_pass_config(p)).validate()
     source = profile_source(p, stream=stream, progress=progress)
     init = source.acts if isinstance(source, CacheSource) else None
-    return train_one_pass(p, runs, source, out_root or one_pass_dir(p), pass_cfg=pass_cfg or default_pass_config(p),
+    return train_one_pass(p, runs, source, out_root or one_pass_dir(p), pass_cfg=pass_cfg,
                           progress=progress, max_steps=max_steps, init_acts=init)
