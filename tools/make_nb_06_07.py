@@ -9,65 +9,76 @@ from tools.nbbuild import write_notebook
 write_notebook(
     "notebooks/06_case_studies.ipynb",
     "06 · Qualitative case studies: splitting and merging candidates (§5.4, §6, App. E, Tables 2–5)",
-    "Cross-SAE φ between every solo feature and every feature of the selected joint SAE, measured on "
-    "the same co-occurrence tokens, finds **splitting candidates**: solo features (firing rate ≤ 5%) "
-    "that co-fire strongly with two or more joint features, ranked by their second-highest cross-φ. "
-    "**Merging candidates** are the symmetric case from the joint side. For the top candidates we show a "
-    "table like the paper's Tables 2–5 — |φ|, firing rate, decoder cosine, fuzz score and explanation "
-    "(auto-interp via `paperlib.stages.interp`; \"—\" when no judge is used) — and each feature's top "
-    "activating contexts with the firing token marked «like this». A true split has partners that "
-    "rarely co-fire with each other; the column `max_phi_other_partners` near 1 flags duplicates instead.",
-    '''sae: str = "joint"                      # "joint": the selected configuration, or a run name (joint-l0.3-s1.0)
-n_candidates: int = 5                   # candidates of each kind to show
-max_partners: int = 3                   # partners listed per candidate
-max_partner_phi: Optional[float] = 0.8  # skip candidates whose partners co-fire at φ ≥ this (duplicates); None: all
-judge: str = "local"                    # local | openai | none (no fuzz scores / explanations)''',
+    "Cross-SAE φ between every solo feature and every feature of the joint SAE, measured on the same "
+    "co-occurrence tokens, finds **splitting candidates**: solo features (firing rate ≤ 5%) that co-fire "
+    "strongly (φ ≥ 0.2) with two or more joint features. **Merging candidates** are the symmetric case from "
+    "the joint side. Two partners that co-fire with each other are one latent learned twice, not a split, "
+    "so a candidate counts only when two of its partners co-fire with each other at φ < `max_partner_phi`, "
+    "and candidates are ranked by how distinct that pair is (min of the two cross-φ × (1 − their own φ)).\n\n"
+    "**The null.** Two independently trained solo SAEs also have features that co-fire with two of the other's "
+    "features. The same search between `solo` and `solo-seed1` gives the number of candidates that training "
+    "noise alone produces; the joint SAE is taken at seed 1 too (`joint_seed`), so both comparisons pair "
+    "runs with different initialisation and data order and differ only in the penalty. Splitting/merging "
+    "counts are read against the null's: their difference and ratio are in the tables' header.\n\n"
+    "For the top candidates we show a table like the paper's Tables 2–5 — |φ|, firing rate, decoder cosine, "
+    "fuzz score and explanation (auto-interp via `paperlib.stages.interp`; \"—\" when no judge is used) — and "
+    "each feature's top activating contexts with the firing token marked «like this».",
+    """sae: str = "joint"            # "joint": the selected configuration, or a run name (joint-l0.3-s1.0)
+joint_seed: int = 1           # seed of the joint run compared with solo seed 0 (1: different init, like the null)
+null_run: str = "solo-seed1"  # the null: the same search between solo and this run ("" for none)
+n_candidates: int = 5         # candidates of each kind to show
+max_partners: int = 3         # partners listed per candidate (the distinct pair first)
+max_partner_phi: float = 0.3  # a candidate needs two partners co-firing with each other below this φ
+judge: str = "local"          # local | openai | none (no fuzz scores / explanations)""",
     [
-        '''from IPython.display import Markdown, display
+        """import time
 
-from paperlib.report.case_studies import case_study_markdown, cross_phi_figure, save_case_studies
-from paperlib.report.notebook import setup, save_figure
+from IPython.display import Markdown, display
+
+from paperlib.report.case_studies import case_study_markdown, cross_phi_figure, null_frame, null_text, save_case_studies
+from paperlib.report.notebook import save_figure, save_table, setup
+from paperlib.sae.arms import parse_run
 from paperlib.stages.case_studies import case_studies
 from paperlib.stages.run import Run
 from paperlib.stages.select import select_runs
 from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
-joint = select_runs(ctx.profile, sae)[0].name
-ensure_trained(ctx.profile, ["solo", joint])
-print("solo vs", joint)''',
+joint = parse_run(select_runs(ctx.profile, sae)[0].name).with_seed(joint_seed).name
+runs = ["solo", joint] + ([null_run] if null_run else [])
+ensure_trained(ctx.profile, runs)
+print("solo vs", joint, "| null: solo vs", null_run or "(none)")""",
         ("md", "## Judge (for fuzz scores and explanations) and its sanity check"),
-        '''judge_obj = None
+        """judge_obj = None
 if judge and judge != "none":
     from paperlib.stages.interp import ensure_sanity, make_judge
 
     judge_obj = make_judge(judge, profile=ctx.profile)
     print("judge sanity check:", ensure_sanity(ctx.profile, judge_obj))
 else:
-    print("no judge: fuzz and explanation columns show —")''',
-        ("md", "## Candidates from cross-SAE φ"),
-        '''n_scored = 1 if ctx.profile.name == "smoke" else n_candidates  # judge cost: keep smoke fast
-res = case_studies(Run.of(ctx.profile, "solo"), Run.of(ctx.profile, joint), n_candidates=n_candidates,
-                   max_partners=max_partners,
-                   judge=judge_obj, n_scored=n_scored, max_partner_phi=max_partner_phi)
-print(f"{res['n_splitting']} splitting and {res['n_merging']} merging candidates "
-      f"(rate ≤ 5%, ≥ 2 partners with φ ≥ 0.2); showing the top {n_candidates} of each")
-print("skipped as near-duplicate partners (φ ≥ "
-      f"{max_partner_phi} between any two of their partners):", res["n_skipped_duplicates"])''',
-        '''note = (f"Solo vs {joint} on the co-occurrence range ({res['cross'].T} tokens), profile {ctx.profile.name}. "
-        f"{res['n_splitting']} splitting / {res['n_merging']} merging candidates in total; "
-        f"skipped as near-duplicate partners (φ ≥ {max_partner_phi} between any two partners): "
-        f"{res['n_skipped_duplicates']['splitting']} / {res['n_skipped_duplicates']['merging']}. "
+    print("no judge: fuzz and explanation columns show —")""",
+        ("md", "## Candidates from cross-SAE φ, and the solo-vs-solo null"),
+        """t0 = time.perf_counter()
+n_scored = 1 if ctx.profile.name == "smoke" else n_candidates  # judge cost: keep smoke fast
+res = case_studies(Run.of(ctx.profile, "solo"), Run.of(ctx.profile, joint),
+                   null_run=Run.of(ctx.profile, null_run) if null_run else None, n_candidates=n_candidates,
+                   max_partners=max_partners, judge=judge_obj, n_scored=n_scored, max_partner_phi=max_partner_phi)
+print(f"case studies: {time.perf_counter() - t0:.1f} s")
+print(null_text(res, joint, null_run))
+null_frame(res)""",
+        """note = (f"Solo vs {joint} on the co-occurrence range ({res['cross'].T} tokens), profile {ctx.profile.name}. "
+        + null_text(res, joint, null_run) + " "
         + ("" if res["interp_available"] else "No auto-interp results: fuzz and explanations are —."))
 save_case_studies(res["splitting"], ctx.tables, "case_studies_splitting", "Splitting case studies", note)
-save_case_studies(res["merging"], ctx.tables, "case_studies_merging", "Merging case studies", note)''',
+save_case_studies(res["merging"], ctx.tables, "case_studies_merging", "Merging case studies", note)
+save_table(null_frame(res), ctx.tables, "case_studies_null")""",
         ("md", "## Cross-φ structure of the candidates"),
-        '''fig = cross_phi_figure(res["cross_phi"], solo_label="solo", joint_label=joint)
-save_figure(fig, ctx.figures, "case_studies_cross_phi")''',
+        """fig = cross_phi_figure(res["cross_phi"], solo_label="solo", joint_label=joint)
+save_figure(fig, ctx.figures, "case_studies_cross_phi")""",
         ("md", "## Splitting case studies"),
-        '''display(Markdown(case_study_markdown(res["splitting"], "Splitting", note)))''',
+        """display(Markdown(case_study_markdown(res["splitting"], "Splitting", note)))""",
         ("md", "## Merging case studies"),
-        '''display(Markdown(case_study_markdown(res["merging"], "Merging", note)))''',
+        """display(Markdown(case_study_markdown(res["merging"], "Merging", note)))""",
     ],
 )
 

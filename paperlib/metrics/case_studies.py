@@ -3,6 +3,12 @@
 Pure functions of two binary firing matrices taken on the same tokens: A is the solo SAE, B the
 joint one. A splitting candidate is a feature of A that co-fires strongly with two or more features
 of B; a merging candidate is the same seen from B.
+
+Two partners that co-fire with each other are one latent learned twice, not a split, so candidates
+are ranked by how distinct their partners are (:func:`rank_distinct`): the best pair (j, k) of strong
+partners maximises ``min(φ_aj, φ_ak) · (1 − max(φ_jk, 0))`` (φ_jk measured within the partner SAE), and
+a candidate counts only when that pair's φ_jk is below ``max_partner_phi``. The same search between
+two independent runs of one arm (two solo seeds) is the null the counts are read against.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ __all__ = [
     "candidate_cross_phi",
     "candidates_from_cross",
     "cross_phi_matrix",
+    "distinct_pair",
+    "rank_distinct",
     "drop_duplicate_partners",
     "find_candidates",
     "partner_phi",
@@ -147,3 +155,45 @@ def candidate_cross_phi(fired_base: Any, fired_partner: Any, cands: Sequence[Can
     cols = list(dict.fromkeys(j for c in cands for j in c.partners))
     phi = cross_phi_matrix(fired_base, fired_partner, rows, cols) if rows else np.zeros((0, len(cols)))
     return CandidatePhi(rows, cols, phi)
+
+
+def distinct_pair(cross_phi: Sequence[float], partner_phi_matrix: np.ndarray) -> tuple[int, int, float, float]:
+    """The pair of partners (positions i < j in ``cross_phi``) maximising the distinct-split score
+    ``min(cross_phi_i, cross_phi_j) · (1 − max(φ_ij, 0))``, with φ_ij from ``partner_phi_matrix``
+    ``[p, p]`` (the partners' φ with each other). Returns (i, j, score, φ_ij); ties: the first pair in
+    row-major order. Needs at least two partners."""
+    c = np.asarray(cross_phi, dtype=np.float64)
+    P = np.asarray(partner_phi_matrix, dtype=np.float64)
+    p = c.size
+    if p < 2 or P.shape != (p, p):
+        raise ValueError(f"need >= 2 partners and a [{p}, {p}] partner φ matrix, got {p} and {P.shape}")
+    iu, ju = np.triu_indices(p, 1)
+    score = np.minimum(c[iu], c[ju]) * (1.0 - np.maximum(P[iu, ju], 0.0))
+    b = int(np.argmax(score))
+    return int(iu[b]), int(ju[b]), float(score[b]), float(P[iu[b], ju[b]])
+
+
+def rank_distinct(cands: Sequence[Candidate], fired_partner: Any, *,
+                  max_partner_phi: float = 0.3) -> list[Candidate]:
+    """Candidates whose best :func:`distinct_pair` of partners co-fire at φ < ``max_partner_phi`` (on
+    ``fired_partner``, the partner SAE's firing matrix), ranked by the distinct-split score (ties: feature
+    index). Each returned candidate is a copy with ``score`` = that score and its partners reordered: the
+    distinct pair first, then the others by descending cross-φ."""
+    if not -1.0 <= max_partner_phi <= 1.0:
+        raise ValueError(f"max_partner_phi must lie in [-1, 1], got {max_partner_phi}")
+    cols = list(dict.fromkeys(j for c in cands for j in c.partners))
+    pos = {j: i for i, j in enumerate(cols)}
+    phi_all = cross_phi_matrix(fired_partner, fired_partner, cols, cols) if len(cols) > 1 else np.zeros((0, 0))
+    out = []
+    for c in cands:
+        if len(c.partners) < 2:
+            continue
+        ix = [pos[j] for j in c.partners]
+        i, j, score, pij = distinct_pair(c.partner_phi, phi_all[np.ix_(ix, ix)])
+        if pij >= max_partner_phi:
+            continue
+        order = [i, j] + [m for m in range(len(c.partners)) if m not in (i, j)]
+        out.append(Candidate(c.kind, c.feature, c.firing_rate, [c.partners[m] for m in order],
+                             [c.partner_phi[m] for m in order], score))
+    out.sort(key=lambda c: (-c.score, c.feature))
+    return out

@@ -16,7 +16,8 @@ from paperlib.config.io import write_text
 from paperlib.metrics.case_studies import CandidatePhi
 from paperlib.stages.case_studies import CaseStudy, Snippet
 
-__all__ = ["case_study_markdown", "cross_phi_figure", "format_context", "save_case_studies", "studies_frame"]
+__all__ = ["case_study_markdown", "cross_phi_figure", "format_context", "null_frame", "null_text", "save_case_studies",
+           "studies_frame"]
 
 MARK_L, MARK_R = "«", "»"
 """Marks around the firing token of a context."""
@@ -51,6 +52,33 @@ def studies_frame(studies: Sequence[CaseStudy]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STUDY_COLUMNS)
 
 
+def null_frame(res: Mapping) -> pd.DataFrame:
+    """One row per kind from a :func:`~paperlib.stages.case_studies.case_studies` result with a null run:
+    candidates (distinct partners) between solo and the joint run, between the two solo seeds (the null),
+    their difference and ratio, and the counts before the distinct-partner filter. Empty without a null."""
+    cmp, c, nc = res.get("comparison"), res["counts"], res.get("null_counts")
+    if cmp is None or nc is None:
+        return pd.DataFrame(columns=["kind", "treatment", "null", "difference", "ratio", "treatment_any", "null_any"])
+    return pd.DataFrame([dict(kind=k, **cmp[k], treatment_any=c[f"{k}_any"], null_any=nc[f"{k}_any"])
+                         for k in ("splitting", "merging")])
+
+
+def null_text(res: Mapping, treatment: str, null: str) -> str:
+    """A sentence with both counts of each kind and their ratio and difference (computed, not typed)."""
+    f = null_frame(res)
+    if f.empty:
+        c = res["counts"]
+        return (f"{c['splitting']} splitting and {c['merging']} merging candidates with distinct partners "
+                f"(solo vs {treatment}); no null run.")
+    parts = []
+    for r in f.itertuples():
+        ratio = "undefined (null 0)" if math.isnan(r.ratio) else f"{r.ratio:.2f}×"
+        parts.append(f"{r.kind}: {r.treatment} (solo vs {treatment}) vs {r.null} (solo vs {null}, the null), "
+                     f"difference {r.difference:+d}, ratio {ratio}")
+    return ("Candidates with distinct partners (φ between the two partners < "
+            f"{res['max_partner_phi']:g}) — " + "; ".join(parts) + ".")
+
+
 def _fmt(x: float, spec: str = ".3f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -68,8 +96,8 @@ def case_study_markdown(studies: Sequence[CaseStudy], title: str, note: str = ""
         others = s.table["max_phi_other_partners"].dropna()
         worst = others.max() if len(others) else math.nan
         lines += [f"## {i}. {c.kind} candidate: {base} feature {c.feature} "
-                  f"(firing rate {c.firing_rate:.4f}, second-highest cross-φ {c.score:.3f}; "
-                  f"max φ between its partners {_fmt(worst)} — near 1 means duplicates, not a split)", "",
+                  f"(firing rate {c.firing_rate:.4f}; "
+                  f"distinct-split score {c.score:.3f}; max φ between its partners {_fmt(worst)})", "",
                   "| SAE | Feat | Fuzz | \\|φ\\| | Rate | Dec. cos | Description |",
                   "|---|---|---|---|---|---|---|"]
         for r in s.table.itertuples():

@@ -289,16 +289,21 @@ def appb_firing_rates(recons: Mapping[str, ReconstructionResult], *, caption: st
 
 @_styled
 def fig2_autointerp(pairs: pd.DataFrame, summary: Mapping[str, Any], *, solo_label: str = "solo",
-                    joint_label: str = "joint", bin_width: float = 1 / 3, caption: str | None = None) -> plt.Figure:
-    """Fig. 2: fuzz scores of matched feature pairs (``pairs``: ``fuzz_solo``, ``fuzz_joint``) — both
-    distributions in the arms' colours, their density difference (a bar in the colour of the arm with more
-    mass), and Δ mean fuzz (joint − solo) with its 95% CI and the paired test's p from ``summary``
-    (:func:`paperlib.stages.interp.compare_runs`: ``delta``, ``ci_low``, ``ci_high``, ``p``, ``n_pairs``).
-    Bins of ``bin_width`` centred on its multiples (the lean setting's scores are multiples of 1/3)."""
-    ok = pairs["fuzz_solo"].notna() & pairs["fuzz_joint"].notna()
-    a, b = pairs.loc[ok, "fuzz_solo"].to_numpy(float), pairs.loc[ok, "fuzz_joint"].to_numpy(float)
+                    joint_label: str = "joint", bin_width: float = 1 / 3, caption: str | None = None,
+                    columns: tuple[str, str] = ("fuzz_solo", "fuzz_joint"),
+                    value_range: tuple[float, float] = (-1.0, 1.0), what: str = "fuzz score (2·acc − 1)",
+                    chance: float | None = None) -> plt.Figure:
+    """Fig. 2: per-feature scores of matched feature pairs (``columns`` of ``pairs``: solo, joint) — both
+    distributions in the arms' colours (a dotted line at ``chance`` when given), their density difference (a
+    bar in the colour of the arm with more mass), and Δ mean (joint − solo) with its 95% CI and the paired
+    test's p from ``summary`` (``delta``, ``ci_low``, ``ci_high``, ``p``, ``n_pairs``). Bins of ``bin_width``
+    centred on its multiples over ``value_range``."""
+    cs_, cj_ = columns
+    ok = pairs[cs_].notna() & pairs[cj_].notna()
+    a, b = pairs.loc[ok, cs_].to_numpy(float), pairs.loc[ok, cj_].to_numpy(float)
     half = bin_width / 2
-    edges = np.arange(-1 - half, 1 + half + 1e-9, bin_width)
+    lo_v, hi_v = (round(v / bin_width) * bin_width for v in value_range)
+    edges = np.arange(lo_v - half, hi_v + half + 1e-9, bin_width)
     da = np.histogram(a, edges, density=True)[0] if len(a) else np.zeros(len(edges) - 1)
     db = np.histogram(b, edges, density=True)[0] if len(b) else np.zeros(len(edges) - 1)
     centres = (edges[:-1] + edges[1:]) / 2
@@ -308,10 +313,12 @@ def fig2_autointerp(pairs: pd.DataFrame, summary: Mapping[str, Any], *, solo_lab
               label=f"{solo_label} (mean {a.mean():.3f})" if len(a) else solo_label)
     ax[0].bar(centres + bin_width * 0.2, db, width=bin_width * 0.4, color=cj,
               label=f"{joint_label} (mean {b.mean():.3f})" if len(b) else joint_label)
-    ax[0].set(xlabel="fuzz score (2·acc − 1)", ylabel="density", title=f"fuzz scores, {len(a)} matched pairs")
+    if chance is not None:
+        ax[0].axvline(chance, color="k", ls=":", lw=1, label=f"chance ({chance:g})")
+    ax[0].set(xlabel=what, ylabel="density", title=f"{what}, {len(a)} matched pairs")
     ax[0].legend(fontsize=7.5)
     _diff_bars(ax[1], centres, np.full(len(centres), bin_width * 0.9), db - da, joint_label, solo_label)
-    ax[1].set(xlabel="fuzz score (2·acc − 1)", ylabel="density difference", title=f"{joint_label} − {solo_label}")
+    ax[1].set(xlabel=what, ylabel="density difference", title=f"{joint_label} − {solo_label}")
     d, lo, hi, p = (float(summary.get(k, np.nan)) for k in ("delta", "ci_low", "ci_high", "p"))
     n = summary.get("n_pairs", len(a))
     axd = ax[2]
@@ -324,9 +331,9 @@ def fig2_autointerp(pairs: pd.DataFrame, summary: Mapping[str, Any], *, solo_lab
         axd.text(0.5, 0.5, "no paired scores", ha="center", va="center", transform=axd.transAxes)
     axd.axvline(0, color="k", lw=0.8)
     axd.set_yticks([])
-    axd.set(xlabel=f"Δ mean fuzz, {joint_label} − {solo_label}",
+    axd.set(xlabel=f"Δ mean, {joint_label} − {solo_label}",
             title=f"Δ = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]\npaired t-test p = {p:.2g}, n = {n}")
-    _caption(fig, caption, f"Fig. 2: auto-interp fuzz scores, {solo_label} vs {joint_label}")
+    _caption(fig, caption, f"Fig. 2: auto-interp {what}, {solo_label} vs {joint_label}")
     fig.tight_layout()
     return fig
 
@@ -377,29 +384,37 @@ def gemma_grid_figure(table: pd.DataFrame, *, caption: str | None = None) -> plt
 
 
 @_styled
-def ground_truth_figure(df: pd.DataFrame, *, caption: str | None = None) -> plt.Figure:
-    """Synthetic ground truth (one seed, one configuration per arm): recovered and blending fractions against
-    mean |φ| per arm, and recovery by kind of true direction. Fraction axes span their full range [0, 1], so a
-    small single-seed difference is not magnified; the values are written next to the points. ``df``:
+def ground_truth_figure(df: pd.DataFrame, corr: pd.DataFrame | None = None, *, phi_stat: str = "mean_abs_phi_all",
+                        metrics: tuple[str, ...] = ("act_f1", "act_recall", "multi_share", "mmcs_true"),
+                        caption: str | None = None) -> plt.Figure:
+    """Synthetic ground truth: one panel per atomicity metric against the |φ| statistic ``phi_stat``, one
+    point per trained SAE coloured by arm (joint λ₂ in shades of the joint colour), the SAEs of one data seed
+    joined by a thin line. With ``corr`` (:func:`paperlib.stages.ground_truth.correlations`) each panel's
+    title gives the Spearman ρ across all SAEs with its bootstrap CI. ``df``:
     :func:`paperlib.stages.ground_truth.run_benchmark`."""
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.1))
-    for _, r in df.iterrows():
-        c = arm_color(r["arm"])
-        for ax, col in ((axes[0], "recovered_frac"), (axes[1], "blend_frac")):
-            ax.scatter(r["mean_abs_phi"], r[col], color=c, s=60, edgecolor="k", linewidth=0.4, label=r["label"],
-                       zorder=3)
-            ax.annotate(f"{r[col]:.3f}", (r["mean_abs_phi"], r[col]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
-    for ax, y in zip(axes[:2], ["recovered fraction (cos ≥ 0.9)", "blending latents fraction"], strict=True):
-        ax.set(xlabel="latent co-firing mean |φ|", ylabel=y, ylim=(0, 1))
-    axes[0].legend(fontsize=8)
-    kinds = ["recovered_group", "recovered_pair", "recovered_independent"]
-    x = np.arange(len(kinds))
-    w = 0.8 / max(len(df), 1)
-    for i, (_, r) in enumerate(df.iterrows()):
-        axes[2].bar(x + i * w, [r[k] for k in kinds], w, color=arm_color(r["arm"]), label=r["run"])
-    axes[2].set_xticks(x + 0.4 - w / 2, ["co-firing groups", "similar pairs", "independent"])
-    axes[2].set(ylabel="recovered fraction", ylim=(0, 1))
-    _caption(fig, caption, "Synthetic ground truth: co-firing vs atomicity (one seed: an observation, not a test)")
+    missing = [c for c in (phi_stat, *metrics, "arm", "label", "seed") if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing}")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.7), squeeze=False)
+    lams = sorted(df.loc[df["arm"] == "joint", "lambda2"].dropna().unique()) if "lambda2" in df else []
+    shades = lambda_shades(list(lams))
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for _, g in df.groupby("seed"):
+            g = g.sort_values(phi_stat)
+            ax.plot(g[phi_stat], g[m], color="0.8", linewidth=0.6, zorder=1)
+        for label, g in df.groupby("label", sort=False):
+            arm = g["arm"].iloc[0]
+            c = shades[g["lambda2"].iloc[0]] if arm == "joint" and lams else arm_color(arm)
+            ax.scatter(g[phi_stat], g[m], color=c, s=30, edgecolor="k", linewidth=0.3, label=label, zorder=3)
+        title = m
+        if corr is not None and len(corr):
+            r = corr[(corr["scope"] == "all SAEs") & (corr["phi_stat"] == phi_stat) & (corr["metric"] == m)]
+            if len(r):
+                r = r.iloc[0]
+                title = f"{m}: ρ = {r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        ax.set(xlabel=phi_stat, ylabel=m, title=title)
+        ax.title.set_fontsize(8)
+    axes[0][0].legend(fontsize=6)
+    _caption(fig, caption, "Synthetic ground truth: latent co-firing vs atomicity, one point per SAE")
     fig.tight_layout()
     return fig

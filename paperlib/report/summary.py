@@ -127,17 +127,55 @@ def grid_noise_text(t1: pd.DataFrame | None, selected: str | None = None, alpha:
     return txt
 
 
-def ground_truth_text(gt: pd.DataFrame | None) -> str:
-    """One line per non-solo run: Δ mean |φ|, recovered and blended fractions vs solo."""
-    if gt is None or not len(gt) or "solo" not in set(gt["run"]):
+def ground_truth_text(corr: pd.DataFrame | None, paired_df: pd.DataFrame | None = None,
+                      per_sae: pd.DataFrame | None = None) -> str:
+    """The ground-truth answer in words, from the tables of notebook 08: how many |φ|–atomicity rank
+    correlations (across all SAEs) support, contradict or give no evidence for |φ| as an atomicity proxy, the
+    strongest one, the within-seed tally, convergence, and the joint (λ₂ = 0.3) − solo paired differences."""
+    if corr is None or not len(corr):
         return "not run"
-    s = gt[gt["run"] == "solo"].iloc[0]
     out = []
-    for _, r in gt[gt["run"] != "solo"].iterrows():
-        out.append(f"{r['label']}: Δ\\|φ\\| {100 * (r['mean_abs_phi'] / s['mean_abs_phi'] - 1):+.1f}%, "
-                   f"recovered {r['recovered_frac']:.3f} vs {s['recovered_frac']:.3f}, "
-                   f"blending {r['blend_frac']:.3f} vs {s['blend_frac']:.3f}")
-    return "; ".join(out) if out else "solo only"
+    if per_sae is not None and len(per_sae) and "converged" in per_sae:
+        out.append(f"{len(per_sae)} SAEs ({per_sae['seed'].nunique()} data seeds × {per_sae['label'].nunique()} "
+                   f"arms), {int(per_sae['converged'].astype(bool).sum())} converged")
+    for scope in ("all SAEs", "within seed"):
+        c = corr[corr["scope"] == scope]
+        if not len(c):
+            continue
+        tally = c["verdict"].value_counts()
+        top = c.loc[c["rho"].abs().idxmax()]
+        out.append(f"{scope}: of {len(c)} Spearman ρ (|φ| statistic × atomicity metric, 95% bootstrap CI) "
+                   f"{int(tally.get('supports |φ| as a proxy', 0))} support |φ| as a proxy, "
+                   f"{int(tally.get('contradicts |φ| as a proxy', 0))} contradict it, "
+                   f"{int(tally.get('no evidence', 0))} give no evidence (CI covers 0); strongest "
+                   f"{top['phi_stat']} vs {top['metric']} ρ = {float(top['rho']):+.2f} "
+                   f"[{float(top['ci_low']):+.2f}, {float(top['ci_high']):+.2f}]")
+    if paired_df is not None and len(paired_df):
+        sel = paired_df[paired_df["arm"].astype(str).str.startswith("λ₂=0.3")]
+        bits = []
+        for m in ("mean_abs_phi_all", "act_f1", "fvu"):
+            r = sel[sel["metric"] == m]
+            if len(r):
+                r = r.iloc[0]
+                bits.append(f"{m} Δ {float(r['delta']):+.4f} [{float(r['ci_low']):+.4f}, {float(r['ci_high']):+.4f}]"
+                            f" ({r['verdict']}, MDE {float(r['mde80']):.4f})")
+        if bits:
+            out.append("joint λ₂=0.3 − solo, paired over data seeds: " + ", ".join(bits))
+    return "; ".join(out)
+
+
+def case_studies_text(null_df: pd.DataFrame | None) -> str:
+    """Splitting/merging candidate counts (distinct partners) against the solo-vs-solo null, from
+    ``case_studies_null``: both counts, difference and ratio per kind."""
+    if null_df is None or not len(null_df):
+        return "not run"
+    parts = []
+    for _, r in null_df.iterrows():
+        ratio = float(r["ratio"])
+        parts.append(f"{r['kind']} {int(r['treatment'])} (solo vs joint) vs {int(r['null'])} (solo vs solo, the null): "
+                     f"difference {int(r['difference']):+d}, ratio "
+                     + ("undefined" if math.isnan(ratio) else f"{ratio:.2f}"))
+    return "; ".join(parts)
 
 
 def _pct_ci(r) -> str:
@@ -306,9 +344,12 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
     gpaired = _read(second_model_output_dirs(second)[1], "gemma_paired_seeds")
     if gpaired is not None and len(gpaired):
         lines += ["", f"Second model, paired seeds (`{second}`):", ""] + primary_lines(gpaired, None)
-    gt = _read(tables, "ground_truth")
     lines += ["", "Beyond the paper:", ""]
-    lines.append("- ground-truth benchmark (notebook 08, `ground_truth.md`): " + ground_truth_text(gt))
+    lines.append("- ground-truth benchmark (notebook 08, `ground_truth_correlations.md`, `ground_truth_paired.md`): "
+                 + ground_truth_text(_read(tables, "ground_truth_correlations"), _read(tables, "ground_truth_paired"),
+                                     _read(tables, "ground_truth")))
+    lines.append("- case studies against the solo-vs-solo null (notebook 06, `case_studies_null.md`): "
+                 + case_studies_text(_read(tables, "case_studies_null")))
     if stage_seconds:
         done = {k: v for k, v in stage_seconds.items() if v is not None}
         lines += ["", "Stage run times of the last run of each stage (s): "

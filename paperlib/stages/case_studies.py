@@ -22,9 +22,9 @@ from paperlib.data.activations import load_cache
 from paperlib.metrics.case_studies import (
     Candidate,
     candidate_cross_phi,
-    drop_duplicate_partners,
     find_candidates,
     partner_phi,
+    rank_distinct,
 )
 from paperlib.metrics.matching import cosine_matrix
 from paperlib.stages import interp
@@ -33,7 +33,8 @@ from paperlib.stages.cooccur import load_firing
 from paperlib.stages.run import Run
 from paperlib.stages.train import load_run
 
-__all__ = ["CaseStudy", "Snippet", "case_studies", "case_study_table", "interp_records"]
+__all__ = ["CaseStudy", "Snippet", "case_studies", "case_study_table", "distinct_candidates", "interp_records",
+           "null_comparison"]
 
 
 class Snippet(NamedTuple):
@@ -93,34 +94,60 @@ def case_study_table(cand: Candidate, *, base_sae: str, partner_sae: str, rate_b
     return pd.DataFrame(rows)
 
 
-def case_studies(solo_run: Run, joint_run: Run, *, n_candidates: int = 5, max_partners: int = 4,
-                 max_rate: float = 0.05, min_phi: float = 0.2, top_k: int = 8, n_contexts: int = 3,
-                 window: int = 16, judge: Any = None, n_scored: int | None = None, progress: bool = True,
-                 max_partner_phi: float | None = 0.8) -> dict[str, Any]:
-    """Splitting and merging case studies between two runs of one profile (solo side, joint side).
+def distinct_candidates(fired_a: Any, fired_b: Any, *, max_rate: float = 0.05, min_phi: float = 0.2,
+                        top_k: int = 8, max_partner_phi: float = 0.3, progress: bool = False
+                        ) -> tuple[list[Candidate], list[Candidate], Any, dict[str, int]]:
+    """(splitting, merging, cross, counts) between two firing matrices on the same tokens: the candidates of
+    :func:`~paperlib.metrics.case_studies.find_candidates`, kept and ranked by
+    :func:`~paperlib.metrics.case_studies.rank_distinct` (partners φ within their own SAE). ``counts``:
+    ``splitting``/``merging`` (distinct partners) and ``splitting_any``/``merging_any`` (before the filter)."""
+    split, merge, cross = find_candidates(fired_a, fired_b, max_rate=max_rate, min_phi=min_phi, top_k=top_k,
+                                          progress=progress)
+    ds = rank_distinct(split, fired_b, max_partner_phi=max_partner_phi)
+    dm = rank_distinct(merge, fired_a, max_partner_phi=max_partner_phi)
+    counts = dict(splitting=len(ds), merging=len(dm), splitting_any=len(split), merging_any=len(merge))
+    return ds, dm, cross, counts
 
-    Returns ``{"splitting": [CaseStudy], "merging": [CaseStudy], "cross": CrossTopK,
-    "cross_phi": {"splitting": CandidatePhi, "merging": CandidatePhi}, "n_splitting": int,
-    "n_merging": int, "interp_available": bool, "n_skipped_duplicates": {kind: int},
-    "max_partner_phi": ...}`` (the top ``n_candidates`` of each kind, at most ``max_partners``
-    partners each). Contexts come from the co-occurrence range, the tokens φ was measured on.
-    With a ``judge``, the features of the top ``n_scored`` candidates of each kind (default: all
-    shown) get fuzz scores and explanations. ``max_partner_phi``: skip candidates in which two
-    listed partners co-fire with each other at φ ≥ this value (one feature learned twice, not a
-    split); ``None`` keeps every candidate. ``n_skipped_duplicates`` counts the skipped ones.
+
+def null_comparison(counts: dict[str, int], null_counts: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per kind (``splitting``, ``merging``): the treatment count, the null count, their difference and
+    ratio (NaN when the null count is 0)."""
+    out = {}
+    for kind in ("splitting", "merging"):
+        a, b = int(counts[kind]), int(null_counts[kind])
+        out[kind] = dict(treatment=a, null=b, difference=a - b, ratio=a / b if b else math.nan)
+    return out
+
+
+def case_studies(solo_run: Run, joint_run: Run, *, null_run: Run | None = None, n_candidates: int = 5,
+                 max_partners: int = 4, max_rate: float = 0.05, min_phi: float = 0.2, top_k: int = 8,
+                 n_contexts: int = 3, window: int = 16, judge: Any = None, n_scored: int | None = None,
+                 progress: bool = True, max_partner_phi: float = 0.3) -> dict[str, Any]:
+    """Splitting and merging case studies between two runs of one profile (solo side, joint side), with
+    the same search between ``solo_run`` and ``null_run`` (another solo seed) as the null.
+
+    Candidates (:func:`distinct_candidates`) need two strong partners that co-fire with each other at
+    φ < ``max_partner_phi`` and are ranked by the distinct-split score. Returns ``{"splitting":
+    [CaseStudy], "merging": [CaseStudy], "cross": CrossTopK, "cross_phi": {"splitting": CandidatePhi,
+    "merging": CandidatePhi}, "counts": {...}, "null_counts": {...} or None, "null_run": name or None,
+    "comparison": null_comparison(...) or None, "interp_available": bool, "max_partner_phi": ...}`` (the top
+    ``n_candidates`` of each kind, the distinct pair and then up to ``max_partners`` partners in all).
+    Contexts come from the co-occurrence range, the tokens φ was measured on. With a ``judge``, the
+    features of the top ``n_scored`` candidates of each kind (default: all shown) get fuzz scores and
+    explanations.
     """
     p = solo_run.profile
     solo, joint = solo_run.name, joint_run.name
     runs = {solo: solo_run, joint: joint_run}
     fs, fj = load_firing(solo_run), load_firing(joint_run)
-    split, merge, cross = find_candidates(fs, fj, max_rate=max_rate, min_phi=min_phi, top_k=top_k,
-                                          progress=progress)
-    n_split, n_merge = len(split), len(merge)
+    kw = dict(max_rate=max_rate, min_phi=min_phi, top_k=top_k, max_partner_phi=max_partner_phi)
+    split, merge, cross, counts = distinct_candidates(fs, fj, progress=progress, **kw)
+    null_counts = None
+    if null_run is not None:
+        null_counts = distinct_candidates(fs, load_firing(null_run), progress=progress, **kw)[3]
+    split, merge = split[:n_candidates], merge[:n_candidates]
     for c in split + merge:
         c.partners, c.partner_phi = c.partners[:max_partners], c.partner_phi[:max_partners]
-    skipped = {}
-    split, skipped["splitting"] = drop_duplicate_partners(split, fj, n_candidates, max_partner_phi)
-    merge, skipped["merging"] = drop_duplicate_partners(merge, fs, n_candidates, max_partner_phi)
     saes = {solo: load_run(solo_run), joint: load_run(joint_run)}
     W = {k: v.W_dec.detach().float().cpu().numpy() for k, v in saes.items()}
     rates = {solo: np.asarray(cross.N1_a, np.float64) / cross.T, joint: np.asarray(cross.N1_b, np.float64) / cross.T}
@@ -172,6 +199,7 @@ def case_studies(solo_run: Run, joint_run: Run, *, n_candidates: int = 5, max_pa
             "cross": cross,
             "cross_phi": {"splitting": candidate_cross_phi(fs, fj, split),
                           "merging": candidate_cross_phi(fj, fs, merge)},
-            "n_splitting": n_split, "n_merging": n_merge,
-            "interp_available": bool(records[solo] or records[joint]),
-            "n_skipped_duplicates": skipped, "max_partner_phi": max_partner_phi}
+            "counts": counts, "null_counts": null_counts,
+            "null_run": null_run.name if null_run is not None else None,
+            "comparison": null_comparison(counts, null_counts) if null_counts is not None else None,
+            "interp_available": bool(records[solo] or records[joint]), "max_partner_phi": max_partner_phi}
