@@ -7,7 +7,7 @@ EXPORT_DIR ?= exports/$(PROFILE)
 EXPORT_FLAGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce test lint bench bench-peers export clean-artifacts
+.PHONY: install reproduce test lint bench bench-peers bench-multirun export clean-artifacts
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -42,6 +42,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/cooccurrence.py
+
+# CPU ratio of one-pass multi-run training (paperlib.sae.multirun) to per-run training for the default grid, in
+# cache and stream mode; table in artifacts/bench/multirun.json.
+bench-multirun: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/multirun.py --profile $(PROFILE)
 
 # Training-step tok/s of paperlib vs SAELens and dictionary_learning, each in its own venv under
 # artifacts/bench-venvs/ (created on first use with the torch pin); table in artifacts/bench/peers.json.
