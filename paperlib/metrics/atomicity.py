@@ -216,8 +216,9 @@ def _pair(nx: str, x: Any, ny: str, y: Any) -> tuple[np.ndarray, np.ndarray]:
 def spearman_ci(x: Any, y: Any, *, confidence: float = 0.95, n_resamples: int = 2000,
                 seed: int = 0) -> dict[str, float]:
     """Spearman ρ of (x, y) with a bootstrap CI (``scipy.stats.bootstrap``, pairs resampled together,
-    BCa; percentile when BCa is undefined, e.g. for a degenerate bootstrap distribution) and the
-    permutation-free asymptotic p of ``scipy.stats.spearmanr``. Deterministic given ``seed``.
+    BCa) and the asymptotic p of ``scipy.stats.spearmanr``. Deterministic given ``seed``. When BCa is undefined
+    (resamples in which x or y is constant have no ρ), the percentile CI over the defined resamples, and
+    ``method`` says how many those were.
     Returns ``rho``, ``ci_low``, ``ci_high``, ``p``, ``n``, ``method``."""
     x, y = _pair("x", x, "y", y)
     finite_array("confidence", confidence)
@@ -230,13 +231,18 @@ def spearman_ci(x: Any, y: Any, *, confidence: float = 0.95, n_resamples: int = 
         raise ValueError("spearman_ci: x or y is constant, so the rank correlation is undefined")
     out = dict(rho=rho, ci_low=float("nan"), ci_high=float("nan"), p=float(sps.spearmanr(x, y).pvalue),
                n=int(x.size), method="")
-    for method in ("BCa", "percentile"):
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = sps.bootstrap((x, y), _rank_corr, paired=True, vectorized=True, confidence_level=confidence,
-                                n_resamples=int(n_resamples), method=method, rng=np.random.default_rng(seed))
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if np.isfinite(lo) and np.isfinite(hi):
-            out.update(ci_low=lo, ci_high=hi, method=method)
-            break
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sps.bootstrap((x, y), _rank_corr, paired=True, vectorized=True, confidence_level=confidence,
+                            n_resamples=int(n_resamples), method="BCa", rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    method = "BCa"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        # resamples in which one side is constant have no rank correlation: percentile CI over the others
+        dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+        dist = dist[np.isfinite(dist)]
+        alpha = (1 - confidence) / 2
+        lo, hi = (np.quantile(dist, [alpha, 1 - alpha]) if dist.size else (np.nan, np.nan))
+        method = f"percentile over {dist.size} of {int(n_resamples)} resamples"
+    out.update(ci_low=float(lo), ci_high=float(hi), method=method)
     return out

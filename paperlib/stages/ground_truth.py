@@ -251,8 +251,8 @@ def _check_frame(df: pd.DataFrame, cols: Sequence[str]) -> None:
 
 
 def _verdict(lo: float, hi: float, agrees_if_negative: bool) -> str:
-    """Words for a CI of a |φ|–atomicity association: 'no evidence' when it covers 0."""
-    if lo <= 0 <= hi:
+    """Words for a CI of a |φ|–atomicity association: 'no evidence' when it covers 0 (or is undefined)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 <= hi:
         return "no evidence"
     negative = hi < 0
     return "supports |φ| as a proxy" if negative == agrees_if_negative else "contradicts |φ| as a proxy"

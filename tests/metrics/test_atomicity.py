@@ -3,14 +3,26 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+import scipy.stats as sps
 
-from paperlib.metrics.atomicity import atomicity_metrics, blend_scores, recovery_metrics, unit_rows
-from tests.helpers import small_synthetic_data
+from paperlib.data.synthetic import SyntheticConfig, generate
+from paperlib.metrics.atomicity import (
+    activation_atomicity,
+    activation_summary,
+    atomicity_metrics,
+    blend_scores,
+    recovery_metrics,
+    spearman,
+    spearman_ci,
+    unit_rows,
+)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return small_synthetic_data()
+    return generate(SyntheticConfig(d=32, n_features=48, n_latents=48, n_train=512, n_calibration=512,
+                                    n_eval=512, batch_size=256))
 
 
 def test_metrics_on_true_directions(data):
@@ -37,10 +49,12 @@ def test_metrics_on_sums_of_pairs(data):
     truth = [frozenset(p) for p in zip(idx[0::2], idx[1::2], strict=True)]
     # greedy (best single direction first) identifies the blended pair almost always
     assert np.mean([f == t for f, t in zip(found, truth, strict=True)]) >= 0.9
-    # similar-pair blends: gain is exactly 1 - (1 + c) / 2 for the normalised sum
-    c = data.config.pair_cosine
-    Wp = D[data.pairs[:, 0]] + D[data.pairs[:, 1]]
-    np.testing.assert_allclose(blend_scores(Wp, D)["gain"], 1 - (1 + c) / 2, atol=1e-9)
+    # similar-pair blends: gain is exactly 1 - (1 + c) / 2 for the normalised sum of two unit rows at cosine c
+    c = 0.6
+    u = unit_rows(rng.normal(size=(2, 16)))
+    v = u[1] - (u[1] @ u[0]) * u[0]
+    pair = np.stack([u[0], c * u[0] + np.sqrt(1 - c * c) * v / np.linalg.norm(v)])
+    np.testing.assert_allclose(blend_scores(pair.sum(0, keepdims=True), pair)["gain"], 1 - (1 + c) / 2, atol=1e-9)
 
 
 def test_blend_gain_brute_force():
@@ -64,7 +78,7 @@ def test_blend_gain_brute_force():
 
 def test_small_secondary_component_is_not_a_blend(data):
     D = data.directions
-    a, b = data.groups[0, 0], data.groups[1, 0]  # (nearly) unrelated random directions
+    a, b = data.config.n_features - 1, data.config.n_features - 2  # two independent features
     w_small = D[a] + 0.1 * D[b]
     w_big = D[a] + 0.6 * D[b]
     m = atomicity_metrics(np.stack([w_small, w_big]), D)
@@ -94,3 +108,81 @@ def test_recovery_metrics_against_brute_force():
     assert r["mmcs_true"] == pytest.approx(cos.max(axis=0).mean())
     assert r["mmcs_latent"] == pytest.approx(cos.max(axis=1).mean())
     assert r["recovered_frac"] == pytest.approx((cos.max(axis=0) >= 0.95).mean())
+
+
+def _brute_latent(L: np.ndarray, T: np.ndarray, l: int) -> tuple:
+    """Direct loops: best feature by F1, its precision/recall/F1, and the best 'extra' share."""
+    fires = L[:, l]
+    n = fires.sum()
+    if n == 0:
+        return -1, np.nan, np.nan, np.nan, np.nan
+    best, best_f1 = -1, -1.0
+    for j in range(T.shape[1]):
+        inter = (fires & T[:, j]).sum()
+        f1 = 2 * inter / (n + T[:, j].sum())
+        if f1 > best_f1:
+            best, best_f1 = j, f1
+    inter = (fires & T[:, best]).sum()
+    extra = max(((fires & T[:, j] & ~T[:, best]).sum() for j in range(T.shape[1]) if j != best), default=0)
+    return best, inter / n, inter / T[:, best].sum(), best_f1, extra / n
+
+
+def test_activation_atomicity_brute_force():
+    rng = np.random.default_rng(3)
+    T = rng.random((400, 7)) < 0.15
+    L = np.c_[T[:, 0], T[:, 1] | T[:, 2], T[:, 3] & ~T[:, 4], np.zeros(400, bool), rng.random((400, 4)) < 0.1]
+    a = activation_atomicity(sp.csr_matrix(L), T.astype(np.float32) * 0.7)
+    for l in range(L.shape[1]):
+        best, prec, rec, f1, multi = _brute_latent(L, T, l)
+        assert a.best[l] == best and a.n_fired[l] == L[:, l].sum()
+        np.testing.assert_allclose([a.precision[l], a.recall[l], a.f1[l], a.multi_share[l]],
+                                   [prec, rec, f1, multi], atol=1e-12, equal_nan=True)
+    # an atomic latent; an OR of two features (about half its firings need the second); a dead latent
+    assert (a.precision[0], a.recall[0], a.multi_share[0]) == (1.0, 1.0, 0.0)
+    assert a.second[1] in (1, 2) and a.multi_share[1] > 0.3
+    assert a.best[3] == -1 and np.isnan(a.f1[3])
+    s = activation_summary(a)
+    live = L.sum(0) > 0
+    assert s["act_f1"] == pytest.approx(np.nanmean(a.f1[live]))
+    assert s["multi_frac"] == pytest.approx((a.multi_share[live] >= 0.1).mean())
+    assert s["true_covered_frac"] == pytest.approx(len(set(a.best[live])) / 7)
+
+
+def test_activation_atomicity_bad_input():
+    T = np.zeros((10, 3), bool)
+    with pytest.raises(ValueError, match="same tokens"):
+        activation_atomicity(np.zeros((9, 2), bool), T)
+    with pytest.raises(ValueError, match="at least 2 true features"):
+        activation_atomicity(np.zeros((10, 2), bool), T[:, :1])
+    with pytest.raises(ValueError, match="fired_latents must be finite"):
+        activation_atomicity(np.full((10, 2), np.nan), T)
+
+
+def test_spearman_matches_scipy_and_ci_is_seeded():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=25)
+    y = np.round(x + rng.normal(size=25), 1)  # ties
+    assert spearman(x, y) == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
+    r = spearman_ci(x, y, n_resamples=500, seed=1)
+    assert r["rho"] == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
+    assert r["p"] == pytest.approx(sps.spearmanr(x, y).pvalue)
+    assert r["ci_low"] < r["rho"] < r["ci_high"] and r["n"] == 25
+    assert spearman_ci(x, y, n_resamples=500, seed=1) == r
+    # percentile CI equals scipy's on the same resamples
+    ref = sps.bootstrap((x, y), lambda a, b: sps.spearmanr(a, b).statistic, paired=True, vectorized=False,
+                        n_resamples=500, method="percentile", rng=np.random.default_rng(1))
+    ours = sps.bootstrap((x, y), lambda a, b, axis=-1: np.array([spearman(u, v) for u, v in zip(a, b, strict=True)]),
+                         paired=True, vectorized=True, n_resamples=500, method="percentile",
+                         rng=np.random.default_rng(1))
+    np.testing.assert_allclose(ours.confidence_interval, ref.confidence_interval, atol=1e-12)
+
+
+def test_spearman_errors():
+    with pytest.raises(ValueError, match="x must be finite"):
+        spearman([1, np.nan, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="equal length"):
+        spearman([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="constant"):
+        spearman_ci([1, 1, 1, 1], [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="n_resamples"):
+        spearman_ci([1, 2, 3, 4], [1, 2, 3, 4], n_resamples=10)
