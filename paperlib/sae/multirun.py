@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -62,8 +63,16 @@ from paperlib.config.io import (
     write_json,
 )
 from paperlib.config.profiles import Profile, get_profile
-from paperlib.data.activations import load_cache
-from paperlib.data.stream import CacheSource, ChunkPlan, ChunkSource, LMSource, default_rows_per_chunk
+from paperlib.data.activations import cache_settings, load_cache
+from paperlib.data.lm import load_lm
+from paperlib.data.stream import (
+    CacheSource,
+    ChunkPlan,
+    ChunkSource,
+    LMSource,
+    default_rows_per_chunk,
+    train_tokens,
+)
 from paperlib.sae.arms import RunSpec, parse_run
 from paperlib.sae.trainer import TrainConfig, Trainer, check_loss, default_device, is_done
 
@@ -363,6 +372,11 @@ def _stream(p: Profile, states: list[PassRun], source: ChunkSource, plan: ChunkP
                desc=f"one pass, {len(states)} runs ({source.kind})")
     active = list(states)
     while active:
+        if max_steps is not None and all(st.trainer.step >= max_steps for st in active):
+            for st in active:
+                if st.last_saved != st.trainer.step:
+                    st.save_checkpoint()
+            break
         at_g = [st for st in active if st.position == g]
         if at_g:
             chunk = _read_chunk(source, plan, g, at_g[0].device)
@@ -378,11 +392,6 @@ def _stream(p: Profile, states: list[PassRun], source: ChunkSource, plan: ChunkP
         g += 1
         if _chunk_hook is not None:
             _chunk_hook(g)
-        if max_steps is not None and active and all(st.trainer.step >= max_steps for st in active):
-            for st in active:
-                if st.last_saved != st.trainer.step:
-                    st.save_checkpoint()
-            break
     bar.close()
 
 
@@ -392,8 +401,32 @@ def profile_source(profile: str | Profile, *, stream: bool = False, progress: bo
     with ``stream``, the language model on the fly (no activation cache is read or written)."""
     p = get_profile(profile)
     if stream:
-        return LMSource(p, lm=lm, progress=progress)
+        model = lm if lm is not None else load_lm(p.data.model, dtype=p.data.lm_dtype)
+        return LMSource(p, lm=model, tokens=stream_tokens(p, model.tokenizer, progress))
     return CacheSource(load_cache(p, progress=progress, lm=lm).acts("train"), p.data.context - int(p.data.drop_bos))
+
+
+def stream_tokens(profile: str | Profile, tokenizer: Any, progress: bool = True) -> np.ndarray:
+    """The training range's token rows for stream mode, tokenised once and kept in ``<one-pass dir>/tokens/``
+    (int32, written atomically with the data settings they were made for; other settings rebuild them), so a
+    resumed stream does not tokenise the corpus again. Small beside activations: 4 bytes per token."""
+    p = get_profile(profile)
+    root = one_pass_dir(p) / "tokens"
+    settings = token_settings(p)
+    rec = root / "tokens.json"
+    if rec.exists() and read_json(rec, delete=root).get("settings") == settings:
+        return np.load(root / "train.npy", mmap_mode="r")
+    tokens = train_tokens(p, tokenizer, progress)
+    with atomic_path(root / "train.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, tokens)
+    write_json(rec, dict(settings=settings, shape=list(tokens.shape)))
+    return np.load(root / "train.npy", mmap_mode="r")
+
+
+def token_settings(profile: Profile) -> dict[str, Any]:
+    """What determines the training range's tokens (the activation cache's settings minus the hook)."""
+    s = cache_settings(profile)
+    return {k: s[k] for k in ("model", "model_package_version", "corpus", "context", "row_spans")}
 
 
 def default_pass_config(profile: str | Profile) -> PassConfig:

@@ -30,6 +30,7 @@ def test_train_many_in_stream_mode_trains_without_a_cache(tmp_artifacts, capsys)
                for r in ("solo", "solo-seed1"))
     assert all(str(paths.profile_dir(PROFILE) / "one-pass") in r["dir"] for r in recs)
     assert not paths.activations_dir(PROFILE).exists()
+    assert (paths.profile_dir(PROFILE) / "one-pass" / "tokens" / "train.npy").exists()  # tokens only, once
 
 
 def test_train_many_names_a_bad_setting(tmp_artifacts, capsys):
