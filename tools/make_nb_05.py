@@ -4,78 +4,77 @@ from tools.nbbuild import write_notebook
 
 write_notebook(
     "notebooks/05_autointerp.ipynb",
-    "05 · Automated interpretability: fuzzing scores of matched solo ↔ joint features (§5.2, Fig. 2)",
-    "Matches alive solo and joint features (Hungarian, decoder cosine), samples `n_features` "
-    "matched pairs uniformly (seeded), explains and fuzz-scores both sides with a judge, and "
-    "compares them (paired t-test). The judge's sanity check on labelled BBC snippets is shown "
-    "first: trust Δfuzz only if the judge is clearly above chance. Lean defaults "
-    "(`paperlib.stages.interp.LEAN_CONTEXT`): 6 test windows of 20 tokens per feature, no detection. "
-    "Everything is cached per feature: a re-run or a killed run resumes.",
-    '''sae: str = "joint"                 # joint run to compare against "solo" ("joint": the selected configuration)
+    "05 · Automated interpretability: fuzzing AUROC of matched solo ↔ joint features (§5.2, Fig. 2)",
+    "Matches alive features of solo seed s and joint seed s (Hungarian, decoder cosine) for every paired seed, "
+    "and fuzz-scores both sides of matched pairs drawn in one seeded, nested order. Each feature is explained "
+    "from its top windows (offline: the firing tokens plus the distinctive words before them) and scored on "
+    "10 test windows shown twice, correctly and randomly highlighted (10 true + 10 fuzzed items); the score is "
+    "the judge's AUROC over those items (0.5 = chance). The judge check is a shuffled-explanation control "
+    "(each feature scored with another feature's explanation must sit at chance), reliability is measured by "
+    "scoring features again on disjoint windows, and the paired Δ comes with its CI, p and the minimum "
+    "detectable effect. The number of pairs is chosen from the cost per feature measured on a pilot so that "
+    "the notebook fits `budget_s`. Everything is cached per feature: a re-run or a killed run resumes.",
+    '''sae: str = "joint"                 # primary arm compared with solo, seed by seed (joint | randcritic)
 judge: str = "local"               # local (offline likelihood judge) | openai (OpenAI-compatible endpoint)
 base_url: Optional[str] = None     # e.g. "http://127.0.0.1:8000/v1" when judge is "openai"
 judge_model: Optional[str] = None  # judge model name (local default: smollm2-135m)
-n_features: Optional[int] = None   # matched pairs to score (None → profile.eval.autointerp_features)
-sanity_n: Optional[int] = None     # sanity-check trials (None → 40; 20 on smoke)
-seed: int = 0                      # seeds the pair sample, the sanity set and the judge's fuzz items
-min_answered: float = 0.9          # least share of trials and features the judge must answer
+budget_s: Optional[float] = None   # wall-time budget of this notebook in s (None → 150; 25 on smoke)
+n_features: Optional[int] = None   # fixed number of matched pairs (None → as many as fit budget_s)
+n_seeds: Optional[int] = None      # paired seeds used (None → all primary seeds)
+retest_share: float = 0.25         # share of pairs whose features are scored again on disjoint windows
+shuffled_share: float = 0.5        # share of pairs whose features are scored with a shuffled explanation
+seed: int = 0                      # seeds the pair order and the judge's fuzz items
+min_answered: float = 0.9          # least share of features the judge must answer on each side
 allow_partial: bool = False        # True keeps going with missing answers, reported per side''',
     [
-        '''import warnings
+        '''import time
 
+t_start = time.perf_counter()
+from paperlib.autointerp.judge import check_answered
 from paperlib.report import figures
-from paperlib.report.autointerp import cosine_figure, summary_table
+from paperlib.report.autointerp import cosine_figure, describe, pairs_summary_table
 from paperlib.report.notebook import setup, save_figure, save_table
 from paperlib.stages import interp
-from paperlib.stages.run import Run
-from paperlib.stages.select import select_runs
 from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
-joint_name = select_runs(ctx.profile, sae)[0].name
-solo_name = "solo"
-ensure_trained(ctx.profile, [solo_name, joint_name])
-n_pairs_wanted = n_features or ctx.profile.eval.autointerp_features
-print(f"comparing {solo_name} vs {joint_name}; {n_pairs_wanted} matched pairs; judge={judge}")''',
-        ("md", "## Judge sanity check (read this first)\n\n"
-               "Two-alternative forced choice on labelled BBC snippets: which snippet matches a "
-               "category description? Chance = 0.5."),
+runs = interp.seed_pairs(ctx.profile, sae, n_seeds)
+ensure_trained(ctx.profile, [r for pair in runs for r in pair])
+budget = budget_s or interp.default_budget_s(ctx.profile)
+print(f"{len(runs)} seed pairs: " + ", ".join(f"{a.name} ↔ {b.name}" for a, b in runs)
+      + f"; judge={judge}; notebook budget {budget:.0f} s")''',
+        ("md", "## Matching (alive features only), per seed pair"),
+        '''for a, b in runs:
+    m = interp.ensure_matching(a, b)
+    print(f"{a.name} ↔ {b.name}: {m.summary()}; median cosine {m.pairs['cosine'].median():.3f}")
+save_figure(cosine_figure(interp.ensure_matching(*runs[0])), ctx.figures, "autointerp_match_cosine")''',
+        ("md", "## Explain and fuzz-score matched pairs inside the budget\n\n"
+               "A pilot of pairs measures the cost per feature; the number of pairs then fills what is left of the "
+               "budget (minus a reserve for the figures), with the retest and shuffled-control shares on top."),
         '''jdg = interp.make_judge(judge, base_url, judge_model, profile=ctx.profile)
-sanity = interp.ensure_sanity(ctx.profile, jdg, n=sanity_n or interp.default_sanity_n(ctx.profile),
-                              seed=seed, min_answered=min_answered, allow_partial=allow_partial)
-print(f"judge {sanity['judge']}: {sanity['correct']}/{sanity['n']} = {sanity['accuracy']:.3f} "
-      f"(95% Wilson CI [{sanity['wilson_low']:.3f}, {sanity['wilson_high']:.3f}]), "
-      f"one-sided binomial p = {sanity['p_value']:.2g} vs chance 0.5; "
-      f"{sanity.get('n_missing', 0)} trials unanswered")
-if not sanity["significant"]:
-    msg = ("WARNING: the judge is NOT significantly above chance on the sanity set; "
-           "the fuzzing scores and Δfuzz below are not trustworthy.")
-    print(msg)
-    warnings.warn(msg, stacklevel=1)''',
-        ("md", "## Matching (alive features only)"),
-        '''match = interp.ensure_matching(Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name))
-print(match.summary())
-print(match.pairs["cosine"].describe(percentiles=[0.1, 0.25, 0.5, 0.75, 0.9]).to_string())
-fig = cosine_figure(match)
-save_figure(fig, ctx.figures, "autointerp_match_cosine")''',
-        ("md", "## Explain and fuzz-score both sides of the sampled pairs"),
-        '''solo_run, joint_run = Run.of(ctx.profile, solo_name), Run.of(ctx.profile, joint_name)
-pairs, summary = interp.compare_runs(solo_run, joint_run, n_pairs_wanted, jdg,
-                                     seed=seed, n_workers=1 if judge == "local" else 8,
-                                     min_answered=min_answered, allow_partial=allow_partial)
-print(f"scored {summary['n_new_features']} new features, "
-      f"{summary['sec_per_feature']:.2f} s per feature (NaN = all cached)")
-print(f"features with missing judge answers: solo {summary['n_missing_solo']}, "
-      f"joint {summary['n_missing_joint']} of {summary['n_sampled']} sampled per side")
-{k: summary[k] for k in ("n_sampled", "n_pairs", "mean_solo", "mean_joint", "delta", "t", "p")}''',
-        ("md", "## Fig. 2: fuzz scores (joint − solo): densities, their difference, Δ with 95% CI and p"),
-        '''fig = figures.fig2_autointerp(pairs, summary, solo_label=solo_name, joint_label=joint_name,
-                              caption=figures.figure_caption(ctx.profile, f"judge {summary.get('judge', judge)}"))
+explainer = interp.make_explainer(jdg, ctx.profile)
+left = budget - (time.perf_counter() - t_start) - interp.RESERVE_S
+pairs, summary = interp.compare_seed_pairs(
+    ctx.profile, jdg, arm=sae, n_seeds=n_seeds, budget_s=max(left, 1.0), n_pairs=n_features,
+    pilot_pairs=interp.default_pilot_pairs(ctx.profile), retest_share=retest_share,
+    shuffled_share=shuffled_share, explainer=explainer, seed=seed)
+for side in ("solo", "joint"):
+    check_answered(jdg, f"{side} features", int((~pairs[f"missing_{side}"]).sum()), len(pairs),
+                   min_answered, allow_partial)
+print("\\n".join(describe(summary)))''',
+        ("md", "## Fig. 2: fuzz AUROC of matched pairs (joint − solo): densities, their difference, Δ with 95% CI"),
+        '''fig = figures.fig2_autointerp(
+    pairs, {"delta": summary["paired_delta"], "ci_low": summary["paired_ci_low"],
+            "ci_high": summary["paired_ci_high"], "p": summary["paired_p"], "n_pairs": summary["paired_n_pairs"]},
+    solo_label="solo", joint_label=runs[0][1].name, bin_width=0.05, columns=("auroc_solo", "auroc_joint"),
+    value_range=(0.0, 1.0), what="fuzz AUROC", chance=0.5,
+    caption=figures.figure_caption(ctx.profile, f"judge {summary['judge']}, explainer {summary['explainer']}"))
 save_figure(fig, ctx.figures, "fig2_fuzz_density_diff")''',
         ("md", "## §5.2 table and per-pair table"),
-        '''table = summary_table(summary, sanity)
+        '''table = pairs_summary_table(summary)
 save_table(table, ctx.tables, "autointerp_summary")
 save_table(pairs, ctx.tables, "autointerp_pairs")
+print(f"notebook wall time so far: {time.perf_counter() - t_start:.0f} s of {budget:.0f} s")
 table.T''',
         '''pairs.sort_values("delta").head(10)''',
     ],

@@ -140,9 +140,12 @@ def collect_contexts(
     feature_acts: FeatureActivations, token_ids: np.ndarray, positions: np.ndarray, *,
     features: Sequence[int] | None = None, window: int = 32, n_after: int = 4,
     n_explain: int = 20, n_quantiles: int = 10, per_quantile: int = 4, n_non_activating: int = 20,
-    seed: int = 0,
+    seed: int = 0, explain_window: int | None = None,
 ) -> dict[int, FeatureContexts]:
     """Sample explanation, test (decile-stratified) and non-activating windows per feature.
+
+    Explanation windows have ``explain_window`` tokens (default ``window``): longer ones show the explainer
+    more of the preceding context without making the judge's test items longer.
 
     Activation rows with no entry in ``positions`` (e.g. dropped BOS tokens) count as 0.
     """
@@ -180,7 +183,7 @@ def collect_contexts(
             if len(fc.explain) >= n_explain:
                 break
             r, p = pos[idx[t]]
-            s, e = _window(int(p), ctx, window, n_after)
+            s, e = _window(int(p), ctx, explain_window or window, n_after)
             if free(r, s, e):
                 taken.setdefault(int(r), []).append((s, e))
                 fc.explain.append(example(r, s, e, "top", None, int(p - s)))

@@ -2,10 +2,13 @@
 
 For one feature the judge first explains the highlighted ``explain`` windows, then:
 
-* :func:`fuzz` — the test windows are split (seeded) into two halves: one shows the tokens where
-  the feature really fires highlighted, the other the same number of randomly chosen tokens
-  (never exactly the true set). The judge says which are highlighted correctly. Score: balanced
-  accuracy, also reported as ``fuzz_score = 2·acc − 1`` in [−1, 1].
+* :func:`fuzz` — every test window is shown twice: once with the tokens where the feature really
+  fires highlighted, once with the same number of randomly chosen tokens (never exactly the true set).
+  The judge rates how well each highlight fits the explanation. Score: the AUROC of its ratings over
+  true vs random highlights (``fuzz_auroc``, 0.5 = chance; ``fuzz_score = 2·AUROC − 1`` in [−1, 1]);
+  the balanced accuracy of its yes/no answers is kept beside it. :func:`retest` scores the same
+  explanation on a disjoint half of the windows, :func:`shuffled` on the same items with another
+  feature's explanation (the chance control).
 * :func:`detection` — activating against non-activating windows, no highlights; balanced accuracy.
 * :func:`activation_prediction_spearman` — the judge predicts per-token activations; Spearman ρ
   with the true activations over every token of the feature's test windows.
@@ -37,7 +40,8 @@ from paperlib.autointerp.contexts import (
     load_contexts,
     save_contexts,
 )
-from paperlib.autointerp.judge import Judge, JudgeItem, judge_key
+from paperlib.autointerp.judge import Judge, JudgeItem, judge_key, rank_decisions
+from paperlib.autointerp.reliability import auroc
 from paperlib.config.io import read_json, write_json
 from paperlib.metrics.stats import paired
 
@@ -60,28 +64,30 @@ def random_highlight(true_mask: Sequence[bool], rng: np.random.Generator) -> lis
 
 @dataclass
 class FuzzItem:
-    example: int  # index into the feature's ``activating`` list
+    example: int  # index into the examples the items were made from
     highlight: list[bool]
     correct: bool
 
 
 def make_fuzz_items(examples: Sequence[Example], seed: int | Sequence[int] = 0) -> list[FuzzItem]:
-    """Half of the eligible examples correctly highlighted, half fuzzed (seeded, shuffled)."""
+    """Every eligible example (some but not all tokens active) twice: correctly highlighted and with a
+    random highlight of the same size (:func:`random_highlight`); the items in a seeded random order."""
     rng = np.random.default_rng(seed)
-    elig = [i for i, ex in enumerate(examples) if 0 < sum(ex.active_mask()) < len(ex.acts)]
-    elig = [elig[i] for i in rng.permutation(len(elig))]
-    n_true = (len(elig) + 1) // 2
     items = []
-    for r, i in enumerate(elig):
-        true_mask = examples[i].active_mask()
-        if r < n_true:
-            items.append(FuzzItem(i, true_mask, True))
-        else:
-            hl = random_highlight(true_mask, rng)
-            assert hl is not None
-            items.append(FuzzItem(i, hl, False))
+    for i, ex in enumerate(examples):
+        true_mask = ex.active_mask()
+        if not 0 < sum(true_mask) < len(true_mask):
+            continue
+        hl = random_highlight(true_mask, rng)
+        assert hl is not None
+        items += [FuzzItem(i, true_mask, True), FuzzItem(i, hl, False)]
     order = rng.permutation(len(items))
     return [items[k] for k in order]
+
+
+def n_fuzzable(examples: Sequence[Example]) -> int:
+    """Examples that give a fuzz pair (some but not all tokens active)."""
+    return sum(0 < sum(ex.active_mask()) < len(ex.acts) for ex in examples)
 
 
 def balanced_accuracy(labels: Sequence[bool], preds: Sequence[bool | None]) -> float:
@@ -101,39 +107,73 @@ def balanced_accuracy(labels: Sequence[bool], preds: Sequence[bool | None]) -> f
     return 0.5 * (sum(pos) / len(pos) + sum(neg) / len(neg))
 
 
-def _auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
-    from scipy.stats import mannwhitneyu
-
-    s = np.asarray(scores, float)
-    lab = np.asarray(labels, bool)
-    if lab.all() or not lab.any():
-        return float("nan")
-    u = mannwhitneyu(s[lab], s[~lab], alternative="two-sided").statistic
-    return float(u / (lab.sum() * (~lab).sum()))
-
-
 # --------------------------------------------------------------------------- scorers
 def explain_feature(ctx: FeatureContexts, judge: Judge, decode: Decoder) -> str | None:
     items = [JudgeItem(decode(ex.token_ids), ex.active_mask()) for ex in ctx.explain]
     return judge.explain(items) if items else None
 
 
-def fuzz(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Decoder, seed: int = 0
-         ) -> dict:
-    """Fuzzing score of one feature (see module docstring)."""
-    fitems = make_fuzz_items(ctx.activating, seed=[seed, ctx.feature, 1])
-    items = [JudgeItem(decode(ctx.activating[f.example].token_ids), f.highlight) for f in fitems]
+def fuzz_examples(examples: Sequence[Example], feature: int, explanation: str, judge: Judge, decode: Decoder,
+                  seed: int | Sequence[int] = 0, prefix: str = "fuzz", min_windows: int = 1) -> dict:
+    """Fuzzing score of one feature on ``examples`` (see module docstring), under ``prefix`` keys.
+
+    ``{prefix}_auroc`` is the primary score: the AUROC of the judge's continuous scores (``judge.scores``,
+    e.g. the likelihood judge's gains) over correctly vs randomly highlighted items, or of its 0/1
+    answers for a judge without scores (then equal to the balanced accuracy). ``{prefix}_score`` =
+    2·AUROC − 1. Fewer than ``min_windows`` fuzzable windows: no score (``{prefix}_unscored`` says why).
+    """
+    fuzzable = [ex for ex in examples if 0 < sum(ex.active_mask()) < len(ex.acts)]
+    if not fuzzable or len(fuzzable) < min_windows:
+        nan = float("nan")
+        return {f"{prefix}_auroc": nan, f"{prefix}_score": nan, f"{prefix}_bal_acc": nan, f"{prefix}_n": 0,
+                f"{prefix}_n_missing": 0,
+                f"{prefix}_unscored": f"{len(fuzzable)} fuzzable windows, fewer than {max(1, min_windows)}"}
+    fitems = make_fuzz_items(fuzzable, seed=[*np.atleast_1d(seed).tolist(), feature, 1])
+    items = [JudgeItem(decode(fuzzable[f.example].token_ids), f.highlight) for f in fitems]
     labels = [f.correct for f in fitems]
-    n_pos = sum(labels)
-    preds = judge.judge_binary(explanation, items, "fuzz", n_positive=n_pos) if items else []
-    acc = balanced_accuracy(labels, preds)
-    out = {"fuzz_bal_acc": acc, "fuzz_score": 2 * acc - 1, "fuzz_n": len(items),
-           "fuzz_n_missing": sum(p is None for p in preds),
-           "fuzz_trace": [{"example": f.example, "highlight": [i for i, h in enumerate(f.highlight) if h],
-                           "correct": f.correct, "pred": p} for f, p in zip(fitems, preds, strict=True)]}
-    if hasattr(judge, "scores") and items:
-        out["fuzz_auc"] = _auc(labels, judge.scores(explanation, items, "fuzz"))
-    return out
+    if hasattr(judge, "scores"):
+        scores = [float(x) for x in judge.scores(explanation, items, "fuzz")]
+        preds: list = rank_decisions(scores, sum(labels))
+        auc = auroc(labels, scores)
+    else:
+        preds = judge.judge_binary(explanation, items, "fuzz", n_positive=sum(labels))
+        scores = [float("nan") if p is None else float(p) for p in preds]
+        auc = float("nan") if any(p is None for p in preds) else auroc(labels, scores)
+    return {f"{prefix}_auroc": auc, f"{prefix}_score": 2 * auc - 1,
+            f"{prefix}_bal_acc": balanced_accuracy(labels, preds), f"{prefix}_n": len(items),
+            f"{prefix}_n_missing": sum(p is None for p in preds),
+            f"{prefix}_trace": [{"row": fuzzable[f.example].row, "start": fuzzable[f.example].start,
+                                 "highlight": [i for i, h in enumerate(f.highlight) if h], "correct": f.correct,
+                                 "pred": p, "score": sc} for f, p, sc in zip(fitems, preds, scores, strict=True)]}
+
+
+def split_halves(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """Two disjoint halves of a feature's test windows (even and odd positions; the windows are ordered by
+    activation quantile, so both halves span the quantiles)."""
+    return list(examples[0::2]), list(examples[1::2])
+
+
+def fuzz(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Decoder, seed: int = 0,
+         halves: bool = False, min_windows: int = 1) -> dict:
+    """Fuzzing score of one feature on its test windows (the first half with ``halves``)."""
+    exs = split_halves(ctx.activating)[0] if halves else ctx.activating
+    return fuzz_examples(exs, ctx.feature, explanation, judge, decode, seed, "fuzz", min_windows)
+
+
+def retest(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Decoder, seed: int = 0,
+           min_windows: int = 1) -> dict:
+    """The same explanation fuzz-scored again on the second half of the test windows (disjoint from
+    :func:`fuzz` with ``halves``), with other random highlights: ``retest_*`` keys."""
+    return fuzz_examples(split_halves(ctx.activating)[1], ctx.feature, explanation, judge, decode,
+                         [seed, 7], "retest", min_windows)
+
+
+def shuffled(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Decoder, seed: int = 0,
+             min_windows: int = 1) -> dict:
+    """The items of :func:`fuzz` with ``halves`` (same windows and highlights) scored with another
+    feature's ``explanation``: ``shuffled_*`` keys. The likelihood judge reuses the neutral passes."""
+    return fuzz_examples(split_halves(ctx.activating)[0], ctx.feature, explanation, judge, decode, seed,
+                         "shuffled", min_windows)
 
 
 def detection(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Decoder) -> dict:
@@ -149,7 +189,7 @@ def detection(ctx: FeatureContexts, explanation: str, judge: Judge, decode: Deco
            "detection_trace": [{"kind": ex.kind, "row": ex.row, "start": ex.start, "label": lab,
                                 "pred": p} for ex, lab, p in zip(exs, labels, preds, strict=True)]}
     if hasattr(judge, "scores") and items:
-        out["detection_auc"] = _auc(labels, judge.scores(explanation, items, "detection"))
+        out["detection_auc"] = auroc(labels, judge.scores(explanation, items, "detection"))
     return out
 
 
@@ -172,9 +212,12 @@ def activation_prediction_spearman(ctx: FeatureContexts, explanation: str, judge
 
 def score_contexts(ctx: FeatureContexts, judge: Judge, decode: Decoder, *,
                    explainer: Judge | None = None, do_detection: bool = True,
-                   do_spearman: bool = False, seed: int = 0) -> dict:
+                   do_spearman: bool = False, seed: int = 0, halves: bool = False,
+                   min_windows: int = 1) -> dict:
     """Explain and score one feature; returns a flat record plus per-example traces. ``missing`` is
-    True when the judge left the explanation or any answer missing (the record is then not final)."""
+    True when the judge left the explanation or any answer missing (the record is then not final).
+    ``halves``: fuzz on the first half of the test windows only (:func:`split_halves`; the second half is
+    kept for :func:`retest`)."""
     rec: dict = {"feature": ctx.feature, "n_firing": ctx.n_firing, "firing_rate": ctx.firing_rate,
                  "n_explain": len(ctx.explain), "n_activating": len(ctx.activating),
                  "n_non_activating": len(ctx.non_activating)}
@@ -184,7 +227,7 @@ def score_contexts(ctx: FeatureContexts, judge: Judge, decode: Decoder, *,
     rec["missing"] = expl is None and bool(ctx.explain)
     if expl is None:
         return rec
-    rec.update(fuzz(ctx, expl, judge, decode, seed=seed))
+    rec.update(fuzz(ctx, expl, judge, decode, seed=seed, halves=halves, min_windows=min_windows))
     if do_detection:
         rec.update(detection(ctx, expl, judge, decode))
     if do_spearman:

@@ -26,23 +26,50 @@ import numpy as np
 import pandas as pd
 
 from paperlib.autointerp.client import OpenAIJudge
-from paperlib.autointerp.contexts import token_decoder
+from paperlib.autointerp.contexts import (
+    collect_contexts,
+    collect_feature_activations,
+    load_contexts,
+    save_contexts,
+    token_decoder,
+)
+from paperlib.autointerp.explain import ContextExplainer
 from paperlib.autointerp.judge import check_answered, judge_key
 from paperlib.autointerp.local import LocalLikelihoodJudge
+from paperlib.autointerp.reliability import (
+    paired_power,
+    plan_design,
+    retest_reliability,
+    shuffled_control,
+    unscored_rates,
+)
 from paperlib.autointerp.sanity import judge_sanity_check
-from paperlib.autointerp.scoring import paired_comparison, score_features
+from paperlib.autointerp.scoring import paired_comparison, retest, score_contexts, score_features, shuffled
 from paperlib.config import paths
 from paperlib.config.io import read_json, write_json, write_text
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.data import lm
 from paperlib.data.activations import load_cache
 from paperlib.metrics.matching import MatchResult, hungarian_match
+from paperlib.sae.arms import primary_runs
 from paperlib.stages.calibrate import ensure_calibration
 from paperlib.stages.run import Run
 from paperlib.stages.train import load_run
 
 __all__ = [
+    "FUZZ_CONTEXT",
     "LEAN_CONTEXT",
+    "MIN_WINDOWS",
+    "RunScorer",
+    "background_counts",
+    "RESERVE_S",
+    "compare_seed_pairs",
+    "default_budget_s",
+    "default_pilot_pairs",
+    "make_explainer",
+    "pair_order",
+    "seed_pairs",
+    "summarize_pairs",
     "PAPER_CONTEXT",
     "compare_runs",
     "default_sanity_n",
@@ -58,11 +85,10 @@ __all__ = [
 ]
 
 LEAN_CONTEXT: dict[str, int] = dict(window=20, n_after=4, n_explain=10, n_quantiles=3,
-                                    per_quantile=2, n_non_activating=0)
-"""Default context settings: 10 explanation windows and 6 test windows (3 activation quantiles × 2)
-of 20 tokens, firing token 4 from the end, no detection. The local judge runs two forward passes per
-fuzz item, so the number and length of test windows set the cost: about 1 s per feature on the
-development machine (docs/method.md §6)."""
+                                    per_quantile=1, n_non_activating=0)
+"""Settings of :func:`ensure_scores` (the second model's grid): 10 explanation windows and 3 test windows
+(one per activation tercile) of 20 tokens, firing token 4 from the end, no detection. Each test window
+gives a true and a fuzzed item (3 + 3), two forward passes each for the local judge."""
 
 PAPER_CONTEXT: dict[str, int] = dict(window=32, n_after=4, n_explain=20, n_quantiles=10,
                                      per_quantile=4, n_non_activating=20)
@@ -320,3 +346,330 @@ def default_sanity_n(profile: str | Profile) -> int:
     p = 0.006) keep the smoke notebook fast; 12 trials were too few (9/12, p = 0.07).
     """
     return 20 if get_profile(profile).name == "smoke" else 40
+
+
+# ----------------------------------------------------------------------------------------------
+# paired seeds: measured reliability, shuffled control and power (issue 15)
+# ----------------------------------------------------------------------------------------------
+FUZZ_CONTEXT: dict[str, int] = dict(window=12, n_after=2, explain_window=24, n_explain=10, n_quantiles=10,
+                                    per_quantile=2, n_non_activating=0)
+"""Notebook 05's contexts: 10 explanation windows of 24 tokens (context for the explainer) and up to 20 test
+windows of 12 tokens (firing token 2 from the end), one or two per activation decile. The even half gives the
+score (10 windows → 10 true + 10 fuzzed items), the odd half the retest. Short test windows halve the
+likelihood judge's cost per item against the 20-token windows of :data:`LEAN_CONTEXT`."""
+
+MIN_WINDOWS = 10
+"""Fuzzable test windows a feature needs per half (each gives one true and one fuzzed item)."""
+
+
+def seed_pairs(profile: str | Profile, arm: str = "joint", n_seeds: int | None = None) -> list[tuple[Run, Run]]:
+    """(solo seed s, ``arm`` seed s) for the primary comparison's seeds (:func:`paperlib.sae.arms.primary_runs`)."""
+    p = get_profile(profile)
+    specs = primary_runs(p)
+    if arm == "solo" or arm not in specs or "solo" not in specs:
+        raise ValueError(f"parameter sae={arm!r}: not a primary arm paired with solo; use one of "
+                         f"{[a for a in specs if a != 'solo']}")
+    if n_seeds is not None and not 1 <= n_seeds:
+        raise ValueError(f"parameter n_seeds must be >= 1, got {n_seeds!r}")
+    pairs = [(Run.of(p, a), Run.of(p, b)) for a, b in zip(specs["solo"], specs[arm], strict=True)]
+    return pairs[:n_seeds]
+
+
+def pair_order(matchings: Sequence[pd.DataFrame], seed: int = 0) -> pd.DataFrame:
+    """Every matched pair of every seed pair in one nested order: a seeded permutation per seed pair,
+    interleaved (rank 0 of every seed pair, then rank 1, ...), so the first n pairs are spread evenly over
+    the seeds and a larger n only extends the sample. Columns ``seed_pair``, ``rank``, ``i``, ``j``, ``cosine``."""
+    parts = []
+    for s, m in enumerate(matchings):
+        perm = np.random.default_rng([seed, s]).permutation(len(m))
+        df = m.iloc[perm][["i", "j", "cosine"]].reset_index(drop=True)
+        df.insert(0, "rank", np.arange(len(df)))
+        df.insert(0, "seed_pair", s)
+        parts.append(df)
+    if not parts:
+        return pd.DataFrame(columns=["seed_pair", "rank", "i", "j", "cosine"])
+    return pd.concat(parts).sort_values(["rank", "seed_pair"], kind="stable").reset_index(drop=True)
+
+
+def background_counts(profile: str | Profile, decode) -> dict[str, int]:
+    """Token-string counts over the profile's auto-interp range (the explainer's background)."""
+    ids = np.asarray(load_cache(profile).token_ids("autointerp")).ravel()
+    counts = np.bincount(ids)
+    nz = np.flatnonzero(counts)
+    out: dict[str, int] = {}
+    for i, s in zip(nz.tolist(), decode(nz.tolist()), strict=True):
+        out[s] = out.get(s, 0) + int(counts[i])
+    return out
+
+
+def make_explainer(judge, profile: str | Profile, decode=None):
+    """The explainer used with ``judge``: :class:`ContextExplainer` for the local likelihood judge (which
+    cannot write), None (the judge model explains) for a chat judge."""
+    if not isinstance(judge, LocalLikelihoodJudge):
+        return None
+    return ContextExplainer(background_counts(profile, decode or profile_decoder(profile)))
+
+
+class RunScorer:
+    """Contexts and cached fuzz records of one run: ``features/<f>.json`` (score on the first half of the
+    test windows), ``retest/<f>.json`` (second half) and ``shuffled/<f>.json`` (first half, another feature's
+    explanation). Records keep the scoring time ``sec``; incomplete ones (missing judge answers) are not kept."""
+
+    def __init__(self, run: Run, judge, explainer, decode, *, context_kwargs: dict | None = None, seed: int = 0,
+                 min_windows: int = MIN_WINDOWS):
+        self.run, self.judge, self.explainer, self.decode = run, judge, explainer, decode
+        self.ckw = dict(FUZZ_CONTEXT if context_kwargs is None else context_kwargs)
+        self.seed, self.min_windows = seed, min_windows
+        who = {"judge": judge_key(judge), "explainer": getattr(explainer, "name", None)}
+        tag = _hash({"run_key": run.key, "context": self.ckw, "seed": seed, "min_windows": min_windows,
+                     "version": 2, **who})
+        self.out = run.dir / "eval" / "autointerp" / f"pairs-{_slug(judge.name)}-{tag}"
+        self.contexts: dict = {}
+
+    def ensure_contexts(self, features: Sequence[int], show_progress: bool = False) -> None:
+        """Contexts of ``features`` (one encoding pass for those not on disk yet)."""
+        path = self.out / "contexts.json"
+        if not self.contexts and path.exists():
+            self.contexts = load_contexts(path)
+        todo = [int(f) for f in features if int(f) not in self.contexts]
+        if not todo:
+            return
+        cache, p = load_cache(self.run.profile), self.run.profile
+        thr = np.asarray(ensure_calibration(self.run).thresholds, dtype=np.float32)
+        fa = collect_feature_activations(load_run(self.run), cache.acts("autointerp"), todo, thr,
+                                         p.sae.batch_size * 4, show_progress)
+        self.contexts.update(collect_contexts(fa, cache.token_ids("autointerp"), cache.positions("autointerp"),
+                                              features=todo, seed=self.seed, **self.ckw))
+        save_contexts(path, self.contexts, {"seed": self.seed, **self.ckw})
+
+    def _cached(self, part: str, f: int, make, check=lambda rec: True) -> dict:
+        path = self.out / part / f"{f}.json"
+        if path.exists():
+            rec = read_json(path)
+            if check(rec):
+                return rec
+        t0 = time.perf_counter()
+        rec = make(self.contexts[f])
+        rec["sec"] = time.perf_counter() - t0
+        if not rec.get("missing"):
+            write_json(path, rec)
+        return rec
+
+    def score(self, f: int) -> dict:
+        """Explanation and fuzz score on the first half of the test windows."""
+        return self._cached("features", f, lambda c: score_contexts(
+            c, self.judge, self.decode, explainer=self.explainer, do_detection=False, seed=self.seed,
+            halves=True, min_windows=self.min_windows))
+
+    def retest(self, f: int) -> dict:
+        expl = self.score(f)["explanation"]
+
+        def make(c):
+            rec = retest(c, expl, self.judge, self.decode, self.seed, self.min_windows)
+            return {**rec, "explanation": expl, "missing": bool(rec["retest_n_missing"])}
+        return self._cached("retest", f, make, lambda r: r.get("explanation") == expl)
+
+    def shuffled(self, f: int, donor: int, donor_explanation: str) -> dict:
+        def make(c):
+            rec = shuffled(c, donor_explanation, self.judge, self.decode, self.seed, self.min_windows)
+            return {**rec, "donor": int(donor), "donor_explanation": donor_explanation,
+                    "missing": bool(rec["shuffled_n_missing"])}
+        return self._cached("shuffled", f, make,
+                            lambda r: r.get("donor") == donor and r.get("donor_explanation") == donor_explanation)
+
+
+def _median_sec(recs: Sequence[dict]) -> float:
+    secs = [float(r["sec"]) for r in recs if np.isfinite(r.get("sec", np.nan))]
+    return float(np.median(secs)) if secs else float("nan")
+
+
+def _design_path(profile: Profile, key: dict) -> Path:
+    return paths.profile_dir(profile) / "autointerp" / f"design-{_hash(key)}.json"
+
+
+def _scorers(pairs_runs, judge, explainer, decode, ckw, seed, min_windows):
+    return [(RunScorer(a, judge, explainer, decode, context_kwargs=ckw, seed=seed, min_windows=min_windows),
+             RunScorer(b, judge, explainer, decode, context_kwargs=ckw, seed=seed, min_windows=min_windows))
+            for a, b in pairs_runs]
+
+
+def _score_sides(order: pd.DataFrame, scorers, what: str, show_progress: bool) -> list[tuple[dict, dict]]:
+    from tqdm.auto import tqdm
+
+    out = []
+    for row in tqdm(list(order.itertuples()), desc=what, disable=not show_progress):
+        sa, sb = scorers[row.seed_pair]
+        out.append((sa.score(int(row.i)), sb.score(int(row.j))))
+    return out
+
+
+def _donors(order: pd.DataFrame, side: str) -> list[int]:
+    """Donor feature per pair: the next pair's feature of the same seed pair and side (cyclic), so no feature
+    gets its own explanation or its matched partner's."""
+    donors = [0] * len(order)
+    for _, grp in order.groupby("seed_pair", sort=False):
+        idx = grp.index.to_list()
+        feats = grp[side].to_list()
+        for k, r in enumerate(idx):
+            donors[r] = int(feats[(k + 1) % len(feats)]) if len(feats) > 1 else -1
+    return donors
+
+
+def compare_seed_pairs(profile: str | Profile, judge, *, arm: str = "joint", n_seeds: int | None = None,
+                       budget_s: float = 110.0, n_pairs: int | None = None, pilot_pairs: int = 10,
+                       retest_share: float = 0.25, shuffled_share: float = 0.5, max_pairs: int = 600,
+                       explainer=None, seed: int = 0, context_kwargs: dict | None = None,
+                       min_windows: int = MIN_WINDOWS, replan: bool = False,
+                       show_progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Fuzz-score matched feature pairs of solo seed s and ``arm`` seed s, with the design chosen from a
+    measured cost.
+
+    The pairs of all seed pairs form one nested order (:func:`pair_order`). The first ``pilot_pairs`` are
+    scored; the median scoring time per feature (recorded in each record) and the shuffled control's cost
+    (about half: the neutral passes are reused) give :func:`~paperlib.autointerp.reliability.plan_design`
+    the number of pairs that fits ``budget_s`` with ``retest_share`` of them retested and
+    ``shuffled_share`` scored with a shuffled explanation. The design is stored (keyed by everything that
+    changes it) and reused by later calls unless ``replan``; ``n_pairs`` fixes the number instead.
+
+    Returns the per-pair table and a summary (design, paired Δ AUROC with CI, p and MDE, reliability,
+    shuffled control, unscored features per side with Fisher's test).
+    """
+    p = get_profile(profile)
+    if not budget_s > 0:
+        raise ValueError(f"parameter budget_s must be > 0, got {budget_s!r}")
+    if pilot_pairs < 2:
+        raise ValueError(f"parameter pilot_pairs must be >= 2, got {pilot_pairs!r}")
+    runs = seed_pairs(p, arm, n_seeds)
+    order = pair_order([ensure_matching(a, b).pairs for a, b in runs], seed)
+    cap = min(len(order), max_pairs if n_pairs is None else n_pairs)
+    order = order.iloc[:cap].reset_index(drop=True)
+    decode = profile_decoder(p)
+    ckw = dict(FUZZ_CONTEXT if context_kwargs is None else context_kwargs)
+    scorers = _scorers(runs, judge, explainer, decode, ckw, seed, min_windows)
+    for s, (sa, sb) in enumerate(scorers):
+        grp = order[order["seed_pair"] == s]
+        sa.ensure_contexts(grp["i"].tolist())
+        sb.ensure_contexts(grp["j"].tolist())
+    key = {"runs": [(a.key, b.key) for a, b in runs], "judge": judge_key(judge), "budget_s": budget_s,
+           "explainer": getattr(explainer, "name", None), "context": ckw, "seed": seed, "pilot": pilot_pairs,
+           "shares": (retest_share, shuffled_share), "max_pairs": cap, "min_windows": min_windows}
+    dpath = _design_path(p, key)
+    t0 = time.perf_counter()
+    pilot = _score_sides(order.iloc[:min(pilot_pairs, cap)], scorers, "auto-interp pilot", show_progress)
+    sec_feature = _median_sec([r for pair in pilot for r in pair])
+    if n_pairs is not None:
+        design = plan_design(0.0, 0.0, 0.0, retest_share=retest_share, shuffled_share=shuffled_share,
+                             min_pairs=cap, max_pairs=cap).to_dict()
+        design.update(sec_feature=sec_feature, how=f"fixed by the caller: n_pairs={n_pairs}")
+    elif dpath.exists() and not replan:
+        design = read_json(dpath)
+    else:
+        design = plan_design(sec_feature, sec_feature / 2, budget_s, retest_share=retest_share,
+                             shuffled_share=shuffled_share, min_pairs=min(pilot_pairs, cap), max_pairs=cap).to_dict()
+        design["how"] = (f"measured {sec_feature:.3f} s per feature (median of the {len(pilot)}-pair pilot) → "
+                         f"{design['sec_per_pair']:.2f} s per pair with {retest_share:.0%} retested and "
+                         f"{shuffled_share:.0%} shuffled-controlled → {design['n_pairs']} pairs fit {budget_s:.0f} s")
+        write_json(dpath, design)
+    order = order.iloc[:design["n_pairs"]].reset_index(drop=True)
+    recs = _score_sides(order, scorers, "auto-interp", show_progress)
+    per = _per_pair(order, runs, recs)
+    _add_retest(per, order, scorers, design["n_retest"], show_progress)
+    _add_shuffled(per, order, scorers, design["n_shuffled"], show_progress)
+    design["sec_scoring"] = time.perf_counter() - t0
+    return per, summarize_pairs(per, design, judge, explainer, arm)
+
+
+def _per_pair(order: pd.DataFrame, runs, recs) -> pd.DataFrame:
+    def get(rec, k):
+        return rec.get(k, np.nan)
+
+    return pd.DataFrame({
+        "seed_pair": order["seed_pair"].to_numpy(), "solo_run": [runs[s][0].name for s in order["seed_pair"]],
+        "joint_run": [runs[s][1].name for s in order["seed_pair"]],
+        "solo_feature": order["i"].to_numpy(), "joint_feature": order["j"].to_numpy(),
+        "cosine": order["cosine"].to_numpy(),
+        "auroc_solo": [float(get(a, "fuzz_auroc")) for a, _ in recs],
+        "auroc_joint": [float(get(b, "fuzz_auroc")) for _, b in recs],
+        "missing_solo": [bool(a.get("missing")) for a, _ in recs],
+        "missing_joint": [bool(b.get("missing")) for _, b in recs],
+        "firing_rate_solo": [get(a, "firing_rate") for a, _ in recs],
+        "firing_rate_joint": [get(b, "firing_rate") for _, b in recs],
+        "explanation_solo": [a.get("explanation", "") for a, _ in recs],
+        "explanation_joint": [b.get("explanation", "") for _, b in recs],
+    }).assign(delta=lambda d: d["auroc_joint"] - d["auroc_solo"],
+              fuzz_solo=lambda d: 2 * d["auroc_solo"] - 1, fuzz_joint=lambda d: 2 * d["auroc_joint"] - 1)
+
+
+def _add_retest(per: pd.DataFrame, order, scorers, n: int, show_progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    for side, col in (("solo", "i"), ("joint", "j")):
+        per[f"retest_{side}"] = np.nan
+        for r in tqdm(range(min(n, len(order))), desc=f"retest {side}", disable=not show_progress):
+            if np.isfinite(per.at[r, f"auroc_{side}"]):
+                sc = scorers[order.at[r, "seed_pair"]][0 if side == "solo" else 1]
+                per.at[r, f"retest_{side}"] = float(sc.retest(int(order.at[r, col])).get("retest_auroc", np.nan))
+
+
+def _add_shuffled(per: pd.DataFrame, order, scorers, n: int, show_progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    head = order.iloc[:min(n, len(order))]
+    for side, col in (("solo", "i"), ("joint", "j")):
+        per[f"shuffled_{side}"] = np.nan
+        per[f"shuffled_donor_{side}"] = -1
+        ok = head[per.loc[head.index, f"auroc_{side}"].notna()]
+        donors = _donors(ok.reset_index(drop=True), col)
+        for (r, row), donor in tqdm(list(zip(ok.iterrows(), donors, strict=True)), desc=f"shuffled {side}",
+                                    disable=not show_progress):
+            if donor < 0:
+                continue
+            sc = scorers[row["seed_pair"]][0 if side == "solo" else 1]
+            rec = sc.shuffled(int(row[col]), donor, sc.score(donor)["explanation"])
+            per.at[r, f"shuffled_{side}"] = float(rec.get("shuffled_auroc", np.nan))
+            per.at[r, f"shuffled_donor_{side}"] = donor
+
+
+def _stack(per: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([per[f"{a}_solo"], per[f"{a}_joint"]]).astype(float)
+    y = np.concatenate([per[f"{b}_solo"], per[f"{b}_joint"]]).astype(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return x[ok], y[ok]
+
+
+def summarize_pairs(per: pd.DataFrame, design: dict, judge, explainer, arm: str = "joint") -> dict:
+    """The notebook-05 summary of a :func:`compare_seed_pairs` table: paired Δ AUROC (joint − solo) with CI,
+    p and MDE; per-seed-pair Δ; test–retest reliability over retested features (both sides pooled); the
+    shuffled control over controlled features; unscored features per side with Fisher's exact test."""
+    ok = per["auroc_solo"].notna() & per["auroc_joint"].notna()
+    pw = paired_power(per.loc[ok, "auroc_solo"], per.loc[ok, "auroc_joint"])
+    un = unscored_rates(int(per["auroc_solo"].isna().sum()), int(per["auroc_joint"].isna().sum()), len(per))
+    rel = retest_reliability(*_stack(per, "auroc", "retest"))
+    ctl = shuffled_control(*_stack(per, "auroc", "shuffled"))
+    by_seed = {int(s): float(g.loc[ok, "delta"].mean()) if ok[g.index].any() else float("nan")
+               for s, g in per.groupby("seed_pair")}
+    return {"arm": arm, "judge": judge.name, "explainer": getattr(explainer, "name", judge.name),
+            "n_seed_pairs": int(per["seed_pair"].nunique()), "n_sampled": int(len(per)),
+            **{k: design.get(k) for k in ("n_pairs", "n_retest", "n_shuffled", "sec_feature", "sec_per_pair",
+                                          "budget_s", "how", "sec_scoring")},
+            "n_pairs_planned": design.get("n_pairs"),
+            **{f"paired_{k}": v for k, v in pw.items()},
+            **{f"unscored_{k}": v for k, v in un.items()},
+            **{f"retest_{k}": v for k, v in rel.items()},
+            **{f"control_{k}": v for k, v in ctl.items()},
+            "delta_by_seed_pair": by_seed,
+            "n_missing_solo": int(per["missing_solo"].sum()), "n_missing_joint": int(per["missing_joint"].sum())}
+
+
+RESERVE_S = 12.0
+"""Seconds of notebook 05's budget kept for what follows the scoring (figures, tables)."""
+
+
+def default_budget_s(profile: str | Profile) -> float:
+    """Notebook 05's wall-time budget: 150 s (the default profile's share of ``make reproduce``); 25 s on smoke."""
+    return 25.0 if get_profile(profile).name == "smoke" else 150.0
+
+
+def default_pilot_pairs(profile: str | Profile) -> int:
+    """Pairs scored before the cost is measured: 10; 3 on smoke."""
+    return 3 if get_profile(profile).name == "smoke" else 10
