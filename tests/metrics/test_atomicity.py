@@ -110,9 +110,9 @@ def test_recovery_metrics_against_brute_force():
     assert r["recovered_frac"] == pytest.approx((cos.max(axis=0) >= 0.95).mean())
 
 
-def _brute_latent(L: np.ndarray, T: np.ndarray, l: int) -> tuple:
+def _brute_latent(L: np.ndarray, T: np.ndarray, lat: int) -> tuple:
     """Direct loops: best feature by F1, its precision/recall/F1, and the best 'extra' share."""
-    fires = L[:, l]
+    fires = L[:, lat]
     n = fires.sum()
     if n == 0:
         return -1, np.nan, np.nan, np.nan, np.nan
@@ -132,10 +132,10 @@ def test_activation_atomicity_brute_force():
     T = rng.random((400, 7)) < 0.15
     L = np.c_[T[:, 0], T[:, 1] | T[:, 2], T[:, 3] & ~T[:, 4], np.zeros(400, bool), rng.random((400, 4)) < 0.1]
     a = activation_atomicity(sp.csr_matrix(L), T.astype(np.float32) * 0.7)
-    for l in range(L.shape[1]):
-        best, prec, rec, f1, multi = _brute_latent(L, T, l)
-        assert a.best[l] == best and a.n_fired[l] == L[:, l].sum()
-        np.testing.assert_allclose([a.precision[l], a.recall[l], a.f1[l], a.multi_share[l]],
+    for i in range(L.shape[1]):
+        best, prec, rec, f1, multi = _brute_latent(L, T, i)
+        assert a.best[i] == best and a.n_fired[i] == L[:, i].sum()
+        np.testing.assert_allclose([a.precision[i], a.recall[i], a.f1[i], a.multi_share[i]],
                                    [prec, rec, f1, multi], atol=1e-12, equal_nan=True)
     # an atomic latent; an OR of two features (about half its firings need the second); a dead latent
     assert (a.precision[0], a.recall[0], a.multi_share[0]) == (1.0, 1.0, 0.0)

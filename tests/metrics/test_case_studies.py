@@ -10,9 +10,11 @@ from paperlib.metrics.case_studies import (
     candidate_cross_phi,
     candidates_from_cross,
     cross_phi_matrix,
+    distinct_pair,
     drop_duplicate_partners,
     find_candidates,
     partner_phi,
+    rank_distinct,
     strongest_partner_phi,
 )
 from paperlib.metrics.cooccurrence import cross_phi_topk
@@ -172,3 +174,47 @@ def test_candidate_cross_phi_rows_cols_and_values():
     assert rev.rows == [c.feature for c in merge] and rev.phi.shape == (len(rev.rows), len(rev.cols))
     empty = candidate_cross_phi(S, J, [])
     assert empty.rows == [] and empty.cols == [] and empty.phi.shape == (0, 0)
+
+
+def test_distinct_pair_brute_force():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        p = int(rng.integers(2, 6))
+        c = rng.uniform(0.2, 0.9, size=p)
+        P = rng.uniform(-0.3, 1.0, size=(p, p))
+        P = (P + P.T) / 2
+        i, j, score, pij = distinct_pair(c, P)
+        best = max(((min(c[a], c[b]) * (1 - max(P[a, b], 0)), a, b) for a in range(p) for b in range(a + 1, p)),
+                   key=lambda t: t[0])
+        assert (i, j) == best[1:] and score == pytest.approx(best[0]) and pij == P[i, j]
+    with pytest.raises(ValueError, match="need >= 2 partners"):
+        distinct_pair([0.5], np.zeros((1, 1)))
+
+
+def test_rank_distinct_drops_duplicates_and_ranks_by_distinct_score():
+    """Solo 0 = OR(joint 0, joint 1) with disjoint partners: a split. Solo 5's partners joint 5 and joint 6
+    are nearly the same feature twice (φ ≈ 0.98): not a split, even though its second cross-φ is higher."""
+    rng = np.random.default_rng(6)
+    T = 3000
+    S = rng.random((T, 8)) < 0.005
+    J = rng.random((T, 8)) < 0.005
+    perm = rng.permutation(T)
+    J[:, 0] = np.isin(np.arange(T), perm[:40])
+    J[:, 1] = np.isin(np.arange(T), perm[40:80])
+    S[:, 0] = J[:, 0] | J[:, 1]
+    dup = np.isin(np.arange(T), perm[100:160])
+    J[:, 5], J[:, 6], S[:, 5] = dup, dup | np.isin(np.arange(T), perm[200:203]), dup  # φ(J5, J6) ≈ 0.98
+    split, _, _ = find_candidates(sp.csr_matrix(S), sp.csr_matrix(J), min_phi=0.3)
+    assert {c.feature for c in split} >= {0, 5}
+    ranked = rank_distinct(split, sp.csr_matrix(J), max_partner_phi=0.3)
+    assert [c.feature for c in ranked] == [0]
+    c = ranked[0]
+    assert set(c.partners[:2]) == {0, 1}
+    phi_a = [_brute_phi(S[:, 0], J[:, j]) for j in c.partners[:2]]
+    phi_b = _brute_phi(J[:, c.partners[0]], J[:, c.partners[1]])
+    assert c.score == pytest.approx(min(phi_a) * (1 - max(phi_b, 0)))
+    # with no distinctness requirement both are kept, the split ranked first
+    both = rank_distinct(split, sp.csr_matrix(J), max_partner_phi=1.0)
+    assert [c.feature for c in both][:2] == [0, 5] and both[1].score < 0.05
+    with pytest.raises(ValueError, match="max_partner_phi"):
+        rank_distinct(split, sp.csr_matrix(J), max_partner_phi=2.0)

@@ -10,6 +10,8 @@ from paperlib.report.case_studies import (
     case_study_markdown,
     cross_phi_figure,
     format_context,
+    null_frame,
+    null_text,
     save_case_studies,
     studies_frame,
 )
@@ -38,7 +40,7 @@ def test_markdown_tables_and_contexts():
     assert "| solo | 7 | — | — | 0.0200 | — | — |" in md
     assert "| joint | 3 | +0.500 | 0.600 | 0.0333 | 0.500 | cats |" in md
     assert "| joint | 5 | — | 0.400 | 0.0556 | -0.250 | — |" in md
-    assert "max φ between its partners 0.100" in md
+    assert "max φ between its partners 0.100" in md and "distinct-split score 0.400" in md
     assert "  - `a« b» c`" in md and "  - `«x¦»⏎`" in md
     assert "  - `q`" in md  # a context with a backtick is not wrapped in backticks
     assert "- **joint 5**\n  - (none)" in md
@@ -72,3 +74,25 @@ def test_cross_phi_figure_panels():
     assert [ax.get_title() for ax in only_merge.axes if ax.get_title()] == ["merging candidates: cross-φ"]
     empty = cross_phi_figure({"splitting": none, "merging": none})
     assert [t.get_text() for t in empty.axes[0].texts] == ["no splitting candidates"]
+
+
+def _res(null=True):
+    counts = dict(splitting=12, merging=3, splitting_any=40, merging_any=30)
+    nc = dict(splitting=8, merging=0, splitting_any=35, merging_any=33)
+    cmp = {"splitting": dict(treatment=12, null=8, difference=4, ratio=1.5),
+           "merging": dict(treatment=3, null=0, difference=3, ratio=math.nan)}
+    return dict(counts=counts, null_counts=nc if null else None, comparison=cmp if null else None,
+                max_partner_phi=0.3)
+
+
+def test_null_frame_and_text():
+    f = null_frame(_res())
+    assert list(f["kind"]) == ["splitting", "merging"]
+    assert list(f["treatment"]) == [12, 3] and list(f["null"]) == [8, 0]
+    assert list(f["treatment_any"]) == [40, 30] and list(f["null_any"]) == [35, 33]
+    t = null_text(_res(), "joint-l0.3-s1-seed1", "solo-seed1")
+    assert ("splitting: 12 (solo vs joint-l0.3-s1-seed1) vs 8 (solo vs solo-seed1, the null), difference +4, "
+            "ratio 1.50×") in t
+    assert "merging: 3" in t and "ratio undefined (null 0)" in t and "< 0.3" in t
+    assert null_frame(_res(null=False)).empty
+    assert "no null run" in null_text(_res(null=False), "j", "")

@@ -113,19 +113,30 @@ def test_gemma_figure_uses_fig1b_axes():
     assert [3.7, 1.7] in pts.tolist()  # (x = ΔL2, y = Δ mean |φ|)
 
 
-def test_ground_truth_fraction_axes_are_not_truncated():
-    df = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "arm": ["solo", "joint"], "label": ["solo", "joint"],
-                       "mean_abs_phi": [0.0100, 0.0096], "recovered_frac": [0.633, 0.613],
-                       "blend_frac": [0.254, 0.270], "recovered_group": [0, 0], "recovered_pair": [0.75, 0.73],
-                       "recovered_independent": [0.93, 0.90]})
-    fig = figures.ground_truth_figure(df, caption="synthetic")
-    assert all(ax.get_ylim() == (0, 1) for ax in fig.axes)
+def _gt_frame():
+    rows = []
+    for seed in (0, 1):
+        for arm, label, lam in (("solo", "solo", np.nan), ("joint", "λ₂=0.3, σ²=1", 0.3), ("joint", "λ₂=1, σ²=1", 1.0)):
+            rows.append(dict(seed=seed, arm=arm, label=label, lambda2=lam, mean_abs_phi_all=0.01 + 0.001 * seed,
+                             act_f1=0.8, act_recall=0.7, multi_share=0.05, mmcs_true=0.9))
+    return pd.DataFrame(rows)
+
+
+def test_ground_truth_figure_one_point_per_sae_and_rho_in_titles():
+    df = _gt_frame()
+    corr = pd.DataFrame({"scope": ["all SAEs"], "phi_stat": ["mean_abs_phi_all"], "metric": ["act_f1"],
+                         "rho": [-0.5], "ci_low": [-0.8], "ci_high": [-0.1]})
+    fig = figures.ground_truth_figure(df, corr, caption="synthetic")
+    assert len(fig.axes) == 4
+    assert fig.axes[0].get_title() == "act_f1: ρ = -0.50 [-0.80, -0.10]" and fig.axes[1].get_title() == "act_recall"
+    pts = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    assert len(pts) == len(df)
+    with pytest.raises(ValueError, match="lacks columns"):
+        figures.ground_truth_figure(df.drop(columns=["act_f1"]))
 
 
 def test_one_style_and_rc_untouched():
     before = dict(matplotlib.rcParams)
-    fig = figures.ground_truth_figure(pd.DataFrame({
-        "run": ["solo"], "arm": ["solo"], "label": ["solo"], "mean_abs_phi": [0.01], "recovered_frac": [0.5],
-        "blend_frac": [0.2], "recovered_group": [0], "recovered_pair": [0.5], "recovered_independent": [0.5]}))
+    fig = figures.ground_truth_figure(_gt_frame())
     assert any(line.get_visible() for line in fig.axes[0].get_ygridlines())  # seaborn whitegrid
     assert dict(matplotlib.rcParams) == before

@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from paperlib.report.summary import _fmt, gemma_text, ground_truth_text
+from paperlib.report.summary import _fmt, case_studies_text, gemma_text, ground_truth_text
 
 
 def test_gemma_text_uses_absolute_fuzz_differences():
@@ -21,12 +21,37 @@ def test_gemma_text_uses_absolute_fuzz_differences():
 
 
 def test_ground_truth_text_and_number_format():
-    gt = pd.DataFrame({"run": ["solo", "joint"], "label": ["solo", "J"], "mean_abs_phi": [0.01, 0.009],
-                       "recovered_frac": [0.5, 0.6], "blend_frac": [0.2, 0.1]})
-    assert ground_truth_text(gt) == "J: Δ\\|φ\\| -10.0%, recovered 0.600 vs 0.500, blending 0.100 vs 0.200"
+    corr = pd.DataFrame({
+        "scope": ["all SAEs"] * 3 + ["within seed"],
+        "phi_stat": ["mean_abs_phi_all", "mean_abs_phi_all", "excess_abs_phi", "mean_abs_phi_all"],
+        "metric": ["act_f1", "mmcs_true", "act_f1", "act_f1"], "rho": [-0.6, 0.1, 0.3, -0.2],
+        "ci_low": [-0.8, -0.3, 0.05, -0.5], "ci_high": [-0.3, 0.5, 0.55, 0.1],
+        "verdict": ["supports |φ| as a proxy", "no evidence", "contradicts |φ| as a proxy", "no evidence"]})
+    pair = pd.DataFrame({"arm": ["λ₂=0.3, σ²=1", "λ₂=1, σ²=1"], "metric": ["act_f1", "act_f1"],
+                         "delta": [0.01, 0.02], "ci_low": [-0.02, 0.01], "ci_high": [0.04, 0.03],
+                         "verdict": ["no evidence", "higher"], "mde80": [0.05, 0.01]})
+    per_sae = pd.DataFrame({"seed": [0, 0, 1, 1], "label": ["solo", "J", "solo", "J"],
+                            "converged": [True, True, False, True]})
+    t = ground_truth_text(corr, pair, per_sae)
+    assert t.startswith("4 SAEs (2 data seeds × 2 arms), 3 converged; ")
+    assert ("all SAEs: of 3 Spearman ρ (|φ| statistic × atomicity metric, 95% bootstrap CI) 1 support |φ| as a proxy, "
+            "1 contradict it, 1 give no evidence (CI covers 0); strongest mean_abs_phi_all vs act_f1 ρ = -0.60 "
+            "[-0.80, -0.30]") in t
+    assert "within seed: of 1 Spearman" in t
+    assert ("joint λ₂=0.3 − solo, paired over data seeds: act_f1 Δ +0.0100 [-0.0200, +0.0400] "
+            "(no evidence, MDE 0.0500)") in t
     assert ground_truth_text(None) == "not run"
     assert _fmt(pd.Series([10614528]).iloc[0], ",.0f") == "10,614,528"  # numpy integers are formatted
     assert _fmt(float("nan")) == "n/a"
+
+
+def test_case_studies_text():
+    df = pd.DataFrame({"kind": ["splitting", "merging"], "treatment": [12, 3], "null": [8, 0],
+                       "difference": [4, 3], "ratio": [1.5, math.nan]})
+    assert case_studies_text(df) == ("splitting 12 (solo vs joint) vs 8 (solo vs solo, the null): difference +4, "
+                                     "ratio 1.50; merging 3 (solo vs joint) vs 0 (solo vs solo, the null): "
+                                     "difference +3, ratio undefined")
+    assert case_studies_text(None) == "not run"
 
 
 def test_readme_results_block_is_written_between_markers_from_the_tables(tmp_path, monkeypatch):

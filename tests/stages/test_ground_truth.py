@@ -31,7 +31,8 @@ def test_run_benchmark_rows_and_reuse(bench):
     assert (df["converged"] == ((df["fvu_gap"] <= gt.MAX_FVU_GAP) & (df["dead_frac"] < gt.MAX_DEAD_FRAC))).all()
     # a finished run is reused: identical numbers from the saved weights
     again = gt.run_benchmark(tiny_config(), arms=("solo",), seeds=(1,), out_dir=root, progress=False)
-    assert again["act_f1"].iloc[0] == df.loc[3, "act_f1"] and again["mean_abs_phi_all"].iloc[0] == df.loc[3, "mean_abs_phi_all"]
+    for col in ("act_f1", "mean_abs_phi_all"):
+        assert again[col].iloc[0] == df.loc[3, col]
 
 
 def test_phi_stats_are_the_primary_comparisons(bench):
@@ -59,7 +60,8 @@ def test_correlations_match_scipy(bench):
     assert len(corr) == 2 * len(gt.PHI_STATS) * len(gt.ATOMICITY_METRICS)
     r = corr[(corr["scope"] == "all SAEs") & (corr["phi_stat"] == "excess_abs_phi") & (corr["metric"] == "act_f1")]
     assert r["rho"].iloc[0] == pytest.approx(sps.spearmanr(df["excess_abs_phi"], df["act_f1"]).statistic)
-    w = corr[(corr["scope"] == "within seed") & (corr["phi_stat"] == "mean_abs_phi_all") & (corr["metric"] == "mmcs_true")]
+    w = corr[(corr["scope"] == "within seed") & (corr["phi_stat"] == "mean_abs_phi_all")
+             & (corr["metric"] == "mmcs_true")]
     centred = df.groupby("seed")[["mean_abs_phi_all", "mmcs_true"]].transform(lambda v: v - v.mean())
     assert w["rho"].iloc[0] == pytest.approx(sps.spearmanr(centred["mean_abs_phi_all"], centred["mmcs_true"]).statistic)
     for _, row in corr.iterrows():
