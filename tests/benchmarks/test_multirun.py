@@ -19,10 +19,10 @@ _spec.loader.exec_module(bench)
 def test_tiny_benchmark_prints_the_ratio_of_both_modes(tmp_artifacts, capsys):
     n = torch.get_num_threads()
     try:
-        rows = bench.main(["--tiny", "--steps", "2"])
+        rows = bench.main(["--tiny", "--steps", "1"])
     finally:
         torch.set_num_threads(n)
     out = capsys.readouterr().out
     assert [r["mode"] for r in rows] == ["cache", "stream (LM on the fly)"]
-    assert all(r["ratio"] > 0 and r["one_pass_steps"] >= r["runs"] * 2 for r in rows)
+    assert all(r["ratio"] > 0 and r["one_pass_steps"] >= r["runs"] for r in rows)
     assert "ratio" in out and (tmp_artifacts / "artifacts" / "bench" / "multirun.json").exists()
