@@ -328,11 +328,10 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
                  "the random-critic arm above"))
     ai = _read(tables, "autointerp_summary")
     r = ai.iloc[0] if ai is not None and len(ai) else None
-    rows.append(("fuzz means (2·acc−1)", PAPER["fuzz_means"],
+    rows.append(("fuzz means (ours: AUROC over 10 true + 10 fuzzed items, chance 0.5)", PAPER["fuzz_means"],
                  f"solo {_get(r, 'mean_solo', spec='.3f')}, joint {_get(r, 'mean_joint', spec='.3f')}"))
-    rows.append(("paired Δfuzz", PAPER["fuzz_delta"],
-                 f"Δ = {_get(r, 'delta', spec='+.4f')}, t = {_get(r, 't', spec='.2f')}, "
-                 f"p = {_get(r, 'p', spec='.2g')}, pairs = {_get(r, 'n_pairs', spec='.0f')}"))
+    rows.append(("paired Δfuzz", PAPER["fuzz_delta"], fuzz_delta_text(r)))
+    rows.append(("fuzz judge check and reliability", "—", fuzz_checks_text(r)))
     share = _get(r, "pct_joint_higher", spec=".1f", unit="%")
     if r is not None and "pct_equal" in r.index:
         share += f" (ties {_get(r, 'pct_equal', spec='.1f')}%)"
@@ -393,3 +392,29 @@ def write_readme_results(readme: Path, profile: str) -> bool:
     _, tail = rest.split(README_END, 1)
     write_text(readme, f"{head}{README_START}\n{results_block(profile)}\n{README_END}{tail}")
     return True
+
+
+def fuzz_delta_text(r) -> str:
+    """Paired Δ fuzz AUROC with its CI, p, the verdict read off the CI and the MDE at 80% power."""
+    if r is None:
+        return "not run"
+    txt = (f"Δ = {_get(r, 'delta', spec='+.4f')} [95% CI {_get(r, 'ci_low', spec='+.4f')}, "
+           f"{_get(r, 'ci_high', spec='+.4f')}], p = {_get(r, 'p', spec='.2g')}, "
+           f"pairs = {_get(r, 'n_pairs', spec='.0f')}")
+    lo, hi = float(r.get("ci_low", math.nan)), float(r.get("ci_high", math.nan))
+    if math.isfinite(lo) and math.isfinite(hi):
+        txt += "; no evidence of a difference" if lo <= 0 <= hi else "; the CI excludes 0"
+    if "mde" in r.index:
+        txt += f"; MDE at 80% power {_get(r, 'mde', spec='.4f')} AUROC"
+    return txt
+
+
+def fuzz_checks_text(r) -> str:
+    """Shuffled-explanation control and test–retest reliability of the fuzz score."""
+    if r is None or "shuffled_mean" not in r.index:
+        return "not run"
+    at = "at chance" if bool(r.get("at_chance")) else "NOT at chance"
+    return (f"shuffled explanations {_get(r, 'shuffled_mean', spec='.3f')} ({at}) vs real "
+            f"{_get(r, 'real_mean', spec='.3f')}; test–retest r = {_get(r, 'retest_r', spec='.2f')} "
+            f"[{_get(r, 'retest_low', spec='.2f')}, {_get(r, 'retest_high', spec='.2f')}] "
+            f"(n = {_get(r, 'retest_n', spec='.0f')})")
