@@ -35,7 +35,8 @@ write_notebook(
     "with three seeds and two arms runs in seconds.",
     '''seeds: str = "0,1,2,3,4"  # data seeds (each also the SAE seed of every arm trained on it)
 arms: str = "solo,joint-l0.1-s1,joint-l0.3-s1,joint-l1-s1,randcritic-l0.3-s1,ortho-g0.1"  # run names
-n_resamples: int = 2000    # bootstrap resamples per correlation''',
+n_resamples: int = 2000    # bootstrap resamples per correlation
+workers: int = 2           # processes training data seeds in parallel (one torch thread each; 1 on smoke)''',
     [
         r'''import time
 
@@ -56,7 +57,7 @@ smoke = ctx.profile.name == "smoke"
 seed_list = [int(s) for s in parse_numbers("seeds", seeds)]
 arm_list = [a.strip() for a in arms.split(",") if a.strip()]
 if smoke:  # a tiny problem, three seeds, two arms: the notebook's code path in seconds
-    config, seed_list, arm_list = tiny_config(), seed_list[:3], arm_list[:1] + arm_list[2:3]
+    config, seed_list, arm_list, workers = tiny_config(), seed_list[:3], arm_list[:1] + arm_list[2:3], 1
 else:
     config = SyntheticConfig()
 config''',
@@ -80,12 +81,13 @@ print(f"shared parts: {config.n_parts}, {config.parts_per_feature} per feature; 
         ("md", "## Train and evaluate every arm on every data seed"),
         r'''t0 = time.perf_counter()
 runs_dir = paths.profile_dir(ctx.profile) / "synthetic"
-df = gt.run_benchmark(config, arm_list, seeds=seed_list, out_dir=runs_dir)
+df = gt.run_benchmark(config, arm_list, seeds=seed_list, out_dir=runs_dir, workers=workers)
 bench_seconds = time.perf_counter() - t0
-print(f"benchmark: {bench_seconds:.1f} s for {len(df)} SAEs")
+print(f"benchmark: {bench_seconds:.1f} s wall for {len(df)} SAEs with {workers} worker(s); per SAE (train + evaluate) "
+      f"median {df['seconds'].median():.2f} s wall, {df['cpu_seconds'].median():.2f} s CPU")
 cols = ["seed", "run", "label", *gt.PHI_STATS, "act_f1", "act_precision", "act_recall", "multi_share", "mmcs_true",
         "blend_frac", "recovered_parent", "recovered_child", "recovered_independent", "fvu", "fvu_floor", "fvu_gap",
-        "n_dead", "dead_frac", "converged", "l0", "seconds"]
+        "n_dead", "dead_frac", "converged", "l0", "seconds", "cpu_seconds"]
 table = df[cols]
 save_table(table, ctx.tables, "ground_truth")
 conv = gt.convergence_summary(df)

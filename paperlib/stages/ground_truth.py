@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ from paperlib.sae.trainer import train_run
 
 __all__ = ["ARMS", "ATOMICITY_METRICS", "MORE_ATOMIC_IF_HIGHER", "PHI_STATS", "benchmark_profile", "config_key",
            "convergence_summary", "correlations", "evaluate_sae", "noise_floor_fvu", "paired_differences",
-           "run_benchmark", "true_feature_stats"]
+           "run_benchmark", "run_seed", "true_feature_stats"]
 
 ARMS = ("solo", "joint-l0.1-s1", "joint-l0.3-s1", "joint-l1-s1", "randcritic-l0.3-s1", "ortho-g0.1")
 """Default arms: solo, joint at three λ₂ (σ² = 1), the random-critic control and OrtSAE."""
@@ -192,45 +194,70 @@ def _seed_list(seeds: Iterable[int]) -> list[int]:
     return out
 
 
+def run_seed(config: SyntheticConfig, arms: Sequence[str | RunSpec], seed: int, root: str | Path, *,
+             recover_threshold: float = 0.9, blend_gain: float = 0.1, multi_threshold: float = 0.1) -> list[dict]:
+    """The rows of one data seed: generate ``config.replace(seed=seed)`` once, then train (one torch thread)
+    and evaluate every arm with SAE seed ``seed`` under ``root/<config_key>/<run name>``. ``seconds`` and
+    ``cpu_seconds`` are the wall and process CPU time of training plus evaluation."""
+    cfg = config.replace(seed=seed, sae_seed=seed)
+    data = generate(cfg)
+    profile = benchmark_profile(cfg)
+    truth = true_feature_stats(data)
+    rows = []
+    with _one_thread():
+        for spec in _specs(arms, seed):
+            t0, c0 = time.perf_counter(), time.process_time()
+            sae = _train(profile, spec, data, Path(root) / config_key(cfg) / spec.name, False).eval()
+            row = dict(seed=seed, run=spec.name, arm=spec.arm, label=_label(spec), **spec.hyper())
+            row.update(evaluate_sae(sae, data, recover_threshold=recover_threshold, blend_gain=blend_gain,
+                                    multi_threshold=multi_threshold))
+            row.update(truth)
+            row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+            rows.append(row)
+    return rows
+
+
 def run_benchmark(config: SyntheticConfig | None = None, arms: Iterable[str | RunSpec] = ARMS, *,
                   seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str | Path | None = None,
                   recover_threshold: float = 0.9, blend_gain: float = 0.1, multi_threshold: float = 0.1,
-                  progress: bool = True) -> pd.DataFrame:
-    """Train and evaluate every arm on every data seed; one row per (seed, arm).
+                  workers: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Train and evaluate every arm on every data seed; one row per (seed, arm), ordered by seed then arm.
 
     Data seed s generates ``config.replace(seed=s)`` once and trains every arm on it with SAE seed s (the
-    arms of a seed are paired: same tokens, init and data order). ``arms``: run names in any spelling
-    (``solo``, ``joint-l0.3-s1``, ``randcritic-l0.3-s1``, ``ortho-g0.1``; a ``-seedN`` suffix is replaced by
-    the data seed). Trained SAEs go to ``out_dir/<config_key>/<run name>`` (a temporary directory, deleted
-    afterwards, when None); a finished run there is reused (the trainer checks its recorded config).
-    Columns: ``seed``, ``run``, ``arm``, ``label``, the hyper-parameters, :func:`evaluate_sae`'s metrics, the
-    ground truth's own :func:`true_feature_stats`, ``fvu_gap`` = fvu − fvu_floor, ``converged`` (gap ≤
-    :data:`MAX_FVU_GAP` and dead share < :data:`MAX_DEAD_FRAC`) and ``seconds`` (train + evaluate wall time).
+    arms of a seed are paired: same tokens, init and data order), see :func:`run_seed`. ``arms``: run names
+    in any spelling (``solo``, ``joint-l0.3-s1``, ``randcritic-l0.3-s1``, ``ortho-g0.1``; a ``-seedN`` suffix
+    is replaced by the data seed). Trained SAEs go to ``out_dir/<config_key>/<run name>`` (a temporary
+    directory, deleted afterwards, when None); a finished run there is reused (the trainer checks its recorded
+    config). ``workers`` > 1 runs data seeds in that many spawned processes (one torch thread each; the
+    numbers do not depend on it). Columns: ``seed``, ``run``, ``arm``, ``label``, the hyper-parameters,
+    :func:`evaluate_sae`'s metrics, the ground truth's own :func:`true_feature_stats`, ``fvu_gap`` = fvu −
+    fvu_floor, ``converged`` (gap ≤ :data:`MAX_FVU_GAP` and dead share < :data:`MAX_DEAD_FRAC`), ``seconds``
+    and ``cpu_seconds``.
     """
     config = config or SyntheticConfig()
     seed_list = _seed_list(seeds)
-    arms = list(arms)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="synthetic-") as tmp, _one_thread():
+    arms = [a if isinstance(a, RunSpec) else str(a) for a in arms]
+    _specs(arms, 0)  # bad arm names fail here, before any work
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    kw = dict(recover_threshold=recover_threshold, blend_gain=blend_gain, multi_threshold=multi_threshold)
+    with tempfile.TemporaryDirectory(prefix="synthetic-") as tmp:
         root = Path(out_dir) if out_dir is not None else Path(tmp)
-        bar = tqdm(total=len(seed_list) * len(arms), desc="ground truth", disable=not progress)
-        for seed in seed_list:
-            cfg = config.replace(seed=seed, sae_seed=seed)
-            data = generate(cfg)
-            profile = benchmark_profile(cfg)
-            truth = true_feature_stats(data)
-            for spec in _specs(arms, seed):
-                t0 = time.perf_counter()
-                sae = _train(profile, spec, data, root / config_key(cfg) / spec.name, False).eval()
-                row = dict(seed=seed, run=spec.name, arm=spec.arm, label=_label(spec), **spec.hyper())
-                row.update(evaluate_sae(sae, data, recover_threshold=recover_threshold, blend_gain=blend_gain,
-                                        multi_threshold=multi_threshold))
-                row.update(truth)
-                row["seconds"] = time.perf_counter() - t0
-                rows.append(row)
+        bar = tqdm(total=len(seed_list), desc="ground truth (data seeds)", disable=not progress)
+        by_seed: dict[int, list[dict]] = {}
+        if workers == 1 or len(seed_list) == 1:
+            for seed in seed_list:
+                by_seed[seed] = run_seed(config, arms, seed, root, **kw)
                 bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(int(workers), len(seed_list)), mp_context=ctx) as pool:
+                futs = {pool.submit(run_seed, config, arms, seed, root, **kw): seed for seed in seed_list}
+                for fut in as_completed(futs):
+                    by_seed[futs[fut]] = fut.result()
+                    bar.update(1)
         bar.close()
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([r for seed in seed_list for r in by_seed[seed]])
     df["fvu_gap"] = df["fvu"] - df["fvu_floor"]
     df["converged"] = (df["fvu_gap"] <= MAX_FVU_GAP) & (df["dead_frac"] < MAX_DEAD_FRAC)
     return df

@@ -35,6 +35,17 @@ def test_run_benchmark_rows_and_reuse(bench):
         assert again[col].iloc[0] == df.loc[3, col]
 
 
+def test_workers_give_the_same_numbers(bench, tmp_path):
+    df, _ = bench
+    par = gt.run_benchmark(tiny_config(), arms=("solo",), seeds=(1, 0), out_dir=tmp_path, workers=2, progress=False)
+    assert list(par["seed"]) == [1, 0]
+    ref = df[df["arm"] == "solo"].set_index("seed").loc[[1, 0]]
+    for col in ("act_f1", "mean_abs_phi_all", "excess_abs_phi", "fvu", "mmcs_true"):
+        np.testing.assert_array_equal(par[col].to_numpy(), ref[col].to_numpy())
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        gt.run_benchmark(tiny_config(), seeds=(0,), workers=0, progress=False)
+
+
 def test_phi_stats_are_the_primary_comparisons(bench):
     """evaluate_sae's |φ| statistics are rate_robust_stats of the SAE's firing (checked on the truth's own firing)."""
     data = generate(tiny_config())
