@@ -624,7 +624,7 @@ def _add_shuffled(per: pd.DataFrame, order, scorers, n: int, show_progress: bool
                                     disable=not show_progress):
             if donor < 0:
                 continue
-            sc = scorers[row["seed_pair"]][0 if side == "solo" else 1]
+            sc = scorers[int(row["seed_pair"])][0 if side == "solo" else 1]
             rec = sc.shuffled(int(row[col]), donor, sc.score(donor)["explanation"])
             per.at[r, f"shuffled_{side}"] = float(rec.get("shuffled_auroc", np.nan))
             per.at[r, f"shuffled_donor_{side}"] = donor

@@ -162,3 +162,53 @@ def test_parallel_training_matches_sequential(tmp_path, monkeypatch):
             b = weights[2][n][key]
             assert a.shape == b.shape
             assert (a.float() - b.float()).abs().max() <= 1e-4, (n, key)
+
+
+class ScoreJudge(FakeJudge):
+    """FakeJudge with continuous ratings that depend on the explanation and the highlight."""
+
+    name = "score-judge"
+
+    def scores(self, explanation, items, task):
+        self.calls += 1
+        return [hashlib.sha256((explanation + it.text()).encode()).digest()[0] / 255 for it in items]
+
+
+SMALL = dict(window=8, n_after=2, explain_window=12, n_explain=3, n_quantiles=4, per_quantile=2, n_non_activating=0)
+
+
+def test_seed_pair_comparison_cached_nested_and_equal_to_scipy(tmp_artifacts):
+    p = tiny_profile(primary_seeds=2, primary_arms=("solo", "joint"))
+    runs = interp.seed_pairs(p, "joint")
+    assert [(a.name, b.name) for a, b in runs] == [("solo", "joint-l0.3-s1"), ("solo-seed1", "joint-l0.3-s1-seed1")]
+    with pytest.raises(ValueError, match="sae='solo'"):
+        interp.seed_pairs(p, "solo")
+    ensure_trained(p, [r for pair in runs for r in pair], progress=False)
+    judge = ScoreJudge()
+    kw = dict(arm="joint", n_pairs=8, pilot_pairs=2, retest_share=0.5, shuffled_share=1.0, context_kwargs=SMALL,
+              min_windows=2, seed=0, show_progress=False)
+    per, s = interp.compare_seed_pairs(p, judge, **kw)
+    assert per["seed_pair"].tolist()[:4] == [0, 1, 0, 1] and len(per) == 8  # interleaved over the seeds
+    calls = judge.calls
+    per2, s2 = interp.compare_seed_pairs(p, judge, **kw)
+    assert judge.calls == calls  # all cached
+    pd.testing.assert_frame_equal(per, per2)
+    ok = per["auroc_solo"].notna() & per["auroc_joint"].notna()
+    a, b = per.loc[ok, "auroc_solo"].to_numpy(), per.loc[ok, "auroc_joint"].to_numpy()
+    assert s["paired_n_pairs"] == ok.sum() >= 2
+    if np.std(b - a) > 0:
+        t = stats.ttest_rel(b, a)
+        assert (s["paired_t"], s["paired_p"]) == pytest.approx((t.statistic, t.pvalue))
+    else:  # the tiny runs barely train, so matched features can score identically
+        assert np.isnan(s["paired_p"]) and s["paired_delta"] == pytest.approx(np.mean(b - a))
+    assert s["unscored_unscored_a"] == per["auroc_solo"].isna().sum()
+    shuffled = per[per["shuffled_donor_solo"] >= 0]
+    assert len(shuffled) and (shuffled["shuffled_donor_solo"] != shuffled["solo_feature"]).all()
+    assert per["retest_solo"].iloc[4:].isna().all()  # only the first half of the pairs is retested
+    # budget mode: the plan is stored and reused
+    kw.update(n_pairs=None, budget_s=5.0)
+    per3, s3 = interp.compare_seed_pairs(p, judge, **kw)
+    per4, s4 = interp.compare_seed_pairs(p, judge, **kw)
+    assert s3["n_pairs_planned"] == s4["n_pairs_planned"] >= 2 and "fit 5 s" in s3["how"]
+    with pytest.raises(ValueError, match="budget_s"):
+        interp.compare_seed_pairs(p, judge, **{**kw, "budget_s": 0})
