@@ -57,7 +57,7 @@ left = budget - (time.perf_counter() - t_start) - interp.RESERVE_S
 pairs, summary = interp.compare_seed_pairs(
     ctx.profile, jdg, arm=sae, n_seeds=n_seeds, budget_s=max(left, 1.0), n_pairs=n_features,
     pilot_pairs=interp.default_pilot_pairs(ctx.profile), retest_share=retest_share,
-    shuffled_share=shuffled_share, explainer=explainer, seed=seed)
+    shuffled_share=shuffled_share, explainer=explainer, seed=seed, plan_key=budget)
 for side in ("solo", "joint"):
     check_answered(jdg, f"{side} features", int((~pairs[f"missing_{side}"]).sum()), len(pairs),
                    min_answered, allow_partial)

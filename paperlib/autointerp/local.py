@@ -34,7 +34,7 @@ class LocalLikelihoodJudge(JudgeStats):
     backend = "local-likelihood"
 
     def __init__(self, model=None, tokenizer=None, model_name: str = "smollm2-135m",
-                 cache_dir: str | os.PathLike | None = None, batch_size: int = 16,
+                 cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
                  use_prefix_cache: bool = True):
         super().__init__()
         self.use_prefix_cache = use_prefix_cache

@@ -479,7 +479,10 @@ class RunScorer:
 
 
 def _median_sec(recs: Sequence[dict]) -> float:
-    secs = [float(r["sec"]) for r in recs if np.isfinite(r.get("sec", np.nan))]
+    """Median scoring time of the scored records (unscored ones cost nothing and would bias it down)."""
+    timed = [r for r in recs if np.isfinite(r.get("sec", np.nan))]
+    secs = [float(r["sec"]) for r in timed if np.isfinite(r.get("fuzz_auroc", np.nan))] or \
+        [float(r["sec"]) for r in timed]
     return float(np.median(secs)) if secs else float("nan")
 
 
@@ -519,7 +522,7 @@ def compare_seed_pairs(profile: str | Profile, judge, *, arm: str = "joint", n_s
                        budget_s: float = 110.0, n_pairs: int | None = None, pilot_pairs: int = 10,
                        retest_share: float = 0.25, shuffled_share: float = 0.5, max_pairs: int = 600,
                        explainer=None, seed: int = 0, context_kwargs: dict | None = None,
-                       min_windows: int = MIN_WINDOWS, replan: bool = False,
+                       min_windows: int = MIN_WINDOWS, replan: bool = False, plan_key: Any = None,
                        show_progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Fuzz-score matched feature pairs of solo seed s and ``arm`` seed s, with the design chosen from a
     measured cost.
@@ -529,7 +532,9 @@ def compare_seed_pairs(profile: str | Profile, judge, *, arm: str = "joint", n_s
     (about half: the neutral passes are reused) give :func:`~paperlib.autointerp.reliability.plan_design`
     the number of pairs that fits ``budget_s`` with ``retest_share`` of them retested and
     ``shuffled_share`` scored with a shuffled explanation. The design is stored (keyed by everything that
-    changes it) and reused by later calls unless ``replan``; ``n_pairs`` fixes the number instead.
+    changes it, with ``plan_key`` in place of ``budget_s`` when given, e.g. the notebook's nominal budget
+    while ``budget_s`` is what is left of it) and reused by later calls unless ``replan``; ``n_pairs`` fixes
+    the number instead.
 
     Returns the per-pair table and a summary (design, paired Δ AUROC with CI, p and MDE, reliability,
     shuffled control, unscored features per side with Fisher's test).
@@ -550,7 +555,8 @@ def compare_seed_pairs(profile: str | Profile, judge, *, arm: str = "joint", n_s
         grp = order[order["seed_pair"] == s]
         sa.ensure_contexts(grp["i"].tolist())
         sb.ensure_contexts(grp["j"].tolist())
-    key = {"runs": [(a.key, b.key) for a, b in runs], "judge": judge_key(judge), "budget_s": budget_s,
+    key = {"runs": [(a.key, b.key) for a, b in runs], "judge": judge_key(judge),
+           "budget": budget_s if plan_key is None else plan_key,
            "explainer": getattr(explainer, "name", None), "context": ckw, "seed": seed, "pilot": pilot_pairs,
            "shares": (retest_share, shuffled_share), "max_pairs": cap, "min_windows": min_windows}
     dpath = _design_path(p, key)
