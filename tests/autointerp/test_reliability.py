@@ -142,3 +142,30 @@ def test_plan_design_fills_the_budget():
         plan_design(0.5, 0.25, float("nan"))
     with pytest.raises(ValueError, match="retest_share"):
         plan_design(0.5, 0.25, 10.0, retest_share=2)
+
+
+def test_chat_judge_explains_and_its_auroc_is_the_balanced_accuracy(tmp_path):
+    from paperlib.autointerp.client import OpenAIJudge
+    from paperlib.autointerp.contexts import FeatureContexts
+    from paperlib.autointerp.scoring import balanced_accuracy, score_contexts
+    from tests.autointerp.fake_chat import FakeChatServer
+
+    def answer(payload):
+        user = payload["messages"][-1]["content"]
+        if "Description of the unit" not in user:
+            return "Thinking.\nSummary: the token w1 after numbers"
+        passages = [p for p in user.split("Passage ")[1:]]
+        return "[" + ", ".join("1" if "<<w1>>" in p else "0" for p in passages) + "]"
+
+    server = FakeChatServer(answer)
+    try:
+        judge = OpenAIJudge(model="m", base_url=server.url, cache_dir=tmp_path, max_workers=2)
+        ctx = FeatureContexts(feature=3, n_firing=10, T=100, explain=_windows(1, n=3), activating=_windows(1, n=20))
+        rec = score_contexts(ctx, judge, decode, do_detection=False, halves=True, min_windows=10)
+    finally:
+        server.httpd.shutdown()
+    assert rec["explanation"] == "the token w1 after numbers"  # written by the judge model
+    labels = [t["correct"] for t in rec["fuzz_trace"]]
+    preds = [t["pred"] for t in rec["fuzz_trace"]]
+    assert rec["fuzz_n"] == 20 and rec["fuzz_auroc"] == pytest.approx(balanced_accuracy(labels, preds))
+    assert rec["fuzz_auroc"] > 0.5
