@@ -37,14 +37,20 @@ from IPython.display import Markdown, display
 
 from paperlib.report.case_studies import case_study_markdown, cross_phi_figure, null_frame, null_text, save_case_studies
 from paperlib.report.notebook import save_figure, save_table, setup
-from paperlib.sae.arms import parse_run
+from paperlib.sae.arms import grid_runs, parse_run, primary_runs
 from paperlib.stages.case_studies import case_studies
 from paperlib.stages.run import Run
 from paperlib.stages.select import select_runs
 from paperlib.stages.train import ensure_trained
 
 ctx = setup(profile)
-joint = parse_run(select_runs(ctx.profile, sae)[0].name).with_seed(joint_seed).name
+# seed `joint_seed` of the chosen configuration if the profile trains it, else the primary comparison's joint run
+# at that seed, else seed 0 (a notebook must not start a long training run on its own)
+trained = {r.name for r in grid_runs(ctx.profile)}
+chosen = parse_run(select_runs(ctx.profile, sae)[0].name)
+options = [chosen.with_seed(joint_seed).name] + [r.name for r in primary_runs(ctx.profile).get("joint", [])
+                                                 if r.seed == joint_seed]
+joint = next((n for n in options if n in trained), chosen.name)
 runs = ["solo", joint] + ([null_run] if null_run else [])
 ensure_trained(ctx.profile, runs)
 print("solo vs", joint, "| null: solo vs", null_run or "(none)")""",
