@@ -7,7 +7,7 @@ latents apart that fire on the same token in different senses ("bank" after "riv
 words of the ``n_before`` tokens preceding each highlighted run that are over-represented in this latent's
 top windows relative to the token range as a whole: a word's weight is the number of windows it occurs
 in times its inverse background frequency, log(N / (count + 1)). Words seen in fewer than ``min_windows``
-windows, stop words and tokens without a letter or digit are skipped.
+windows, stop words, special tokens and tokens without a letter or digit are skipped.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ STOP_WORDS = frozenset(
 
 
 def _word(tok: str) -> str | None:
+    """The token as a word, or None for whitespace, punctuation and special tokens (``<|...|>``)."""
     w = tok.strip()
-    return w if w and re.search(r"[A-Za-z0-9]", w) else None
+    return w if w and re.search(r"[A-Za-z0-9]", w) and not re.fullmatch(r"<\|.*\|>", w) else None
 
 
 def _quote(words: Sequence[str], last: str) -> str:

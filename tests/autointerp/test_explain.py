@@ -26,6 +26,7 @@ def test_rare_words_rank_first_and_parameters_are_checked():
     ex = ContextExplainer(bg, n_context=1)
     out = ex.explain([_item([" common", " rare"]) for _ in range(3)])
     assert '"rare"' in out and "common" not in out
+    assert "im_start" not in ContextExplainer({}).explain([_item(["<|im_start|>", " x"]) for _ in range(3)])
     assert ex.explain([JudgeItem([" a"], [False])]) == "unclear text patterns"
     with pytest.raises(ValueError, match="n_before"):
         ContextExplainer(bg, n_before=0)
