@@ -574,7 +574,8 @@ def compare_seed_pairs(profile: str | Profile, judge, *, arm: str = "joint", n_s
                              shuffled_share=shuffled_share, min_pairs=min(pilot_pairs, cap), max_pairs=cap).to_dict()
         design["how"] = (f"measured {sec_feature:.3f} s per feature (median of the {len(pilot)}-pair pilot) → "
                          f"{design['sec_per_pair']:.2f} s per pair with {retest_share:.0%} retested and "
-                         f"{shuffled_share:.0%} shuffled-controlled → {design['n_pairs']} pairs fit {budget_s:.0f} s")
+                         f"{shuffled_share:.0%} shuffled-controlled → {design['n_pairs']} pairs fit {budget_s:.0f} s"
+                         + ("" if plan_key is None else f" (what was left of a {plan_key} s budget)"))
         write_json(dpath, design)
     order = order.iloc[:design["n_pairs"]].reset_index(drop=True)
     recs = _score_sides(order, scorers, "auto-interp", show_progress)
