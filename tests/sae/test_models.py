@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paperlib.sae.models import BatchTopKSAE, MetaSAE, batch_topk_indices, batch_topk_mask
+from paperlib.sae.models import (BatchTopKSAE, MetaSAE, batch_topk_indices, batch_topk_mask, kth_largest,
+                                 top_count_mask)
 
 
 def _x(B=64, d=12, seed=0, dtype=torch.float32):
@@ -31,6 +32,38 @@ def test_batch_topk_ties_exact():
         assert int(batch_topk_mask(pre, k).sum()) == k * 20
     pre = torch.zeros(8, 5)  # all zero (ReLU'd everywhere)
     assert int(batch_topk_mask(pre, 2).sum()) == 16
+
+
+def test_kth_largest_against_sort():
+    g = torch.Generator().manual_seed(4)
+    for vals in (torch.randn(101, generator=g), torch.randint(0, 5, (60,), generator=g).float()):
+        desc = vals.sort(descending=True).values
+        for count in (1, 2, 17, vals.numel()):
+            assert float(kth_largest(vals, count)) == float(desc[count - 1])
+    with pytest.raises(ValueError, match="count"):
+        kth_largest(torch.ones(3), 4)
+
+
+def test_top_count_mask_brute_force_with_ties():
+    g = torch.Generator().manual_seed(5)
+    vals = torch.randint(0, 6, (80,), generator=g).float()  # many ties
+    for count in (1, 9, 40, 80):
+        keep = top_count_mask(vals, count)
+        assert int(keep.sum()) == count
+        # brute force: a stable descending sort keeps the first of equal values
+        order = sorted(range(80), key=lambda i: (-float(vals[i]), i))[:count]
+        ref = torch.zeros(80, dtype=torch.bool)
+        ref[order] = True
+        assert torch.equal(keep, ref)
+
+
+def test_batch_topk_indices_sorted_and_tie_break_lowest_index():
+    pre = torch.zeros(70, 30)
+    pre[:, :5] = 1.0  # 350 tied ones, k·B = 140 (B >= 64: the subsample path)
+    idx = batch_topk_indices(pre, 2)
+    assert torch.equal(idx, idx.sort().values)
+    ones = (pre.view(-1) == 1).nonzero().squeeze(1)
+    assert torch.equal(idx, ones[:140])
 
 
 def test_encode_batch_l0_exactly_k():
