@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from paperlib.config.io import atomic_path, damaged, read_json, write_json
 from paperlib.config.profiles import Profile
@@ -25,6 +27,7 @@ from paperlib.metrics.cooccurrence import (
 )
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
+from paperlib.stages.pool import default_workers, run_tasks
 from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
@@ -145,3 +148,23 @@ def load_firing(run: Run) -> sp.csr_matrix:
         return sp.load_npz(d / "firing.npz").tocsr()
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
         raise damaged(d / "firing.npz", f"unreadable firing matrix ({err})", d) from None
+
+
+def cooccurrence_task(profile: Profile, name: str, threads: int) -> str:
+    """Worker-process entry point (:func:`paperlib.stages.pool.run_tasks`): one run's co-occurrence
+    (and, when missing, its calibration)."""
+    torch.set_num_threads(threads)
+    ensure_cooccurrence(Run.of(profile, name), progress=False)
+    return name
+
+
+def ensure_cooccurrences(runs: Iterable[Run], *, n_workers: int | None = None,
+                         progress: bool = True) -> dict[str, CooccurrenceResult]:
+    """:func:`ensure_cooccurrence` of every run, the missing ones computed in ``n_workers`` processes
+    (default :func:`paperlib.stages.pool.default_workers`); results are the same either way."""
+    runs = list(runs)
+    todo = [r for r in runs if not cache.is_fresh("cooccurrence", r)]
+    workers = default_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
+    if workers > 1:
+        run_tasks(cooccurrence_task, todo, workers, desc="co-occurrence", progress=progress)
+    return {r.name: ensure_cooccurrence(r, progress=progress) for r in runs}

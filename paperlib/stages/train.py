@@ -9,24 +9,13 @@ Training activations come from the profile's activation cache (extracted first w
 
 from __future__ import annotations
 
-import ast
-import ctypes
-import multiprocessing as mp
-import os
 import shutil
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 
 from paperlib.config.io import ArtifactError, damaged, read_json, write_json
 from paperlib.config.profiles import Profile
@@ -40,6 +29,7 @@ from paperlib.sae.trainer import (
     read_metrics_file,
     train_run,
 )
+from paperlib.stages.pool import default_workers, require_main_guard, run_tasks
 from paperlib.stages.run import Run, as_runs, range_settings
 
 RECORD = "train.json"
@@ -57,12 +47,8 @@ def is_trained(run: Run) -> bool:
 
 
 def default_train_workers(n_runs: int) -> int:
-    """Runs trained concurrently by :func:`ensure_trained`: 1 on a GPU, else up to 4 processes
-    sharing the CPU cores (the sparse step's many small ops use extra threads poorly, so separate
-    processes keep the cores busier than one multi-threaded process)."""
-    if n_runs <= 1 or torch.cuda.is_available():
-        return 1
-    return max(1, min(n_runs, os.cpu_count() or 1, 4))
+    """Runs trained concurrently by :func:`ensure_trained` (:func:`paperlib.stages.pool.default_workers`)."""
+    return default_workers(n_runs)
 
 
 def _train_from_cache(run: Run, cache: ActivationCache, progress: bool) -> None:
@@ -123,72 +109,7 @@ def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: 
 
 
 def _train_in_pool(todo: list[Run], workers: int, progress: bool) -> None:
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    t0 = time.perf_counter()
-    with training_pool(workers) as ex:
-        futures = {ex.submit(_train_worker, r.profile, r.name, threads): r for r in todo}
-        bar = tqdm(total=len(todo), desc=f"training ({workers} processes)", disable=not progress)
-        try:
-            for fut in as_completed(futures):
-                name = fut.result()  # re-raises a worker's error here
-                bar.update(1)
-                bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
-        except BrokenProcessPool as err:
-            raise RuntimeError(f"a training process died ({err}). If a script called ensure_trained, put that call "
-                               f"under `{MAIN_GUARD}` (worker processes import the script), or pass n_workers=1; "
-                               "finished runs are kept and killed ones resume from their checkpoints") from None
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            bar.close()
-
-
-MAIN_GUARD = 'if __name__ == "__main__":'
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Process-pool initializer: end this worker when its parent dies (Linux: ``prctl(PR_SET_PDEATHSIG,
-    SIGTERM)``; elsewhere a daemon thread that polls the parent pid every second), so a killed notebook or
-    script never leaves training processes behind."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def require_main_guard() -> None:
-    """Refuse to start worker processes from a script without a ``__main__`` guard: "spawn" workers import the
-    script, which would run ``ensure_trained`` again in every worker and break the pool (BrokenProcessPool)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
-        return  # notebooks, python -c, the REPL: nothing is re-imported
-    tree = ast.parse(Path(path).read_text(errors="replace"))
-    guarded = any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) and "__main__" in ast.unparse(n.test)
-                  for n in tree.body)
-    if not guarded:
-        raise RuntimeError(f"{path} calls ensure_trained at module level, but training runs in worker processes "
-                           f"that import that script again. Put the calls under `{MAIN_GUARD}`, or pass "
-                           "n_workers=1 to train in this process")
-
-
-def training_pool(workers: int) -> ProcessPoolExecutor:
-    """The process pool :func:`ensure_trained` trains in ("spawn" workers that die with this process)."""
-    require_main_guard()
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
-                               initargs=(os.getpid(),))
+    run_tasks(_train_worker, todo, workers, desc="training", progress=progress)
 
 
 def _require_trained(run: Run) -> None:

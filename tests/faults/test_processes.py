@@ -19,7 +19,7 @@ import paperlib.sae.trainer as tr
 from paperlib.config.io import LockedError, exclusive
 from paperlib.config.profiles import get_profile
 from paperlib.data import activations
-from paperlib.stages import train
+from paperlib.stages import pool, train
 from tests.helpers import tiny_profile
 
 D = 16
@@ -93,8 +93,8 @@ def test_training_workers_die_with_their_parent(tmp_path):
     pid_file = tmp_path / "worker.pid"
     parent = _python(f"""
         import os, time
-        from paperlib.stages.train import training_pool
-        pool = training_pool(1)
+        from paperlib.stages.pool import process_pool
+        pool = process_pool(1)
         pid = pool.submit(os.getpid).result()
         open({str(pid_file)!r}, "w").write(str(pid))
         print("ready", flush=True)
@@ -121,9 +121,9 @@ def test_a_script_without_main_guard_gets_a_clear_error(tmp_path, monkeypatch):
     script.write_text('from paperlib.stages.train import ensure_trained\nensure_trained("smoke", ["solo", "joint"])\n')
     monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=str(script)))
     monkeypatch.setattr(train, "load_cache", lambda profile: pytest.fail("must refuse before any work"))
-    with pytest.raises(RuntimeError, match=r'snippet.py calls ensure_trained at module level.*'
+    with pytest.raises(RuntimeError, match=r'snippet.py calls a stage that runs in worker processes.*'
                                            r'if __name__ == "__main__":.*n_workers=1'):
         train.ensure_trained(tiny_profile(), ["solo", "solo-seed1"], n_workers=2, progress=False)
     guarded = script.read_text().replace("ensure_trained(", 'if __name__ == "__main__":\n    ensure_trained(')
     script.write_text(guarded)
-    train.require_main_guard()  # guarded: fine
+    pool.require_main_guard()  # guarded: fine

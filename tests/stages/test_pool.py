@@ -1,0 +1,56 @@
+"""Tests for paperlib.stages.pool and the pooled per-run stages: results computed in worker processes equal
+results computed in this process."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from paperlib.stages import cache, calibrate, cooccur, pool, recon
+from paperlib.stages.run import Run
+from paperlib.stages.train import ensure_trained
+from tests.helpers import tiny_profile
+
+NAMES = ["solo", "joint-l0.3-s1"]
+
+
+def _results(p):
+    runs = [Run.of(p, n) for n in NAMES]
+    return runs, {
+        "cal": {r.name: calibrate.ensure_calibration(r, progress=False) for r in runs},
+        "co": {r.name: cooccur.ensure_cooccurrence(r, progress=False).to_json() for r in runs},
+        "rec": {r.name: recon.ensure_reconstruction(r, progress=False).to_json() for r in runs},
+    }
+
+
+def test_pooled_stages_equal_in_process_stages(tmp_artifacts):
+    p = tiny_profile()
+    ensure_trained(p, NAMES, progress=False, n_workers=1)
+    runs = [Run.of(p, n) for n in NAMES]
+    co = cooccur.ensure_cooccurrences(runs, n_workers=2, progress=False)  # calibrates in the workers too
+    cals = calibrate.ensure_calibrations(runs, n_workers=2, progress=False)
+    rec = recon.ensure_reconstructions(runs, n_workers=2, progress=False)
+    assert list(cals) == list(co) == list(rec) == NAMES
+    for r in runs:  # computed by the workers: fresh, so the calls above only loaded them
+        for stage in ("calibration", "cooccurrence", "reconstruction"):
+            assert cache.is_fresh(stage, r)
+    for r in runs:  # recompute everything in this process
+        shutil.rmtree(cache.stage_dir("calibration", r).parent)
+    _, ref = _results(p)
+    for n in NAMES:
+        np.testing.assert_array_equal(cals[n].thresholds, ref["cal"][n].thresholds)
+        assert co[n].to_json() == ref["co"][n]
+        assert rec[n].to_json() == ref["rec"][n]
+
+
+def test_pooled_stage_errors_reach_the_caller(tmp_artifacts):
+    p = tiny_profile()
+    with pytest.raises(FileNotFoundError, match="is not trained"):
+        calibrate.ensure_calibrations([Run.of(p, n) for n in NAMES], n_workers=2, progress=False)
+
+
+def test_default_workers():
+    assert pool.default_workers(1) == 1
+    assert 1 <= pool.default_workers(10) <= pool.MAX_WORKERS
