@@ -341,11 +341,14 @@ def fig2_autointerp(pairs: pd.DataFrame, summary: Mapping[str, Any], *, solo_lab
 @_styled
 def gemma_grid_figure(table: pd.DataFrame, *, caption: str | None = None) -> plt.Figure:
     """§6 figure on Fig. 1b's axes (x = ΔL2 vs solo %, y = Δ mean |φ| vs solo %; joint configurations as shades
-    of the joint colour by λ₂, marker = σ²), and the absolute Δ mean fuzz vs solo per configuration with ± 1
-    standard error (the relative ΔFuzz % explodes near a 0 mean). ``table``:
+    of the joint colour by λ₂, marker = σ²), and, when the table has fuzz scores, the absolute Δ mean fuzz vs solo
+    per configuration with ± 1 standard error (the relative ΔFuzz % explodes near a 0 mean). ``table``:
     :func:`paperlib.report.second_model.gemma_table`."""
     joint = table[table["run"] != "solo"].reset_index(drop=True)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 4.5))
+    vals = joint["dfuzz"].to_numpy(np.float64) if "dfuzz" in joint else np.full(len(joint), np.nan)
+    has_fuzz = bool(np.isfinite(vals).any())
+    fig, axes = plt.subplots(1, 2 if has_fuzz else 1, figsize=(11.5 if has_fuzz else 6.5, 4.5), squeeze=False)
+    a = axes[0, 0]
     shades = lambda_shades(list(joint["lambda2"].dropna().unique())) if joint["lambda2"].notna().any() else {}
     markers = dict(zip(sorted(joint["sigma2"].dropna().unique()), "os^Dv<>", strict=False))
     colours = [shades.get(r["lambda2"], arm_color(str(r["run"]))) for _, r in joint.iterrows()]
@@ -358,29 +361,31 @@ def gemma_grid_figure(table: pd.DataFrame, *, caption: str | None = None) -> plt
     a.axvline(0, color="k", lw=0.5)
     a.set(xlabel="ΔL2 vs solo (%)", ylabel="Δ mean |φ| vs solo (%)", title="grid on Fig. 1b's axes (seed 0)")
     a.legend(fontsize=7, loc="best")
-    labels = [f"λ₂={r.lambda2:g}\nσ²={r.sigma2:g}" if pd.notna(r.lambda2) else str(r.run) for r in joint.itertuples()]
-    vals = joint["dfuzz"].to_numpy(np.float64)
-    if np.isfinite(vals).any():
-        err = joint["dfuzz_se"].to_numpy(np.float64)
-        b.bar(range(len(vals)), np.nan_to_num(vals), yerr=np.where(np.isfinite(err), err, 0.0), capsize=3,
-              color=colours, edgecolor="k", linewidth=0.4)
-        b.axhline(0, color="k", lw=0.8)
-        b.set_ylabel("Δ mean fuzz vs solo (2·acc−1, ± 1 s.e.)")
-        for i, (v, n) in enumerate(zip(vals, joint["n_fuzz"], strict=True)):
-            if np.isfinite(v):
-                b.annotate(f"n={int(n)}", (i, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
-        solo = table[table["run"] == "solo"]
-        if len(solo):
-            b.text(0.01, 0.99, f"solo: mean fuzz {solo['fuzz_mean'].iloc[0]:.3f} on n={int(solo['n_fuzz'].iloc[0])}"
-                   " features", transform=b.transAxes, ha="left", va="top", fontsize=7)
-    else:
-        b.text(0.5, 0.5, "no fuzz scores (judge disabled or auto-interp unavailable)",
-               ha="center", va="center", transform=b.transAxes, fontsize=8)
-    b.set_xticks(range(len(labels)), labels, fontsize=7)
-    b.set_title("fuzz score change per configuration")
-    _caption(fig, caption, "§6: second model, co-occurrence vs reconstruction and fuzz change")
+    if has_fuzz:
+        _fuzz_panel(axes[0, 1], table, joint, vals, colours)
+    what = " and fuzz change" if has_fuzz else ""
+    _caption(fig, caption, f"§6: second model, co-occurrence vs reconstruction{what}")
     fig.tight_layout()
     return fig
+
+
+def _fuzz_panel(b: plt.Axes, table: pd.DataFrame, joint: pd.DataFrame, vals: np.ndarray, colours: list) -> None:
+    """Absolute Δ mean fuzz vs solo per configuration, ± 1 standard error (:func:`gemma_grid_figure`)."""
+    labels = [f"λ₂={r.lambda2:g}\nσ²={r.sigma2:g}" if pd.notna(r.lambda2) else str(r.run) for r in joint.itertuples()]
+    err = joint["dfuzz_se"].to_numpy(np.float64)
+    b.bar(range(len(vals)), np.nan_to_num(vals), yerr=np.where(np.isfinite(err), err, 0.0), capsize=3,
+          color=colours, edgecolor="k", linewidth=0.4)
+    b.axhline(0, color="k", lw=0.8)
+    b.set_ylabel("Δ mean fuzz vs solo (2·acc−1, ± 1 s.e.)")
+    for i, (v, n) in enumerate(zip(vals, joint["n_fuzz"], strict=True)):
+        if np.isfinite(v):
+            b.annotate(f"n={int(n)}", (i, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
+    solo = table[table["run"] == "solo"]
+    if len(solo):
+        b.text(0.01, 0.99, f"solo: mean fuzz {solo['fuzz_mean'].iloc[0]:.3f} on n={int(solo['n_fuzz'].iloc[0])}"
+               " features", transform=b.transAxes, ha="left", va="top", fontsize=7)
+    b.set_xticks(range(len(labels)), labels, fontsize=7)
+    b.set_title("fuzz score change per configuration")
 
 
 @_styled

@@ -140,3 +140,11 @@ def test_one_style_and_rc_untouched():
     fig = figures.ground_truth_figure(_gt_frame())
     assert any(line.get_visible() for line in fig.axes[0].get_ygridlines())  # seaborn whitegrid
     assert dict(matplotlib.rcParams) == before
+
+
+def test_gemma_figure_without_fuzz_has_one_panel():
+    t = pd.DataFrame({"run": ["solo", "joint-l0.3-s1"], "lambda2": [np.nan, 0.3], "sigma2": [np.nan, 1.0],
+                      "dphi_pct": [0, -1.0], "dl2_pct": [0, 2.0], "dfuzz": [np.nan, np.nan],
+                      "dfuzz_se": [np.nan, np.nan], "n_fuzz": [0, 0], "fuzz_mean": [np.nan, np.nan]})
+    g = figures.gemma_grid_figure(t)
+    assert len(g.axes) == 1 and g.axes[0].get_xlabel() == "ΔL2 vs solo (%)"
