@@ -135,6 +135,10 @@ class Arm:
     """A meta SAE exists during training."""
     trains_meta: ClassVar[bool] = False
     """The meta SAE is trained (meta steps after every block of primary steps)."""
+    scheduled_penalty: ClassVar[bool] = True
+    """No loss term while the penalty schedule's factor is 0 (the weight is λ·factor, or there is no penalty):
+    the primary SAE's first steps are then those of the solo run of the same seed (see
+    :func:`paperlib.sae.trainer.train_shared_prefix`)."""
     pattern: ClassVar[str]
     """Regular expression of the base run name (without ``-seedN``)."""
     example: ClassVar[str]
@@ -302,6 +306,7 @@ class RandomCriticArm(JointArm):
 
 class OrthoArm(Arm):
     name = "ortho"
+    scheduled_penalty = False  # the orthogonality penalty acts from step 0
     pattern = rf"ortho-g{_NUM}"
     example = "ortho-g0.1"
     hyper_names = ("gamma",)

@@ -34,6 +34,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,14 +352,20 @@ class Trainer:
                     scale_median=float(np.median(scale)), scale_max=float(scale.max()))
 
     # -- steps ----------------------------------------------------------------------------------
+    def penalty(self) -> tuple[torch.Tensor | None, dict[str, float], float]:
+        """The arm's loss term on the current decoder (``None``: none), its log values and the schedule factor."""
+        cfg = self.cfg
+        scale = penalty_factor(self.step, self.total_steps, cfg.penalty_start_frac, cfg.penalty_ramp_frac)
+        term, rec = self.arm.penalty(self.spec, PenaltyInputs(W_dec=self.primary.W_dec, meta=self.meta, step=self.step,
+                                                                n_chunks=cfg.ortho_chunks, scale=scale))
+        return term, rec, scale
+
     def primary_step(self, x: torch.Tensor) -> dict[str, float]:
         cfg, sae = self.cfg, self.primary
         self.opt_p.zero_grad(set_to_none=True)
         out = sae.training_loss(x)
         loss = out["loss"]
-        scale = penalty_factor(self.step, self.total_steps, cfg.penalty_start_frac, cfg.penalty_ramp_frac)
-        term, rec = self.arm.penalty(self.spec, PenaltyInputs(W_dec=sae.W_dec, meta=self.meta, step=self.step,
-                                                                n_chunks=cfg.ortho_chunks, scale=scale))
+        term, rec, scale = self.penalty()
         if term is not None:
             loss = loss + term
         lr = cfg.lr * lr_factor(self.step, self.total_steps, cfg.lr_warmup_frac, cfg.lr_decay_frac)
@@ -385,7 +392,10 @@ class Trainer:
 
     def macro_step(self, x: torch.Tensor) -> dict[str, float]:
         """One primary step, followed by the meta phase when a block of n_p primary steps ends."""
-        rec = self.primary_step(x)
+        return self.end_step(self.primary_step(x))
+
+    def end_step(self, rec: dict[str, float]) -> dict[str, float]:
+        """Count a finished primary step; at the end of a block of n_p steps, the meta phase (logged in ``rec``)."""
         self.step += 1
         if self.meta is not None and self.arm.trains_meta and self.step % self.cfg.n_primary_steps == 0:
             for _ in range(self.cfg.n_meta_steps):
@@ -563,6 +573,115 @@ def train_run(
                              max_steps=max_steps, data_info=data_info)
 
 
+def metrics_line(step: int, steps_per_epoch: int, batch_size: int, rec: dict, seconds: float) -> dict:
+    """One ``metrics.jsonl`` record: position in the data, the step's values, and its speed."""
+    return dict(step=step, epoch=(step - 1) // steps_per_epoch, tokens=step * batch_size, **rec,
+                tok_per_s=batch_size / max(seconds, 1e-9))
+
+
+def penalty_start_step(cfg: TrainConfig, total: int) -> int:
+    """Primary steps before the penalty schedule's factor first exceeds 0 (out of ``total``)."""
+    s = 0
+    while s < total and penalty_factor(s, total, cfg.penalty_start_frac, cfg.penalty_ramp_frac) == 0:
+        s += 1
+    return s
+
+
+SHARED_STEP_FIELDS = ("lr", "penalty_scale", "loss", "mse", "aux", "l0", "dead")
+"""Values a primary step logs about the primary SAE (the same for every run of a shared prefix)."""
+
+
+def _fresh(out_dir: Path) -> bool:
+    return not is_done(out_dir) and not (out_dir / "checkpoint" / "checkpoint.json").exists()
+
+
+def train_shared_prefix(profile: str | Profile, specs: list[RunSpec | str], acts: Any, out_dirs: list[str | Path], *,
+                        d_in: int | None = None, device: str | torch.device | None = None,
+                        progress: bool = False) -> list[Path]:
+    """Train the first steps that runs of one seed share, once, and leave each run a checkpoint at their end.
+
+    Runs of one seed start from the same primary SAE and read the same batches. An arm whose penalty follows
+    the schedule (``Arm.scheduled_penalty``: solo, joint, control, random critic) adds no loss term while the
+    schedule's factor is 0, so its primary SAE takes exactly the solo run's steps until the penalty starts
+    (step s0, :func:`penalty_start_step`). Here one primary SAE takes those s0 steps for all the runs, while
+    each run's meta SAE computes its penalty log on the shared decoder before every step and trains after
+    every block, as it would alone. Each run is left with a checkpoint at step s0 and its s0 metrics lines;
+    :func:`train_run` resumes from there. Weights and metrics (bar the ``tok_per_s`` timing) equal those of
+    training each run alone (tested). Runs already finished or with a checkpoint are left alone; with fewer
+    than two fresh eligible runs nothing is done. A kill during the shared steps leaves nothing behind.
+    Returns the run directories that received a checkpoint.
+    """
+    profile = get_profile(profile)
+    specs = [parse_run(s) if isinstance(s, str) else s for s in specs]
+    out_dirs = [Path(o) for o in out_dirs]
+    if len(specs) != len(out_dirs):
+        raise ValueError(f"{len(specs)} runs but {len(out_dirs)} output directories")
+    if len({s.seed for s in specs}) > 1:
+        raise ValueError(f"a shared prefix needs runs of one seed, got seeds {sorted({s.seed for s in specs})}")
+    if len(tuple(acts.shape)) != 2:
+        raise ValueError(f"activations must be a 2-D [T, d] array, got shape {tuple(acts.shape)}")
+    d = int(acts.shape[1])
+    if d_in is not None and d_in != d:
+        raise ValueError(f"activation dim {d} != d_in {d_in}")
+    group = [(s, TrainConfig.from_profile(profile, s, d), o) for s, o in zip(specs, out_dirs, strict=True)
+             if s.arm_def.scheduled_penalty and _fresh(o)]
+    if len(group) < 2:
+        return []
+    for _, cfg, _ in group:
+        cfg.validate()
+    validate_data(acts, group[0][1])
+    dev = torch.device(device) if device is not None else default_device()
+    with ExitStack() as locks:
+        for spec, _, o in group:
+            o.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(exclusive(o / ".lock", f"run {spec.name!r} ({o})"))
+        group = [g for g in group if _fresh(g[2])]  # another process may have started one meanwhile
+        if len(group) < 2:
+            return []
+        for _, _, o in group:
+            for stale in (o, o / "checkpoint", o / "sae", o / "meta"):
+                remove_stale_temporaries(stale)
+        _shared_prefix_locked(group, acts, dev, progress)
+    return [o for _, _, o in group]
+
+
+def _shared_prefix_locked(group: list[tuple[RunSpec, TrainConfig, Path]], acts: Any, dev: torch.device,
+                          progress: bool) -> None:
+    """The body of :func:`train_shared_prefix`, run while holding every run's lock."""
+    trainers = [Trainer(cfg, dev) for _, cfg, _ in group]
+    lead, cfg, name = trainers[0], group[0][1], group[0][0].name
+    data = _Data(acts, cfg.seed, cfg.batch_size, dev)
+    total = max(1, round(cfg.train_epochs * data.steps_per_epoch))
+    s0 = penalty_start_step(cfg, total)
+    lead.init_input_standardisation(acts, progress=progress)
+    for t in trainers:
+        t.total_steps = total
+    for t in trainers[1:]:  # one primary SAE and optimiser for all
+        t.primary, t.opt_p = lead.primary, lead.opt_p
+    lines: list[list[str]] = [[] for _ in trainers]
+    for _ in tqdm(range(s0), desc=f"shared steps of seed {cfg.seed} ({len(trainers)} runs)", disable=not progress):
+        t0 = time.perf_counter()
+        x = data.batch(lead.step)
+        check_batch(x, acts, name, lead.step)
+        logs = []
+        for t in trainers[1:]:  # each run's penalty log on the decoder before this step's update
+            term, log, scale = t.penalty()
+            if term is not None or scale != 0:
+                raise RuntimeError(f"run {t.spec.name}: a penalty term before the schedule starts (step {t.step})")
+            logs.append(log)
+        rec = lead.macro_step(x)
+        check_loss(rec, name, lead.step)
+        shared = {k: rec[k] for k in SHARED_STEP_FIELDS}
+        recs = [rec] + [t.end_step({**log, **shared}) for t, log in zip(trainers[1:], logs, strict=True)]
+        dt = time.perf_counter() - t0
+        for out, r in zip(lines, recs, strict=True):
+            out.append(json.dumps(metrics_line(lead.step, data.steps_per_epoch, cfg.batch_size, r, dt)) + "\n")
+    for (_, _, o), t, out in zip(group, trainers, lines, strict=True):
+        with atomic_path(o / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(out))
+        t.save_checkpoint(o / "checkpoint", len(out))
+
+
 def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, out_dir: Path, dev: torch.device, *,
                   resume: bool, progress: bool, max_steps: int | None, data_info: dict | None) -> Path:
     """The body of :func:`train_run`, run while holding the run's lock."""
@@ -597,10 +716,7 @@ def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, 
             check_batch(x, acts, spec.name, trainer.step)
             rec = trainer.macro_step(x)
             check_loss(rec, spec.name, trainer.step)
-            dt = time.perf_counter() - t0
-            rec = dict(step=trainer.step, epoch=(trainer.step - 1) // data.steps_per_epoch,
-                       tokens=trainer.step * cfg.batch_size, **rec,
-                       tok_per_s=cfg.batch_size / max(dt, 1e-9))
+            rec = metrics_line(trainer.step, data.steps_per_epoch, cfg.batch_size, rec, time.perf_counter() - t0)
             mf.write(json.dumps(rec) + "\n")
             mf.flush()
             metrics_lines += 1

@@ -24,8 +24,8 @@ from paperlib.sae.arms import RunSpec, arm_of, grid_runs, parse_run, with_grid
 from paperlib.stages import cache
 from paperlib.stages.ce import RunCE, ensure_ce
 from paperlib.stages.compare import convergence_table
-from paperlib.stages.cooccur import CooccurrenceResult, ensure_cooccurrence, ensure_cooccurrences
-from paperlib.stages.recon import ReconstructionResult, ensure_reconstructions
+from paperlib.stages.cooccur import CooccurrenceResult, ensure_cooccurrence
+from paperlib.stages.recon import ReconstructionResult, ensure_reconstruction
 from paperlib.stages.run import Run, as_runs
 from paperlib.stages.train import ensure_trained
 
@@ -148,8 +148,8 @@ def grid_table(profile: str | Profile, runs: Iterable[Any] | None = None, *, wit
     p = get_profile(profile)
     runs = table_runs(p, runs)
     names = {r.name for r in runs}
-    co = ensure_cooccurrences(runs, progress=progress)
-    rec = ensure_reconstructions(runs, progress=progress)
+    co = {r.name: ensure_cooccurrence(r, progress=progress) for r in runs}
+    rec = {r.name: ensure_reconstruction(r, progress=progress) for r in runs}
     conv = convergence_table(runs).set_index("run")
     ce = ensure_ce(p, [r for r in runs if r.spec.seed == 0], progress=progress) if with_ce else {}
     rows = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from paperlib.sae.trainer import (
     read_config_file,
     read_metrics_file,
     train_run,
+    train_shared_prefix,
 )
 from paperlib.stages.pool import default_workers, require_main_guard, run_tasks
 from paperlib.stages.run import Run, as_runs, range_settings
@@ -70,6 +72,42 @@ def _train_worker(profile: Profile, name: str, threads: int) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class PrefixGroup:
+    """Fresh runs of one profile and seed whose arms share the steps before the penalty starts
+    (:func:`paperlib.sae.trainer.train_shared_prefix`); ``name`` lists them, comma-separated."""
+
+    profile: Profile
+    name: str
+
+    @property
+    def names(self) -> list[str]:
+        return self.name.split(",")
+
+
+def prefix_groups(runs: list[Run]) -> list[PrefixGroup]:
+    """The runs that start untrained (no checkpoint), grouped by seed when at least two of a seed have an arm
+    whose penalty follows the schedule (``Arm.scheduled_penalty``)."""
+    by_seed: dict[tuple[str, int], list[Run]] = {}
+    for r in runs:
+        if r.spec.arm_def.scheduled_penalty and not is_done(r.dir) and not (r.dir / "checkpoint").exists():
+            by_seed.setdefault((r.profile.identity, r.spec.seed), []).append(r)
+    return [PrefixGroup(g[0].profile, ",".join(r.name for r in g)) for g in by_seed.values() if len(g) > 1]
+
+
+def _train_prefix(group: PrefixGroup, cache: ActivationCache, progress: bool) -> None:
+    runs = [Run.of(group.profile, n) for n in group.names]
+    train_shared_prefix(group.profile, [r.spec for r in runs], cache.acts("train"), [r.dir for r in runs],
+                        d_in=getattr(cache, "d", None), progress=progress)
+
+
+def _prefix_worker(profile: Profile, name: str, threads: int) -> str:
+    """Process-pool entry point: the shared first steps of one :class:`PrefixGroup`."""
+    torch.set_num_threads(threads)
+    _train_prefix(PrefixGroup(profile, name), load_cache(profile), progress=False)
+    return name
+
+
 def _discard_stale(run: Run) -> None:
     """Remove a finished run whose key is no longer current (it will be retrained)."""
     if (is_done(run.dir) or (run.dir / RECORD).exists()) and not is_trained(run):
@@ -82,11 +120,14 @@ def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: 
     """Train every run of ``runs`` (names in any spelling, RunSpecs or Runs) that is not trained with its
     current key; return canonical name → run directory.
 
-    ``n_workers`` runs are trained at once in separate processes (default :func:`default_train_workers`),
-    each with cpu_count / n_workers threads; runs with a meta SAE (the slowest) start first. A run's
-    result does not depend on which process trained it or in which order (its data order and init come
-    from its seed). Killed runs resume from their checkpoints either way. Workers end when this process dies;
-    a script that calls this with several workers needs an ``if __name__ == "__main__":`` guard (checked first).
+    Runs of one seed whose arms add nothing before the penalty starts first take those shared steps once,
+    together (:func:`prefix_groups`, :func:`paperlib.sae.trainer.train_shared_prefix`; same weights as training
+    each alone). ``n_workers`` runs are trained at once in separate processes (default
+    :func:`default_train_workers`), each with cpu_count / n_workers threads; runs with a meta SAE (the slowest)
+    start first. A run's result does not depend on which process trained it or in which order (its data order
+    and init come from its seed). Killed runs resume from their checkpoints either way. Workers end when this
+    process dies; a script that calls this with several workers needs an ``if __name__ == "__main__":`` guard
+    (checked first).
     """
     runs = as_runs(profile, runs)
     out = {r.name: r.dir for r in runs}
@@ -99,17 +140,18 @@ def ensure_trained(profile: str | Profile, runs: Iterable[Any] | Any, progress: 
     if workers > 1:
         require_main_guard()  # before any work: an unguarded script would break the pool
     cache = load_cache(runs[0].profile)  # extraction (if needed) happens here, once
+    groups = prefix_groups(todo)
     if workers == 1:
+        for g in groups:
+            _train_prefix(g, cache, progress)
         for r in todo:
             _train_from_cache(r, cache, progress)
         return out
+    groups.sort(key=lambda g: -len(g.names))
+    run_tasks(_prefix_worker, groups, workers, desc="shared first steps", progress=progress)
     todo.sort(key=lambda r: not r.spec.uses_meta)
-    _train_in_pool(todo, workers, progress)
-    return out
-
-
-def _train_in_pool(todo: list[Run], workers: int, progress: bool) -> None:
     run_tasks(_train_worker, todo, workers, desc="training", progress=progress)
+    return out
 
 
 def _require_trained(run: Run) -> None:

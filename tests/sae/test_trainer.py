@@ -336,3 +336,40 @@ def test_lambda2_zero_control_is_solo_by_construction(tmp_path):
     solo = tr.train_run(_profile(), RunSpec("solo", seed=2), acts, tmp_path / "s", progress=False, device="cpu")
     ctrl = tr.train_run(_profile(), RunSpec("control", seed=2), acts, tmp_path / "c", progress=False, device="cpu")
     assert _equal(_weights(solo), _weights(ctrl))
+
+
+def _strip_timing(run_dir):
+    return [{k: v for k, v in r.items() if k != "tok_per_s"} for r in tr.read_metrics_file(run_dir)]
+
+
+@pytest.mark.parametrize("input_norm", ["token", "dim+token"])
+def test_shared_prefix_equals_training_each_run_alone(tmp_path, input_norm):
+    """The steps before the penalty starts, trained once for all runs of a seed, give the same weights and
+    metrics (bar timing) as training every run alone; OrtSAE (penalty from step 0) is left alone."""
+    prof = _profile(penalty_start_frac=0.4, penalty_ramp_frac=0.2, input_norm=input_norm, checkpoint_every=4)
+    acts = _acts() if input_norm == "token" else _outlier_acts()
+    specs = [RunSpec("solo", seed=1), RunSpec("joint", lambda2=1.0, sigma2=0.5, seed=1),
+             RunSpec("joint", lambda2=0.3, sigma2=2.0, seed=1), RunSpec("randcritic", lambda2=1.0, sigma2=0.5, seed=1),
+             RunSpec("control", seed=1), RunSpec("ortho", gamma=0.5, seed=1)]
+    dirs = [tmp_path / "shared" / s.name for s in specs]
+    got = tr.train_shared_prefix(prof, specs, acts, dirs, device="cpu")
+    assert got == dirs[:-1] and not dirs[-1].exists()
+    total = round(prof.sae.train_epochs * (len(acts) // prof.sae.batch_size))
+    s0 = tr.penalty_start_step(tr.TrainConfig.from_profile(prof, specs[0], D), total)
+    assert 0 < s0 < total
+    for d in got:
+        assert len(tr.read_metrics_file(d)) == s0 and (d / "checkpoint" / "checkpoint.json").exists()
+    assert tr.train_shared_prefix(prof, specs, acts, dirs, device="cpu") == []  # checkpoints exist: nothing to do
+    for spec, d in zip(specs, dirs, strict=True):
+        tr.train_run(prof, spec, acts, d, progress=False, device="cpu")
+        alone = tr.train_run(prof, spec, acts, tmp_path / "alone" / spec.name, progress=False, device="cpu")
+        assert _equal(_weights(d), _weights(alone)), spec.name
+        if spec.uses_meta:
+            assert _equal(_weights(d, "meta"), _weights(alone, "meta")), spec.name
+        assert _strip_timing(d) == _strip_timing(alone), spec.name
+
+
+def test_shared_prefix_refuses_mixed_seeds(tmp_path):
+    with pytest.raises(ValueError, match="one seed"):
+        tr.train_shared_prefix(_profile(), [RunSpec("solo", seed=0), RunSpec("solo", seed=1)], _acts(),
+                               [tmp_path / "a", tmp_path / "b"], device="cpu")
