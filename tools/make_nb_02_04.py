@@ -29,7 +29,7 @@ write_notebook(
     [
         SETUP,
         ("md", "## Calibrate (cached per run in `runs/<name>/eval/calibration`)"),
-        '''cals = {r.name: calibrate.ensure_calibration(r) for r in runs}
+        '''cals = calibrate.ensure_calibrations(runs)  # missing runs computed in worker processes
 summary = pd.DataFrame([{"run": n, **c.summary()} for n, c in cals.items()])
 save_table(summary, ctx.tables, "calibration_summary")
 summary''',
@@ -51,7 +51,7 @@ write_notebook(
     [
         SETUP,
         ("md", "## Within-SAE φ per run (cached in `runs/<name>/eval/cooccurrence.json`)"),
-        '''co = {r.name: cooccur.ensure_cooccurrence(r) for r in runs}
+        '''co = cooccur.ensure_cooccurrences(runs)  # missing runs computed in worker processes
 cols = ["n_pairs", "mean_abs_phi", "std_abs_phi", "frac_negative", "median_phi", "max_phi", "n_dead", "n_always_on"]
 phi_table = pd.DataFrame([{"run": n, **{c: getattr(co[n].all, c) for c in cols}} for n in names])
 phi_table["delta_phi_pct"] = 100 * (phi_table["mean_abs_phi"] / co["solo"].all.mean_abs_phi - 1)
@@ -108,7 +108,8 @@ write_notebook(
     PARAMS,
     [
         SETUP + "\nfrom paperlib.stages import compare\nfrom paperlib.stages.train import read_metrics\n"
-        "from paperlib.report import primary",
+        "from paperlib.report import primary\n"
+        "rec = recon.ensure_reconstructions(runs)  # missing runs computed in worker processes",
         ("md", "## Primary comparison: paired seeds"),
         '''paired = compare.paired_seed_table(ctx.profile)
 save_table(paired, ctx.tables, "primary_paired_seeds")

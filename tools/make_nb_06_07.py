@@ -100,9 +100,9 @@ write_notebook(
     "are part of the default run and go to the committed `figures/` and `tables/`. With "
     "`-p profile gemma-2-9b` this is the paper's experiment (GPU + hub). On `smoke` a single "
     "configuration is used.",
-    '''lambda2: str = "0.1,0.3,1.0"           # λ₂ grid (the paper's §6 grid)
+    '''lambda2: str = "0.3"                   # λ₂ grid; the paper's §6 grid is "0.1,0.3,1.0" (about 1 min more here)
 sigma2: str = "1.0"                    # σ² grid (the paper's §6 grid has 1.0,3.0; the offline default keeps 1.0)
-n_fuzz_features: Optional[int] = None  # features scored per configuration (None: the profile's autointerp_features)
+n_fuzz_features: Optional[int] = None  # features scored per configuration (None: the profile's autointerp_features; 0: no fuzz)
 judge: str = "local"                   # local | openai | none''',
     [
         '''from paperlib.config.paths import second_model_output_dirs
@@ -110,7 +110,7 @@ from paperlib.report.notebook import setup, save_figure, save_table
 from paperlib.report.figures import figure_caption, gemma_grid_figure
 from paperlib.report.second_model import gemma_table
 from paperlib.stages.second_model import fuzz_table, gemma_plan
-from paperlib.stages import compare
+from paperlib.stages import compare, cooccur, recon
 from paperlib.stages.select import grid_table, select_configuration
 from paperlib.stages.train import ensure_trained
 
@@ -121,7 +121,9 @@ names = [r.name for r in plan]
 print("outputs ->", figures, tables)
 print(f"{len(plan)} runs:", ", ".join(names))''',
         ("md", "## Train (activations are extracted first if missing)"),
-        '''run_dirs = ensure_trained(ctx.profile, plan)''',
+        '''run_dirs = ensure_trained(ctx.profile, plan)
+co = cooccur.ensure_cooccurrences(plan)  # missing runs computed in worker processes
+rec = recon.ensure_reconstructions(plan)''',
         ("md", "## Paired seeds: solo vs the paper's configuration (the same statistics as notebook 04)"),
         '''paired = compare.paired_seed_table(ctx.profile)
 save_table(paired, tables, "gemma_paired_seeds")
@@ -136,15 +138,17 @@ grid = grid_table(ctx.profile, grid_names)
 sel = select_configuration(grid, ctx.profile.grid.max_dl2_pct)
 print("selection rule:", sel.rule, "->", sel.selected)''',
         ("md", "## Fuzz scores on a random sample of features per configuration"),
-        '''judge_obj = None
-if judge and judge != "none":
+        '''if n_fuzz_features is None:  # the profile's setting (0 for gemma-3-270m: see its comment)
+    n_fuzz_features = 3 if ctx.profile.name == "smoke" else ctx.profile.eval.autointerp_features
+n_fuzz = int(n_fuzz_features)
+judge_obj = None
+if n_fuzz > 0 and judge and judge != "none":
     from paperlib.stages.interp import ensure_sanity, make_judge
 
     judge_obj = make_judge(judge, profile=ctx.profile)
     print("judge sanity check:", ensure_sanity(ctx.profile, judge_obj))
-if n_fuzz_features is None:  # smoke: a handful, to stay fast
-    n_fuzz_features = 3 if ctx.profile.name == "smoke" else ctx.profile.eval.autointerp_features
-n_fuzz = int(n_fuzz_features)
+elif n_fuzz == 0:
+    print("fuzz scores: off (n_fuzz_features = 0)")
 fuzz = fuzz_table(ctx.profile, grid_names, n_fuzz, judge_obj)
 fuzz''',
         ("md", "## §6 table and figure"),

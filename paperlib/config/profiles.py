@@ -272,7 +272,7 @@ PROFILES: dict[str, Profile] = {
         # The critic trains alone for the first 25% of the steps (penalty 0), then λ₂ ramps in over 10%.
         tokens=TokenBudget(
             train=204_800, calibration=51_200, cooccurrence=102_400, autointerp=51_200,
-            ce=4_096,
+            ce=2_048,  # 16 rows; each CE condition is a full forward of the LM (its 49k-vocabulary head included)
         ),
         n_latents=2304, k=32, n_meta=208, k_meta=8, batch_size=2048, train_epochs=3.0, dead_after=20,
         lr=1.4e-3, lr_warmup_frac=0.05, lr_decay_frac=0.6, meta_lr=3e-3, penalty_start_frac=0.25,

@@ -134,7 +134,7 @@ def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResul
                              robust=RateRobustStats.from_dict(robust))
     d = cache.begin("cooccurrence", run)
     with atomic_path(d / "firing.npz") as tmp, open(tmp, "wb") as fh:
-        sp.save_npz(fh, fired.tocsr())
+        sp.save_npz(fh, fired.tocsr(), compressed=False)  # zlib would only save disk, at a CPU cost per run
     write_json(d / "result.json", res.to_json())
     cache.commit("cooccurrence", run)
     return res

@@ -16,6 +16,7 @@ checks for it before any work starts.
 from __future__ import annotations
 
 import ast
+import atexit
 import ctypes
 import multiprocessing as mp
 import os
@@ -33,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["MAIN_GUARD", "default_workers", "die_with_parent", "process_pool", "require_main_guard",
-           "run_tasks"]
+           "run_tasks", "shared_pool"]
 
 MAIN_GUARD = 'if __name__ == "__main__":'
 PR_SET_PDEATHSIG = 1
@@ -84,10 +85,41 @@ def require_main_guard() -> None:
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` "spawn" processes that die with this process."""
+    """A new pool of ``workers`` "spawn" processes that die with this process."""
     require_main_guard()
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
                                initargs=(os.getpid(),))
+
+
+WORKER_ENVIRONMENT = ("PAPERLIB_ARTIFACTS", "PAPERLIB_OUTPUTS", "PAPERLIB_CACHE", "HF_HUB_OFFLINE")
+"""Variables a worker reads its locations from: a pool started under other values is not reused."""
+_SHARED: dict[int, tuple[tuple, ProcessPoolExecutor]] = {}
+
+
+def shared_pool(workers: int) -> ProcessPoolExecutor:
+    """This process's pool of ``workers`` processes, started on first use and kept for later stages (starting
+    a worker costs a few seconds of imports); replaced when a :data:`WORKER_ENVIRONMENT` variable changed,
+    shut down at exit or after a worker died."""
+    env = tuple(os.environ.get(v) for v in WORKER_ENVIRONMENT)
+    held = _SHARED.get(workers)
+    if held is not None and held[0] != env:
+        _discard_shared(workers)
+        held = None
+    if held is None:
+        held = _SHARED[workers] = (env, process_pool(workers))
+    return held[1]
+
+
+def _discard_shared(workers: int) -> None:
+    held = _SHARED.pop(workers, None)
+    if held is not None:
+        held[1].shutdown(wait=False, cancel_futures=True)
+
+
+@atexit.register
+def _shutdown_shared() -> None:
+    for workers in list(_SHARED):
+        _discard_shared(workers)
 
 
 def run_tasks(task: Callable[[Any, str, int], str], runs: Sequence[Any], workers: int, *, desc: str,
@@ -98,21 +130,22 @@ def run_tasks(task: Callable[[Any, str, int], str], runs: Sequence[Any], workers
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     t0 = time.perf_counter()
-    with process_pool(workers) as ex:
-        futures = {ex.submit(task, r.profile, r.name, threads): r.name for r in runs}
-        bar = tqdm(total=len(runs), desc=f"{desc} ({workers} processes)", disable=not progress)
-        try:
-            for fut in as_completed(futures):
-                name = fut.result()  # re-raises a worker's error here
-                bar.update(1)
-                bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
-        except BrokenProcessPool as err:
-            raise RuntimeError(f"a worker process died ({err}). If a script called this, put the call under "
-                               f"`{MAIN_GUARD}` (worker processes import the script), or pass n_workers=1; "
-                               "finished runs are kept (killed training resumes from its checkpoints)") from None
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            bar.close()
+    ex = shared_pool(workers)
+    futures = {ex.submit(task, r.profile, r.name, threads): r.name for r in runs}
+    bar = tqdm(total=len(runs), desc=f"{desc} ({workers} processes)", disable=not progress)
+    try:
+        for fut in as_completed(futures):
+            name = fut.result()  # re-raises a worker's error here
+            bar.update(1)
+            bar.write(f"  {name} done ({time.perf_counter() - t0:.0f} s)")
+    except BrokenProcessPool as err:
+        _discard_shared(workers)
+        raise RuntimeError(f"a worker process died ({err}). If a script called this, put the call under "
+                           f"`{MAIN_GUARD}` (worker processes import the script), or pass n_workers=1; "
+                           "finished runs are kept (killed training resumes from its checkpoints)") from None
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        bar.close()

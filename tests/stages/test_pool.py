@@ -3,6 +3,7 @@ results computed in this process."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -54,3 +55,13 @@ def test_pooled_stage_errors_reach_the_caller(tmp_artifacts):
 def test_default_workers():
     assert pool.default_workers(1) == 1
     assert 1 <= pool.default_workers(10) <= pool.MAX_WORKERS
+
+
+def test_shared_pool_is_reused_until_its_locations_change(monkeypatch, tmp_path):
+    monkeypatch.setenv("PAPERLIB_ARTIFACTS", str(tmp_path / "a"))
+    first = pool.shared_pool(1)
+    assert pool.shared_pool(1) is first
+    monkeypatch.setenv("PAPERLIB_ARTIFACTS", str(tmp_path / "b"))
+    second = pool.shared_pool(1)
+    assert second is not first
+    assert second.submit(os.getenv, "PAPERLIB_ARTIFACTS").result() == str(tmp_path / "b")
