@@ -102,7 +102,7 @@ write_notebook(
     "configuration is used.",
     '''lambda2: str = "0.3"                   # λ₂ grid; the paper's §6 grid is "0.1,0.3,1.0" (about 1 min more here)
 sigma2: str = "1.0"                    # σ² grid (the paper's §6 grid has 1.0,3.0; the offline default keeps 1.0)
-n_fuzz_features: Optional[int] = None  # features scored per configuration (None: the profile's autointerp_features; 0: no fuzz)
+n_fuzz_features: Optional[int] = None  # features scored per configuration (None: the profile's setting; 0: none)
 judge: str = "local"                   # local | openai | none''',
     [
         '''from paperlib.config.paths import second_model_output_dirs
