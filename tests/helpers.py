@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from paperlib.config.profiles import TokenBudget, get_profile
-from paperlib.data.synthetic import SyntheticConfig, SyntheticData, generate
 
 
 def tiny_profile(**changes):
@@ -41,10 +40,3 @@ def brute_phi(F) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if den > 0:
                 ph[i, j] = (T * N11[i, j] - N1[i] * N1[j]) / math.sqrt(den)
     return N1, N11, ph
-
-
-def small_synthetic_data() -> SyntheticData:
-    """The small ground-truth data set the synthetic and atomicity tests share."""
-    cfg = SyntheticConfig(d=32, n_features=64, n_groups=6, group_size=3, n_similar_pairs=6, n_train=8192,
-                          n_calibration=2048, n_eval=8192, batch_size=512, base_rate=0.03, group_rate=0.1)
-    return generate(cfg)

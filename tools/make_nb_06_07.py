@@ -27,6 +27,7 @@ write_notebook(
 joint_seed: int = 1           # seed of the joint run compared with solo seed 0 (1: different init, like the null)
 null_run: str = "solo-seed1"  # the null: the same search between solo and this run ("" for none)
 n_candidates: int = 5         # candidates of each kind to show
+n_scored: int = 1             # of those, how many get explanations and fuzz scores (each costs ~4 judged latents)
 max_partners: int = 3         # partners listed per candidate (the distinct pair first)
 max_partner_phi: float = 0.3  # a candidate needs two partners co-firing with each other below this φ
 judge: str = "local"          # local | openai | none (no fuzz scores / explanations)""",
@@ -54,18 +55,16 @@ joint = next((n for n in options if n in trained), chosen.name)
 runs = ["solo", joint] + ([null_run] if null_run else [])
 ensure_trained(ctx.profile, runs)
 print("solo vs", joint, "| null: solo vs", null_run or "(none)")""",
-        ("md", "## Judge (for fuzz scores and explanations) and its sanity check"),
+        ("md", "## Judge for fuzz scores and explanations (notebook 05 checks it: shuffled-explanation control)"),
         """judge_obj = None
-if judge and judge != "none":
-    from paperlib.stages.interp import ensure_sanity, make_judge
+if judge and judge != "none" and n_scored > 0:
+    from paperlib.stages.interp import make_judge
 
     judge_obj = make_judge(judge, profile=ctx.profile)
-    print("judge sanity check:", ensure_sanity(ctx.profile, judge_obj))
 else:
     print("no judge: fuzz and explanation columns show —")""",
         ("md", "## Candidates from cross-SAE φ, and the solo-vs-solo null"),
         """t0 = time.perf_counter()
-n_scored = 1 if ctx.profile.name == "smoke" else n_candidates  # judge cost: keep smoke fast
 res = case_studies(Run.of(ctx.profile, "solo"), Run.of(ctx.profile, joint),
                    null_run=Run.of(ctx.profile, null_run) if null_run else None, n_candidates=n_candidates,
                    max_partners=max_partners, judge=judge_obj, n_scored=n_scored, max_partner_phi=max_partner_phi)

@@ -21,11 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from paperlib.metrics.stats import min_detectable_effect, paired_seeds
 from paperlib.sae.arms import RunSpec, parse_run
 from paperlib.sae.models import BatchTopKSAE
 from paperlib.sae.trainer import train_run
+from paperlib.stages.pool import process_pool
 
 __all__ = ["ARMS", "ATOMICITY_METRICS", "MORE_ATOMIC_IF_HIGHER", "PHI_STATS", "benchmark_profile", "config_key",
            "convergence_summary", "correlations", "evaluate_sae", "noise_floor_fvu", "paired_differences",
@@ -250,8 +250,7 @@ def run_benchmark(config: SyntheticConfig | None = None, arms: Iterable[str | Ru
                 by_seed[seed] = run_seed(config, arms, seed, root, **kw)
                 bar.update(1)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(int(workers), len(seed_list)), mp_context=ctx) as pool:
+            with process_pool(min(int(workers), len(seed_list))) as pool:  # spawned, dying with this process
                 futs = {pool.submit(run_seed, config, arms, seed, root, **kw): seed for seed in seed_list}
                 for fut in as_completed(futs):
                     by_seed[futs[fut]] = fut.result()
