@@ -18,7 +18,7 @@ write_notebook(
 judge: str = "local"               # local (offline likelihood judge) | openai (OpenAI-compatible endpoint)
 base_url: Optional[str] = None     # e.g. "http://127.0.0.1:8000/v1" when judge is "openai"
 judge_model: Optional[str] = None  # judge model name (local default: smollm2-135m)
-budget_s: Optional[float] = None   # wall-time budget of this notebook in s (None → 100; 25 on smoke)
+budget_s: Optional[float] = None   # wall-time budget of this notebook in s (None → 150; 25 on smoke)
 n_features: Optional[int] = None   # fixed number of matched pairs (None → as many as fit budget_s)
 n_seeds: Optional[int] = None      # paired seeds used (None → all primary seeds)
 retest_share: float = 0.25         # share of pairs whose features are scored again on disjoint windows

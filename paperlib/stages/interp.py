@@ -673,8 +673,8 @@ RESERVE_S = 12.0
 
 
 def default_budget_s(profile: str | Profile) -> float:
-    """Notebook 05's wall-time budget: 100 s (the default profile's share of ``make reproduce``); 25 s on smoke."""
-    return 25.0 if get_profile(profile).name == "smoke" else 100.0
+    """Notebook 05's wall-time budget: 150 s (the default profile's share of ``make reproduce``); 25 s on smoke."""
+    return 25.0 if get_profile(profile).name == "smoke" else 150.0
 
 
 def default_pilot_pairs(profile: str | Profile) -> int:
