@@ -591,7 +591,9 @@ SHARED_STEP_FIELDS = ("lr", "penalty_scale", "loss", "mse", "aux", "l0", "dead")
 """Values a primary step logs about the primary SAE (the same for every run of a shared prefix)."""
 
 
-def _fresh(out_dir: Path) -> bool:
+def not_started(out_dir: str | Path) -> bool:
+    """Neither finished nor checkpointed: a run that :func:`train_shared_prefix` may start."""
+    out_dir = Path(out_dir)
     return not is_done(out_dir) and not (out_dir / "checkpoint" / "checkpoint.json").exists()
 
 
@@ -624,7 +626,7 @@ def train_shared_prefix(profile: str | Profile, specs: list[RunSpec | str], acts
     if d_in is not None and d_in != d:
         raise ValueError(f"activation dim {d} != d_in {d_in}")
     group = [(s, TrainConfig.from_profile(profile, s, d), o) for s, o in zip(specs, out_dirs, strict=True)
-             if s.arm_def.scheduled_penalty and _fresh(o)]
+             if s.arm_def.scheduled_penalty and not_started(o)]
     if len(group) < 2:
         return []
     for _, cfg, _ in group:
@@ -635,7 +637,7 @@ def train_shared_prefix(profile: str | Profile, specs: list[RunSpec | str], acts
         for spec, _, o in group:
             o.mkdir(parents=True, exist_ok=True)
             locks.enter_context(exclusive(o / ".lock", f"run {spec.name!r} ({o})"))
-        group = [g for g in group if _fresh(g[2])]  # another process may have started one meanwhile
+        group = [g for g in group if not_started(g[2])]  # another process may have started one meanwhile
         if len(group) < 2:
             return []
         for _, _, o in group:

@@ -11,7 +11,7 @@ from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
 from paperlib.metrics.calibration import Calibration, calibrate_sae
 from paperlib.stages import cache
-from paperlib.stages.pool import default_workers, run_tasks
+from paperlib.stages.pool import ensure_each
 from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
@@ -55,20 +55,9 @@ def thresholds(run: Run, *, progress: bool = True) -> torch.Tensor:
     return torch.as_tensor(np.asarray(cal.thresholds), dtype=torch.float32)
 
 
-def calibrate_task(profile: Profile, name: str, threads: int) -> str:
-    """Worker-process entry point (:func:`paperlib.stages.pool.run_tasks`): calibrate one run."""
-    torch.set_num_threads(threads)
-    ensure_calibration(Run.of(profile, name), progress=False)
-    return name
-
-
 def ensure_calibrations(runs: Iterable[Run], *, n_workers: int | None = None,
                         progress: bool = True) -> dict[str, Calibration]:
     """:func:`ensure_calibration` of every run, the missing ones computed in ``n_workers`` processes
-    (default :func:`paperlib.stages.pool.default_workers`); results are the same either way."""
-    runs = list(runs)
-    todo = [r for r in runs if not cache.is_fresh("calibration", r)]
-    workers = default_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
-    if workers > 1:
-        run_tasks(calibrate_task, todo, workers, desc="calibrating", progress=progress)
-    return {r.name: ensure_calibration(r, progress=progress) for r in runs}
+    (:func:`paperlib.stages.pool.ensure_each`); results are the same either way."""
+    return ensure_each("calibration", ensure_calibration, list(runs), n_workers=n_workers, desc="calibrating",
+                       progress=progress)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from paperlib.config.io import atomic_path, damaged, read_json, write_json
 from paperlib.config.profiles import Profile
@@ -27,7 +26,7 @@ from paperlib.metrics.cooccurrence import (
 )
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
-from paperlib.stages.pool import default_workers, run_tasks
+from paperlib.stages.pool import ensure_each
 from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
@@ -150,21 +149,9 @@ def load_firing(run: Run) -> sp.csr_matrix:
         raise damaged(d / "firing.npz", f"unreadable firing matrix ({err})", d) from None
 
 
-def cooccurrence_task(profile: Profile, name: str, threads: int) -> str:
-    """Worker-process entry point (:func:`paperlib.stages.pool.run_tasks`): one run's co-occurrence
-    (and, when missing, its calibration)."""
-    torch.set_num_threads(threads)
-    ensure_cooccurrence(Run.of(profile, name), progress=False)
-    return name
-
-
 def ensure_cooccurrences(runs: Iterable[Run], *, n_workers: int | None = None,
                          progress: bool = True) -> dict[str, CooccurrenceResult]:
     """:func:`ensure_cooccurrence` of every run, the missing ones computed in ``n_workers`` processes
-    (default :func:`paperlib.stages.pool.default_workers`); results are the same either way."""
-    runs = list(runs)
-    todo = [r for r in runs if not cache.is_fresh("cooccurrence", r)]
-    workers = default_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
-    if workers > 1:
-        run_tasks(cooccurrence_task, todo, workers, desc="co-occurrence", progress=progress)
-    return {r.name: ensure_cooccurrence(r, progress=progress) for r in runs}
+    (:func:`paperlib.stages.pool.ensure_each`); results are the same either way."""
+    return ensure_each("cooccurrence", ensure_cooccurrence, list(runs), n_workers=n_workers, desc="co-occurrence",
+                       progress=progress)

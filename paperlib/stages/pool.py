@@ -1,9 +1,12 @@
 """Worker processes for per-run work: training and the per-run evaluation stages.
 
-On a CPU the sparse training step and the per-run evaluation stages (histograms, sparse counts, sorting)
-are many small or single-threaded operations that use a second intra-op thread poorly, so several runs
-in separate processes, each with ``cpu_count / workers`` threads, keep the cores busier than one
-multi-threaded process. A task is a top-level function ``task(profile, run_name, threads) -> run_name``
+On a CPU the sparse training step is many small operations that use a second intra-op thread poorly, so
+runs in separate processes, each with ``cpu_count / workers`` threads, keep the cores busier than one
+multi-threaded process (``benchmarks/train.py`` on the idle 2-core machine: a default solo step does
+23,596 tok/s on 1 thread and 40,109 on 2, less than twice the first).
+The per-run evaluation stages use the same workers; there the gain was
+small (calibration of the 24 default runs: 1 min 27 s in process, 1 min 33 s in two workers).
+A task is a top-level function ``task(profile, run_name, threads) -> run_name``
 that computes and caches one run's result; the caller then loads the cached results in its own process.
 A run's result does not depend on which process computed it or in which order (measured: byte-identical
 weights and results with 1 and 2 threads on one machine).
@@ -27,14 +30,18 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["MAIN_GUARD", "default_workers", "die_with_parent", "process_pool", "require_main_guard",
-           "run_tasks", "shared_pool"]
+from paperlib.stages import cache
+from paperlib.stages.run import Run
+
+__all__ = ["MAIN_GUARD", "default_workers", "die_with_parent", "ensure_each", "process_pool", "require_main_guard",
+           "run_tasks", "shared_pool", "stage_task"]
 
 MAIN_GUARD = 'if __name__ == "__main__":'
 PR_SET_PDEATHSIG = 1
@@ -149,3 +156,23 @@ def run_tasks(task: Callable[[Any, str, int], str], runs: Sequence[Any], workers
         raise
     finally:
         bar.close()
+
+
+def stage_task(ensure: Callable[..., Any], profile: Any, name: str, threads: int) -> str:
+    """Worker-process entry point of :func:`ensure_each`: ``ensure(run, progress=False)`` with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    ensure(Run.of(profile, name), progress=False)
+    return name
+
+
+def ensure_each(stage: str, ensure: Callable[..., Any], runs: Sequence[Run], *, n_workers: int | None = None,
+                desc: str, progress: bool = True) -> dict[str, Any]:
+    """``ensure(run)`` of every run; the runs whose ``stage`` result is not fresh are first computed in
+    ``n_workers`` processes (default :func:`default_workers`), then every result is loaded here. Results are
+    the same either way (the stage caches them; a worker's result is the in-process one)."""
+    runs = list(runs)
+    todo = [r for r in runs if not cache.is_fresh(stage, r)]
+    workers = default_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
+    if workers > 1:
+        run_tasks(partial(stage_task, ensure), todo, workers, desc=desc, progress=progress)
+    return {r.name: ensure(r, progress=progress) for r in runs}

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile
@@ -16,7 +15,7 @@ from paperlib.metrics.reconstruction import RATE_LOG10_EDGES, ReconMetrics, firi
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
 from paperlib.stages.cooccur import load_firing
-from paperlib.stages.pool import default_workers, run_tasks
+from paperlib.stages.pool import ensure_each
 from paperlib.stages.run import Run, acts_label, range_settings
 from paperlib.stages.train import load_run
 
@@ -114,20 +113,9 @@ def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionR
     return res
 
 
-def reconstruction_task(profile: Profile, name: str, threads: int) -> str:
-    """Worker-process entry point (:func:`paperlib.stages.pool.run_tasks`): one run's reconstruction metrics."""
-    torch.set_num_threads(threads)
-    ensure_reconstruction(Run.of(profile, name), progress=False)
-    return name
-
-
 def ensure_reconstructions(runs: Iterable[Run], *, n_workers: int | None = None,
                            progress: bool = True) -> dict[str, ReconstructionResult]:
     """:func:`ensure_reconstruction` of every run, the missing ones computed in ``n_workers`` processes
-    (default :func:`paperlib.stages.pool.default_workers`); results are the same either way."""
-    runs = list(runs)
-    todo = [r for r in runs if not cache.is_fresh("reconstruction", r)]
-    workers = default_workers(len(todo)) if n_workers is None else max(1, int(n_workers))
-    if workers > 1:
-        run_tasks(reconstruction_task, todo, workers, desc="reconstruction", progress=progress)
-    return {r.name: ensure_reconstruction(r, progress=progress) for r in runs}
+    (:func:`paperlib.stages.pool.ensure_each`); results are the same either way."""
+    return ensure_each("reconstruction", ensure_reconstruction, list(runs), n_workers=n_workers, desc="reconstruction",
+                       progress=progress)

@@ -26,6 +26,7 @@ from paperlib.sae.trainer import (
     is_done,
     load_trained_meta,
     load_trained_sae,
+    not_started,
     read_config_file,
     read_metrics_file,
     train_run,
@@ -90,7 +91,7 @@ def prefix_groups(runs: list[Run]) -> list[PrefixGroup]:
     whose penalty follows the schedule (``Arm.scheduled_penalty``)."""
     by_seed: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
-        if r.spec.arm_def.scheduled_penalty and not is_done(r.dir) and not (r.dir / "checkpoint").exists():
+        if r.spec.arm_def.scheduled_penalty and not_started(r.dir):
             by_seed.setdefault((r.profile.identity, r.spec.seed), []).append(r)
     return [PrefixGroup(g[0].profile, ",".join(r.name for r in g)) for g in by_seed.values() if len(g) > 1]
 

@@ -20,12 +20,7 @@ PROFILE = get_profile("paper-arch-smoke-gpt2", n_latents=64, n_meta=8, k=4, k_me
 RUNS = ["solo", "joint-l0.3-s1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

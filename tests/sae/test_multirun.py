@@ -21,13 +21,7 @@ PASS = PassConfig(rows_per_chunk=3, buffer_batches=2, stream_seed=1)
 RUNS = ["solo", "joint-l0.3-s1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny steps are dominated by thread wake-ups on a loaded machine (10x slower with 2 threads)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _acts() -> np.ndarray:

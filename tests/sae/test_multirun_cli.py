@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from paperlib.cli import main
 from paperlib.config import paths
@@ -13,12 +12,7 @@ from paperlib.config import paths
 PROFILE = "paper-arch-smoke-gpt2"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_many_in_stream_mode_trains_without_a_cache(tmp_artifacts, capsys):
