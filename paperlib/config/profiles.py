@@ -304,8 +304,9 @@ PROFILES: dict[str, Profile] = {
         lr_warmup_frac=0.05, lr_decay_frac=0.6, meta_lr=3e-3, penalty_start_frac=0.25, penalty_ramp_frac=0.1,
         # the §6 grid at σ² = 1 only (λ₂ ∈ {0.1, 0.3, 1}): the 60-min budget goes to the 3 paired seeds first
         grid_sigma2=(1.0,), ortho_gamma=(), primary_seeds=3, primary_arms=("solo", "joint"),
-        # No fuzz scores by default: at 16 features per configuration the smallest detectable Δfuzz was ~0.4
-        # (the paper's effect: +0.0175), so the minutes go to the paired seeds (notebook 07's n_fuzz_features).
+        # No fuzz scores by default: at 16 features per configuration the smallest detectable Δfuzz is about 0.5
+        # (two samples of 16 at the score SD 0.49 seen on `default`; the paper's effect: +0.0175),
+        # so the minutes go to the paired seeds (notebook 07's n_fuzz_features).
         autointerp_features=0,
         # Gemma 3's layer-9 residual has a massive outlier dimension (dim 163: mean ≈ 5435, std ≈ 1848
         # vs median |x| ≈ 18); with per-token standardisation alone 96 % of the latents died.
