@@ -208,12 +208,13 @@ def _finite_pre(pre: torch.Tensor, i: int) -> torch.Tensor:
     return pre
 
 
-def _active_inactive(batches: Any, k: int, n: int | None, desc: str, progress: bool
+def _active_inactive(batches: Any, k: int, n: int | None, desc: str, progress: bool, check: bool = True
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(pre, active, inactive) per batch: active = selected by BatchTopK and > 0, inactive = > 0 and not
-    selected (module doc). Every batch must have ``n`` features (the first batch's when ``n`` is None)."""
+    selected (module doc). Every batch must have ``n`` features (the first batch's when ``n`` is None).
+    ``check=False`` skips the finiteness check (for a second pass over batches already checked)."""
     for i, pre in enumerate(tqdm(_iter(batches), desc=desc, disable=not progress, leave=False)):
-        pre = _finite_pre(_as_tensor(pre), i)
+        pre = _finite_pre(_as_tensor(pre), i) if check else _as_tensor(pre)
         if n is None:
             n = pre.shape[1]
         elif pre.shape[1] != n:
@@ -288,29 +289,58 @@ def _calibrate_exact(batches: Any, k: int, max_values: int, progress: bool) -> C
                        theta_err=np.zeros(n), eer_lo=lo, eer_hi=hi)
 
 
+class _BinCounter:
+    """Exact int64 counts of flat bin indices in ``[0, size)``, added in chunks. Indices are buffered until they
+    outnumber the bins, so each ``np.bincount`` (whose cost includes a pass over all ``size`` bins) is paid
+    once per ``size`` indices rather than once per chunk."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.total = int(size), np.zeros(int(size), dtype=np.int64)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def add(self, idx: np.ndarray) -> None:
+        self.pending.append(idx)
+        self.n_pending += idx.size
+        if self.n_pending >= self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.total += np.bincount(np.concatenate(self.pending), minlength=self.size)
+            self.pending, self.n_pending = [], 0
+
+    def counts(self) -> np.ndarray:
+        self._flush()
+        return self.total
+
+
 def _calibrate_hist(batches: Any, k: int, n_bins: int, progress: bool) -> Calibration:
     vmax = None
     for i, pre in enumerate(tqdm(_iter(batches), desc="calibrate: range", disable=not progress, leave=False)):
-        m = _finite_pre(_as_tensor(pre), i).amax(0).clamp_min(0).cpu().numpy().astype(np.float64)
+        pre = _as_tensor(pre)
+        top = pre.amax(0)
+        if not bool(torch.isfinite(pre.sum(0)).all()):  # any NaN or ±inf makes its column's sum non-finite
+            _finite_pre(pre, i)
+        m = top.clamp_min(0).cpu().numpy().astype(np.float64)
         vmax = m if vmax is None else np.maximum(vmax, m)
     if vmax is None:
         raise ValueError("no calibration batches")
     n = vmax.size
     width = vmax / n_bins
     inv = np.where(width > 0, 1.0 / np.where(width > 0, width, 1.0), 0.0)
-    hA = np.zeros(n * n_bins, dtype=np.int64)
-    hU = np.zeros(n * n_bins, dtype=np.int64)
+    hA, hU = _BinCounter(n * n_bins), _BinCounter(n * n_bins)
     T = 0
-    for pre, sel, ina in _active_inactive(batches, k, n, "calibrate: hist", progress):
+    for pre, sel, ina in _active_inactive(batches, k, n, "calibrate: hist", progress, check=False):
         for mask, h in ((sel, hA), (ina, hU)):
             rc = mask.nonzero().cpu().numpy()
             f = rc[:, 1]
             v = pre[mask].cpu().numpy().astype(np.float64)
             b = np.minimum((v * inv[f]).astype(np.int64), n_bins - 1)
-            h += np.bincount(f * n_bins + b, minlength=n * n_bins)
+            h.add(f * n_bins + b)
         T += pre.shape[0]
-    hA = hA.reshape(n, n_bins)
-    hU = hU.reshape(n, n_bins)
+    hA = hA.counts().reshape(n, n_bins)
+    hU = hU.counts().reshape(n, n_bins)
     nA, nU = hA.sum(1), hU.sum(1)
     # strict CDF at edges e_0..e_nbins: count of values in bins < j
     zeros = np.zeros((n, 1), dtype=np.int64)
@@ -359,15 +389,21 @@ def sae_pre_batches(sae: Any, acts: Any, batch_size: int = 4096, *, device: str 
 
 def calibrate_sae(sae: Any, acts: Any, *, batch_size: int = 4096, mode: str = "exact", n_bins: int = 2048,
                   device: str | torch.device = "cpu", progress: bool = True,
-                  what: str = "calibration activations") -> Calibration:
+                  what: str = "calibration activations", max_held_bytes: int = 2**30) -> Calibration:
     """Calibrate EER thresholds of ``sae`` on calibration activations ``acts [T, d]``.
 
     BatchTopK is applied per ``batch_size``-token batch (use the training batch size, so selection
     statistics match training) with ``k = sae.k``. Non-finite activation rows raise, naming ``what``.
+    In ``hist`` mode the fp32 pre-activations ``[T, n]`` are kept in memory for the second pass when they take
+    at most ``max_held_bytes`` (else the encoder runs twice); the thresholds are the same either way.
     """
     def gen() -> Iterator[torch.Tensor]:
         return sae_pre_batches(sae, acts, batch_size, device=device, what=what)
 
-    cal = calibrate_from_pre(gen, int(sae.k), mode=mode, n_bins=n_bins, progress=progress)
+    n_latents = getattr(sae, "n_latents", None)
+    held = n_latents is not None and len(acts) * int(n_latents) * 4 <= max_held_bytes
+    # the histogram mode reads the pre-activations twice: held in memory they are encoded once
+    cal = calibrate_from_pre(list(gen()) if held and mode == "hist" else gen, int(sae.k), mode=mode, n_bins=n_bins,
+                             progress=progress)
     cal.meta.update({"batch_size": int(batch_size)})
     return cal

@@ -589,6 +589,17 @@ def cross_phi_topk(fired_a: Any, fired_b: Any, k: int, *, block_rows: int | None
 # SAE convenience
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
+def _bool_csr(mask: torch.Tensor) -> sp.csr_matrix:
+    """CSR (bool data, sorted column indices) of a 2-D bool tensor, built from its flat nonzero indices
+    (about 3x faster than scipy's conversion of the dense array)."""
+    B, n = mask.shape
+    flat = mask.reshape(-1).nonzero().squeeze(1).cpu().numpy()
+    rows, cols = np.divmod(flat, n)
+    indptr = np.zeros(B + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=B), out=indptr[1:])
+    return sp.csr_matrix((np.ones(cols.size, dtype=bool), cols, indptr), shape=(B, n))
+
+
 def firing_from_sae(sae: Any, acts: Any, thresholds: Any, batch_size: int = 4096, *,
                     device: str | torch.device = "cpu", progress: bool = True,
                     what: str = "co-occurrence activations") -> sp.csr_matrix:
@@ -603,7 +614,7 @@ def firing_from_sae(sae: Any, acts: Any, thresholds: Any, batch_size: int = 4096
     parts = []
     for _, x, f in iter_codes(sae, acts, thresholds, batch_size, device=device, progress=progress, desc="firing"):
         check_chunk(x, acts, what)
-        parts.append(sp.csr_matrix((f > 0).cpu().numpy()))
+        parts.append(_bool_csr(f > 0))
     if not parts:
         return sp.csr_matrix((0, int(as_thresholds(thresholds).shape[0])), dtype=bool)
     return sp.vstack(parts, "csr").astype(bool)

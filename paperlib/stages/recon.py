@@ -11,7 +11,8 @@ import numpy as np
 from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
-from paperlib.metrics.reconstruction import RATE_LOG10_EDGES, ReconMetrics, firing_summary, reconstruction_metrics
+from paperlib.metrics.reconstruction import (RATE_LOG10_EDGES, ReconMetrics, firing_summary,
+                                           reconstruction_metrics_pair)
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
 from paperlib.stages.cooccur import load_firing
@@ -94,8 +95,7 @@ def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionR
     n_tok = len(full) if p.eval.recon_tokens is None else min(len(full), int(p.eval.recon_tokens))
     acts = full[:n_tok]
     what = acts_label(p, "cooccurrence")
-    m = reconstruction_metrics(sae, acts, theta, batch_size=p.sae.batch_size, progress=progress, what=what)
-    b = reconstruction_metrics(sae, acts, None, batch_size=p.sae.batch_size, progress=progress, what=what)
+    m, b = reconstruction_metrics_pair(sae, acts, theta, batch_size=p.sae.batch_size, progress=progress, what=what)
     firing = {"firing_n_tokens": n_tok, "n_dead": m.n_dead, "dead_frac": m.dead_frac,
               "firing_rate_quantiles": m.firing_rate_quantiles, "firing_counts": m.firing_counts,
               "rate_hist_counts": m.rate_hist_counts}

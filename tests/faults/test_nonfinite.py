@@ -64,12 +64,14 @@ def test_one_nan_token_in_calibration_raises(mode):
         calibrate_sae(_sae(), acts, batch_size=64, mode=mode, progress=False)
 
 
-def test_nan_pre_activations_raise_in_calibration():
+@pytest.mark.parametrize("mode", ["hist", "exact"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_pre_activations_raise_in_calibration(mode, bad):
     from paperlib.metrics.calibration import calibrate_from_pre
     pre = torch.rand(8, 6)
-    pre[3, 2] = float("nan")
-    with pytest.raises(NonFiniteError, match="batch 0: 1 rows"):
-        calibrate_from_pre([pre], 2, mode="hist", progress=False)
+    pre[3, 2] = bad
+    with pytest.raises(NonFiniteError, match="batch 1: 1 rows"):
+        calibrate_from_pre([torch.rand(8, 6), pre], 2, mode=mode, progress=False)
 
 
 def test_nan_rows_in_cooccurrence_and_reconstruction_raise():

@@ -113,6 +113,7 @@ def test_hist_close_to_exact_within_bound():
 
 class _FakeSAE:
     k = 2
+    n_latents = 16
 
     def __init__(self, W):
         self.W = W
@@ -142,6 +143,11 @@ def test_calibrate_sae_and_save_load(tmp_path):
     assert s["batchtopk_L0"] == pytest.approx(2.0)
     ch = cal.calibrate_sae(sae, acts, batch_size=256, mode="hist", n_bins=256, progress=False)
     assert ch.mode == "hist"
+    # held in memory (default) or encoded twice (nothing held): the same histogram thresholds and counts
+    ch2 = cal.calibrate_sae(sae, acts, batch_size=256, mode="hist", n_bins=256, progress=False, max_held_bytes=0)
+    for name in cal.ARRAY_FIELDS:
+        np.testing.assert_array_equal(getattr(ch, name), getattr(ch2, name))
+
 
 
 def _full_topk_select(pre, k):

@@ -154,3 +154,16 @@ def test_firing_from_sae():
     pre = np.maximum(acts.astype(np.float32) @ W.astype(np.float32), 0)
     np.testing.assert_array_equal(F.toarray(), pre > 0.5)
     assert sp.isspmatrix_csr(F) or isinstance(F, sp.csr_array)
+
+
+def test_firing_csr_is_canonical_and_handles_empty_rows():
+    rng = np.random.default_rng(5)
+    W = rng.normal(size=(4, 9))
+    acts = rng.normal(size=(40, 4)).astype(np.float32)
+    acts[[0, 13, 39]] = 0.0  # rows that fire nothing
+    theta = np.full(9, 0.8, dtype=np.float32)
+    F = co.firing_from_sae(_FakeSAE(W), acts, theta, batch_size=6, progress=False)
+    ref = sp.csr_matrix(np.maximum(acts @ W.astype(np.float32), 0) > 0.8)
+    assert F.has_sorted_indices and F.dtype == bool and F.shape == (40, 9)
+    np.testing.assert_array_equal(F.indptr, ref.indptr)
+    np.testing.assert_array_equal(F.indices, ref.indices)

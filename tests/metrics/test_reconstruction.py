@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from paperlib.metrics.reconstruction import ReconAccumulator, reconstruction_metrics
+from paperlib.metrics.reconstruction import ReconAccumulator, reconstruction_metrics, reconstruction_metrics_pair
 
 
 class _FakeSAE:
@@ -98,3 +98,25 @@ def test_accumulator_bad_input():
         acc.update(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros((2, 6)))
     with pytest.raises(ValueError):
         acc.result()
+
+
+def test_pair_equals_the_two_single_passes_and_sparse_decode_equals_dense():
+    d, n, T = 10, 30, 410
+    rng = np.random.default_rng(3)
+    acts = (rng.normal(size=(T, d)) * 2).astype(np.float32)
+    sae = _FakeSAE(d, n, seed=4)
+    theta = np.full(n, 0.3, dtype=np.float32)
+    t, b = reconstruction_metrics_pair(sae, acts, theta, batch_size=64, progress=False)
+    t1 = reconstruction_metrics(sae, acts, theta, batch_size=64, progress=False)
+    b1 = reconstruction_metrics(sae, acts, None, batch_size=64, progress=False)
+    for got, ref in ((t, t1), (b, b1)):
+        assert got.encoding == ref.encoding
+        assert got.mse == ref.mse and got.l0 == ref.l0
+        np.testing.assert_array_equal(got.firing_counts, ref.firing_counts)
+    # the sparse decode inside against the dense reference product
+    x, xn, f, xh = _reference(sae, acts, theta)
+    assert t.sse == pytest.approx(((xh - xn) ** 2).sum(), rel=1e-6)
+    fb = np.concatenate([sae.encode(torch.as_tensor(acts[s:s + 64])).double().numpy() for s in range(0, T, 64)])
+    np.testing.assert_array_equal(b.firing_counts, (fb != 0).sum(0))
+    xhb = (torch.as_tensor(fb).float() @ sae.W_dec + sae.b_dec).double().numpy()
+    assert b.sse == pytest.approx(((xhb - xn) ** 2).sum(), rel=1e-6)
