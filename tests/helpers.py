@@ -40,3 +40,23 @@ def brute_phi(F) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if den > 0:
                 ph[i, j] = (T * N11[i, j] - N1[i] * N1[j]) / math.sqrt(den)
     return N1, N11, ph
+
+
+def stepping_task(folder: str, name: str, threads: int) -> str:
+    """A pool task (``run_tasks`` signature) that takes 100 steps of 50 ms, writing ``<name>.step`` after each;
+    when asked to stop it writes ``<name>.checkpoint`` and raises KeyboardInterrupt, as training does."""
+    import time
+    from pathlib import Path
+
+    from paperlib.config.interrupt import stop_after_step
+
+    folder_path = Path(folder)
+    with stop_after_step() as stop:
+        for step in range(100):
+            time.sleep(0.05)
+            (folder_path / f"{name}.step").write_text(str(step))
+            if stop.requested:
+                (folder_path / f"{name}.checkpoint").write_text(str(step))
+                raise KeyboardInterrupt(name)
+    (folder_path / f"{name}.finished").write_text("")
+    return name

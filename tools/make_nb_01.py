@@ -18,6 +18,7 @@ seeds: Optional[str] = None    # e.g. "0,1" to train every selected run once per
 from paperlib.stages.select import training_plan
 from paperlib.stages.train import ensure_trained
 from paperlib.report.training import final_metrics, training_curves
+from paperlib.report.figures import figure_caption
 
 ctx = setup(profile)
 plan = training_plan(ctx.profile, sae, lambda2=lambda2, sigma2=sigma2, seeds=seeds)
@@ -25,7 +26,7 @@ print(f"{len(plan)} runs:", ", ".join(r.name for r in plan))''',
         ("md", "## Train (cached activations are extracted first if missing)"),
         '''run_dirs = ensure_trained(ctx.profile, plan)''',
         ("md", "## Training curves and final metrics"),
-        '''fig = training_curves(plan)
+        '''fig = training_curves(plan, caption=figure_caption(ctx.profile))
 save_figure(fig, ctx.figures, "training_curves")''',
         '''table = final_metrics(plan)
 save_table(table, ctx.tables, "training_final")

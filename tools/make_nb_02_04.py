@@ -64,18 +64,9 @@ co_joint = cooccur.ensure_cooccurrence(Run.of(ctx.profile, joint))
 fig = figures.fig1a_phi_density(co["solo"].all, co_joint.all, joint_label=joint, solo_alive=co["solo"].alive,
                                 joint_alive=co_joint.alive, caption=caption)
 save_figure(fig, ctx.figures, "fig1a_phi_density_diff")''',
-        ("md", "## App. C: φ sign and shape statistics"),
-        '''import numpy as np
-def shape_row(name, c):
-    e, h = c.hist_edges, c.hist_counts
-    tail = lambda x: float(h[e[:-1] >= x - 1e-12].sum() / c.n_pairs)
-    return {"run": name, "frac_negative": c.frac_negative, "median_phi": c.median_phi,
-            "mean_phi": c.mean_phi, "min_phi": c.min_phi, "tail_max_phi": c.max_phi,
-            "frac_phi_gt_0.1": tail(0.1), "frac_phi_gt_0.3": tail(0.3), "mean_abs_phi": c.mean_abs_phi,
-            "n_dead": c.n_dead, "n_always_on": c.n_always_on}
-appc = pd.DataFrame([shape_row("solo", co["solo"].all), shape_row(joint, co_joint.all),
-                     shape_row("solo (alive pairs)", co["solo"].alive),
-                     shape_row(f"{joint} (alive pairs)", co_joint.alive)])
+        ("md", "## App. C: φ sign and shape statistics (all pairs, alive pairs, pairs of a dead or rare latent)"),
+        '''from paperlib.report.cooccurrence import phi_shape_table
+appc = phi_shape_table({"solo": (co["solo"].all, co["solo"].alive), joint: (co_joint.all, co_joint.alive)})
 save_table(appc, ctx.tables, "appC_phi_shape")
 appc''',
         ("md", "## App. B: firing-rate distributions (thresholded encoder, co-occurrence range)"),
@@ -125,13 +116,13 @@ for base, treat in compare.COMPARISONS:
         per_seed[f"{treat} vs {base}"] = {
             s: [100 * (b[s] - a[s]) / abs(a[s]) for a, b in zip(vals[base], vals[treat])] for s in compare.STATISTICS}
 if "delta_pct" in paired:
-    d = ctx.profile.data
-    fig = primary.paired_seed_figure(paired, per_seed, title=f"{d.model}, layer {d.layer}: "
-                                     "treatment − baseline, paired by seed")
+    fig = primary.paired_seed_figure(paired, per_seed, caption=caption)
     save_figure(fig, ctx.figures, "primary_paired_seeds")''',
         ("md", "### Firing-rate-matched comparison (joint vs solo)"),
         '''rm_rows, rm = compare.rate_matched_table(ctx.profile)
 save_table(rm_rows, ctx.tables, "primary_rate_matched")
+pooled = pd.DataFrame([{k: v for k, v in rm.items() if k.startswith("pooled_")}])
+save_table(pooled, ctx.tables, "primary_rate_matched_pooled")  # one regression, errors clustered by seed pair
 print(rm)
 rm_rows''',
         ("md", "## Convergence of every run\n\nCriteria: relative change of the smoothed training L2 over the "
@@ -146,7 +137,7 @@ conv[["run", "steps", "l2_change_last20", "dead_eval", "dead_frac", "meta_err_fi
         '''show = {f"{r.label} (seed {r.spec.seed})": read_metrics(r) for arm in ("joint", "randcritic")
         for r in handles.get(arm, [])[:1]}
 if show:
-    fig = primary.critic_rows_figure(show)
+    fig = primary.critic_rows_figure(show, caption=caption)
     save_figure(fig, ctx.figures, "critic_penalty_rows")''',
         ("md", "## Table 1 (every run; Δ vs the paired solo seed)"),
         '''table = select.grid_table(ctx.profile, runs)
@@ -194,5 +185,17 @@ for run in pair:
 recon_df = pd.DataFrame(rows)
 save_table(recon_df, ctx.tables, "reconstruction_summary")
 recon_df''',
+        ("md", "## Export to SAELens\n\nThe primary pair (solo and the paper's configuration, seed 0) in SAELens' "
+               "format, as `python -m paperlib.export` writes it: a JumpReLU SAE with the calibrated thresholds, the "
+               "hook and model from the profile, and the log10 firing rates. `sae_lens.SAE.load_from_disk(folder)` "
+               "reads each folder. SAEs that standardise per dimension and per token cannot take raw activations "
+               "and are skipped here (see the README)."),
+        '''from paperlib.config.paths import profile_dir
+from paperlib.stages import export
+if ctx.profile.sae.input_norm == "token":
+    for folder in export.export_runs(ctx.profile, pair[:2], profile_dir(ctx.profile) / "exports", progress=False):
+        print(folder)
+else:
+    print(f"input_norm={ctx.profile.sae.input_norm!r}: not exportable for raw activations (README, Export)")''',
     ],
 )

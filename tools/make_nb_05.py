@@ -47,7 +47,8 @@ print(f"{len(runs)} seed pairs: " + ", ".join(f"{a.name} ↔ {b.name}" for a, b 
         '''for a, b in runs:
     m = interp.ensure_matching(a, b)
     print(f"{a.name} ↔ {b.name}: {m.summary()}; median cosine {m.pairs['cosine'].median():.3f}")
-save_figure(cosine_figure(interp.ensure_matching(*runs[0])), ctx.figures, "autointerp_match_cosine")''',
+save_figure(cosine_figure(interp.ensure_matching(*runs[0]), caption=figures.figure_caption(ctx.profile)),
+            ctx.figures, "autointerp_match_cosine")''',
         ("md", "## Explain and fuzz-score matched pairs inside the budget\n\n"
                "A pilot of pairs measures the cost per feature; the number of pairs then fills what is left of the "
                "budget (minus a reserve for the figures), with the retest and shuffled-control shares on top."),

@@ -37,6 +37,7 @@ judge: str = "local"          # local | openai | none (no fuzz scores / explanat
 from IPython.display import Markdown, display
 
 from paperlib.report.case_studies import case_study_markdown, cross_phi_figure, null_frame, null_text, save_case_studies
+from paperlib.report.figures import figure_caption
 from paperlib.report.notebook import save_figure, save_table, setup
 from paperlib.sae.arms import grid_runs, parse_run, primary_runs
 from paperlib.stages.case_studies import case_studies
@@ -78,7 +79,8 @@ save_case_studies(res["splitting"], ctx.tables, "case_studies_splitting", "Split
 save_case_studies(res["merging"], ctx.tables, "case_studies_merging", "Merging case studies", note)
 save_table(null_frame(res), ctx.tables, "case_studies_null")""",
         ("md", "## Cross-φ structure of the candidates"),
-        """fig = cross_phi_figure(res["cross_phi"], solo_label="solo", joint_label=joint)
+        """fig = cross_phi_figure(res["cross_phi"], solo_label="solo", joint_label=joint,
+                       caption=figure_caption(ctx.profile))
 save_figure(fig, ctx.figures, "case_studies_cross_phi")""",
         ("md", "## Splitting case studies"),
         """display(Markdown(case_study_markdown(res["splitting"], "Splitting", note)))""",

@@ -74,6 +74,7 @@ class OpenAIJudge(JudgeStats):
         base = base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1"
         self.endpoint = base.rstrip("/")
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self._redact_key = key if len(key) >= 4 else ""  # shorter keys would redact ordinary words
         self.cache = DiskCache(cache_dir)
         self.max_workers, self.batch_size = max_workers, batch_size
         self.timeout, self.max_retries = timeout, max_retries
@@ -97,9 +98,15 @@ class OpenAIJudge(JudgeStats):
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIJudge(model={self.model!r}, base_url={self.endpoint!r})"
 
+    def redact(self, text: str) -> str:
+        """``text`` with the API key replaced (a server may echo the request's headers in its error text, and
+        failure details go to logs, exceptions and the stage's saved statistics)."""
+        return text.replace(self._redact_key, "<OPENAI_API_KEY>") if self._redact_key else text
+
     # -- transport
     def _failed(self, kind: str, detail: str) -> None:
         """Record a failed call; too many in a row stop the run."""
+        detail = self.redact(detail)
         self.record_failure(kind, detail)
         with self._row_lock:
             self._in_a_row += 1
@@ -118,7 +125,8 @@ class OpenAIJudge(JudgeStats):
             reply = self._client.chat.completions.create(model=self.model, **request)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise JudgeAuthError(
-                f"judge endpoint {url} refused the credentials (HTTP {e.status_code}: {str(e)[:200]}). Set "
+                f"judge endpoint {url} refused the credentials (HTTP {e.status_code}: "
+                f"{self.redact(str(e))[:200]}). Set "
                 "OPENAI_API_KEY (or api_key) to a key this server accepts for model "
                 f"{self.model!r}.") from None
         except openai.APIStatusError as e:
@@ -173,7 +181,7 @@ class OpenAIJudge(JudgeStats):
 
     def _invalid(self, reply: str | None, what: str) -> None:
         if reply is not None:  # failed calls were recorded by _post
-            self.record_failure("invalid_answer", f"{what}: {reply[:200]}")
+            self.record_failure("invalid_answer", self.redact(f"{what}: {reply[:200]}"))
 
     # -- Judge interface
     def explain(self, items: Sequence[JudgeItem]) -> str | None:

@@ -226,6 +226,7 @@ def score_contexts(ctx: FeatureContexts, judge: Judge, decode: Decoder, *,
     rec["explanation"] = expl or ""
     rec["missing"] = expl is None and bool(ctx.explain)
     if expl is None:
+        rec["fuzz_score"] = float("nan")  # not scored: missing, never a score, and the column always exists
         return rec
     rec.update(fuzz(ctx, expl, judge, decode, seed=seed, halves=halves, min_windows=min_windows))
     if do_detection:

@@ -24,7 +24,7 @@ Memory of :class:`SparseFiring`: CSR + CSC copies of F with int32 indices and in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -631,6 +631,7 @@ __all__ += [
     "mean_null_abs_phi",
     "null_abs_phi",
     "null_abs_phi_many",
+    "pooled_rate_regression",
     "rate_matched_delta",
     "rate_robust_stats",
     "rate_robust_stats_blockwise",
@@ -1152,4 +1153,34 @@ def rate_matched_delta(counts_a: Counts | SparseFiring, counts_b: Counts | Spars
         "n_a": int(ys[0].size), "n_b": int(ys[1].size), "min_count": int(min_count),
         "cell_diff": cell_diff, "cell_rel_pct": cell_diff * pct,
         "n_cells_used": int(sum(1 for r in cells if r["n_a"] and r["n_b"])), "cells": cells,
+        "latents": {"row_mean": y, "log_rate": lr, "arm": arm_ind},
     }
+
+
+def pooled_rate_regression(groups: Sequence[Mapping[str, np.ndarray]], *, confidence: float = 0.95) -> dict[str, Any]:
+    """One regression over all seed pairs: ``row_mean ~ arm + log(rate) + pair`` (a fixed effect per pair) on the
+    latents of every pair (``groups``: each :func:`rate_matched_delta`'s ``latents``), with standard errors
+    clustered by pair (statsmodels ``cov_type="cluster"``; t with G − 1 degrees of freedom), since latents of one
+    SAE are not independent samples. ``rel_*_pct`` are in % of arm A's mean row-mean |φ| over all pairs."""
+    from statsmodels.regression.linear_model import OLS  # lazy, as in rate_matched_delta
+
+    finite_array("confidence", confidence)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError("confidence must be in (0, 1)")
+    if len(groups) < 2:
+        raise ValueError(f"a clustered regression needs at least 2 pairs, got {len(groups)}")
+    y = np.concatenate([np.asarray(g["row_mean"], dtype=np.float64) for g in groups])
+    arm = np.concatenate([np.asarray(g["arm"], dtype=np.float64) for g in groups])
+    lr = np.concatenate([np.asarray(g["log_rate"], dtype=np.float64) for g in groups])
+    gid = np.concatenate([np.full(len(g["row_mean"]), k) for k, g in enumerate(groups)])
+    dummies = (gid[:, None] == np.arange(1, len(groups))[None, :]).astype(np.float64)
+    X = np.column_stack([np.ones_like(y), arm, lr, dummies])
+    fit = OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": gid}, use_t=True)
+    ci = np.asarray(fit.conf_int(alpha=1.0 - confidence))
+    mean_a = float(y[arm == 0].mean())
+    pct = 100.0 / mean_a if mean_a else float("nan")
+    return {"coef_arm": float(fit.params[1]), "se_arm": float(fit.bse[1]), "p_arm": float(fit.pvalues[1]),
+            "ci_low": float(ci[1, 0]), "ci_high": float(ci[1, 1]), "df": float(fit.df_resid_inference),
+            "rel_pct": float(fit.params[1]) * pct, "rel_ci_low_pct": float(ci[1, 0]) * pct,
+            "rel_ci_high_pct": float(ci[1, 1]) * pct, "n_groups": len(groups), "n_latents": int(y.size),
+            "confidence": float(confidence)}

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from paperlib.metrics.matching import MatchResult
+from paperlib.report.figures import add_caption, arm_color, styled
 
-__all__ = ["PAIRS_COLUMNS", "SUMMARY_COLUMNS", "cosine_figure", "describe", "fuzz_density_figure",
+__all__ = ["PAIRS_COLUMNS", "SUMMARY_COLUMNS", "cosine_figure", "describe",
            "pairs_summary_table",
            "summary_table"]
 
@@ -34,41 +35,13 @@ def summary_table(summary: dict, sanity: dict) -> pd.DataFrame:
     return pd.DataFrame([{c: row.get(c, np.nan) for c in SUMMARY_COLUMNS}])
 
 
-def fuzz_density_figure(per: pd.DataFrame, bin_width: float = 1 / 3) -> plt.Figure:
-    """Paper Fig. 2: density of fuzz scores joint − solo over matched pairs, plus both histograms.
-
-    Histogram densities on bins of ``bin_width`` centred on multiples of it (the lean setting's
-    scores are multiples of 1/3), over pairs where both sides have a score.
-    """
-    ok = per["fuzz_solo"].notna() & per["fuzz_joint"].notna()
-    a, b = per.loc[ok, "fuzz_solo"].to_numpy(float), per.loc[ok, "fuzz_joint"].to_numpy(float)
-    half = bin_width / 2
-    edges = np.arange(-1 - half, 1 + half + 1e-9, bin_width)
-    da, _ = np.histogram(a, edges, density=True)
-    db, _ = np.histogram(b, edges, density=True)
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].bar(centres - bin_width * 0.2, da, width=bin_width * 0.4, label=f"solo (mean {a.mean():.3f})"
-              if len(a) else "solo")
-    ax[0].bar(centres + bin_width * 0.2, db, width=bin_width * 0.4, label=f"joint (mean {b.mean():.3f})"
-              if len(b) else "joint")
-    ax[0].set(xlabel="fuzz score (2·acc − 1)", ylabel="density", title=f"fuzz scores, {len(a)} pairs")
-    ax[0].legend()
-    diff = db - da
-    ax[1].bar(centres, diff, width=bin_width * 0.9, color=np.where(diff >= 0, "tab:green", "tab:red"))
-    ax[1].axhline(0, color="k", lw=0.8)
-    ax[1].set(xlabel="fuzz score (2·acc − 1)", ylabel="density joint − solo",
-              title="Fig. 2: density difference (joint − solo)")
-    fig.tight_layout()
-    return fig
-
-
-def cosine_figure(match: MatchResult) -> plt.Figure:
+@styled
+def cosine_figure(match: MatchResult, *, caption: str | None = None) -> plt.Figure:
     """Histogram of the matched pairs' decoder cosine similarities."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.hist(match.pairs["cosine"], bins=50)
-    ax.set(xlabel="decoder cosine (solo ↔ joint)", ylabel="pairs",
-           title=f"{match.n_pairs} matched alive pairs")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.hist(match.pairs["cosine"], bins=50, color=arm_color("joint"))
+    ax.set(xlabel="decoder cosine (solo ↔ joint)", ylabel="pairs")
+    add_caption(fig, caption, f"Matched alive latent pairs: {match.n_pairs}")
     fig.tight_layout()
     return fig
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from paperlib.config.io import write_text
 from paperlib.metrics.case_studies import CandidatePhi
+from paperlib.report.figures import add_caption, styled
 from paperlib.stages.case_studies import CaseStudy, Snippet
 
 __all__ = ["case_study_markdown", "cross_phi_figure", "format_context", "null_frame", "null_text", "save_case_studies",
@@ -112,8 +113,9 @@ def case_study_markdown(studies: Sequence[CaseStudy], title: str, note: str = ""
     return "\n".join(lines) + "\n"
 
 
+@styled
 def cross_phi_figure(cross_phi: Mapping[str, CandidatePhi], solo_label: str = "solo",
-                     joint_label: str = "joint") -> plt.Figure:
+                     joint_label: str = "joint", *, caption: str | None = None) -> plt.Figure:
     """Heatmaps of the exact cross-φ in ``cross_phi`` (the stage's ``"cross_phi"``): splitting
     candidates (rows, solo) × their joint partners, and merging candidates (rows, joint) × their solo
     partners. A kind without candidates gets no panel (one empty panel when neither has any)."""
@@ -137,6 +139,8 @@ def cross_phi_figure(cross_phi: Mapping[str, CandidatePhi], solo_label: str = "s
                 if abs(m[i, j]) >= 0.1:
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6)
         fig.colorbar(im, ax=ax, shrink=0.8, label="φ")
+        ax.grid(False)
+    add_caption(fig, caption, "Case studies: exact cross-φ between candidates and their partners")
     fig.tight_layout()
     return fig
 

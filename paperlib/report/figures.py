@@ -24,9 +24,9 @@ from paperlib.metrics.cooccurrence import WithinStats
 from paperlib.sae.arms import parse_run
 from paperlib.stages.recon import ReconstructionResult
 
-__all__ = ["ARM_COLORS", "STYLE", "appb_firing_rates", "arm_color", "arm_of", "calibration_firing_rates",
-           "fig1a_phi_density", "fig1b_grid_scatter", "fig2_autointerp", "figure_caption", "gemma_grid_figure",
-           "ground_truth_figure", "lambda_shades", "rebin"]
+__all__ = ["ARM_COLORS", "STYLE", "add_caption", "appb_firing_rates", "arm_color", "arm_of",
+           "calibration_firing_rates", "fig1a_phi_density", "fig1b_grid_scatter", "fig2_autointerp", "figure_caption",
+           "gemma_grid_figure", "ground_truth_figure", "lambda_shades", "rebin", "styled"]
 
 _CB = sns.color_palette("colorblind")
 ARM_COLORS: dict[str, tuple[float, float, float]] = {
@@ -39,7 +39,8 @@ STYLE: dict[str, Any] = {**sns.axes_style("whitegrid"), **sns.plotting_context("
 """Matplotlib rc settings every figure of this module is drawn with."""
 
 
-def _styled(fn: Callable[..., plt.Figure]) -> Callable[..., plt.Figure]:
+def styled(fn: Callable[..., plt.Figure]) -> Callable[..., plt.Figure]:
+    """Decorator: draw the figure under :data:`STYLE` (every figure of the package uses it)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> plt.Figure:
         with plt.rc_context(STYLE):
@@ -78,11 +79,12 @@ def figure_caption(profile: str | Profile, extra: str = "") -> str:
     return f"{s} · {extra}" if extra else s
 
 
-def _caption(fig: plt.Figure, caption: str | None, what: str) -> None:
+def add_caption(fig: plt.Figure, caption: str | None, what: str) -> None:
+    """Title the figure with ``what`` and, on a second line, ``caption`` (:func:`figure_caption`)."""
     fig.suptitle(f"{what}\n{caption}" if caption else what, fontsize=10)
 
 
-@_styled
+@styled
 def calibration_firing_rates(calibrations: Mapping[str, Any], *, caption: str | None = None) -> plt.Figure:
     """BatchTopK vs threshold firing rate per feature (log-log, identity line), one panel per run
     (``calibrations``: run name → :class:`paperlib.metrics.calibration.Calibration`); dead features omitted."""
@@ -102,7 +104,7 @@ def calibration_firing_rates(calibrations: Mapping[str, Any], *, caption: str | 
         ax.set_title(f"{name} (dead {int(c.dead.sum())})", fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    _caption(fig, caption, "EER thresholds: firing rate per latent, threshold vs BatchTopK")
+    add_caption(fig, caption, "EER thresholds: firing rate per latent, threshold vs BatchTopK")
     fig.tight_layout()
     return fig
 
@@ -126,7 +128,7 @@ def _diff_bars(ax: plt.Axes, mid: np.ndarray, width: np.ndarray, diff: np.ndarra
     ax.axhline(0, color="k", lw=0.6)
 
 
-@_styled
+@styled
 def fig1a_phi_density(solo: WithinStats, joint: WithinStats, *, joint_label: str = "joint",
                       rebin_factor: int = 50, xlim: tuple[float, float] = (-0.1, 0.3),
                       tail_start: float = 0.1, pairs: str = "all pairs", solo_alive: WithinStats | None = None,
@@ -195,12 +197,12 @@ def fig1a_phi_density(solo: WithinStats, joint: WithinStats, *, joint_label: str
         ax.set_xticks(x, ["alive pairs", "pairs with a dead or\ninactive latent"])
         ax.set(ylabel="pairs", title="pairs by kind (dead latents: φ = 0)")
         ax.legend(fontsize=7, loc="upper left")
-    _caption(fig, caption, f"Fig. 1a: within-SAE φ, solo vs {joint_label}")
+    add_caption(fig, caption, f"Fig. 1a: within-SAE φ, solo vs {joint_label}")
     fig.tight_layout()
     return fig
 
 
-@_styled
+@styled
 def fig1b_grid_scatter(table: pd.DataFrame, *, selected: str | None = None,
                        noise_floor: Mapping[str, Any] | None = None, paper: str | None = None,
                        caption: str | None = None) -> plt.Figure:
@@ -247,12 +249,12 @@ def fig1b_grid_scatter(table: pd.DataFrame, *, selected: str | None = None,
     ax.axvline(0, color="k", lw=0.5)
     ax.set(xlabel="ΔL2 vs solo (%)", ylabel="Δ mean |φ| vs solo (%)")
     ax.legend(fontsize=6.5, loc="best", ncol=2)
-    _caption(fig, caption, "Fig. 1b: exploratory grid (one seed per configuration)")
+    add_caption(fig, caption, "Fig. 1b: exploratory grid (one seed per configuration)")
     fig.tight_layout()
     return fig
 
 
-@_styled
+@styled
 def appb_firing_rates(recons: Mapping[str, ReconstructionResult], *, caption: str | None = None) -> plt.Figure:
     """App. B: log10 firing rate per latent (thresholded encoder, whole co-occurrence range) per run, with the
     dead latents (no firing on those tokens, rate 0) in their own bar on the left: they are what the appendix's
@@ -282,12 +284,12 @@ def appb_firing_rates(recons: Mapping[str, ReconstructionResult], *, caption: st
     axd.set_ylabel("latents")
     ax.set(xlabel="log10 firing rate (alive latents, 0.1-decade bins)", xlim=(edges[0], edges[-1]))
     ax.legend(fontsize=7.5, loc="upper left")
-    _caption(fig, caption, "App. B: firing-rate distribution per latent, dead latents included")
+    add_caption(fig, caption, "App. B: firing-rate distribution per latent, dead latents included")
     fig.tight_layout()
     return fig
 
 
-@_styled
+@styled
 def fig2_autointerp(pairs: pd.DataFrame, summary: Mapping[str, Any], *, solo_label: str = "solo",
                     joint_label: str = "joint", bin_width: float = 1 / 3, caption: str | None = None,
                     columns: tuple[str, str] = ("fuzz_solo", "fuzz_joint"),
@@ -333,12 +335,12 @@ def fig2_autointerp(pairs: pd.DataFrame, summary: Mapping[str, Any], *, solo_lab
     axd.set_yticks([])
     axd.set(xlabel=f"Δ mean, {joint_label} − {solo_label}",
             title=f"Δ = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]\npaired t-test p = {p:.2g}, n = {n}")
-    _caption(fig, caption, f"Fig. 2: auto-interp {what}, {solo_label} vs {joint_label}")
+    add_caption(fig, caption, f"Fig. 2: auto-interp {what}, {solo_label} vs {joint_label}")
     fig.tight_layout()
     return fig
 
 
-@_styled
+@styled
 def gemma_grid_figure(table: pd.DataFrame, *, caption: str | None = None) -> plt.Figure:
     """§6 figure on Fig. 1b's axes (x = ΔL2 vs solo %, y = Δ mean |φ| vs solo %; joint configurations as shades
     of the joint colour by λ₂, marker = σ²), and, when the table has fuzz scores, the absolute Δ mean fuzz vs solo
@@ -364,7 +366,7 @@ def gemma_grid_figure(table: pd.DataFrame, *, caption: str | None = None) -> plt
     if has_fuzz:
         _fuzz_panel(axes[0, 1], table, joint, vals, colours)
     what = " and fuzz change" if has_fuzz else ""
-    _caption(fig, caption, f"§6: second model, co-occurrence vs reconstruction{what}")
+    add_caption(fig, caption, f"§6: second model, co-occurrence vs reconstruction{what}")
     fig.tight_layout()
     return fig
 
@@ -388,7 +390,7 @@ def _fuzz_panel(b: plt.Axes, table: pd.DataFrame, joint: pd.DataFrame, vals: np.
     b.set_title("fuzz score change per configuration")
 
 
-@_styled
+@styled
 def ground_truth_figure(df: pd.DataFrame, corr: pd.DataFrame | None = None, *, phi_stat: str = "mean_abs_phi_all",
                         metrics: tuple[str, ...] = ("act_f1", "act_recall", "multi_share", "mmcs_true"),
                         caption: str | None = None) -> plt.Figure:
@@ -417,9 +419,9 @@ def ground_truth_figure(df: pd.DataFrame, corr: pd.DataFrame | None = None, *, p
             if len(r):
                 r = r.iloc[0]
                 title = f"{m}: ρ = {r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-        ax.set(xlabel=phi_stat, ylabel=m, title=title)
-        ax.title.set_fontsize(8)
+        ax.set(xlabel=phi_stat, ylabel=m, title=title, ylim=(0.0, 1.02))  # every metric is a fraction: the
+        ax.title.set_fontsize(8)  # full [0, 1] axis, so a difference of a few points looks like what it is
     axes[0][0].legend(fontsize=6)
-    _caption(fig, caption, "Synthetic ground truth: latent co-firing vs atomicity, one point per SAE")
+    add_caption(fig, caption, "Synthetic ground truth: latent co-firing vs atomicity, one point per SAE")
     fig.tight_layout()
     return fig

@@ -16,13 +16,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from paperlib.report.figures import ARM_COLORS, add_caption, arm_color, styled
 from paperlib.sae.arms import ROW_QUANTILES
 
-COLORS = {"joint vs solo": "tab:blue", "randcritic vs solo": "tab:orange", "joint vs randcritic": "tab:green"}
+COLORS = {"joint vs solo": ARM_COLORS["joint"], "randcritic vs solo": ARM_COLORS["randcritic"],
+          "joint vs randcritic": ARM_COLORS["control"]}
+"""One colour per comparison: each treatment's arm colour against solo (figures.ARM_COLORS)."""
 
 
+@styled
 def paired_seed_figure(table: pd.DataFrame, per_seed: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
-                       title: str = "") -> plt.Figure:
+                       title: str = "", *, caption: str | None = None) -> plt.Figure:
     """Δ (% of the baseline mean) with its 95% CI over paired seeds, one row per statistic; dots are the
     single seeds' differences when ``per_seed[comparison][statistic]`` is given; bars at ±``mde_pct`` (when the
     table has it) mark the minimum detectable effect."""
@@ -58,12 +62,14 @@ def paired_seed_figure(table: pd.DataFrame, per_seed: Mapping[str, Mapping[str, 
     ax.set_xlabel(f"paired difference, % of the baseline mean (95% CI over {k} seeds; dots: single seeds; "
                   "bars: ±minimum detectable effect)")
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title or "Primary comparison: treatment − baseline, paired by seed", fontsize=10)
+    add_caption(fig, caption, title or "Primary comparison: treatment − baseline, paired by seed")
     fig.tight_layout()
     return fig
 
 
-def critic_rows_figure(records: Mapping[str, Sequence[Mapping[str, float]]], title: str = "") -> plt.Figure:
+@styled
+def critic_rows_figure(records: Mapping[str, Sequence[Mapping[str, float]]], title: str = "", *,
+                       caption: str | None = None) -> plt.Figure:
     """Quantiles over rows of the per-row penalty p_i against training steps, one panel per run
     (``records``: run label → its training records)."""
     keys = [f"p_row_q{round(100 * a):02d}" for a in ROW_QUANTILES]
@@ -75,9 +81,10 @@ def critic_rows_figure(records: Mapping[str, Sequence[Mapping[str, float]]], tit
             continue
         step = np.array([r["step"] for r in rows])
         q = np.array([[r[k] for k in keys] for r in rows])
-        ax.fill_between(step, q[:, 0], q[:, -1], alpha=0.2, label="5–95% of rows")
-        ax.fill_between(step, q[:, 1], q[:, -2], alpha=0.35, label="25–75% of rows")
-        ax.plot(step, q[:, 2], lw=1.2, label="median row")
+        c = arm_color(str(label).split(" ")[0])
+        ax.fill_between(step, q[:, 0], q[:, -1], alpha=0.2, color=c, label="5–95% of rows")
+        ax.fill_between(step, q[:, 1], q[:, -2], alpha=0.35, color=c, label="25–75% of rows")
+        ax.plot(step, q[:, 2], lw=1.2, color=c, label="median row")
         scale = np.array([r.get("penalty_scale", 1.0) for r in rows])
         if (scale < 1).any():
             ax.plot(step, scale, "k--", lw=0.8, label="penalty weight / λ₂")
@@ -85,6 +92,6 @@ def critic_rows_figure(records: Mapping[str, Sequence[Mapping[str, float]]], tit
         ax.set_xlabel("primary step")
     axes[0][0].set_ylabel("p_i = exp(−‖W_dec[i] − Ŵ[i]‖² / σ²)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title or "Per-row penalty over training (does the critic discriminate between rows?)", fontsize=10)
+    add_caption(fig, caption, title or "Per-row penalty over training (does the critic discriminate between rows?)")
     fig.tight_layout()
     return fig

@@ -183,14 +183,15 @@ def _pct_ci(r) -> str:
             if "delta_pct" in r and math.isfinite(float(r["delta_pct"])) else "n/a")
 
 
-def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None) -> list[str]:
+def primary_lines(paired: pd.DataFrame | None, rate: pd.DataFrame | None,
+                  pooled: pd.DataFrame | None = None) -> list[str]:
     """The primary comparison as Markdown: verdict sentence, one row per comparison and statistic."""
     if paired is None or not len(paired):
         return ["The primary comparison has not run (notebook 04)."]
     k = int(paired["K"].max())
     lines = [f"**{overall_verdict(paired)}**", ""]
     if rate is not None and len(rate):
-        lines += rate_matched_lines(rate) + [""]
+        lines += rate_matched_lines(rate, pooled) + [""]
     lines += [
              f"Paired t-test over K = {k} training seeds (seed s shares initialisation and data order across "
              "arms; K − 1 df). Δ in % of the baseline mean with its 95% CI; MDE = smallest |Δ| detectable with "
@@ -215,9 +216,10 @@ def _seed_ci(values: pd.Series) -> tuple[float, float, float, float]:
     return r.mean_diff, r.ci_low, r.ci_high, mde_or_nan(r.std_diff, r.n)
 
 
-def rate_matched_lines(rate: pd.DataFrame) -> list[str]:
+def rate_matched_lines(rate: pd.DataFrame, pooled: pd.DataFrame | None = None) -> list[str]:
     """The firing-rate-matched estimates (regression and rate-cell strata) with their CIs over seeds and minimum
-    detectable effects (80% power, α = 0.05), and whether they agree with the raw difference."""
+    detectable effects (80% power, α = 0.05), the regression pooled over seeds with pair-clustered errors (when
+    ``pooled`` is given), and whether the estimates agree with the raw difference."""
     raw, reg, cell = (_seed_ci(rate[c]) for c in ("raw_rel_pct", "rel_diff_pct", "cell_rel_pct"))
     k = len(rate)
 
@@ -228,6 +230,13 @@ def rate_matched_lines(rate: pd.DataFrame) -> list[str]:
            f"partners), mean over {k} seeds with 95% CI and the minimum detectable \\|Δ\\| (MDE: 80% power, α = 0.05): "
            f"raw {fmt(raw)}; adjusted by regression on arm and log "
            f"firing rate {fmt(reg)}; within firing-rate cells {fmt(cell)}."]
+    if pooled is not None and len(pooled) and "pooled_rel_pct" in pooled:
+        q = pooled.iloc[0]
+        out.append(f"The same regression pooled over the {int(q['pooled_n_groups'])} seed pairs "
+                   f"({int(q['pooled_n_latents']):,} latents, a fixed effect per pair, standard errors clustered by "
+                   f"pair, t with {int(q['pooled_df'])} df): {q['pooled_rel_pct']:+.2f}% "
+                   f"[{q['pooled_rel_ci_low_pct']:+.2f}, {q['pooled_rel_ci_high_pct']:+.2f}], "
+                   f"p = {_fmt(q['pooled_p_arm'], '.2g')}.")
     signs = {"raw": raw, "regression": reg, "rate cells": cell}
     lower = [n for n, x in signs.items() if x[2] < 0]
     higher = [n for n, x in signs.items() if x[1] > 0]
@@ -290,7 +299,8 @@ def write_summary(profile: str, stage_seconds: dict | None = None, matmul_gflops
              + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
              "", f"## The answer: does the penalty make latents co-fire less? (λ₂ = {p.grid.paper_lambda2:g}, "
              f"σ² = {p.grid.paper_sigma2:g}, fixed in advance)", ""]
-    lines += primary_lines(_read(tables, "primary_paired_seeds"), _read(tables, "primary_rate_matched"))
+    lines += primary_lines(_read(tables, "primary_paired_seeds"), _read(tables, "primary_rate_matched"),
+                           _read(tables, "primary_rate_matched_pooled"))
     lines += ["", "## Are the SAEs trained?", ""] + convergence_lines(_read(tables, "convergence"))
     lines += ["", "## Paper vs reproduction (exploratory: one seed per grid configuration)", "",
               f"Selected configuration: `{selected or 'not selected yet'}`"
@@ -371,7 +381,7 @@ def results_block(profile: str) -> str:
     p = get_profile(profile)
     tables = output_dirs(p)[1]
     paired = _read(tables, "primary_paired_seeds")
-    lines = primary_lines(paired, _read(tables, "primary_rate_matched"))
+    lines = primary_lines(paired, _read(tables, "primary_rate_matched"), _read(tables, "primary_rate_matched_pooled"))
     lines += ["", "Convergence: " + " ".join(convergence_lines(_read(tables, "convergence")))]
     second = second_model(p.name)
     gpaired = _read(second_model_output_dirs(second)[1], "gemma_paired_seeds")

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from paperlib.report.figures import add_caption, arm_color, styled
 from paperlib.stages.run import Run
 from paperlib.stages.train import read_metrics, read_run_config
 
@@ -39,16 +40,19 @@ def final_metrics(runs: list[Run], last: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_curves(runs: list[Run], smooth: int = 5):
-    """Figure: MSE, dead latents, penalty and meta reconstruction error vs tokens, one line per run."""
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+@styled
+def training_curves(runs: list[Run], smooth: int = 5, *, caption: str | None = None) -> plt.Figure:
+    """Figure: MSE, dead latents, penalty and meta reconstruction error vs tokens, one line per run in its arm's
+    colour (solo seed 0 thick)."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
     panels = [("mse", "L2 (normalised MSE)"), ("dead", "dead latents"),
               ("penalty", "penalty (mean p_i / ortho)"), ("meta_err", "meta recon. error ‖W−Ŵ‖²")]
     for run in runs:
         df = metrics_frame(run)
         spec = run.spec
-        style = {"lw": 0.8, "ls": "-", **ARM_STYLE.get(spec.arm, {}),
-                 "color": "black" if spec.arm == "solo" and spec.seed == 0 else None}
+        style = {"lw": 0.8, "ls": "-", **ARM_STYLE.get(spec.arm, {}), "color": arm_color(spec.arm)}
+        if spec.arm == "solo" and spec.seed == 0:
+            style["lw"] = 2.0
         for ax, (col, title) in zip(axes, panels, strict=True):
             if col in df and df[col].notna().any():
                 y = df[col].rolling(smooth, min_periods=1).mean()
@@ -57,5 +61,6 @@ def training_curves(runs: list[Run], smooth: int = 5):
             ax.set_xlabel("training tokens")
     axes[0].set_yscale("log")
     axes[-1].legend(fontsize=7, ncol=2)
+    add_caption(fig, caption, "Training curves (rolling mean over steps)")
     fig.tight_layout()
     return fig

@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from paperlib.config.checks import NonFiniteError, nonfinite_error
+from paperlib.config.interrupt import stop_after_step
 from paperlib.config.io import (
     atomic_path,
     damaged,
@@ -661,27 +662,40 @@ def _shared_prefix_locked(group: list[tuple[RunSpec, TrainConfig, Path]], acts: 
     for t in trainers[1:]:  # one primary SAE and optimiser for all
         t.primary, t.opt_p = lead.primary, lead.opt_p
     lines: list[list[str]] = [[] for _ in trainers]
-    for _ in tqdm(range(s0), desc=f"shared steps of seed {cfg.seed} ({len(trainers)} runs)", disable=not progress):
-        t0 = time.perf_counter()
-        x = data.batch(lead.step)
-        check_batch(x, acts, name, lead.step)
-        logs = []
-        for t in trainers[1:]:  # each run's penalty log on the decoder before this step's update
-            term, log, scale = t.penalty()
-            if term is not None or scale != 0:
-                raise RuntimeError(f"run {t.spec.name}: a penalty term before the schedule starts (step {t.step})")
-            logs.append(log)
-        rec = lead.macro_step(x)
-        check_loss(rec, name, lead.step)
-        shared = {k: rec[k] for k in SHARED_STEP_FIELDS}
-        recs = [rec] + [t.end_step({**log, **shared}) for t, log in zip(trainers[1:], logs, strict=True)]
-        dt = time.perf_counter() - t0
-        for out, r in zip(lines, recs, strict=True):
-            out.append(json.dumps(metrics_line(lead.step, data.steps_per_epoch, cfg.batch_size, r, dt)) + "\n")
+    with stop_after_step() as interrupt:
+        for _ in tqdm(range(s0), desc=f"shared steps of seed {cfg.seed} ({len(trainers)} runs)",
+                      disable=not progress):
+            if interrupt.requested:  # nothing is written before the shared steps end: the runs start afresh
+                raise KeyboardInterrupt(f"shared first steps of seed {cfg.seed} stopped by {interrupt.signal_name} "
+                                        f"at step {lead.step} of {s0}; nothing was saved, the next call starts them "
+                                        "again")
+            _shared_step(trainers, data, acts, name, cfg, lines)
     for (_, _, o), t, out in zip(group, trainers, lines, strict=True):
         with atomic_path(o / "metrics.jsonl") as tmp:
             tmp.write_text("".join(out))
         t.save_checkpoint(o / "checkpoint", len(out))
+
+
+def _shared_step(trainers: list[Trainer], data: Any, acts: Any, name: str, cfg: TrainConfig,
+                 lines: list[list[str]]) -> None:
+    """One shared primary step of :func:`_shared_prefix_locked`, logged for every run of the group."""
+    lead = trainers[0]
+    t0 = time.perf_counter()
+    x = data.batch(lead.step)
+    check_batch(x, acts, name, lead.step)
+    logs = []
+    for t in trainers[1:]:  # each run's penalty log on the decoder before this step's update
+        term, log, scale = t.penalty()
+        if term is not None or scale != 0:
+            raise RuntimeError(f"run {t.spec.name}: a penalty term before the schedule starts (step {t.step})")
+        logs.append(log)
+    rec = lead.macro_step(x)
+    check_loss(rec, name, lead.step)
+    shared = {k: rec[k] for k in SHARED_STEP_FIELDS}
+    recs = [rec] + [t.end_step({**log, **shared}) for t, log in zip(trainers[1:], logs, strict=True)]
+    dt = time.perf_counter() - t0
+    for out, r in zip(lines, recs, strict=True):
+        out.append(json.dumps(metrics_line(lead.step, data.steps_per_epoch, cfg.batch_size, r, dt)) + "\n")
 
 
 def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, out_dir: Path, dev: torch.device, *,
@@ -711,7 +725,7 @@ def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, 
     bar = None
     if progress:
         bar = tqdm(total=total, initial=trainer.step, desc=spec.name, unit="step")
-    with open(metrics_path, "a") as mf:
+    with open(metrics_path, "a") as mf, stop_after_step() as interrupt:
         while trainer.step < stop:
             t0 = time.perf_counter()
             x = data.batch(trainer.step)
@@ -728,8 +742,14 @@ def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, 
                                 tok_s=f"{rec['tok_per_s']:.0f}")
             if _step_hook is not None:
                 _step_hook(trainer.step)
-            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == stop < total:
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == stop < total or interrupt.requested:
                 trainer.save_checkpoint(ckpt_dir, metrics_lines)
+            if interrupt.requested:
+                if bar is not None:
+                    bar.close()
+                raise KeyboardInterrupt(f"run {spec.name} stopped by {interrupt.signal_name} after step {trainer.step} "
+                                        f"of {total}; its checkpoint is saved in {ckpt_dir} and the next call resumes "
+                                        "there")
     if bar is not None:
         bar.close()
     if trainer.step < total:

@@ -22,17 +22,19 @@ declared output exists. Keys are computed without running anything, so :func:`is
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from paperlib.config import paths
-from paperlib.config.io import read_json, write_json
+from paperlib.config.io import LockedError, exclusive, read_json, write_json
 from paperlib.config.profiles import Profile, get_profile
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +228,48 @@ def commit(name: str, run: Any = None, profile: Profile | str | None = None, **i
     if missing:
         raise RuntimeError(f"stage {name!r} did not write its outputs {missing} in {d}")
     write_json(d / "key.json", {"key": stage_key(name, run, profile), "stage": name, **info})
+
+
+T = TypeVar("T")
+LOCK_POLL_S = 0.5
+"""How often a process waiting for another process's stage lock tries again (seconds)."""
+
+
+def lock_path(name: str, run: Any = None, profile: Profile | str | None = None) -> Path:
+    """The lock file of stage ``name`` (beside its folder, which :func:`begin` empties)."""
+    return stage_dir(name, run, profile).parent / f".{name}.lock"
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path, what: str, poll_s: float | None = None) -> Iterator[None]:
+    """Hold :func:`~paperlib.config.io.exclusive` on ``path``, waiting (polling every ``poll_s`` s, default
+    :data:`LOCK_POLL_S`) while another process holds it, instead of failing."""
+    while True:
+        try:
+            held = exclusive(path, what)
+            held.__enter__()
+        except LockedError:
+            time.sleep(LOCK_POLL_S if poll_s is None else poll_s)
+            continue
+        try:
+            yield
+        finally:
+            held.__exit__(None, None, None)
+        return
+
+
+def ensure(name: str, run: Any, load: Callable[[Path], T], build: Callable[[], T], *,
+           profile: Profile | str | None = None) -> T:
+    """Stage ``name``'s result for ``run`` (or ``profile``): ``load(stage_dir)`` when fresh, else ``build()``
+    (which computes, then writes between :func:`begin` and :func:`commit`) under the stage's lock, so two
+    processes never build one result at once; one that waited for the other loads its result instead."""
+    if is_fresh(name, run, profile):
+        return load(stage_dir(name, run, profile))
+    what = f"stage {name!r} of {run if run is not None else get_profile(profile).name}"
+    with waiting_lock(lock_path(name, run, profile), what):
+        if is_fresh(name, run, profile):  # built by the process we waited for
+            return load(stage_dir(name, run, profile))
+        return build()
 
 
 def stale_stages(runs: list[Any], profile: Profile | str) -> dict[str, list[str]]:

@@ -35,9 +35,11 @@ cache.declare("calibration", __name__, _settings, outputs=("thresholds.safetenso
 
 
 def ensure_calibration(run: Run, *, progress: bool = True) -> Calibration:
-    """EER thresholds of ``run`` on the calibration range (computed once per key)."""
-    if cache.is_fresh("calibration", run):
-        return Calibration.load(cache.stage_dir("calibration", run))
+    """EER thresholds of ``run`` on the calibration range (computed once per key, by one process at a time)."""
+    return cache.ensure("calibration", run, Calibration.load, lambda: _calibrate(run, progress))
+
+
+def _calibrate(run: Run, progress: bool) -> Calibration:
     sae = load_run(run)
     acts = load_cache(run.profile).acts("calibration")
     cal = calibrate_sae(sae, acts, batch_size=run.profile.sae.batch_size, mode=calibration_mode(run.profile),

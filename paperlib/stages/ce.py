@@ -11,14 +11,11 @@ instead of recomputing it (and never deletes it half-written).
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from paperlib.config.io import LockedError, exclusive, read_json, write_json
+from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.data.activations import load_cache
 from paperlib.data.lm import load_lm
@@ -59,33 +56,10 @@ class RunCE:
         return cls(**{k: v for k, v in d.items() if k != "range"})
 
 
-LOCK_POLL_S = 0.5
-"""How often a ``ce`` job waiting for another job's lock tries again (seconds)."""
-
-
-@contextlib.contextmanager
-def waiting_lock(lock_path: Path, what: str, poll_s: float = LOCK_POLL_S) -> Iterator[None]:
-    """Hold :func:`~paperlib.config.io.exclusive` on ``lock_path``, waiting (polling every ``poll_s`` s) while
-    another process holds it, instead of failing."""
-    while True:
-        try:
-            with exclusive(lock_path, what):
-                yield
-            return
-        except LockedError:
-            time.sleep(poll_s)
-
-
-def stage_lock(name: str, run: Run | None = None, profile: Profile | None = None) -> Path:
-    """The lock file of stage ``name`` (beside its folder, which :func:`~paperlib.stages.cache.begin` empties)."""
-    d = cache.stage_dir(name, run, profile)
-    return d.parent / f".{name}.lock"
-
-
 def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
     if cache.is_fresh("ce_reference", profile=p):
         return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
-    with waiting_lock(stage_lock("ce_reference", profile=p), f"the clean-model CE of profile {p.name!r}"):
+    with cache.waiting_lock(cache.lock_path("ce_reference", profile=p), f"the clean-model CE of profile {p.name!r}"):
         if cache.is_fresh("ce_reference", profile=p):  # another job computed it while this one waited
             return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
         return _compute_reference(p, lm, progress)
@@ -137,7 +111,7 @@ def ensure_ce(profile: str | Profile, runs: Iterable[Any], *, batchtopk_for: Ite
     ref = _reference(p, lm, progress)
     ids = load_cache(p).token_ids("ce")
     for run in todo:  # one run at a time: each result is stored as soon as it exists
-        with waiting_lock(stage_lock("ce", run), f"the CE of run {run}"):
+        with cache.waiting_lock(cache.lock_path("ce", run), f"the CE of run {run}"):
             results[run.name] = _cached(run, run.name in bt) or _run_ce(p, lm, ids, ref, run, run.name in bt,
                                                                          progress)
     return {r.name: results[r.name] for r in runs}

@@ -22,7 +22,7 @@ import pandas as pd
 
 from paperlib.config.profiles import Profile, get_profile
 from paperlib.metrics.convergence import convergence
-from paperlib.metrics.cooccurrence import SparseFiring, rate_matched_delta
+from paperlib.metrics.cooccurrence import SparseFiring, pooled_rate_regression, rate_matched_delta
 from paperlib.metrics.stats import min_detectable_effect, paired, paired_seeds
 from paperlib.sae.arms import primary_runs
 from paperlib.stages.cooccur import ALIVE_MIN_COUNT, ensure_cooccurrence, load_firing
@@ -116,12 +116,15 @@ def rate_matched_table(profile: str | Profile, treatment: str = "joint", baselin
     """Firing-rate-matched difference of latent-level mean |φ| (treatment − baseline) per seed (OLS of a
     latent's mean |φ| over alive partners on arm and log firing rate, HC3 errors), and the mean over
     seeds with a t confidence interval across seeds (the seed is the unit), the SD of the per-seed
-    differences (``sd_diff_pct``) and the minimum detectable |Δ| at 80% power (``mde_pct``, in % like Δ)."""
+    differences (``sd_diff_pct``) and the minimum detectable |Δ| at 80% power (``mde_pct``, in % like Δ); and one
+    regression pooled over the seeds (a fixed effect per seed pair, errors clustered by pair: ``pooled_*``,
+    :func:`~paperlib.metrics.cooccurrence.pooled_rate_regression`)."""
     runs = primary_run_handles(profile)
-    rows = []
+    rows, latents = [], []
     for ra, rb in zip(runs.get(baseline, []), runs.get(treatment, []), strict=True):
         fa, fb = SparseFiring.from_fired(load_firing(ra)), SparseFiring.from_fired(load_firing(rb))
         r = rate_matched_delta(fa, fb, min_count=ALIVE_MIN_COUNT)
+        latents.append(r["latents"])
         rows.append({"seed": ra.spec.seed, "rel_diff_pct": r["rel_diff_pct"], "rel_ci_low_pct": r["rel_ci_low_pct"],
                      "rel_ci_high_pct": r["rel_ci_high_pct"], "raw_rel_pct": r["raw_rel_pct"],
                      "cell_rel_pct": r["cell_rel_pct"], "n_alive_baseline": r["n_a"], "n_alive_treatment": r["n_b"]})
@@ -132,6 +135,9 @@ def rate_matched_table(profile: str | Profile, treatment: str = "joint", baselin
         summary.update(mean_rel_diff_pct=r.mean_diff, ci_low_pct=r.ci_low, ci_high_pct=r.ci_high, p=r.p,
                        sd_diff_pct=r.std_diff, mde_pct=mde_or_nan(r.std_diff, r.n),
                        verdict=verdict(r.ci_low, r.ci_high, r.mean_diff))
+        pooled = pooled_rate_regression(latents)
+        summary.update({f"pooled_{k}": pooled[k] for k in ("rel_pct", "rel_ci_low_pct", "rel_ci_high_pct", "p_arm",
+                                                            "df", "n_groups", "n_latents")})
     elif len(df) == 1:
         summary.update(mean_rel_diff_pct=float(df["rel_diff_pct"].iloc[0]), verdict="not testable (K < 2)")
     return df, summary

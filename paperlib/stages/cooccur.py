@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,14 @@ class CooccurrenceResult:
 def ensure_cooccurrence(run: Run, *, progress: bool = True) -> CooccurrenceResult:
     """Within-SAE φ statistics of ``run`` on the co-occurrence range (per-token thresholded firing), as a
     :class:`CooccurrenceResult` (stored as ``result.json``); the firing matrix is kept (:func:`load_firing`)."""
-    d = cache.stage_dir("cooccurrence", run)
-    if cache.is_fresh("cooccurrence", run):
-        return CooccurrenceResult.from_json(read_json(d / "result.json", delete=d))
+    return cache.ensure("cooccurrence", run, _load_result, lambda: _cooccurrence(run, progress))
+
+
+def _load_result(d: Path) -> CooccurrenceResult:
+    return CooccurrenceResult.from_json(read_json(d / "result.json", delete=d))
+
+
+def _cooccurrence(run: Run, progress: bool) -> CooccurrenceResult:
     theta = thresholds(run, progress=progress)
     sae = load_run(run)
     acts = load_cache(run.profile).acts("cooccurrence")

@@ -121,28 +121,52 @@ def export_runs(profile: str | Profile, runs: Iterable[Any] | Any, out: str | Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``--profile P (--run NAME ... | --all) --out DIR``."""
+    """Command line: ``TARGET OUT`` (TARGET = a profile, for every trained run, or ``PROFILE/RUN``), or the
+    flags ``--profile P (--run NAME ... | --all) --out DIR``."""
     ap = argparse.ArgumentParser(prog="python -m paperlib.export",
-                                 description="Export trained SAEs of a profile to the SAELens format.")
-    ap.add_argument("--profile", required=True, help="profile name (default, smoke, gemma-3-270m, ...)")
-    which = ap.add_mutually_exclusive_group(required=True)
+                                 description="Export trained SAEs of a profile to the SAELens format.",
+                                 epilog="examples: python -m paperlib.export default exports/  (every trained run)   "
+                                        "python -m paperlib.export default/joint-l0.3-s1 exports/")
+    ap.add_argument("target", nargs="?", metavar="TARGET", help="PROFILE (every trained run of it) or PROFILE/RUN")
+    ap.add_argument("out_dir", nargs="?", metavar="OUT", help="output folder; each run goes to OUT/<run name>/")
+    ap.add_argument("--profile", help="profile name (default, smoke, gemma-3-270m, ...)")
+    which = ap.add_mutually_exclusive_group()
     which.add_argument("--run", action="append", help="run name (repeatable), e.g. joint-l0.3-s1")
     which.add_argument("--all", action="store_true", help="every trained run of the profile")
-    ap.add_argument("--out", required=True, help="output folder; each run goes to OUT/<run name>/")
+    ap.add_argument("--out", help="output folder (same as OUT)")
     ap.add_argument("--accept-prenormalised", action="store_true",
                     help="export SAEs whose codes raw activations cannot reproduce (per-dim + per-token input "
                          "normalisation) for pre-normalised inputs instead of failing")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
     args = ap.parse_args(argv)
-    runs = trained_runs(args.profile) if args.all else args.run
+    profile, runs, out = _what_to_export(ap, args)
+    runs = trained_runs(profile) if runs is None else runs
     if not runs:
-        print(f"no trained runs of profile {args.profile!r} under {paths.runs_dir(args.profile)}", file=sys.stderr)
+        print(f"no trained runs of profile {profile!r} under {paths.runs_dir(profile)}", file=sys.stderr)
         return 1
-    for d in export_runs(args.profile, runs, args.out, accept_prenormalised=args.accept_prenormalised,
-                         dtype=args.dtype):
+    for d in export_runs(profile, runs, out, accept_prenormalised=args.accept_prenormalised, dtype=args.dtype):
         print(d)
     return 0
 
+
+def _what_to_export(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, list[str] | None, str]:
+    """(profile, run names or None for every trained run, output folder) from either form of the command line;
+    a mixed or incomplete one ends in ``ap.error`` naming what is missing."""
+    if args.target is not None:
+        if args.profile or args.run or args.all or (args.out and args.out_dir):
+            ap.error("give either TARGET OUT or --profile/--run/--all/--out, not both")
+        out = args.out_dir or args.out
+        if not out:
+            ap.error("OUT (the output folder) is missing: python -m paperlib.export TARGET OUT")
+        profile, _, run = args.target.partition("/")
+        return profile, ([run] if run else None), out
+    if not args.profile:
+        ap.error("give TARGET OUT (e.g. default exports/) or --profile P with --run NAME or --all, and --out DIR")
+    if not (args.run or args.all):
+        ap.error("with --profile, give --run NAME (repeatable) or --all")
+    if not args.out:
+        ap.error("--out DIR (the output folder) is missing")
+    return args.profile, (None if args.all else args.run), args.out
 
 if __name__ == "__main__":
     sys.exit(main())

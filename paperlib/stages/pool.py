@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
@@ -37,11 +37,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from paperlib.config.interrupt import STOP_SIGNAL
 from paperlib.stages import cache
 from paperlib.stages.run import Run
 
 __all__ = ["MAIN_GUARD", "default_workers", "die_with_parent", "ensure_each", "process_pool", "require_main_guard",
-           "run_tasks", "shared_pool", "stage_task"]
+           "run_tasks", "shared_pool", "stage_task", "stop_workers", "worker_processes"]
 
 MAIN_GUARD = 'if __name__ == "__main__":'
 PR_SET_PDEATHSIG = 1
@@ -150,12 +151,57 @@ def run_tasks(task: Callable[[Any, str, int], str], runs: Sequence[Any], workers
         raise RuntimeError(f"a worker process died ({err}). If a script called this, put the call under "
                            f"`{MAIN_GUARD}` (worker processes import the script), or pass n_workers=1; "
                            "finished runs are kept (killed training resumes from its checkpoints)") from None
+    except KeyboardInterrupt:
+        bar.close()
+        stop_workers(workers, [f for f in futures if not f.done()], desc=desc)
+        raise
     except BaseException:
         for f in futures:
             f.cancel()
         raise
     finally:
         bar.close()
+
+
+STOP_GRACE_S = 60.0
+"""How long an interrupted :func:`run_tasks` waits for running tasks to reach a resumable state."""
+
+
+def stop_workers(workers: int, running: Sequence[Future], *, desc: str = "tasks",
+                 grace_s: float = STOP_GRACE_S) -> None:
+    """After an interrupt: cancel queued tasks, ask every worker of the shared pool to stop after its current step
+    (:data:`~paperlib.config.interrupt.STOP_SIGNAL`: training saves a checkpoint there; other tasks end at once and
+    cache nothing), wait up to ``grace_s`` for them, then end the worker processes and drop the pool, so nothing
+    started before the interrupt goes on running."""
+    held = _SHARED.pop(workers, None)
+    if held is None:
+        return
+    ex = held[1]
+    for f in running:
+        f.cancel()
+    procs = list(worker_processes(ex))
+    busy = [f for f in running if not f.done()]
+    if busy:
+        print(f"interrupted: waiting up to {grace_s:.0f} s for the running {desc} task(s) to stop at a resumable "
+              "point", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + grace_s
+    while busy and time.monotonic() < deadline:
+        # again and again: a task the executor had already queued may start in a worker after the first signal
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, STOP_SIGNAL)
+        busy = list(wait(busy, timeout=0.25).not_done)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(timeout=5.0)
+
+
+def worker_processes(ex: ProcessPoolExecutor) -> list[Any]:
+    """The live worker processes of ``ex`` (the executor keeps them in a private mapping; empty when it has none)."""
+    return list((getattr(ex, "_processes", None) or {}).values())
 
 
 def stage_task(ensure: Callable[..., Any], profile: Any, name: str, threads: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,7 @@ import numpy as np
 from paperlib.config.io import read_json, write_json
 from paperlib.config.profiles import Profile
 from paperlib.data.activations import load_cache
-from paperlib.metrics.reconstruction import (RATE_LOG10_EDGES, ReconMetrics, firing_summary,
-                                           reconstruction_metrics_pair)
+from paperlib.metrics.reconstruction import RATE_LOG10_EDGES, ReconMetrics, firing_summary, reconstruction_metrics_pair
 from paperlib.stages import cache
 from paperlib.stages.calibrate import thresholds
 from paperlib.stages.cooccur import load_firing
@@ -85,9 +85,14 @@ def ensure_reconstruction(run: Run, *, progress: bool = True) -> ReconstructionR
     BatchTopK encoder (``batchtopk``). Dead latents, firing counts and rate statistics always cover the whole
     co-occurrence range (``firing_n_tokens``), taken from the co-occurrence firing matrix when a subset is used.
     """
-    d = cache.stage_dir("reconstruction", run)
-    if cache.is_fresh("reconstruction", run):
-        return ReconstructionResult.from_json(read_json(d / "result.json", delete=d))
+    return cache.ensure("reconstruction", run, _load_result, lambda: _reconstruction(run, progress))
+
+
+def _load_result(d: Path) -> ReconstructionResult:
+    return ReconstructionResult.from_json(read_json(d / "result.json", delete=d))
+
+
+def _reconstruction(run: Run, progress: bool) -> ReconstructionResult:
     p = run.profile
     theta = thresholds(run, progress=progress)
     sae = load_run(run)

@@ -258,8 +258,11 @@ def ensure_selection(profile: str | Profile, *, progress: bool = True) -> Select
     """The selected joint configuration of the profile's grid (see :func:`select_configuration`); a stored
     result naming anything else is refused (:func:`load_selection`)."""
     p = get_profile(profile)
-    if cache.is_fresh("selection", profile=p):
-        return load_selection(cache.stage_dir("selection", profile=p) / "result.json", p)
+    return cache.ensure("selection", None, lambda d: load_selection(d / "result.json", p),
+                        lambda: _selection(p, progress), profile=p)
+
+
+def _selection(p: Profile, progress: bool) -> Selection:
     runs = [r for r in table_runs(p) if r.spec.seed == 0]
     ensure_trained(p, runs, progress=progress)  # a notebook asking for "joint" runs standalone
     sel = select_configuration(grid_table(p, runs, with_ce=False, progress=progress), p.grid.max_dl2_pct)

@@ -61,3 +61,17 @@ def test_likelihood_prefixes():
     assert likelihood_prefixes("cats", fuzz=True) == (
         "In the following text, the words related to cats are marked with << and >>.\n\n",
         "In the following text, some words are marked with << and >>.\n\n")
+
+
+def test_the_method_sources_are_credited_where_the_prompts_are_described():
+    """The scoring method is credited (Bills et al. 2023; Paulo et al. 2024, Delphi) in the prompt module, the
+    README and docs/method.md, each saying the wording is this project's own."""
+    from pathlib import Path
+
+    from paperlib.autointerp import prompts
+
+    root = Path(__file__).parents[2]
+    for name, text in (("prompts.py", prompts.__doc__), ("README.md", (root / "README.md").read_text()),
+                       ("docs/method.md", (root / "docs" / "method.md").read_text())):
+        assert "Bills et al" in text and "Paulo et al" in text, name
+        assert "own" in text, name

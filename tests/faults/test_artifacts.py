@@ -174,3 +174,21 @@ def test_reproduce_resolves_relative_locations_once(fake_pipeline, tmp_path, mon
     reproduce.run("smoke")
     assert {o for _, o in ran} == {str(tmp_path / "rel-outputs")}
     assert os.environ["PAPERLIB_ARTIFACTS"] == str(tmp_path / "rel-artifacts")
+
+
+def test_verify_command_prints_each_problem_and_exits_1(built, capsys, monkeypatch):
+    """``python -m paperlib.reproduce --verify``: the full check of a profile's artifacts, nothing run."""
+    import paperlib.reproduce as rep
+
+    p, root = built
+    monkeypatch.setattr(rep, "get_profile", lambda name: p)  # the CLI names a profile; the test's is overridden
+    monkeypatch.setattr(rep, "run", lambda *a, **k: pytest.fail("--verify must not run the pipeline"))
+    assert rep.main(["--profile", "smoke", "--verify"]) == 0
+    assert "artifacts intact" in capsys.readouterr().out
+    monkeypatch.setattr(activations, "VERIFY_ON_OPEN_BYTES", 0)
+    cal = np.load(root / "calibration.npy", mmap_mode="r+")
+    cal[0, 0] += 1
+    cal.flush()
+    del cal
+    assert rep.main(["--profile", "smoke", "--verify"]) == 1
+    assert "calibration.npy: content changed since extraction" in capsys.readouterr().out

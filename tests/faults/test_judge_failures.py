@@ -6,6 +6,7 @@ clear error or leave the answers missing; nothing missing is cached; caches are 
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -207,3 +208,49 @@ def test_min_answered_is_validated(stubbed_runs, server):
     with pytest.raises(ValueError, match="min_answered"):
         interp.compare_runs(solo, joint, None, judge_at(server.url, None), context_kwargs=CTX, show_progress=False,
                             min_answered=1.5)
+
+
+# --------------------------------------------------------------------------- the key never reaches an output
+SECRET = "sk-test-0123456789abcdef"
+
+
+def _echo_key(status: int) -> tuple[int, bytes]:
+    """A server error whose text echoes the request's key, as some proxies do."""
+    body = {"error": {"message": f"bad request with header Authorization: Bearer {SECRET}"}}
+    return status, json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("status", [401, 500])
+def test_an_echoed_key_is_redacted_from_errors_failures_and_logs(tmp_path, server, status, caplog):
+    server.script = [_echo_key(status)] * 3
+    judge = OpenAIJudge(model="fake-model", base_url=server.url, api_key=SECRET, cache_dir=tmp_path / "cache",
+                        max_retries=0, timeout=5, max_workers=1, max_consecutive_failures=3)
+    with pytest.raises((JudgeAuthError, JudgeError)) as e:
+        for _ in range(3):
+            judge.chat([{"role": "user", "content": "hi"}])
+    assert server.auth[0] == f"Bearer {SECRET}"  # the key was sent, and echoed back
+    seen = [str(e.value), repr(judge), judge.last_failure or "", str(judge.failures), str(dict(judge.stats)),
+            caplog.text]
+    assert not any(SECRET in text for text in seen)
+    assert "<OPENAI_API_KEY>" in str(e.value)
+
+
+def explain_garbled(payload: dict) -> str:
+    """A judge that answers explanation requests with an empty message, and follows the rest."""
+    if payload["messages"][0]["content"] == EXPLAIN_SYSTEM:
+        return ""
+    return healthy(payload)
+
+
+def test_a_failed_explanation_leaves_the_feature_missing_and_uncached(tmp_path, server):
+    server.answer = explain_garbled
+    tok, pos, acts, _ = corpus()
+    j = judge_at(server.url, tmp_path / "cache")
+    kw = dict(out_dir=tmp_path / "scores", context_kwargs=CTX, show_progress=False)
+    df = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), j, decode, **kw).set_index("feature")
+    assert df["missing"].all() and df["fuzz_score"].isna().all()  # no explanation, no score
+    assert not list((tmp_path / "scores" / "features").glob("*.json"))  # nothing cached
+    server.answer = healthy
+    df2 = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), j, decode, **kw).set_index("feature")
+    assert not df2["missing"].any() and np.isfinite(df2["fuzz_score"]).all()
+    assert (tmp_path / "scores" / "features" / "0.json").exists()

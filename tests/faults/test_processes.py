@@ -127,3 +127,40 @@ def test_a_script_without_main_guard_gets_a_clear_error(tmp_path, monkeypatch):
     guarded = script.read_text().replace("ensure_trained(", 'if __name__ == "__main__":\n    ensure_trained(')
     script.write_text(guarded)
     pool.require_main_guard()  # guarded: fine
+
+
+@pytest.mark.parametrize("stage", ["calibration", "cooccurrence", "reconstruction"])
+def test_one_process_builds_a_stage_result_and_a_waiting_one_loads_it(tmp_artifacts, monkeypatch, stage):
+    """Per-run evaluation stages are built under a lock: of two concurrent callers (threads here; processes take
+    the same file lock) one computes and writes, the other waits and loads that result instead of writing over it."""
+    import threading
+
+    from paperlib.stages import cache, calibrate, cooccur, recon
+    from paperlib.stages.run import Run
+
+    p = tiny_profile()
+    run = Run.of(p, "solo")
+    train.ensure_trained(p, [run], progress=False, n_workers=1)
+    if stage != "calibration":
+        calibrate.ensure_calibration(run, progress=False)
+    if stage == "reconstruction":
+        cooccur.ensure_cooccurrence(run, progress=False)
+    module, builder, ensure = {
+        "calibration": (calibrate, "_calibrate", calibrate.ensure_calibration),
+        "cooccurrence": (cooccur, "_cooccurrence", cooccur.ensure_cooccurrence),
+        "reconstruction": (recon, "_reconstruction", recon.ensure_reconstruction)}[stage]
+    real, calls, results = getattr(module, builder), [], []
+
+    def slow_build(*a):
+        calls.append(1)
+        time.sleep(0.4)
+        return real(*a)
+
+    monkeypatch.setattr(module, builder, slow_build)
+    monkeypatch.setattr(cache, "LOCK_POLL_S", 0.02)
+    jobs = [threading.Thread(target=lambda: results.append(ensure(run, progress=False))) for _ in range(2)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join(60)
+    assert len(calls) == 1 and len(results) == 2 and cache.is_fresh(stage, run)

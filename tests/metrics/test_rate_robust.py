@@ -211,3 +211,35 @@ def test_min_detectable_effect_matches_statsmodels():
         stats.min_detectable_effect(float("nan"), 5)
     with pytest.raises(ValueError, match="n"):
         stats.min_detectable_effect(1.0, 1)
+
+
+def test_pooled_rate_regression_has_seed_clustered_errors():
+    """The pooled regression over seed pairs against a hand-computed cluster-robust sandwich with statsmodels'
+    small-sample factor G/(G−1)·(N−1)/(N−k) and a t with G − 1 degrees of freedom."""
+    from scipy import stats as st
+
+    groups = []
+    for s in range(4):
+        ca, cb = co.count(_fired(T=500, n=30, seed=10 + s)), co.count(_fired(T=500, n=28, seed=20 + s))
+        groups.append(co.rate_matched_delta(ca, cb)["latents"])
+    r = co.pooled_rate_regression(groups)
+    y = np.concatenate([g["row_mean"] for g in groups])
+    arm = np.concatenate([g["arm"] for g in groups])
+    lr = np.concatenate([g["log_rate"] for g in groups])
+    gid = np.concatenate([np.full(len(g["row_mean"]), k) for k, g in enumerate(groups)])
+    X = np.column_stack([np.ones_like(y), arm, lr] + [(gid == k).astype(float) for k in range(1, 4)])
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    u = y - X @ beta
+    bread = np.linalg.inv(X.T @ X)
+    meat = sum(np.outer(X[gid == k].T @ u[gid == k], X[gid == k].T @ u[gid == k]) for k in range(4))
+    n, kx, g = len(y), X.shape[1], 4
+    V = bread @ meat @ bread * g / (g - 1) * (n - 1) / (n - kx)
+    se = np.sqrt(V[1, 1])
+    assert r["coef_arm"] == pytest.approx(beta[1], rel=1e-9) and r["se_arm"] == pytest.approx(se, rel=1e-9)
+    assert r["df"] == g - 1
+    q = st.t.ppf(0.975, g - 1)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((beta[1] - q * se, beta[1] + q * se), rel=1e-9)
+    assert r["p_arm"] == pytest.approx(2 * st.t.sf(abs(beta[1] / se), g - 1), rel=1e-7)
+    assert r["rel_pct"] == pytest.approx(100 * beta[1] / y[arm == 0].mean(), rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        co.pooled_rate_regression(groups[:1])

@@ -131,6 +131,7 @@ def test_ground_truth_figure_one_point_per_sae_and_rho_in_titles():
     assert fig.axes[0].get_title() == "act_f1: ρ = -0.50 [-0.80, -0.10]" and fig.axes[1].get_title() == "act_recall"
     pts = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
     assert len(pts) == len(df)
+    assert all(ax.get_ylim() == (0.0, 1.02) for ax in fig.axes)  # fractions on their full axis, never truncated
     with pytest.raises(ValueError, match="lacks columns"):
         figures.ground_truth_figure(df.drop(columns=["act_f1"]))
 
@@ -148,3 +149,31 @@ def test_gemma_figure_without_fuzz_has_one_panel():
                       "dfuzz_se": [np.nan, np.nan], "n_fuzz": [0, 0], "fuzz_mean": [np.nan, np.nan]})
     g = figures.gemma_grid_figure(t)
     assert len(g.axes) == 1 and g.axes[0].get_xlabel() == "ΔL2 vs solo (%)"
+
+
+def test_every_package_figure_is_styled_and_names_what_it_shows():
+    """The figures drawn outside this module (training curves, primary comparison, critic rows, matching cosines,
+    case-study cross-φ) use the same style and carry the caption naming profile, model and layer."""
+    from types import SimpleNamespace
+
+    from paperlib.metrics.matching import MatchResult
+    from paperlib.report.autointerp import cosine_figure
+    from paperlib.report.case_studies import cross_phi_figure
+    from paperlib.report.primary import critic_rows_figure, paired_seed_figure
+
+    cap = figures.figure_caption("default")
+    assert cap == "profile default · model smollm2-135m · layer 12 (resid_pre)"
+    table = pd.DataFrame({"statistic": ["mean_abs_phi"], "comparison": ["joint vs solo"], "label": ["mean |φ|"],
+                          "delta_pct": [-3.0], "ci_low_pct": [-3.5], "ci_high_pct": [-2.5], "mde_pct": [0.3], "K": [5]})
+    rows = [{"step": s, "penalty_scale": 1.0, **{f"p_row_q{q:02d}": 0.1 * i for i, q in enumerate((5, 25, 50, 75, 95))}}
+            for s in (1, 2, 3)]
+    block = SimpleNamespace(rows=[1], cols=[2, 3], phi=np.array([[0.3, -0.1]]))
+    figs = [paired_seed_figure(table, caption=cap), critic_rows_figure({"joint-l0.3-s1": rows}, caption=cap),
+            cosine_figure(MatchResult(pd.DataFrame({"i": [0], "j": [0], "cosine": [0.9]}), 1, 1, None, None),
+                          caption=cap),
+            cross_phi_figure({"splitting": block, "merging": SimpleNamespace(rows=[], cols=[], phi=None)},
+                             caption=cap)]
+    for fig in figs:
+        assert fig._suptitle is not None and fig._suptitle.get_text().endswith(cap)
+        assert fig.axes[0].xaxis.label.get_size() == figures.STYLE["axes.labelsize"] != matplotlib.rcParams[
+            "axes.labelsize"]  # drawn under the package style (seaborn paper context), not matplotlib's defaults

@@ -174,3 +174,14 @@ def test_rate_matched_lines_carry_the_minimum_detectable_effect():
     for col in ("raw_rel_pct", "rel_diff_pct", "cell_rel_pct"):  # each estimate, the null one included
         assert f"(MDE {float(d) * np.std(rate[col], ddof=1):.2f}%)" in line
     assert "(MDE n/a%)" in rate_matched_lines(rate.assign(rel_diff_pct=[1.0, 1.0, 1.0]))[0]  # no spread
+
+
+def test_rate_matched_lines_report_the_pooled_clustered_regression():
+    from paperlib.report.summary import rate_matched_lines
+
+    rate = pd.DataFrame({"raw_rel_pct": [-4.0, -4.5], "rel_diff_pct": [2.0, 1.5], "cell_rel_pct": [-1.0, -2.0]})
+    pooled = pd.DataFrame([{"pooled_rel_pct": 1.81, "pooled_rel_ci_low_pct": 1.2, "pooled_rel_ci_high_pct": 2.4,
+                            "pooled_p_arm": 0.003, "pooled_df": 4, "pooled_n_groups": 5, "pooled_n_latents": 22980}])
+    text = " ".join(rate_matched_lines(rate, pooled))
+    assert ("pooled over the 5 seed pairs (22,980 latents, a fixed effect per pair, standard errors clustered by "
+            "pair, t with 4 df): +1.81% [+1.20, +2.40], p = 0.003") in text

@@ -373,3 +373,50 @@ def test_shared_prefix_refuses_mixed_seeds(tmp_path):
     with pytest.raises(ValueError, match="one seed"):
         tr.train_shared_prefix(_profile(), [RunSpec("solo", seed=0), RunSpec("solo", seed=1)], _acts(),
                                [tmp_path / "a", tmp_path / "b"], device="cpu")
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGUSR1"])
+def test_an_interrupt_stops_after_the_step_with_a_checkpoint_and_resumes_bitwise(tmp_path, monkeypatch, signame):
+    """Ctrl-C (or the pool's stop signal) during a step: the step completes, a checkpoint of exactly that step is
+    written (not only the last periodic one), KeyboardInterrupt names the run, and a resume ends bitwise equal."""
+    import os
+    import signal
+
+    prof, acts, spec = _profile(checkpoint_every=100), _acts(), RunSpec("joint", lambda2=1.0, sigma2=0.5)
+    ref = tr.train_run(prof, spec, acts, tmp_path / "ref", progress=False, device="cpu")
+
+    def interrupt(step):
+        if step == 5:
+            os.kill(os.getpid(), getattr(signal, signame))
+
+    monkeypatch.setattr(tr, "_step_hook", interrupt)
+    with pytest.raises(KeyboardInterrupt, match=rf"joint.*stopped by {signame} after step 5 .*resumes"):
+        tr.train_run(prof, spec, acts, tmp_path / "cut", progress=False, device="cpu")
+    monkeypatch.setattr(tr, "_step_hook", None)
+    ck = json.loads((tmp_path / "cut" / "checkpoint" / "checkpoint.json").read_text())
+    assert ck["step"] == 5 and ck["metrics_lines"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    tr.train_run(prof, spec, acts, tmp_path / "cut", progress=False, device="cpu")
+    assert _equal(_weights(ref), _weights(tmp_path / "cut"))
+    assert _equal(_weights(ref, "meta"), _weights(tmp_path / "cut", "meta"))
+
+
+def _train_in_subprocess(out, threads):
+    import subprocess
+    import sys
+    code = (f"import torch, numpy as np; torch.set_num_threads({threads});"
+            "import paperlib.sae.trainer as tr; from paperlib.sae.arms import RunSpec;"
+            "from tests.sae.test_trainer import _profile, _acts;"
+            f"tr.train_run(_profile(n_latents=256, batch_size=128), RunSpec('joint', lambda2=1.0, sigma2=0.5), "
+            f"_acts(T=1024, d=64), {str(out)!r}, progress=False, device='cpu')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+
+
+def test_same_seed_gives_the_same_bytes_in_other_processes_and_thread_counts(tmp_path):
+    """Case 9 of the reliability issue on one machine: a run trained in separate processes with 1 and with 2
+    intra-op threads writes byte-identical weights (primary and meta)."""
+    _train_in_subprocess(tmp_path / "t1", 1)
+    _train_in_subprocess(tmp_path / "t2", 2)
+    for sub in ("sae", "meta"):
+        assert (tmp_path / "t1" / sub / "model.safetensors").read_bytes() == \
+            (tmp_path / "t2" / sub / "model.safetensors").read_bytes()

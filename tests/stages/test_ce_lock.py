@@ -38,12 +38,12 @@ def test_two_concurrent_ce_jobs_compute_the_clean_reference_once(tmp_artifacts, 
 
 
 def test_a_ce_job_waits_for_the_lock_holder(tmp_artifacts, monkeypatch):
-    monkeypatch.setattr(ce, "LOCK_POLL_S", 0.05)
-    lock = ce.stage_lock("ce_reference", profile=PROFILE)
+    monkeypatch.setattr(cache, "LOCK_POLL_S", 0.05)
+    lock = cache.lock_path("ce_reference", profile=PROFILE)
     entered = threading.Event()
 
     def waiter():
-        with ce.waiting_lock(lock, "test", poll_s=0.05):
+        with cache.waiting_lock(lock, "test", poll_s=0.05):
             entered.set()
 
     with exclusive(lock, "holder"):

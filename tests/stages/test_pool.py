@@ -65,3 +65,35 @@ def test_shared_pool_is_reused_until_its_locations_change(monkeypatch, tmp_path)
     second = pool.shared_pool(1)
     assert second is not first
     assert second.submit(os.getenv, "PAPERLIB_ARTIFACTS").result() == str(tmp_path / "b")
+
+
+def test_an_interrupt_stops_running_tasks_at_a_resumable_point_and_ends_the_workers(tmp_path):
+    """Ctrl-C in the parent (a notebook interrupt): run_tasks returns within seconds, the running tasks stop after
+    their current step with a checkpoint, no task runs to its end afterwards, and the worker processes are gone."""
+    import signal
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from tests.helpers import stepping_task
+
+    runs = [SimpleNamespace(profile=str(tmp_path), name=f"t{i}") for i in range(5)]
+    ex = pool.shared_pool(2)
+    procs = []
+
+    def interrupt_when_both_run():
+        while len(list(tmp_path.glob("*.step"))) < 2:
+            time.sleep(0.02)
+        procs.extend(pool.worker_processes(ex))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_both_run, daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        pool.run_tasks(stepping_task, runs, 2, desc="stepping", progress=False)
+    assert time.perf_counter() - t0 < 30  # the tasks alone would take 5 s x 3 rounds
+    assert len(list(tmp_path.glob("*.checkpoint"))) >= 2  # (a task the executor had queued may start and stop too)
+    time.sleep(1.0)
+    assert not list(tmp_path.glob("*.finished"))
+    assert len(procs) == 2 and not any(p.is_alive() for p in procs)
+    assert pool.shared_pool(2) is not ex  # the interrupted pool is not reused
