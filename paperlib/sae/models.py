@@ -593,8 +593,10 @@ class MetaSAE(BatchTopKSAE):
         super().set_input_standardisation(None, None)
 
     @torch.no_grad()
+    @torch.no_grad()
     def reconstruct_rows(self, W_dec: torch.Tensor) -> torch.Tensor:
-        """Ŵ [n, d]: BatchTopK (over all rows) reconstruction of the rows, in the rows' raw scale."""
+        """Ŵ [n, d]: BatchTopK (over all rows) reconstruction of the rows, in the rows' raw scale; a constant (no
+        autograd graph: the penalty's gradient reaches W_dec only)."""
         return self.reconstruct(W_dec.detach())
 
     def rows_loss(self, W_dec: torch.Tensor, update_state: bool = True) -> dict[str, torch.Tensor]:
