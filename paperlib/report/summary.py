@@ -81,7 +81,8 @@ def gemma_text(gem: pd.DataFrame | None, paper_config: tuple[float, float] = (0.
     if not len(joint) or not len(solo):
         return "table present, no solo/joint rows"
     d = joint["dphi_pct"].astype(float)
-    parts = [f"Δ mean \\|φ\\| {d.min():+.2f}% to {d.max():+.2f}% over {len(joint)} configs"]
+    parts = [f"Δ mean \\|φ\\| {d.min():+.2f}% to {d.max():+.2f}% over {len(joint)} configurations" if len(joint) > 1
+             else f"Δ mean \\|φ\\| {d.iloc[0]:+.2f}% (seed 0, one configuration)"]
     has_fuzz = "dfuzz" in gem and joint["dfuzz"].notna().any()
     pc = joint[(joint["lambda2"] == paper_config[0]) & (joint["sigma2"] == paper_config[1])]
     if len(pc):

@@ -14,7 +14,9 @@ def test_gemma_text_uses_absolute_fuzz_differences():
         "fuzz_mean": [0.05, 0.2, 0.1], "n_fuzz": [16, 16, 16], "dfuzz": [0.0, 0.15, 0.05],
         "dfuzz_se": [math.nan, 0.02, 0.03]})
     t = gemma_text(gem)
-    assert "-2.50% to +1.25% over 2 configs" in t
+    assert "-2.50% to +1.25% over 2 configurations" in t
+    one = gemma_text(gem.iloc[:2])
+    assert "Δ mean \\|φ\\| -2.50% (seed 0, one configuration)" in one and " to " not in one.split(";")[0]
     assert "λ₂=0.3, σ²=1: ΔL2 +3.00%, Δfuzz +0.150" in t
     assert "best Δfuzz +0.150 ± 0.020 s.e. at joint-l0.3-s1" in t and "16 features per config" in t
     assert gemma_text(None) == "not run"
