@@ -576,7 +576,8 @@ def compare_seed_pairs(profile: str | Profile, judge, *, arm: str = "joint", n_s
                          f"{design['sec_per_pair']:.2f} s per pair with {retest_share:.0%} retested and "
                          f"{shuffled_share:.0%} shuffled-controlled → {design['n_pairs']} pairs fit {budget_s:.0f} s"
                          + ("" if plan_key is None else f" (what was left of a {plan_key} s budget)"))
-        write_json(dpath, design)
+        if not any(r.get("missing") for pair in pilot for r in pair):  # a pilot timed on failed calls is not kept
+            write_json(dpath, design)
     order = order.iloc[:design["n_pairs"]].reset_index(drop=True)
     recs = _score_sides(order, scorers, "auto-interp", show_progress)
     per = _per_pair(order, runs, recs)
