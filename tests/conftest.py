@@ -26,3 +26,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def interactive_sigint():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal or a Jupyter kernel, whatever this test process inherited
+    (a background job, as in CI, starts with SIGINT ignored); the previous handler is restored after the test."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

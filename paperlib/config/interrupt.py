@@ -1,8 +1,8 @@
 """Interrupts that wait for the end of a step: long loops (training) stop at a consistent state.
 
-Inside :func:`stop_after_step`, Ctrl-C (SIGINT) and :data:`STOP_SIGNAL` (sent by a parent process to its
-workers) only set a flag; the loop checks ``flag.requested`` after each step, saves what it needs to resume
-and raises :class:`KeyboardInterrupt` itself. A second Ctrl-C while the flag is set interrupts at once, as
+Inside :func:`stop_after_step`, Ctrl-C (SIGINT, unless the process ignores it) and :data:`STOP_SIGNAL` (sent by
+a parent process to its workers) only set a flag; the loop checks ``flag.requested`` after each step, saves what
+it needs to resume and raises :class:`KeyboardInterrupt` itself. A second Ctrl-C while the flag is set interrupts at once, as
 usual. Outside the main thread (where Python cannot install signal handlers) the flag is never set and
 interrupts behave as they always do.
 """
@@ -44,7 +44,9 @@ def stop_after_step() -> Iterator[StopFlag]:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         flag.requested, flag.signal_name = True, signal.Signals(signum).name
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, STOP_SIGNAL)}
+    # a process that ignores Ctrl-C (a pool worker, a background job) keeps ignoring it; STOP_SIGNAL always counts
+    taken = [s for s in (signal.SIGINT, STOP_SIGNAL) if s == STOP_SIGNAL or signal.getsignal(s) != signal.SIG_IGN]
+    previous = {s: signal.getsignal(s) for s in taken}
     for s in previous:
         signal.signal(s, on_signal)
     try:

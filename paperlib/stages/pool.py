@@ -62,8 +62,8 @@ def die_with_parent(parent_pid: int) -> None:
     SIGTERM)``; elsewhere a daemon thread that polls the parent pid every second), so a killed notebook or
     script never leaves worker processes behind. The worker ignores Ctrl-C sent to the whole process group (as
     Jupyter does when it interrupts or shuts down a kernel): the parent decides, and stops running tasks with
-    :data:`~paperlib.config.interrupt.STOP_SIGNAL` (:func:`stop_workers`); training still stops after its step on
-    a SIGINT of its own (:func:`~paperlib.config.interrupt.stop_after_step`)."""
+    :data:`~paperlib.config.interrupt.STOP_SIGNAL` (:func:`stop_workers`), and training then stops after its current
+    step (:func:`~paperlib.config.interrupt.stop_after_step`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -376,7 +376,8 @@ def test_shared_prefix_refuses_mixed_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGUSR1"])
-def test_an_interrupt_stops_after_the_step_with_a_checkpoint_and_resumes_bitwise(tmp_path, monkeypatch, signame):
+def test_an_interrupt_stops_after_the_step_with_a_checkpoint_and_resumes_bitwise(tmp_path, monkeypatch, signame,
+                                                                                 interactive_sigint):
     """Ctrl-C (or the pool's stop signal) during a step: the step completes, a checkpoint of exactly that step is
     written (not only the last periodic one), KeyboardInterrupt names the run, and a resume ends bitwise equal."""
     import os
@@ -395,7 +396,7 @@ def test_an_interrupt_stops_after_the_step_with_a_checkpoint_and_resumes_bitwise
     monkeypatch.setattr(tr, "_step_hook", None)
     ck = json.loads((tmp_path / "cut" / "checkpoint" / "checkpoint.json").read_text())
     assert ck["step"] == 5 and ck["metrics_lines"] == 5
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored (the fixture's)
     tr.train_run(prof, spec, acts, tmp_path / "cut", progress=False, device="cpu")
     assert _equal(_weights(ref), _weights(tmp_path / "cut"))
     assert _equal(_weights(ref, "meta"), _weights(tmp_path / "cut", "meta"))

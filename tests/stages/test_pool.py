@@ -67,7 +67,7 @@ def test_shared_pool_is_reused_until_its_locations_change(monkeypatch, tmp_path)
     assert second.submit(os.getenv, "PAPERLIB_ARTIFACTS").result() == str(tmp_path / "b")
 
 
-def test_an_interrupt_stops_running_tasks_at_a_resumable_point_and_ends_the_workers(tmp_path):
+def test_an_interrupt_stops_running_tasks_at_a_resumable_point_and_ends_the_workers(tmp_path, interactive_sigint):
     """Ctrl-C in the parent (a notebook interrupt): run_tasks returns within seconds, the running tasks stop after
     their current step with a checkpoint, no task runs to its end afterwards, and the worker processes are gone."""
     import signal
