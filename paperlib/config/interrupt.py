@@ -1,10 +1,10 @@
 """Interrupts that wait for the end of a step: long loops (training) stop at a consistent state.
 
 Inside :func:`stop_after_step`, Ctrl-C (SIGINT, unless the process ignores it) and :data:`STOP_SIGNAL` (sent by
-a parent process to its workers) only set a flag; the loop checks ``flag.requested`` after each step, saves what
-it needs to resume and raises :class:`KeyboardInterrupt` itself. A second Ctrl-C while the flag is set interrupts at once, as
-usual. Outside the main thread (where Python cannot install signal handlers) the flag is never set and
-interrupts behave as they always do.
+a parent process to its workers) only set a flag; the loop checks ``flag.requested`` after each step, saves
+what it needs to resume and raises :class:`KeyboardInterrupt` itself. A second Ctrl-C while the flag is set
+interrupts at once, as usual. Outside the main thread (where Python cannot install signal handlers) the flag
+is never set and interrupts behave as they always do.
 """
 
 from __future__ import annotations

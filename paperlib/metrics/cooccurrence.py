@@ -588,7 +588,6 @@ def cross_phi_topk(fired_a: Any, fired_b: Any, k: int, *, block_rows: int | None
 # ----------------------------------------------------------------------------------------------
 # SAE convenience
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
 def _bool_csr(mask: torch.Tensor) -> sp.csr_matrix:
     """CSR (bool data, sorted column indices) of a 2-D bool tensor, built from its flat nonzero indices
     (about 3x faster than scipy's conversion of the dense array)."""
@@ -600,6 +599,7 @@ def _bool_csr(mask: torch.Tensor) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(cols.size, dtype=bool), cols, indptr), shape=(B, n))
 
 
+@torch.no_grad()
 def firing_from_sae(sae: Any, acts: Any, thresholds: Any, batch_size: int = 4096, *,
                     device: str | torch.device = "cpu", progress: bool = True,
                     what: str = "co-occurrence activations") -> sp.csr_matrix:

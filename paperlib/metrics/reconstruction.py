@@ -184,9 +184,7 @@ def reconstruction_metrics_pair(sae: Any, acts: Any, thresholds: Any, *, batch_s
     ``(thresholded with θ = thresholds, BatchTopK over each batch_size-token batch)``. Each chunk's
     pre-activations are computed once and both code matrices are taken from them (the encoder product is most
     of the cost)."""
-    theta = as_thresholds(thresholds, device)
-    encodings = {"thresholds": lambda pre: pre * (pre > theta),
-                 "batchtopk": lambda pre: pre * batch_topk_mask(pre, int(sae.k))}
+    encodings = dict([_encoding(sae, thresholds, device), _encoding(sae, None, device)])
     acc = _accumulate(sae, acts, encodings, batch_size, device, progress, what)
     return acc["thresholds"], acc["batchtopk"]
 
@@ -202,12 +200,17 @@ def reconstruction_metrics(sae: Any, acts: Any, thresholds: Any | None = None, *
     Non-finite activation rows raise :class:`~paperlib.config.checks.NonFiniteError` naming ``what``, the count
     and the rows.
     """
+    name, encode = _encoding(sae, thresholds, device)
+    return _accumulate(sae, acts, {name: encode}, batch_size, device, progress, what)[name]
+
+
+def _encoding(sae: Any, thresholds: Any | None, device: str | torch.device) -> tuple[str, Any]:
+    """(name, pre-activations → codes): per-token thresholds ``pre · 1[pre > θ]`` (as ``sae.encode(x,
+    thresholds=θ)``), or BatchTopK over the chunk when ``thresholds`` is None (as ``sae.encode(x)``)."""
     if thresholds is None:
-        name, enc = "batchtopk", (lambda pre: pre * batch_topk_mask(pre, int(sae.k)))
-    else:
-        theta = as_thresholds(thresholds, device)
-        name, enc = "thresholds", (lambda pre: pre * (pre > theta))
-    return _accumulate(sae, acts, {name: enc}, batch_size, device, progress, what)[name]
+        return "batchtopk", lambda pre: pre * batch_topk_mask(pre, int(sae.k))
+    theta = as_thresholds(thresholds, device)
+    return "thresholds", lambda pre: pre * (pre > theta)
 
 
 def _accumulate(sae: Any, acts: Any, encodings: dict[str, Any], batch_size: int, device: str | torch.device,

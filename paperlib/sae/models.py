@@ -593,7 +593,6 @@ class MetaSAE(BatchTopKSAE):
         super().set_input_standardisation(None, None)
 
     @torch.no_grad()
-    @torch.no_grad()
     def reconstruct_rows(self, W_dec: torch.Tensor) -> torch.Tensor:
         """Ŵ [n, d]: BatchTopK (over all rows) reconstruction of the rows, in the rows' raw scale; a constant (no
         autograd graph: the penalty's gradient reaches W_dec only)."""

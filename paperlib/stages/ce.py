@@ -57,12 +57,8 @@ class RunCE:
 
 
 def _reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:
-    if cache.is_fresh("ce_reference", profile=p):
-        return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
-    with cache.waiting_lock(cache.lock_path("ce_reference", profile=p), f"the clean-model CE of profile {p.name!r}"):
-        if cache.is_fresh("ce_reference", profile=p):  # another job computed it while this one waited
-            return read_json(cache.stage_dir("ce_reference", profile=p) / "result.json")
-        return _compute_reference(p, lm, progress)
+    return cache.ensure("ce_reference", None, lambda d: read_json(d / "result.json"),
+                        lambda: _compute_reference(p, lm, progress), profile=p)
 
 
 def _compute_reference(p: Profile, lm: Any, progress: bool) -> dict[str, Any]:

@@ -5,7 +5,8 @@ runs in separate processes, each with ``cpu_count / workers`` threads, keep the 
 multi-threaded process (``benchmarks/train.py`` on the idle 2-core machine: a default solo step does
 23,596 tok/s on 1 thread and 40,109 on 2, less than twice the first).
 The per-run evaluation stages use the same workers; there the gain was
-small (calibration of the 24 default runs: 1 min 27 s in process, 1 min 33 s in two workers).
+small (measured on the calibration code of commit 16822c9, 24 default runs: 1 min 27 s in process, 1 min 33 s
+in two workers).
 A task is a top-level function ``task(profile, run_name, threads) -> run_name``
 that computes and caches one run's result; the caller then loads the cached results in its own process.
 A run's result does not depend on which process computed it or in which order (measured: byte-identical

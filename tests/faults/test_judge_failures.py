@@ -135,19 +135,25 @@ def fuzz_garbled(payload: dict) -> str:
     return healthy(payload)
 
 
+def _score_features_0_and_2(judge, tmp_path) -> pd.DataFrame:
+    """Score features 0 and 2 of the hand-built corpus (cached under ``tmp_path/scores``), indexed by feature."""
+    tok, pos, acts, _ = corpus()
+    kw = dict(out_dir=tmp_path / "scores", context_kwargs=CTX, show_progress=False)
+    return score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), judge, decode,
+                          **kw).set_index("feature")
+
+
 def test_unparseable_fuzz_answers_are_missing_and_not_cached(tmp_path, server):
     server.answer = fuzz_garbled
-    tok, pos, acts, _ = corpus()
     j = judge_at(server.url, tmp_path / "cache")
-    kw = dict(out_dir=tmp_path / "scores", context_kwargs=CTX, show_progress=False)
-    df = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), j, decode, **kw).set_index("feature")
+    df = _score_features_0_and_2(j, tmp_path)
     assert np.isnan(df.loc[0, "fuzz_score"]) and df.loc[0, "missing"]  # before: -1.0, scored as wrong
     assert df.loc[0, "fuzz_n_missing"] > 0 and not df.loc[2, "missing"] and np.isfinite(df.loc[2, "fuzz_score"])
     assert not (tmp_path / "scores" / "features" / "0.json").exists()  # never cached
     assert (tmp_path / "scores" / "features" / "2.json").exists()
     server.answer = healthy  # the endpoint is fixed: a re-run asks the missing ones again
     hits = server.hits
-    df2 = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), j, decode, **kw).set_index("feature")
+    df2 = _score_features_0_and_2(j, tmp_path)
     assert server.hits > hits and np.isfinite(df2.loc[0, "fuzz_score"]) and not df2.loc[0, "missing"]
     assert (tmp_path / "scores" / "features" / "0.json").exists()
 
@@ -244,13 +250,11 @@ def explain_garbled(payload: dict) -> str:
 
 def test_a_failed_explanation_leaves_the_feature_missing_and_uncached(tmp_path, server):
     server.answer = explain_garbled
-    tok, pos, acts, _ = corpus()
     j = judge_at(server.url, tmp_path / "cache")
-    kw = dict(out_dir=tmp_path / "scores", context_kwargs=CTX, show_progress=False)
-    df = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), j, decode, **kw).set_index("feature")
+    df = _score_features_0_and_2(j, tmp_path)
     assert df["missing"].all() and df["fuzz_score"].isna().all()  # no explanation, no score
     assert not list((tmp_path / "scores" / "features").glob("*.json"))  # nothing cached
     server.answer = healthy
-    df2 = score_features(IdentitySAE(), acts, tok, pos, [0, 2], np.full(3, 0.6), j, decode, **kw).set_index("feature")
+    df2 = _score_features_0_and_2(j, tmp_path)
     assert not df2["missing"].any() and np.isfinite(df2["fuzz_score"]).all()
     assert (tmp_path / "scores" / "features" / "0.json").exists()
