@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from paperlib.config.io import atomic_path
+from paperlib.sae import kernels
 
 EPS = 1e-5
 THRESHOLD_BETA = 0.99
@@ -77,6 +78,15 @@ def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     """
     if pre.ndim != 2:
         raise ValueError(f"pre must be [B, n], got shape {tuple(pre.shape)}")
+    if 0 < k < pre.shape[1] and fused_available(pre):
+        sel = batch_topk_select(pre, k)
+        if sel is not None:
+            return sel[0] * pre.shape[1] + sel[1]
+    return _batch_topk_indices_torch(pre, k)
+
+
+def _batch_topk_indices_torch(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`batch_topk_indices` in torch ops (any device and dtype)."""
     B, n = pre.shape
     total = k * B
     flat = pre.reshape(-1)
@@ -100,6 +110,58 @@ def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     if cand.numel() > total:
         cand = cand[top_count_mask(flat[cand], total)]
     return cand
+
+
+FUSED = True
+"""Use the fused CPU kernels (:mod:`paperlib.sae.kernels`) where they apply; ``False`` forces the torch ops
+(the tests compare both)."""
+
+
+def fused_available(*tensors: torch.Tensor) -> bool:
+    """The fused CPU kernels apply: CPU tensors of one float dtype (float32 or float64), contiguous."""
+    first = tensors[0]
+    return FUSED and kernels.available() and all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
+        and t.dtype == first.dtype for t in tensors)
+
+
+SELECT_FACTORS = (0.97, 0.75)
+"""Candidate thresholds of :func:`batch_topk_select`, as multiples of the selection threshold of a strided
+subsample of about 32 rows, tried in turn until at least k·B entries pass (a counting pass each)."""
+
+
+def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, ...] | None:
+    """The BatchTopK selection of :func:`batch_topk_indices` of ``relu(pre)`` by the fused kernels: (rows, cols,
+    vals, crow) of the top k·B entries in row-major order (``crow`` [B + 1] indexes them by row), all values
+    positive. ``None`` when fewer than k·B entries are positive enough for the kernels' candidate threshold
+    (then use the torch path on ``relu(pre)``). Exact: a candidate threshold is accepted only when at least k·B
+    entries pass it, and the final choice (above the (k·B)-th largest value, then the lowest-index ties) is
+    the torch path's."""
+    B, n = pre.shape
+    total = k * B
+    a = pre.detach().numpy()
+    stride = max(1, B // 32)
+    sub = a[::stride].reshape(-1)
+    count = min(k * -(-B // stride), sub.size)
+    t_sub = np.partition(sub, sub.size - count)[sub.size - count]
+    counts = np.empty(B, dtype=np.int64)
+    offsets = np.zeros(B + 1, dtype=np.int64)
+    for factor in SELECT_FACTORS if stride > 1 else (1.0,):
+        t = t_sub * a.dtype.type(factor)
+        if not t > 0:
+            return None
+        kernels.count_at_least(a, t, counts)
+        np.cumsum(counts, out=offsets[1:])
+        if offsets[-1] >= total:
+            break
+    else:
+        return None
+    m = int(offsets[-1])
+    cols = np.empty(m, dtype=np.int64)
+    vals = np.empty(m, dtype=a.dtype)
+    kernels.gather_at_least(a, t, offsets, cols, vals)
+    crow, rows, cols, vals = kernels.keep_top_count(offsets, cols, vals, total)
+    return tuple(torch.from_numpy(v) for v in (rows, cols, vals, crow))
 
 
 def kth_largest(vals: torch.Tensor, count: int) -> torch.Tensor:
@@ -154,21 +216,31 @@ class SparsePattern:
     conversion inside the backward pass.
     """
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> None:
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
+                 crow: torch.Tensor | None = None) -> None:
         self.rows, self.cols, self.shape = rows, cols, (int(shape[0]), int(shape[1]))
-        self.crow = _crow(rows, self.shape[0])
+        self.crow = _crow(rows, self.shape[0]) if crow is None else crow
 
     @cached_property
+    def _by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(crow_t, perm, rows_t): a stable sort of the entries by latent."""
+        if self.cols.device.type == "cpu" and kernels.available():
+            return tuple(torch.from_numpy(a) for a in kernels.by_latent(
+                self.rows.numpy(), self.cols.numpy(), self.shape[1]))
+        perm = torch.argsort(self.cols, stable=True)
+        return _crow(self.cols, self.shape[1]), perm, self.rows[perm]
+
+    @property
     def perm(self) -> torch.Tensor:
-        return torch.argsort(self.cols, stable=True)
+        return self._by_latent[1]
 
-    @cached_property
+    @property
     def crow_t(self) -> torch.Tensor:
-        return _crow(self.cols, self.shape[1])
+        return self._by_latent[0]
 
-    @cached_property
+    @property
     def rows_t(self) -> torch.Tensor:
-        return self.rows[self.perm]
+        return self._by_latent[2]
 
     @classmethod
     def from_flat(cls, flat: torch.Tensor, shape: tuple[int, int]) -> SparsePattern:
@@ -230,6 +302,60 @@ class _SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gW = p.transposed_times(vals, g)
         return gv, gW, None
+
+
+class _FusedSparseMSE(torch.autograd.Function):
+    """mse = mean((b_dec + S W_dec − x̃)²) with S the selected codes, by the fused kernels.
+
+    The forward computes the loss and, when a gradient is wanted, every gradient it implies
+    (:func:`kernels.decode_residual`, :func:`kernels.latent_grads`): dW_dec = Sᵀg, dW_enc = x_cᵀ S_g,
+    db_dec = Σ_b g_b − W_enc · colsum(S_g), where g = 2(x̂ − x̃)/(B·d) and S_g holds the codes' gradients
+    masked by ReLU'. The backward only scales them by the upstream gradient. Also returns the
+    reconstruction (no gradient; AuxK regresses its residual).
+    """
+
+    @staticmethod
+    def forward(ctx, W_enc, W_dec, b_dec, xn, xc, vals, pattern):  # noqa: D102
+        B, d = xn.shape
+        want = ctx.needs_input_grad[:3]
+        with_grad = any(want)
+        dt = xn.dtype
+        recon = torch.empty_like(xn)
+        g = torch.empty_like(xn) if with_grad else recon
+        gv = torch.empty_like(vals)
+        sq = np.empty(B, dtype=np.float64)
+        scale = np.array(2.0 / (B * d), dtype=vals.numpy().dtype)[()]
+        kernels.decode_residual(pattern.crow.numpy(), pattern.cols.numpy(), vals.numpy(), W_dec.detach().numpy(),
+                                b_dec.detach().numpy(), xn.numpy(), scale, recon.numpy(), g.numpy(), gv.numpy(),
+                                sq, with_grad)
+        ctx.grads = None
+        if with_grad:
+            n = W_dec.shape[0]
+            gW_dec = torch.empty_like(W_dec)
+            gW_enc = torch.empty_like(W_enc)
+            colsum = np.empty(n, dtype=np.float64)
+            crow_t, perm, rows_t = pattern.crow_t, pattern.perm, pattern.rows_t
+            kernels.latent_grads(crow_t.numpy(), perm.numpy(), rows_t.numpy(), vals.numpy(), gv.numpy(), g.numpy(),
+                                 xc.numpy(), gW_dec.detach().numpy(), gW_enc.detach().numpy(), colsum)
+            gb = g.sum(0) - W_enc.detach() @ torch.from_numpy(colsum).to(dt)
+            ctx.grads = (gW_enc, gW_dec, gb)
+        ctx.mark_non_differentiable(recon)
+        return torch.tensor(float(sq.sum()) / (B * d), dtype=dt), recon
+
+    @staticmethod
+    def backward(ctx, g_mse, g_recon):  # noqa: D102
+        gW_enc, gW_dec, gb = ctx.grads
+        ctx.grads = None
+        if not bool(g_mse == 1):
+            gW_enc, gW_dec, gb = (t * g_mse for t in (gW_enc, gW_dec, gb))
+        want = ctx.needs_input_grad
+        return (gW_enc if want[0] else None, gW_dec if want[1] else None, gb if want[2] else None,
+                None, None, None, None)
+
+
+def fused_sparse_mse(W_enc, W_dec, b_dec, xn, xc, vals, pattern: SparsePattern):
+    """(mse, reconstruction) of the selected codes ``vals`` at ``pattern`` (see :class:`_FusedSparseMSE`)."""
+    return _FusedSparseMSE.apply(W_enc, W_dec, b_dec, xn, xc, vals, pattern)
 
 
 def sparse_encode_values(W_enc, b_dec, xc, vals, pattern: SparsePattern) -> torch.Tensor:
@@ -454,6 +580,9 @@ class BatchTopKSAE(nn.Module):
 
     def reconstruct(self, x: torch.Tensor, thresholds=None) -> torch.Tensor:
         """Raw-scale reconstruction of raw x (normalise, encode, decode, map back)."""
+        if thresholds is None and 0 < self.k < self.n_latents and fused_available(self.W_enc, self.W_dec, self.b_dec):
+            with torch.no_grad():
+                return self._fused_reconstruct(x)
         xn, mean, scale = self.normalize_with_stats(x)
         pre = torch.relu((xn - self.b_dec) @ self.W_enc)
         if thresholds is None:  # sparse decode of the BatchTopK codes
@@ -465,6 +594,25 @@ class BatchTopKSAE(nn.Module):
         f = pre * (pre > torch.as_tensor(th, dtype=pre.dtype, device=pre.device))
         return self.decode(f, mean, scale)
 
+    def _fused_reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchTopK reconstruction of raw x by the fused kernels (no gradient)."""
+        self._check_input(x)
+        xn, xc, mean, scale = self._fused_normalize(x)
+        pre = xc @ self.W_enc
+        sel = batch_topk_select(pre, self.k)
+        if sel is None:
+            pre.relu_()
+            flat = _batch_topk_indices_torch(pre, self.k)
+            pattern = SparsePattern.from_flat(flat, pre.shape)
+            rows, cols, vals, crow = pattern.rows, pattern.cols, pre.view(-1)[flat], pattern.crow
+        else:
+            rows, cols, vals, crow = sel
+        out = torch.empty_like(xn)
+        kernels.decode_residual(crow.numpy(), cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
+                                self.b_dec.detach().numpy(), xn.numpy(), 0.0, out.numpy(), out.numpy(),
+                                np.empty(0, dtype=out.numpy().dtype), np.empty(xn.shape[0]), False)
+        return self._dim_unstandardise(torch.addcmul(mean, out, scale))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.reconstruct(x)
 
@@ -474,6 +622,9 @@ class BatchTopKSAE(nn.Module):
         """Remove from W_dec.grad the component parallel to each (unit-norm) row."""
         if self.W_dec.grad is None:
             return
+        if fused_available(self.W_dec, self.W_dec.grad):
+            kernels.project_rows(self.W_dec.detach().numpy(), self.W_dec.grad.numpy())
+            return
         W = self.W_dec
         Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_dec.grad -= (self.W_dec.grad * Wn).sum(dim=1, keepdim=True) * Wn
@@ -481,6 +632,9 @@ class BatchTopKSAE(nn.Module):
     @torch.no_grad()
     def renorm_decoder(self) -> None:
         """Renormalise W_dec rows to unit norm."""
+        if fused_available(self.W_dec):
+            kernels.renorm_rows(self.W_dec.detach().numpy())
+            return
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     # -- training losses ----------------------------------------------------------------------
@@ -491,6 +645,11 @@ class BatchTopKSAE(nn.Module):
     def _update_state(self, rows_sel_cols: torch.Tensor, min_selected: torch.Tensor | None) -> None:
         fired = torch.zeros(self.n_latents, dtype=torch.bool, device=rows_sel_cols.device)
         fired[rows_sel_cols] = True
+        self._update_fired(fired, min_selected)
+
+    @torch.no_grad()
+    def _update_fired(self, fired: torch.Tensor, min_selected: torch.Tensor | None) -> None:
+        """Advance the dead counters (``fired`` [n] bool: selected with a positive value) and the running threshold."""
         self.steps_since_fired.add_(1).masked_fill_(fired, 0)
         if min_selected is not None:
             if float(self.threshold) < 0:
@@ -507,6 +666,8 @@ class BatchTopKSAE(nn.Module):
         detached). ``normalized=True`` means x is already standardised (:meth:`normalize`, incl. the
         per-dim step). ``update_state`` advances the dead counters and the running threshold.
         """
+        if fused_available(self.W_enc, self.W_dec, self.b_dec):
+            return self._fused_training_loss(x, normalized, update_state)
         if normalized:
             xn = x.to(self.W_enc.dtype)
         else:
@@ -533,6 +694,55 @@ class BatchTopKSAE(nn.Module):
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(flat.numel() / B), n_dead=torch.tensor(n_dead),
                     recon=recon.detach())
+
+    def _normalize_center(self, x: torch.Tensor, normalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̃, x̃ − b_dec) of raw (or, with ``normalized``, already standardised) x, by the fused kernel."""
+        self._check_input(x)
+        dt = self.W_enc.dtype
+        b = self.b_dec.detach()
+        if normalized:
+            xn = x.to(dt).contiguous()
+            return xn, xn - b
+        return self._fused_normalize(x)[:2]
+
+    def _fused_normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(x̃, x̃ − b_dec, mean [B, 1], scale [B, 1]) of raw x by the fused kernel (cf. :meth:`normalize_with_stats`)."""
+        xs = self._dim_standardise(x.to(self.W_enc.dtype)).contiguous()
+        xn, xc = torch.empty_like(xs), torch.empty_like(xs)
+        mean, scale = xs.new_empty(xs.shape[0], 1), xs.new_empty(xs.shape[0], 1)
+        kernels.normalize_center(xs.numpy(), self.b_dec.detach().numpy(), xn.numpy(), xc.numpy(), mean.numpy(),
+                                 scale.numpy(), EPS)
+        return xn, xc, mean, scale
+
+    def _fused_training_loss(self, x: torch.Tensor, normalized: bool, update_state: bool) -> dict[str, torch.Tensor]:
+        """:meth:`training_loss` by the fused CPU kernels (same semantics up to floating-point reassociation)."""
+        xn, xc = self._normalize_center(x, normalized)
+        B, n = xn.shape[0], self.n_latents
+        with torch.no_grad():
+            pre = xc @ self.W_enc
+            sel = batch_topk_select(pre, self.k) if self.k < n else None
+            if sel is None:  # few positive pre-activations (or k = n): the torch selection on relu(pre)
+                pre.relu_()
+                flat = _batch_topk_indices_torch(pre, self.k)
+                pattern = SparsePattern.from_flat(flat, (B, n))
+                vals = pre.view(-1)[flat]
+            else:
+                rows, cols, vals, crow = sel
+                pattern = SparsePattern(rows, cols, (B, n), crow)
+            dead = self.dead_mask()
+        mse, recon = fused_sparse_mse(self.W_enc, self.W_dec, self.b_dec, xn, xc, vals, pattern)
+        n_dead = int(dead.sum())
+        aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
+        if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
+            aux = self._aux_loss(xn, xn - recon, dead)
+        if update_state:  # a latent "fires" when selected with a positive activation
+            with torch.no_grad():
+                positive = vals > 0
+                pos = vals[positive]
+                fired = torch.zeros(n, dtype=torch.long).index_add_(0, pattern.cols, positive.long()) > 0
+                self._update_fired(fired, pos.min() if pos.numel() else None)
+        return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
+                    l0=torch.tensor(vals.numel() / B), n_dead=torch.tensor(n_dead), recon=recon)
 
     def _aux_loss(self, xn: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK term on the dead latents' columns only, densely: per token the top min(k_aux, #dead) dead

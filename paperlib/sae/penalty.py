@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from paperlib.sae import kernels
+
 
 def decomposability_penalty(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: float) -> torch.Tensor:
     """Scalar mean_i exp(−e_i / σ²) with e_i = ‖W_dec[i] − Ŵ[i]‖² (squared L2 over d).
@@ -25,9 +27,40 @@ def row_penalty_terms(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: float) -
         raise ValueError(f"sigma2 must be > 0, got {sigma2}")
     if W_dec.shape != W_hat.shape or W_dec.ndim != 2:
         raise ValueError(f"W_dec {tuple(W_dec.shape)} and W_hat {tuple(W_hat.shape)} must be equal [n, d]")
+    if _fused(W_dec, W_hat):
+        p, e = _FusedRowPenalty.apply(W_dec, W_hat.detach(), float(sigma2))
+        return p, e
     diff = W_dec - W_hat.detach()
     e = (diff * diff).sum(dim=1)
     return torch.exp(-e / sigma2), e
+
+
+def _fused(W_dec: torch.Tensor, W_hat: torch.Tensor) -> bool:
+    return (kernels.available() and W_dec.device.type == "cpu" and W_dec.dtype in (torch.float32, torch.float64)
+            and W_hat.dtype == W_dec.dtype and W_dec.is_contiguous() and W_hat.is_contiguous())
+
+
+class _FusedRowPenalty(torch.autograd.Function):
+    """(p, e) of :func:`row_penalty_terms` in one pass over the rows (fused CPU kernel); the backward is one more:
+    dW[i] = g_p[i] · p[i] · (−2/σ²) · (W[i] − Ŵ[i]) (Ŵ a constant; ``e`` carries no gradient)."""
+
+    @staticmethod
+    def forward(ctx, W, H, sigma2):  # noqa: D102
+        n = W.shape[0]
+        p, e = W.new_empty(n), W.new_empty(n)
+        kernels.row_penalty(W.detach().numpy(), H.numpy(), sigma2, p.numpy(), e.numpy())
+        ctx.save_for_backward(W, H, p)
+        ctx.sigma2 = sigma2
+        ctx.mark_non_differentiable(e)
+        return p, e
+
+    @staticmethod
+    def backward(ctx, g_p, g_e):  # noqa: D102
+        W, H, p = ctx.saved_tensors
+        coef = (g_p * p * (-2.0 / ctx.sigma2)).contiguous()
+        G = torch.empty_like(W)
+        kernels.row_penalty_grad(W.detach().numpy(), H.numpy(), coef.numpy(), G.numpy())
+        return G, None, None
 
 
 def partition_chunks(n: int, n_chunks: int, generator: torch.Generator | None = None,

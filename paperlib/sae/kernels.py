@@ -1,0 +1,234 @@
+"""Fused CPU kernels of the sparse training step: C with OpenMP, built on first use, called on numpy arrays.
+
+The primary step's only dense O(B·n·d) work is the encoder matmul (torch/MKL). What follows it is a dozen
+torch ops, each a full pass over its data plus a temporary: the BatchTopK selection over the [B, n]
+pre-activations, the decode, four sparse products, the decoder constraint. The kernels in
+``csrc/fused.c`` fuse them into few passes:
+
+- ``normalize_center``: per-token standardisation and x̃ − b_dec in one pass over the batch;
+- ``count_at_least`` / ``gather_at_least`` / ``keep_top``: the exact BatchTopK selection as a counting and
+  a gathering pass over the pre-activations, a linear-time selection (numpy's introselect) among the
+  candidates and one compaction pass;
+- ``by_latent``: the latent-major (transposed) layout of the selected entries, a stable counting sort;
+- ``decode_residual``: per token, the decode, the residual and its squared norm, the MSE gradient of the
+  reconstruction and the gradient of every selected code (the gathered decoder rows are still in cache
+  for their second use);
+- ``latent_grads``: per latent, the decoder-row gradient, the encoder-column gradient (written straight
+  into W_enc's [d, n] layout through a 16-column tile) and the column sum that b_dec's gradient needs;
+- ``project_rows`` / ``renorm_rows``: the decoder constraint;
+- ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient.
+
+Semantics are those of the torch path of :mod:`paperlib.sae.models` up to floating-point reassociation:
+vectorised sums reassociate; there is no ``-ffast-math``, so NaN and inf propagate as in torch. Every output
+element is written by one loop iteration (static schedule) and summed in a fixed order, so results do not
+depend on the number of threads. The code is compiled for the host CPU (``-march=native``), like MKL's own
+kernel choice, so its last bits may differ between CPU generations.
+
+The library is built with the C compiler ``$CC`` (default ``cc``) into ``$PAPERLIB_KERNEL_CACHE`` (default
+``~/.cache/paperlib/kernels``), once per source, flags and compiler version (about 1 s). Without a working
+compiler (or with ``PAPERLIB_FUSED=0``) :func:`available` is False and training runs the torch path: the
+same results up to reassociation, about twice as slow (``benchmarks/train.py``); a warning says so once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "fused.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+_I64 = ctypes.POINTER(ctypes.c_int64)
+_F64 = ctypes.POINTER(ctypes.c_double)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PAPERLIB_KERNEL_CACHE", Path.home() / ".cache" / "paperlib" / "kernels"))
+
+
+def _compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
+def _build() -> Path:
+    """The compiled library for this source, flags and compiler (built atomically when missing)."""
+    cc = _compiler()
+    if shutil.which(cc) is None:
+        raise OSError(f"no C compiler {cc!r} on PATH")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version]).encode()).hexdigest()[:16]
+    lib = cache_dir() / f"fused-{key}.so"
+    if lib.exists():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise OSError(f"{cc} failed to build {SOURCE.name}: {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, lib)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return lib
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("PAPERLIB_FUSED", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build()))
+        for s in ("f32", "f64"):
+            getattr(lib, f"keep_top_{s}").restype = ctypes.c_int64
+        return lib
+    except (OSError, subprocess.SubprocessError) as err:
+        warnings.warn(f"fused CPU kernels unavailable ({err}); training uses the slower torch path "
+                      "(same results up to floating-point reassociation). Install a C compiler with OpenMP "
+                      "(gcc) to enable them.", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def available() -> bool:
+    """The kernels are built and loaded (a C compiler with OpenMP exists, ``PAPERLIB_FUSED`` is not 0)."""
+    return _library() is not None
+
+
+def _suffix(a: np.ndarray) -> str:
+    if a.dtype == np.float32:
+        return "f32"
+    if a.dtype == np.float64:
+        return "f64"
+    raise TypeError(f"fused kernels take float32 or float64 arrays, got {a.dtype}")
+
+
+def _scalar_type(a: np.ndarray):
+    return ctypes.c_float if a.dtype == np.float32 else ctypes.c_double
+
+
+def _p(a: np.ndarray):
+    if not a.flags.c_contiguous:
+        raise ValueError("fused kernels need C-contiguous arrays")
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _fn(name: str, a: np.ndarray):
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("fused CPU kernels are not available (see kernels.available())")
+    return getattr(lib, f"{name}_{_suffix(a)}")
+
+
+def threads() -> int:
+    """Threads per kernel: torch's intra-op count (1 in the training pool's workers)."""
+    return max(1, torch.get_num_threads())
+
+
+def normalize_center(x: np.ndarray, b: np.ndarray, xn: np.ndarray, xc: np.ndarray, means: np.ndarray,
+                     scales: np.ndarray, eps: float) -> None:
+    """xn[i] = (x[i] − mean_i) / scale_i with scale_i = std_i + eps (unbiased std over the row; statistics in
+    fp64, written to ``means`` / ``scales``) and xc = xn − b."""
+    B, d = x.shape
+    _fn("normalize_center", x)(_p(x), _p(b), _p(xn), _p(xc), _p(means), _p(scales), ctypes.c_int64(B),
+                               ctypes.c_int64(d), ctypes.c_double(eps), ctypes.c_int(threads()))
+
+
+def count_at_least(pre: np.ndarray, t, counts: np.ndarray) -> None:
+    """counts[i] = #{j: pre[i, j] ≥ t} (int64)."""
+    B, n = pre.shape
+    _fn("count_at_least", pre)(_p(pre), ctypes.c_int64(B), ctypes.c_int64(n), _scalar_type(pre)(t), _p(counts),
+                               ctypes.c_int(threads()))
+
+
+def gather_at_least(pre: np.ndarray, t, offsets: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+    """The entries ≥ t of row i, in column order, into cols/vals[offsets[i]:offsets[i + 1]]."""
+    B, n = pre.shape
+    _fn("gather_at_least", pre)(_p(pre), ctypes.c_int64(B), ctypes.c_int64(n), _scalar_type(pre)(t),
+                                _p(offsets), _p(cols), _p(vals), ctypes.c_int(threads()))
+
+
+def keep_top_count(offsets: np.ndarray, cols: np.ndarray, vals: np.ndarray, count: int):
+    """Exactly ``count`` of the candidates (row-major order): every one above the count-th largest value v,
+    then the first ones equal to v. Returns (crow [B + 1], rows, cols, vals) of the kept entries."""
+    m = vals.size
+    v = np.partition(vals, m - count)[m - count]
+    need = count - int(np.count_nonzero(vals > v))
+    B = offsets.size - 1
+    crow = np.empty(B + 1, dtype=np.int64)
+    rows_o, cols_o = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
+    vals_o = np.empty(count, dtype=vals.dtype)
+    got = _fn("keep_top", vals)(_p(offsets), _p(cols), _p(vals), ctypes.c_int64(B), _scalar_type(vals)(v),
+                                ctypes.c_int64(need), _p(crow), _p(rows_o), _p(cols_o), _p(vals_o))
+    if got != count:
+        raise RuntimeError(f"BatchTopK selection kept {got} entries instead of {count} (non-finite values?)")
+    return crow, rows_o, cols_o, vals_o
+
+
+def by_latent(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable counting sort of the entries (int64 rows, cols) by latent: (crow_t [n + 1], perm, rows[perm])."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("fused CPU kernels are not available (see kernels.available())")
+    m = cols.size
+    crow_t, pos = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+    perm, rows_t = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64)
+    lib.by_latent(_p(rows), _p(cols), ctypes.c_int64(m), ctypes.c_int64(n), _p(crow_t), _p(pos), _p(perm),
+                  _p(rows_t))
+    return crow_t, perm, rows_t
+
+
+def decode_residual(crow, cols, vals, W, b, xn, scale, recon, g, gv, sq, with_grad: bool) -> None:
+    """Per token i: recon[i] = b + Σ_e vals[e]·W[cols[e]] over its entries, sq[i] = ‖recon[i] − xn[i]‖² (fp64);
+    with ``with_grad``: g[i] = scale·(recon[i] − xn[i]) and gv[e] = g[i] · W[cols[e]]."""
+    B, d = xn.shape
+    _fn("decode_residual", W)(_p(crow), _p(cols), _p(vals), _p(W), _p(b), _p(xn), ctypes.c_int64(B),
+                              ctypes.c_int64(d), _scalar_type(W)(scale), _p(recon), _p(g), _p(gv), _p(sq),
+                              ctypes.c_int(int(with_grad)), ctypes.c_int(threads()))
+
+
+def latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum) -> None:
+    """Per latent j (its entries e, token i): gW_dec[j] = Σ vals[e]·g[i]; with gs[e] = gv[e]·1[vals[e] > 0],
+    gW_enc[:, j] = Σ gs[e]·xc[i] (W_enc's [d, n] layout) and colsum[j] = Σ gs[e] (fp64)."""
+    n, d = gW_dec.shape
+    _fn("latent_grads", g)(_p(crow_t), _p(perm), _p(rows_t), _p(vals), _p(gv), _p(g), _p(xc), ctypes.c_int64(n),
+                           ctypes.c_int64(d), _p(gW_dec), _p(gW_enc), _p(colsum), ctypes.c_int(threads()))
+
+
+def row_penalty(W: np.ndarray, H: np.ndarray, sigma2: float, p: np.ndarray, e: np.ndarray) -> None:
+    """Per row: e[i] = ‖W[i] − H[i]‖² and p[i] = exp(−e[i] / σ²)."""
+    n, d = W.shape
+    _fn("row_penalty", W)(_p(W), _p(H), ctypes.c_int64(n), ctypes.c_int64(d), ctypes.c_double(1.0 / sigma2), _p(p),
+                          _p(e), ctypes.c_int(threads()))
+
+
+def row_penalty_grad(W: np.ndarray, H: np.ndarray, coef: np.ndarray, G: np.ndarray) -> None:
+    """G[i] = coef[i] · (W[i] − H[i])."""
+    n, d = W.shape
+    _fn("row_penalty_grad", W)(_p(W), _p(H), _p(coef), ctypes.c_int64(n), ctypes.c_int64(d), _p(G),
+                               ctypes.c_int(threads()))
+
+
+def project_rows(W: np.ndarray, G: np.ndarray) -> None:
+    """G[j] −= (G[j] · ŵ_j) ŵ_j with ŵ_j = W[j] / max(‖W[j]‖, 1e-12), in place."""
+    n, d = W.shape
+    _fn("project_rows", W)(_p(W), _p(G), ctypes.c_int64(n), ctypes.c_int64(d), ctypes.c_int(threads()))
+
+
+def renorm_rows(W: np.ndarray) -> None:
+    """W[j] /= max(‖W[j]‖, 1e-12), in place."""
+    n, d = W.shape
+    _fn("renorm_rows", W)(_p(W), ctypes.c_int64(n), ctypes.c_int64(d), ctypes.c_int(threads()))
+
+
+if __name__ == "__main__":  # build the library ahead of time: python -m paperlib.sae.kernels
+    print(_build() if available() else "unavailable", file=sys.stdout)

@@ -1,0 +1,251 @@
+"""Tests for paperlib.sae.kernels: each fused CPU kernel against a brute-force numpy reference, the fused
+training step against the dense reference and the torch path, thread-count independence, and the fallback
+when no C compiler exists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from paperlib.sae import kernels, models
+from paperlib.sae.models import BatchTopKSAE, MetaSAE, batch_topk_indices
+from paperlib.sae.penalty import row_penalty_terms
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the fused kernels")
+DTYPES = (np.float32, np.float64)
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Run models with the torch ops instead of the fused kernels."""
+    monkeypatch.setattr(models, "FUSED", False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normalize_center_against_numpy(dtype):
+    x = (_rng().standard_normal((9, 7)) * 3 + 2).astype(dtype)
+    b = _rng(1).standard_normal(7).astype(dtype)
+    xn, xc, m, s = (np.empty_like(x), np.empty_like(x), np.empty((9, 1), dtype), np.empty((9, 1), dtype))
+    kernels.normalize_center(x, b, xn, xc, m, s, 1e-5)
+    x64 = x.astype(np.float64)
+    ref_s = x64.std(axis=1, ddof=1, keepdims=True) + 1e-5
+    ref = (x64 - x64.mean(axis=1, keepdims=True)) / ref_s
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(xn, ref, atol=tol)
+    np.testing.assert_allclose(xc, ref - b, atol=tol)
+    np.testing.assert_allclose(s, ref_s, rtol=tol)
+    np.testing.assert_allclose(m, x64.mean(axis=1, keepdims=True), atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_count_and_gather_at_least_against_numpy(dtype):
+    pre = _rng().standard_normal((11, 13)).astype(dtype)
+    pre[2, 3] = np.nan  # NaN is never at least t
+    t = dtype(0.4)
+    counts = np.empty(11, np.int64)
+    kernels.count_at_least(pre, t, counts)
+    np.testing.assert_array_equal(counts, (pre >= t).sum(axis=1))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    cols, vals = np.empty(offsets[-1], np.int64), np.empty(offsets[-1], dtype)
+    kernels.gather_at_least(pre, t, offsets, cols, vals)
+    rr, cc = np.nonzero(pre >= t)
+    np.testing.assert_array_equal(cols, cc)
+    np.testing.assert_array_equal(vals, pre[rr, cc])
+
+
+def test_keep_top_count_keeps_the_largest_and_the_first_ties():
+    offsets = np.array([0, 3, 5, 8])
+    cols = np.array([0, 2, 5, 1, 4, 0, 3, 6])
+    vals = np.array([5.0, 2.0, 2.0, 7.0, 2.0, 1.0, 2.0, 9.0], dtype=np.float32)
+    crow, rows, kept_cols, kept = kernels.keep_top_count(offsets, cols, vals, 5)
+    # above the 5th largest (2.0): 9, 7, 5; then the first two 2.0s in row-major order (row 0's two)
+    np.testing.assert_array_equal(rows, [0, 0, 0, 1, 2])
+    np.testing.assert_array_equal(kept_cols, [0, 2, 5, 1, 6])
+    np.testing.assert_array_equal(kept, [5, 2, 2, 7, 9])
+    np.testing.assert_array_equal(crow, [0, 3, 4, 5])
+
+
+def test_by_latent_is_a_stable_sort_by_column():
+    rng = _rng(3)
+    rows = np.sort(rng.integers(0, 20, 100))
+    cols = rng.integers(0, 9, 100)
+    crow_t, perm, rows_t = kernels.by_latent(rows, cols, 9)
+    ref = np.argsort(cols, kind="stable")
+    np.testing.assert_array_equal(perm, ref)
+    np.testing.assert_array_equal(rows_t, rows[ref])
+    np.testing.assert_array_equal(crow_t, np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=9))]))
+
+
+def _entries(rng, B, n, per_row):
+    cols = np.concatenate([np.sort(rng.choice(n, per_row[i], replace=False)) for i in range(B)]).astype(np.int64)
+    crow = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+    rows = np.repeat(np.arange(B), per_row).astype(np.int64)
+    return rows, cols, crow
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_residual_and_latent_grads_against_dense(dtype):
+    rng = _rng(5)
+    B, n, d = 10, 37, 70  # d spans two 256-byte column chunks (float32) and leaves remainders
+    rows, cols, crow = _entries(rng, B, n, rng.integers(0, 7, B))
+    vals = rng.standard_normal(cols.size).astype(dtype)  # some ≤ 0: their code gradient is masked
+    W = rng.standard_normal((n, d)).astype(dtype)
+    b, xn, xc = (rng.standard_normal(s).astype(dtype) for s in (d, (B, d), (B, d)))
+    recon, g = np.empty((B, d), dtype), np.empty((B, d), dtype)
+    gv, sq = np.empty(cols.size, dtype), np.empty(B)
+    kernels.decode_residual(crow, cols, vals, W, b, xn, 0.5, recon, g, gv, sq, True)
+    S = np.zeros((B, n))
+    S[rows, cols] = vals
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    ref = b + S @ W
+    np.testing.assert_allclose(recon, ref, atol=tol)
+    np.testing.assert_allclose(sq, ((ref - xn) ** 2).sum(1), rtol=tol)
+    np.testing.assert_allclose(g, 0.5 * (ref - xn), atol=tol)
+    np.testing.assert_allclose(gv, (g.astype(np.float64) @ W.T)[rows, cols], atol=tol)
+    crow_t, perm, rows_t = kernels.by_latent(rows, cols, n)
+    gW_dec, gW_enc, colsum = np.empty((n, d), dtype), np.empty((d, n), dtype), np.empty(n)
+    kernels.latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum)
+    Sg = np.zeros((B, n))
+    Sg[rows, cols] = np.where(vals > 0, gv, 0)
+    np.testing.assert_allclose(gW_dec, S.T @ g, atol=tol)
+    np.testing.assert_allclose(gW_enc, xc.T @ Sg, atol=tol)
+    np.testing.assert_allclose(colsum, Sg.sum(0), atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decoder_constraint_and_penalty_kernels_against_numpy(dtype):
+    rng = _rng(7)
+    W, G, H = (rng.standard_normal((6, 9)).astype(dtype) for _ in range(3))
+    W[2] = 0.0  # a zero row: norm clamped at 1e-12
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    Wn = W / np.maximum(np.linalg.norm(W.astype(np.float64), axis=1, keepdims=True), 1e-12)
+    ref = G - (G * Wn).sum(1, keepdims=True) * Wn
+    Gk = G.copy()
+    kernels.project_rows(W, Gk)
+    np.testing.assert_allclose(Gk, ref, atol=tol)
+    Wk = W.copy()
+    kernels.renorm_rows(Wk)
+    np.testing.assert_allclose(Wk, Wn, atol=tol)
+    p, e = np.empty(6, dtype), np.empty(6, dtype)
+    kernels.row_penalty(W, H, 2.0, p, e)
+    np.testing.assert_allclose(e, ((W - H) ** 2).sum(1), rtol=tol)
+    np.testing.assert_allclose(p, np.exp(-e.astype(np.float64) / 2.0), rtol=tol)
+    coef, out = rng.standard_normal(6).astype(dtype), np.empty_like(W)
+    kernels.row_penalty_grad(W, H, coef, out)
+    np.testing.assert_allclose(out, coef[:, None] * (W - H), atol=tol)
+
+
+def test_selection_equals_the_torch_path_with_ties_and_fallbacks():
+    g = torch.Generator().manual_seed(2)
+    for B, n, k in ((64, 40, 4), (300, 50, 3), (7, 9, 2), (128, 16, 15)):
+        pre = torch.randn(B, n, generator=g).relu()
+        pre[0, :5] = pre[1, :5] = 1.0  # ties across rows
+        assert torch.equal(batch_topk_indices(pre, k), models._batch_topk_indices_torch(pre, k))
+    few = torch.zeros(100, 30)
+    few[:, :2] = 1.0  # fewer positive entries than k·B: the kernels decline, the torch path decides
+    assert models.batch_topk_select(few, 5) is None
+    assert torch.equal(batch_topk_indices(few, 5), models._batch_topk_indices_torch(few, 5))
+
+
+def _step_outputs(sae, x):
+    out = sae.training_loss(x, update_state=False)
+    sae.zero_grad()
+    out["loss"].backward()
+    return out, [p.grad.clone() for p in (sae.W_enc, sae.W_dec, sae.b_dec)]
+
+
+@pytest.mark.parametrize("dead", [False, True])
+def test_fused_step_matches_the_torch_path_in_float32(dead, monkeypatch):
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(24, 96, 6, seed=0, dead_after=1, k_aux=8)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    if dead:
+        sae.steps_since_fired[::4] = 5
+    x = torch.randn(256, 24) * 2 + 1
+    fused, gf = _step_outputs(sae, x)
+    monkeypatch.setattr(models, "FUSED", False)
+    ref, gr = _step_outputs(sae, x)
+    assert abs(float(fused["loss"]) - float(ref["loss"])) < 1e-6 * float(ref["loss"])
+    assert torch.allclose(fused["recon"], ref["recon"], atol=1e-5)
+    for a, b in zip(gf, gr, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7 * float(b.abs().max())), (a - b).abs().max()
+
+
+def test_fused_state_update_and_reconstruction_match_the_torch_path(monkeypatch):
+    x = torch.randn(128, 24) * 2
+    a, b = BatchTopKSAE(24, 96, 6, seed=3, dead_after=2), BatchTopKSAE(24, 96, 6, seed=3, dead_after=2)
+    for _ in range(3):
+        a.training_loss(x)
+    rec_a = a.reconstruct(x)
+    monkeypatch.setattr(models, "FUSED", False)
+    for _ in range(3):
+        b.training_loss(x)
+    assert torch.equal(a.steps_since_fired, b.steps_since_fired)
+    assert torch.allclose(a.threshold, b.threshold, rtol=1e-6)
+    assert torch.allclose(rec_a, b.reconstruct(x), atol=1e-5)
+    meta = MetaSAE(24, 12, 3, seed=1)
+    W = torch.randn(96, 24)
+    rows = meta.reconstruct_rows(W)
+    monkeypatch.setattr(models, "FUSED", True)
+    assert torch.allclose(meta.reconstruct_rows(W), rows, atol=1e-5)
+
+
+def test_fused_penalty_gradient_matches_autograd_of_the_formula():
+    W = torch.randn(40, 12, dtype=torch.float64, requires_grad=True)
+    H = torch.randn(40, 12, dtype=torch.float64)
+    p, e = row_penalty_terms(W, H, 1.5)
+    (0.3 * p.mean()).backward()
+    g = W.grad.clone()
+    W.grad = None
+    diff = W - H
+    ref = torch.exp(-(diff * diff).sum(1) / 1.5)
+    (0.3 * ref.mean()).backward()
+    assert torch.allclose(p, ref.detach(), atol=1e-14) and torch.allclose(g, W.grad, atol=1e-15)
+
+
+_THREADS_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from paperlib.sae.models import BatchTopKSAE
+from paperlib.sae.trainer import make_adam
+torch.manual_seed(0)
+x = torch.randn(512, 48) * 2 + 1
+sae = BatchTopKSAE(48, 192, 8, seed=0, dead_after=2, k_aux=16)
+opt = make_adam(sae, 1e-3)
+for step in range(6):
+    opt.zero_grad(set_to_none=True)
+    sae.training_loss(x[step % 2 * 256:(step % 2 + 1) * 256])["loss"].backward()
+    sae.project_decoder_grad()
+    opt.step()
+    sae.renorm_decoder()
+sys.stdout.buffer.write(b"".join(t.detach().numpy().tobytes() for t in sae.state_dict().values()))
+"""
+
+
+def test_fused_training_is_bitwise_independent_of_the_thread_count():
+    outs = [subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(t)], capture_output=True, check=True).stdout
+            for t in (1, 2)]
+    assert outs[0] == outs[1] and len(outs[0]) > 0
+
+
+def test_without_a_compiler_training_warns_once_and_uses_the_torch_path(tmp_path):
+    script = ("import warnings, torch\n"
+              "from paperlib.sae import kernels, models\n"
+              "with warnings.catch_warnings(record=True) as w:\n"
+              "    warnings.simplefilter('always')\n"
+              "    sae = models.BatchTopKSAE(12, 40, 4, seed=0)\n"
+              "    out = sae.training_loss(torch.randn(64, 12))\n"
+              "    out['loss'].backward()\n"
+              "print(kernels.available(), sum('fused CPU kernels unavailable' in str(x.message) for x in w))\n")
+    env = {**__import__("os").environ, "CC": "no-such-compiler", "PAPERLIB_KERNEL_CACHE": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert res.stdout.split() == ["False", "1"]
