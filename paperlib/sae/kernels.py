@@ -19,7 +19,8 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
 - ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient.
 
 Semantics are those of the torch path of :mod:`paperlib.sae.models` up to floating-point reassociation:
-vectorised sums reassociate; there is no ``-ffast-math``, so NaN and inf propagate as in torch. Every output
+vectorised sums reassociate and multiply-adds are fused (``-ffp-contract=fast``); there is no ``-ffast-math``, so
+NaN and inf propagate as in torch. Every output
 element is written by one loop iteration (static schedule) and summed in a fixed order, so results do not
 depend on the number of threads. The code is compiled for the host CPU (``-march=native``), like MKL's own
 kernel choice, so its last bits may differ between CPU generations.
@@ -47,7 +48,9 @@ import numpy as np
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+HEADERS = (SOURCE.with_name("fused_impl.h"),)
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC",
+         "-std=gnu11")
 _I64 = ctypes.POINTER(ctypes.c_int64)
 _F64 = ctypes.POINTER(ctypes.c_double)
 
@@ -66,7 +69,8 @@ def _build() -> Path:
     if shutil.which(cc) is None:
         raise OSError(f"no C compiler {cc!r} on PATH")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version]).encode()).hexdigest()[:16]
+    texts = [f.read_text() for f in (SOURCE, *HEADERS)]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, version]).encode()).hexdigest()[:16]
     lib = cache_dir() / f"fused-{key}.so"
     if lib.exists():
         return lib
@@ -187,13 +191,34 @@ def by_latent(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, n
     return crow_t, perm, rows_t
 
 
+SCRATCH: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+
+def scratch(name: str, size: int, dtype) -> np.ndarray:
+    """A work array of ``size`` elements, reused by later calls of the same name (a fresh multi-MB array per call
+    costs a page fault per 4 KiB). Valid until the next call with this name."""
+    key = (name, np.dtype(dtype))
+    buf = SCRATCH.get(key)
+    if buf is None or buf.size < size:
+        buf = SCRATCH[key] = np.empty(max(size, 1), dtype=dtype)
+    return buf[:max(size, 1)]
+
+
+CHUNK_BYTES = 256
+"""Column chunk of decode_residual and latent_grads (64 float32 or 32 float64 columns; ``CW`` in the C source)."""
+
+
 def decode_residual(crow, cols, vals, W, b, xn, scale, recon, g, gv, sq, with_grad: bool) -> None:
     """Per token i: recon[i] = b + Σ_e vals[e]·W[cols[e]] over its entries, sq[i] = ‖recon[i] − xn[i]‖² (fp64);
-    with ``with_grad``: g[i] = scale·(recon[i] − xn[i]) and gv[e] = g[i] · W[cols[e]]."""
+    with ``with_grad``: g[i] = scale·(recon[i] − xn[i]) and gv[e] = g[i] · W[cols[e]] (a sum of per-column-chunk
+    partial dot products, added in chunk order)."""
     B, d = xn.shape
+    n_chunks = -(-d // (CHUNK_BYTES // W.itemsize))
+    gvp = scratch("gvp", n_chunks * int(crow[-1]) if with_grad else 1, W.dtype)
+    sqp = scratch("sqp", n_chunks * B, np.float64)
     _fn("decode_residual", W)(_p(crow), _p(cols), _p(vals), _p(W), _p(b), _p(xn), ctypes.c_int64(B),
-                              ctypes.c_int64(d), _scalar_type(W)(scale), _p(recon), _p(g), _p(gv), _p(sq),
-                              ctypes.c_int(int(with_grad)), ctypes.c_int(threads()))
+                              ctypes.c_int64(d), _scalar_type(W)(scale), _p(recon), _p(g), _p(gv), _p(gvp), _p(sqp),
+                              _p(sq), ctypes.c_int(int(with_grad)), ctypes.c_int(threads()))
 
 
 def latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum) -> None:

@@ -1,0 +1,330 @@
+/* Kernels for one element type T (see fused.c): names S(x), column chunk CW elements (256 bytes). */
+
+/* A 64-byte vector of T (GCC / clang vector extension) and unaligned loads and stores of it. */
+typedef T S(vec) __attribute__((vector_size(64)));
+#define VT S(vec)
+#define VL (64 / (int)sizeof(T))
+#define NV (CW / VL)
+static inline VT S(vload)(const T *p) { VT v; memcpy(&v, p, sizeof v); return v; }
+static inline void S(vstore)(T *p, VT v) { memcpy(p, &v, sizeof v); }
+static inline VT S(vzero)(void) { VT v = {0}; return v; }
+/* Sum of the lanes as a tree of halves (HSUM_STEPS, defined per type in fused.c). */
+static inline T S(hsum)(VT v) { HSUM_STEPS(v); return v[0]; }
+#define vload S(vload)
+#define vstore S(vstore)
+#define vzero S(vzero)
+#define hsum S(hsum)
+
+void S(normalize_center)(const T *restrict x, const T *restrict b, T *restrict xn, T *restrict xc,
+                         T *restrict means, T *restrict scales, int64_t B, int64_t d, double eps, int nt) {
+    const double denom = d > 1 ? (double)(d - 1) : 1.0;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < B; i++) {
+        const T *restrict xi = x + i * d;
+        double s = 0.0, q = 0.0;
+#pragma omp simd reduction(+:s)
+        for (int64_t t = 0; t < d; t++) s += xi[t];
+        const double mean = s / (double)d;
+#pragma omp simd reduction(+:q)
+        for (int64_t t = 0; t < d; t++) { double c = xi[t] - mean; q += c * c; }
+        const double sc = sqrt(q / denom) + eps, inv = 1.0 / sc;
+        means[i] = (T)mean;
+        scales[i] = (T)sc;
+        T *restrict yn = xn + i * d, *restrict yc = xc + i * d;
+#pragma omp simd
+        for (int64_t t = 0; t < d; t++) {
+            T v = (T)((xi[t] - mean) * inv);
+            yn[t] = v;
+            yc[t] = v - b[t];
+        }
+    }
+}
+
+void S(count_at_least)(const T *restrict pre, int64_t B, int64_t n, T t, int64_t *restrict counts, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < B; i++) {
+        const T *restrict row = pre + i * n;
+        int64_t c = 0;
+#pragma omp simd reduction(+:c)
+        for (int64_t j = 0; j < n; j++) c += row[j] >= t;
+        counts[i] = c;
+    }
+}
+
+/* The entries >= t of each row, in column order; blocks of 16 without one are skipped by a vector test. */
+void S(gather_at_least)(const T *restrict pre, int64_t B, int64_t n, T t, const int64_t *restrict offsets,
+                        int64_t *restrict cols, T *restrict vals, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < B; i++) {
+        const T *restrict row = pre + i * n;
+        int64_t o = offsets[i], j = 0;
+        for (; j + 16 <= n; j += 16) {
+            int any = 0;
+            for (int64_t u = 0; u < 16; u++) any |= row[j + u] >= t;
+            if (!any) continue;
+            for (int64_t u = j; u < j + 16; u++)
+                if (row[u] >= t) { cols[o] = u; vals[o] = row[u]; o++; }
+        }
+        for (; j < n; j++)
+            if (row[j] >= t) { cols[o] = j; vals[o] = row[j]; o++; }
+    }
+}
+
+/* Keep every candidate above v and the first `need` equal to v (row-major order); returns the count. */
+int64_t S(keep_top)(const int64_t *restrict offsets, const int64_t *restrict cols, const T *restrict vals,
+                    int64_t B, T v, int64_t need, int64_t *restrict crow, int64_t *restrict rows_o,
+                    int64_t *restrict cols_o, T *restrict vals_o) {
+    int64_t o = 0;
+    crow[0] = 0;
+    for (int64_t i = 0; i < B; i++) {
+        for (int64_t e = offsets[i]; e < offsets[i + 1]; e++) {
+            T x = vals[e];
+            int keep = x > v;
+            if (!keep && x == v && need > 0) { keep = 1; need--; }
+            if (keep) { rows_o[o] = i; cols_o[o] = cols[e]; vals_o[o] = x; o++; }
+        }
+        crow[i + 1] = o;
+    }
+    return o;
+}
+
+/* One token's columns [t0, t0 + w) of the decode (in registers when w == CW), its squared residual and, with
+ * with_grad, g and the partial dot products gvp[e] = g[i, chunk] · W[cols[e], chunk]. */
+static inline void S(decode_chunk)(const int64_t *restrict crow, const int64_t *restrict cols,
+                                   const T *restrict vals, const T *restrict W, const T *restrict b,
+                                   const T *restrict xn, int64_t i, int64_t d, int64_t t0, int64_t w, T scale,
+                                   T *restrict recon, T *restrict g, T *restrict gvp, double *restrict sqp,
+                                   int with_grad) {
+    const int64_t e0 = crow[i], e1 = crow[i + 1];
+    const T *restrict xi = xn + i * d + t0;
+    T *restrict r = recon + i * d + t0;
+    T *restrict gi = g + i * d + t0;
+    double s = 0.0;
+    if (w == CW) {
+        VT a0[NV], a1[NV];
+        for (int u = 0; u < NV; u++) { a0[u] = vload(b + t0 + u * VL); a1[u] = vzero(); }
+        int64_t e = e0;
+        for (; e + 1 < e1; e += 2) {
+            const T v0 = vals[e], v1 = vals[e + 1];
+            const T *restrict w0 = W + cols[e] * d + t0, *restrict w1 = W + cols[e + 1] * d + t0;
+            if (e + PREFETCH_AHEAD + 1 < e1) {
+                PREFETCH_CHUNK(W + cols[e + PREFETCH_AHEAD] * d + t0);
+                PREFETCH_CHUNK(W + cols[e + PREFETCH_AHEAD + 1] * d + t0);
+            }
+            for (int u = 0; u < NV; u++) { a0[u] += v0 * vload(w0 + u * VL); a1[u] += v1 * vload(w1 + u * VL); }
+        }
+        if (e < e1) {
+            const T v0 = vals[e];
+            const T *restrict w0 = W + cols[e] * d + t0;
+            for (int u = 0; u < NV; u++) a0[u] += v0 * vload(w0 + u * VL);
+        }
+        VT sv = vzero();
+        for (int u = 0; u < NV; u++) {
+            a0[u] += a1[u];
+            vstore(r + u * VL, a0[u]);
+            VT df = a0[u] - vload(xi + u * VL);
+            sv += df * df;
+            a0[u] = scale * df;
+        }
+        *sqp = (double)hsum(sv);
+        if (!with_grad) return;
+        for (int u = 0; u < NV; u++) vstore(gi + u * VL, a0[u]);
+        for (int64_t e2 = e0; e2 < e1; e2++) {
+            const T *restrict wr = W + cols[e2] * d + t0;
+            VT dv = a0[0] * vload(wr);
+            for (int u = 1; u < NV; u++) dv += a0[u] * vload(wr + u * VL);
+            gvp[e2] = hsum(dv);
+        }
+        return;
+    }
+    for (int64_t t = 0; t < w; t++) r[t] = b[t0 + t];
+    for (int64_t e = e0; e < e1; e++) {
+        const T v = vals[e];
+        const T *restrict wr = W + cols[e] * d + t0;
+        for (int64_t t = 0; t < w; t++) r[t] += v * wr[t];
+    }
+    for (int64_t t = 0; t < w; t++) { T df = r[t] - xi[t]; s += (double)df * df; }
+    *sqp = s;
+    if (!with_grad) return;
+    for (int64_t t = 0; t < w; t++) gi[t] = scale * (r[t] - xi[t]);
+    for (int64_t e = e0; e < e1; e++) {
+        const T *restrict wr = W + cols[e] * d + t0;
+        T dot = 0;
+        for (int64_t t = 0; t < w; t++) dot += gi[t] * wr[t];
+        gvp[e] = dot;
+    }
+}
+
+/* Per token: recon = b + sum_e vals[e] W[cols[e]], sq = |recon - xn|^2 and, with with_grad,
+ * g = scale (recon - xn) and gv[e] = g . W[cols[e]]. Work items are (column chunk, token block), chunk-major,
+ * so a thread's decoder columns W[:, chunk] (n * 256 bytes) stay in its L2 while tokens gather their rows.
+ * gvp [n_chunks, m] and sqp [n_chunks, B] hold per-chunk partial sums, added in chunk order. */
+void S(decode_residual)(const int64_t *restrict crow, const int64_t *restrict cols, const T *restrict vals,
+                        const T *restrict W, const T *restrict b, const T *restrict xn, int64_t B, int64_t d,
+                        T scale, T *restrict recon, T *restrict g, T *restrict gv, T *restrict gvp,
+                        double *restrict sqp, double *restrict sq, int with_grad, int nt) {
+    const int64_t n_chunks = (d + CW - 1) / CW, m = crow[B];
+    const int64_t n_blocks = (B + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t c = 0; c < n_chunks; c++)
+            for (int64_t ib = 0; ib < n_blocks; ib++) {
+                const int64_t t0 = c * CW, w = t0 + CW < d ? CW : d - t0;
+                const int64_t i1 = (ib + 1) * TOKEN_BLOCK < B ? (ib + 1) * TOKEN_BLOCK : B;
+                for (int64_t i = ib * TOKEN_BLOCK; i < i1; i++)
+                    S(decode_chunk)(crow, cols, vals, W, b, xn, i, d, t0, w, scale, recon, g, gvp + c * m,
+                                    sqp + c * B + i, with_grad);
+            }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < B; i++) {
+            double s = 0.0;
+            for (int64_t c = 0; c < n_chunks; c++) s += sqp[c * B + i];
+            sq[i] = s;
+            if (!with_grad) continue;
+            for (int64_t e = crow[i]; e < crow[i + 1]; e++) {
+                T acc = gvp[e];
+                for (int64_t c = 1; c < n_chunks; c++) acc += gvp[c * m + e];
+                gv[e] = acc;
+            }
+        }
+    }
+}
+
+/* Per latent j (entries e, token i): gW_dec[j] = sum vals[e] g[i]; with gs[e] = gv[e] 1[vals[e] > 0],
+ * gW_enc[:, j] = sum gs[e] xc[i] (W_enc's [d, n] layout, through a TILE-latent tile) and colsum[j] = sum gs[e].
+ * Work items are (column chunk, latent tile), chunk-major: a thread's g[:, chunk] and xc[:, chunk]
+ * (B * 2 * 256 bytes) stay in its L2; a latent's chunk accumulates in registers. */
+void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict perm, const int64_t *restrict rows_t,
+                     const T *restrict vals, const T *restrict gv, const T *restrict g, const T *restrict xc,
+                     int64_t n, int64_t d, T *restrict gW_dec, T *restrict gW_enc, double *restrict colsum,
+                     int nt) {
+    const int64_t n_chunks = (d + CW - 1) / CW, n_tiles = (n + TILE - 1) / TILE;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < n; j++) {
+            double cs = 0.0;
+            for (int64_t q = crow_t[j]; q < crow_t[j + 1]; q++) {
+                const int64_t e = perm[q];
+                cs += vals[e] > 0 ? gv[e] : (T)0;
+            }
+            colsum[j] = cs;
+        }
+        T tile[TILE * CW];
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t c = 0; c < n_chunks; c++)
+            for (int64_t bt = 0; bt < n_tiles; bt++) {
+                const int64_t t0 = c * CW, w = t0 + CW < d ? CW : d - t0;
+                const int64_t j0 = bt * TILE, j1 = j0 + TILE < n ? j0 + TILE : n;
+                for (int64_t j = j0; j < j1 && w == CW; j++) {
+                    VT aa[NV], tt[NV];
+                    for (int u = 0; u < NV; u++) { aa[u] = vzero(); tt[u] = vzero(); }
+                    const int64_t q1 = crow_t[j + 1];
+                    for (int64_t q = crow_t[j]; q < q1; q++) {
+                        const int64_t e = perm[q];
+                        const T v = vals[e];
+                        const T gs = v > 0 ? gv[e] : (T)0;
+                        const T *restrict gi = g + rows_t[q] * d + t0, *restrict xi = xc + rows_t[q] * d + t0;
+                        if (q + PREFETCH_AHEAD < q1) {
+                            PREFETCH_CHUNK(g + rows_t[q + PREFETCH_AHEAD] * d + t0);
+                            PREFETCH_CHUNK(xc + rows_t[q + PREFETCH_AHEAD] * d + t0);
+                        }
+                        for (int u = 0; u < NV; u++) {
+                            aa[u] += v * vload(gi + u * VL);
+                            tt[u] += gs * vload(xi + u * VL);
+                        }
+                    }
+                    T *restrict a = gW_dec + j * d + t0;
+                    for (int u = 0; u < NV; u++) { vstore(a + u * VL, aa[u]); vstore(tile + (j - j0) * CW + u * VL, tt[u]); }
+                }
+                for (int64_t j = j0; j < j1 && w < CW; j++) {
+                    T aa[CW], tt[CW];
+                    for (int64_t t = 0; t < CW; t++) { aa[t] = 0; tt[t] = 0; }
+                    for (int64_t q = crow_t[j]; q < crow_t[j + 1]; q++) {
+                        const int64_t e = perm[q];
+                        const T v = vals[e];
+                        const T gs = v > 0 ? gv[e] : (T)0;
+                        const T *restrict gi = g + rows_t[q] * d + t0, *restrict xi = xc + rows_t[q] * d + t0;
+                        if (q + PREFETCH_AHEAD < crow_t[j + 1]) {
+                            PREFETCH_CHUNK(g + rows_t[q + PREFETCH_AHEAD] * d + t0);
+                            PREFETCH_CHUNK(xc + rows_t[q + PREFETCH_AHEAD] * d + t0);
+                        }
+                        for (int64_t t = 0; t < w; t++) { aa[t] += v * gi[t]; tt[t] += gs * xi[t]; }
+                    }
+                    T *restrict a = gW_dec + j * d + t0;
+                    for (int64_t t = 0; t < w; t++) { a[t] = aa[t]; tile[(j - j0) * CW + t] = tt[t]; }
+                }
+                for (int64_t t = 0; t < w; t++)
+                    for (int64_t j = j0; j < j1; j++) gW_enc[(t0 + t) * n + j] = tile[(j - j0) * CW + t];
+            }
+    }
+}
+
+/* Decomposability penalty per row: e[i] = |W[i] - H[i]|^2, p[i] = exp(-e[i] / sigma^2). */
+void S(row_penalty)(const T *restrict W, const T *restrict H, int64_t n, int64_t d, double inv_sigma2,
+                    T *restrict p, T *restrict e_out, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < n; i++) {
+        const T *restrict w = W + i * d, *restrict h = H + i * d;
+        T e = 0;
+#pragma omp simd reduction(+:e)
+        for (int64_t t = 0; t < d; t++) { T c = w[t] - h[t]; e += c * c; }
+        e_out[i] = e;
+        p[i] = (T)exp(-(double)e * inv_sigma2);
+    }
+}
+
+/* Its gradient: G[i] = coef[i] (W[i] - H[i]). */
+void S(row_penalty_grad)(const T *restrict W, const T *restrict H, const T *restrict coef, int64_t n, int64_t d,
+                         T *restrict G, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < n; i++) {
+        const T *restrict w = W + i * d, *restrict h = H + i * d;
+        T *restrict gi = G + i * d;
+        const T c = coef[i];
+#pragma omp simd
+        for (int64_t t = 0; t < d; t++) gi[t] = c * (w[t] - h[t]);
+    }
+}
+
+/* Decoder constraint: G[j] -= (G[j] . u_j) u_j with u_j = W[j] / max(|W[j]|, 1e-12). */
+void S(project_rows)(const T *restrict W, T *restrict G, int64_t n, int64_t d, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t j = 0; j < n; j++) {
+        const T *restrict w = W + j * d;
+        T *restrict gj = G + j * d;
+        T ss = 0, dot = 0;
+#pragma omp simd reduction(+:ss)
+        for (int64_t t = 0; t < d; t++) ss += w[t] * w[t];
+        T nrm = (T)sqrt((double)ss);
+        const T inv = (T)1 / (nrm > (T)1e-12 ? nrm : (T)1e-12);
+#pragma omp simd reduction(+:dot)
+        for (int64_t t = 0; t < d; t++) dot += gj[t] * (w[t] * inv);
+#pragma omp simd
+        for (int64_t t = 0; t < d; t++) gj[t] -= dot * (w[t] * inv);
+    }
+}
+
+/* W[j] /= max(|W[j]|, 1e-12). */
+void S(renorm_rows)(T *restrict W, int64_t n, int64_t d, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t j = 0; j < n; j++) {
+        T *restrict w = W + j * d;
+        T ss = 0;
+#pragma omp simd reduction(+:ss)
+        for (int64_t t = 0; t < d; t++) ss += w[t] * w[t];
+        T nrm = (T)sqrt((double)ss);
+        nrm = nrm > (T)1e-12 ? nrm : (T)1e-12;
+#pragma omp simd
+        for (int64_t t = 0; t < d; t++) w[t] /= nrm;
+    }
+}
+
+#undef VT
+#undef VL
+#undef NV
+#undef vload
+#undef vstore
+#undef vzero
+#undef hsum
