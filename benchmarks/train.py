@@ -16,11 +16,12 @@ Per geometry, in one process and on the same fixed batch:
   full weight, plus the n_m meta steps that end each block for ``joint``), reported per primary token.
 
 The table prints tok/s, each arm's cost per token relative to solo (``× solo cost``: 1.10 means 10% more
-time per token) and the solo step's share of the bound (``solo / bound``). Times are the minimum over
-repetitions (the bound's over 3·reps calls, before and after the arms). ``--dead`` marks a fraction of latents dead (AuxK active). SAELens and dictionary_learning
-are compared by ``make bench-peers`` (``benchmarks/peers.py``).
+time per token) and the solo step's share of the bound (``solo / bound``). The implementations are timed in
+rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
+each time is the minimum over rounds, per primary step. ``--dead`` marks a fraction of latents dead (AuxK
+active). SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``).
 
-Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 3]``.
+Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 5]``.
 On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads make small parallel
 ops up to ~70x slower under contention.
 """
@@ -104,32 +105,32 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
             sae.steps_since_fired[: int(dead_frac * n)] = 10**6
 
     W = torch.randn(d, n)
-
-    def bound() -> float:
-        return _time(lambda: torch.relu(x @ W), max(3 * reps, 10))
-
-    t_bound = bound()
-    naive = BatchTopKSAE(d, n, k, seed=0)
-    mark_dead(naive)
-    opt = torch.optim.Adam(naive.parameters(), lr=prof.sae.lr, betas=(0.9, 0.99))
-    t_naive = _time(lambda: (naive_dense_step(naive, opt, x), mark_dead(naive)), reps)
-    solo = _trainer(prof, RunSpec("solo"), d)
-    mark_dead(solo.primary)
-    t_solo = _time(lambda: (solo.primary_step(x), mark_dead(solo.primary)), max(reps, 5))
-    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=dead_frac,
-               bound=batch / t_bound, naive=batch / t_naive, solo=batch / t_solo)
     n_p = prof.meta.n_primary_steps
-    for name, spec in ARMS.items():
+    naive = BatchTopKSAE(d, n, k, seed=0)
+    opt = torch.optim.Adam(naive.parameters(), lr=prof.sae.lr, betas=(0.9, 0.99))
+    steps = {"bound": 3, "naive": 1}
+    work = {"bound": lambda: [torch.relu(x @ W) for _ in range(3)],
+            "naive": lambda: (naive_dense_step(naive, opt, x), mark_dead(naive))}
+    for name, spec in (("solo", RunSpec("solo")), *ARMS.items()):
         tr = _trainer(prof, spec, d)
 
-        def macro(tr=tr) -> None:
+        def block(tr=tr) -> None:  # n_p primary steps (with the meta phase that ends the block)
             for _ in range(n_p):
                 tr.macro_step(x)
                 mark_dead(tr.primary)
 
-        out[name] = batch / (_time(macro, reps) / n_p)
-    t_bound = min(t_bound, bound())  # again after the arms: the best of both (the machine's speed drifts)
-    out["bound"] = batch / t_bound
+        work[name], steps[name] = block, n_p
+    mark_dead(naive)
+    best = {name: float("inf") for name in work}
+    for fn in work.values():
+        fn()  # warm-up
+    for _ in range(reps):  # rounds over all implementations: a drift of the machine's speed hits each alike
+        for name, fn in work.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps[name])
+    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=dead_frac)
+    out.update({name: batch / t for name, t in best.items()})
     for name in ("naive", *ARMS):
         out[f"{name}_cost"] = out["solo"] / out[name]
     out["solo_vs_bound"] = out["solo"] / out["bound"]
@@ -140,7 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--geometry", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dead", type=float, nargs="+", default=[0.0],
                     help="fraction of latents marked dead (AuxK active)")
     args = ap.parse_args()

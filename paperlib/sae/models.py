@@ -598,8 +598,8 @@ class BatchTopKSAE(nn.Module):
     def _fused_reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """BatchTopK reconstruction of raw x by the fused kernels (no gradient)."""
         self._check_input(x)
-        xn, xc, mean, scale = self._fused_normalize(x)
-        pre = xc @ self.W_enc
+        xn, xc, mean, scale = self._fused_normalize(x, work=True)
+        pre = torch.mm(xc, self.W_enc, out=self._work("pre", (xc.shape[0], self.n_latents), xc.dtype))
         sel = batch_topk_select(pre, self.k)
         if sel is None:
             pre.relu_()
@@ -612,7 +612,7 @@ class BatchTopKSAE(nn.Module):
         kernels.decode_residual(crow.numpy(), cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
                                 self.b_dec.detach().numpy(), xn.numpy(), 0.0, out.numpy(), out.numpy(),
                                 np.empty(0, dtype=out.numpy().dtype), np.empty(xn.shape[0]), False)
-        return self._dim_unstandardise(torch.addcmul(mean, out, scale))
+        return self._dim_unstandardise(out.mul_(scale).add_(mean))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.reconstruct(x)
@@ -704,7 +704,7 @@ class BatchTopKSAE(nn.Module):
         if normalized:
             xn = x.to(dt).contiguous()
             return xn, xn - b
-        return self._fused_normalize(x)[:2]
+        return self._fused_normalize(x, work=True)[:2]
 
     def _work(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A work array of the fused training path, kept between steps (a fresh one costs a page fault per 4 KiB:
@@ -715,10 +715,14 @@ class BatchTopKSAE(nn.Module):
             t = work[name] = torch.empty(shape, dtype=dtype)
         return t
 
-    def _fused_normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(x̃, x̃ − b_dec, mean [B, 1], scale [B, 1]) of raw x by the fused kernel (cf. :meth:`normalize_with_stats`)."""
+    def _fused_normalize(self, x: torch.Tensor, work: bool = False) -> tuple[torch.Tensor, ...]:
+        """(x̃, x̃ − b_dec, mean [B, 1], scale [B, 1]) of raw x by the fused kernel (cf. :meth:`normalize_with_stats`).
+        ``work``: x̃ and x̃ − b_dec are work arrays, valid until the next such call (no autograd graph may keep them)."""
         xs = self._dim_standardise(x.to(self.W_enc.dtype)).contiguous()
-        xn, xc = torch.empty_like(xs), torch.empty_like(xs)
+        if work:
+            xn, xc = (self._work(name, tuple(xs.shape), xs.dtype) for name in ("xn", "xc"))
+        else:
+            xn, xc = torch.empty_like(xs), torch.empty_like(xs)
         mean, scale = xs.new_empty(xs.shape[0], 1), xs.new_empty(xs.shape[0], 1)
         kernels.normalize_center(xs.numpy(), self.b_dec.detach().numpy(), xn.numpy(), xc.numpy(), mean.numpy(),
                                  scale.numpy(), EPS)

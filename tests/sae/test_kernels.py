@@ -47,9 +47,11 @@ def test_normalize_center_against_numpy(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_count_and_gather_at_least_against_numpy(dtype):
-    pre = _rng().standard_normal((11, 13)).astype(dtype)
-    pre[2, 3] = np.nan  # NaN is never at least t
+    pre = _rng().standard_normal((11, 53)).astype(dtype)  # 3 blocks of 16 columns and a tail of 5
+    pre[2, 3] = pre[4, 50] = np.nan  # NaN is never at least t
     t = dtype(0.4)
+    pre[5, :] = t  # a row entirely at the threshold
+    pre[6, :] = -1.0  # and one without a candidate
     counts = np.empty(11, np.int64)
     kernels.count_at_least(pre, t, counts)
     np.testing.assert_array_equal(counts, (pre >= t).sum(axis=1))

@@ -20,6 +20,37 @@
         __builtin_prefetch(c_ + 128); __builtin_prefetch(c_ + 192); \
     } while (0)
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* The entries >= t of a float row, in column order, by AVX-512 compress (masked stores only: nothing past the
+ * row's own range is written, so rows gathered by other threads are never touched). */
+static inline void gather_row_avx512(const float *restrict row, int64_t n, float t, int64_t *restrict cols,
+                                     float *restrict vals) {
+    const __m512 tv = _mm512_set1_ps(t);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    int64_t o = 0, j = 0;
+    for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
+        const __m512 v = _mm512_loadu_ps(row + j);
+        const __mmask16 k = _mm512_cmp_ps_mask(v, tv, _CMP_GE_OQ);
+        if (!k) continue;
+        const int c = __builtin_popcount((unsigned)k);
+        _mm512_mask_storeu_ps(vals + o, (__mmask16)((1u << c) - 1), _mm512_maskz_compress_ps(k, v));
+        const __m512i ci = _mm512_maskz_compress_epi32(k, idx);
+        const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ci));
+        _mm512_mask_storeu_epi64(cols + o, (__mmask8)(c >= 8 ? 0xff : (1u << c) - 1), lo);
+        if (c > 8) {
+            const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ci, 1));
+            _mm512_mask_storeu_epi64(cols + o + 8, (__mmask8)((1u << (c - 8)) - 1), hi);
+        }
+        o += c;
+    }
+    for (; j < n; j++)
+        if (row[j] >= t) { cols[o] = j; vals[o] = row[j]; o++; }
+}
+#define GATHER_ROW gather_row_avx512 /* float rows only; n < 2^31 (column indices are compressed as int32) */
+#endif
+
 #define T float
 #define S(name) name##_f32
 #define CW 64 /* column chunk: 256 bytes */
@@ -33,6 +64,7 @@
 #undef S
 #undef CW
 #undef HSUM_STEPS
+#undef GATHER_ROW
 
 #define T double
 #define S(name) name##_f64

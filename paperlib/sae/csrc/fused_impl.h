@@ -58,10 +58,17 @@ void S(gather_at_least)(const T *restrict pre, int64_t B, int64_t n, T t, const 
     for (int64_t i = 0; i < B; i++) {
         const T *restrict row = pre + i * n;
         int64_t o = offsets[i], j = 0;
+#ifdef GATHER_ROW
+        if (n < ((int64_t)1 << 31)) {
+            GATHER_ROW(row, n, t, cols + o, vals + o);
+            j = n;
+        }
+#endif
         for (; j + 16 <= n; j += 16) {
-            int any = 0;
-            for (int64_t u = 0; u < 16; u++) any |= row[j + u] >= t;
-            if (!any) continue;
+            int64_t hits = 0;
+#pragma omp simd reduction(+:hits)
+            for (int64_t u = 0; u < 16; u++) hits += row[j + u] >= t;
+            if (!hits) continue;
             for (int64_t u = j; u < j + 16; u++)
                 if (row[u] >= t) { cols[o] = u; vals[o] = row[u]; o++; }
         }
