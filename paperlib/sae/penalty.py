@@ -83,15 +83,56 @@ def orthogonality_penalty(W_dec: torch.Tensor, n_chunks: int,
     3. L_orth = (1/n) Σ_i m_i  (mean over all latents).
 
     The trainer uses L = L_SAE + γ · L_orth with γ = ``RunSpec.gamma`` and K = ``profile.grid.ortho_chunks``.
+    The forward forms each chunk's Gram matrix; the gradient reaches only the maximising pair of each row
+    (:class:`_OrthoPenalty`), so the backward costs O(n·d) instead of two more Gram-sized products.
     """
-    n = W_dec.shape[0]
-    Wn = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    total = W_dec.new_zeros(())
-    for idx in partition_chunks(n, n_chunks, generator, W_dec.device):
+    chunks = partition_chunks(W_dec.shape[0], n_chunks, generator, W_dec.device)
+    return _OrthoPenalty.apply(W_dec, chunks)
+
+
+def _ortho_pairs(Wn: torch.Tensor, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(i, j*, cos(i, j*)) for every latent i in a chunk of at least 2, j* = argmax_{j ≠ i in its chunk} cos²."""
+    rows, partners, cosines = [], [], []
+    for idx in chunks:
         if idx.numel() < 2:
             continue
         Wc = Wn[idx]
-        cos2 = (Wc @ Wc.t()).pow(2)
-        cos2 = cos2 - torch.diag_embed(torch.diagonal(cos2))  # drop self-similarity (cos² ≥ 0)
-        total = total + cos2.max(dim=1).values.sum()
-    return total / n
+        gram = Wc @ Wc.t()
+        cos2 = gram * gram
+        cos2.diagonal().fill_(-1.0)  # never the maximum (every other entry is ≥ 0)
+        j = cos2.argmax(dim=1)
+        rows.append(idx)
+        partners.append(idx[j])
+        cosines.append(gram.gather(1, j[:, None]).squeeze(1))
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.long, device=Wn.device)
+        return empty, empty, Wn.new_zeros(0)
+    return torch.cat(rows), torch.cat(partners), torch.cat(cosines)
+
+
+class _OrthoPenalty(torch.autograd.Function):
+    """L_orth = (1/n) Σ_i cos²(i, j*_i) with a backward through the maximising pairs only: with u = W / max(‖W‖,
+    1e-12) and c_i = cos(i, j*_i), ∂L/∂u_i gets (2/n)·c_i·u_{j*} and ∂L/∂u_{j*} gets (2/n)·c_i·u_i, then the
+    row normalisation's backward (what autograd of the dense form computes, whose max passes its gradient to
+    the selected entry only)."""
+
+    @staticmethod
+    def forward(ctx, W, chunks):  # noqa: D102
+        n = W.shape[0]
+        norm = W.detach().norm(dim=1, keepdim=True)
+        r = norm.clamp_min(1e-12)
+        Wn = W.detach() / r
+        i, j, c = _ortho_pairs(Wn, chunks)
+        ctx.save_for_backward(Wn, r, norm, i, j, c)
+        return (c * c).sum() / n
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        Wn, r, norm, i, j, c = ctx.saved_tensors
+        coef = (2.0 / Wn.shape[0]) * g * c
+        dWn = torch.zeros_like(Wn)
+        dWn.index_add_(0, i, coef[:, None] * Wn[j])
+        dWn.index_add_(0, j, coef[:, None] * Wn[i])
+        radial = (dWn * Wn).sum(dim=1, keepdim=True)
+        dW = torch.where(norm > 1e-12, dWn - radial * Wn, dWn) / r
+        return dW, None
