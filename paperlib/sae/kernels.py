@@ -16,7 +16,8 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
 - ``latent_grads``: per latent, the decoder-row gradient, the encoder-column gradient (written straight
   into W_enc's [d, n] layout through a 16-column tile) and the column sum that b_dec's gradient needs;
 - ``project_rows`` / ``renorm_rows``: the decoder constraint;
-- ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient.
+- ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient;
+- ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair.
 
 Semantics are those of the torch path of :mod:`paperlib.sae.models` up to floating-point reassociation:
 vectorised sums reassociate and multiply-adds are fused (``-ffp-contract=fast``); there is no ``-ffast-math``, so
@@ -241,6 +242,15 @@ def row_penalty_grad(W: np.ndarray, H: np.ndarray, coef: np.ndarray, G: np.ndarr
     n, d = W.shape
     _fn("row_penalty_grad", W)(_p(W), _p(H), _p(coef), ctypes.c_int64(n), ctypes.c_int64(d), _p(G),
                                ctypes.c_int(threads()))
+
+
+def ortho_backward(U, r, clamped, partner, cos, crow_r, src, scale: float, dW) -> None:
+    """Gradient of the orthogonality penalty through each row's maximising pair (see :mod:`paperlib.sae.penalty`):
+    U [n, d] unit rows, r [n] the (clamped) norms, clamped [n] uint8, partner [n] int64 (−1: none), cos [n],
+    (crow_r, src) the rows whose partner is each row; writes dW [n, d]."""
+    n, d = U.shape
+    _fn("ortho_backward", U)(_p(U), _p(r), _p(clamped), _p(partner), _p(cos), _p(crow_r), _p(src), ctypes.c_int64(n),
+                             ctypes.c_int64(d), _scalar_type(U)(scale), _p(dW), ctypes.c_int(threads()))
 
 
 def project_rows(W: np.ndarray, G: np.ndarray) -> None:

@@ -93,10 +93,14 @@ def orthogonality_penalty(W_dec: torch.Tensor, n_chunks: int,
 def _ortho_pairs(Wn: torch.Tensor, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(i, j*, cos(i, j*)) for every latent i in a chunk of at least 2, j* = argmax_{j ≠ i in its chunk} cos²."""
     rows, partners, cosines = [], [], []
+    order = torch.cat(chunks)
+    P = Wn[order]  # one gather; every chunk is then a contiguous block of rows
+    start = 0
     for idx in chunks:
+        Wc = P[start:start + idx.numel()]
+        start += idx.numel()
         if idx.numel() < 2:
             continue
-        Wc = Wn[idx]
         gram = Wc @ Wc.t()
         cos2 = gram * gram
         cos2.diagonal().fill_(-1.0)  # never the maximum (every other entry is ≥ 0)
@@ -129,6 +133,8 @@ class _OrthoPenalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         Wn, r, norm, i, j, c = ctx.saved_tensors
+        if _fused(Wn, Wn):
+            return _ortho_backward_fused(Wn, r, norm, i, j, c, float(g) * 2.0 / Wn.shape[0]), None
         coef = (2.0 / Wn.shape[0]) * g * c
         dWn = torch.zeros_like(Wn)
         dWn.index_add_(0, i, coef[:, None] * Wn[j])
@@ -136,3 +142,18 @@ class _OrthoPenalty(torch.autograd.Function):
         radial = (dWn * Wn).sum(dim=1, keepdim=True)
         dW = torch.where(norm > 1e-12, dWn - radial * Wn, dWn) / r
         return dW, None
+
+
+def _ortho_backward_fused(Wn, r, norm, i, j, c, scale: float) -> torch.Tensor:
+    """:class:`_OrthoPenalty`'s backward by the fused CPU kernel (one pass over the rows)."""
+    n = Wn.shape[0]
+    partner = torch.full((n,), -1, dtype=torch.long)
+    partner[i] = j
+    cos = Wn.new_zeros(n)
+    cos[i] = c
+    crow_r, _, src = kernels.by_latent(i.numpy(), j.numpy(), n)
+    dW = torch.empty_like(Wn)
+    clamped = (norm.squeeze(1) <= 1e-12).to(torch.uint8)
+    kernels.ortho_backward(Wn.numpy(), r.squeeze(1).contiguous().numpy(), clamped.numpy(), partner.numpy(),
+                           cos.numpy(), crow_r, src, scale, dW.numpy())
+    return dW

@@ -295,6 +295,42 @@ void S(row_penalty_grad)(const T *restrict W, const T *restrict H, const T *rest
     }
 }
 
+/* Backward of the orthogonality penalty through each row's maximising pair. U = W / r (unit rows), partner[p]
+ * the maximising row of p (-1: none) with cosine cos[p]; rows q with partner[q] = p are src[crow_r[p]:crow_r[p+1]].
+ * du_p = scale (cos_p U[partner_p] + sum_q cos_q U[q]); dW[p] = (du_p - (du_p . U[p]) U[p]) / r_p, or du_p / r_p
+ * where the norm was clamped (clamped[p] != 0). */
+void S(ortho_backward)(const T *restrict U, const T *restrict r, const uint8_t *restrict clamped,
+                       const int64_t *restrict partner, const T *restrict cos, const int64_t *restrict crow_r,
+                       const int64_t *restrict src, int64_t n, int64_t d, T scale, T *restrict dW, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t p = 0; p < n; p++) {
+        T *restrict out = dW + p * d;
+        const T *restrict up = U + p * d;
+        for (int64_t t = 0; t < d; t++) out[t] = 0;
+        if (partner[p] >= 0) {
+            const T a = scale * cos[p];
+            const T *restrict uj = U + partner[p] * d;
+#pragma omp simd
+            for (int64_t t = 0; t < d; t++) out[t] += a * uj[t];
+        }
+        for (int64_t e = crow_r[p]; e < crow_r[p + 1]; e++) {
+            const int64_t q = src[e];
+            const T a = scale * cos[q];
+            const T *restrict uq = U + q * d;
+#pragma omp simd
+            for (int64_t t = 0; t < d; t++) out[t] += a * uq[t];
+        }
+        T radial = 0;
+        if (!clamped[p]) {
+#pragma omp simd reduction(+:radial)
+            for (int64_t t = 0; t < d; t++) radial += out[t] * up[t];
+        }
+        const T inv = (T)1 / r[p];
+#pragma omp simd
+        for (int64_t t = 0; t < d; t++) out[t] = (out[t] - radial * up[t]) * inv;
+    }
+}
+
 /* Decoder constraint: G[j] -= (G[j] . u_j) u_j with u_j = W[j] / max(|W[j]|, 1e-12). */
 void S(project_rows)(const T *restrict W, T *restrict G, int64_t n, int64_t d, int nt) {
 #pragma omp parallel for schedule(static) num_threads(nt)
