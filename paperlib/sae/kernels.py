@@ -11,25 +11,29 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
   candidates and one compaction pass;
 - ``by_latent``: the latent-major (transposed) layout of the selected entries, a stable counting sort;
 - ``decode_residual``: per token, the decode, the residual and its squared norm, the MSE gradient of the
-  reconstruction and the gradient of every selected code (the gathered decoder rows are still in cache
-  for their second use);
+  reconstruction and the gradient of every selected code. Work goes by 256-byte column chunks, chunk-major,
+  so the decoder columns a thread gathers stay in its L2 and a token's chunk accumulates in registers; the
+  code gradients are sums of per-chunk partial dot products, added in chunk order;
 - ``latent_grads``: per latent, the decoder-row gradient, the encoder-column gradient (written straight
-  into W_enc's [d, n] layout through a 16-column tile) and the column sum that b_dec's gradient needs;
+  into W_enc's [d, n] layout through a 16-latent tile) and the column sum that b_dec's gradient needs,
+  by column chunks in the same way;
 - ``project_rows`` / ``renorm_rows``: the decoder constraint;
 - ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient;
 - ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair.
 
 Semantics are those of the torch path of :mod:`paperlib.sae.models` up to floating-point reassociation:
-vectorised sums reassociate and multiply-adds are fused (``-ffp-contract=fast``); there is no ``-ffast-math``, so
-NaN and inf propagate as in torch. Every output
-element is written by one loop iteration (static schedule) and summed in a fixed order, so results do not
-depend on the number of threads. The code is compiled for the host CPU (``-march=native``), like MKL's own
-kernel choice, so its last bits may differ between CPU generations.
+vectorised sums reassociate and multiply-adds are fused (``-ffp-contract=fast``); there is no
+``-ffast-math``, so NaN and inf propagate as in torch. Every output element is written by one loop iteration
+(static schedule) and summed in a fixed order, so results do not depend on the number of threads. The code
+is compiled for the host CPU (``-march=native``; the candidate gathering uses AVX-512 where the CPU has it),
+like MKL's own kernel choice, so its last bits may differ between CPU generations.
 
 The library is built with the C compiler ``$CC`` (default ``cc``) into ``$PAPERLIB_KERNEL_CACHE`` (default
-``~/.cache/paperlib/kernels``), once per source, flags and compiler version (about 1 s). Without a working
-compiler (or with ``PAPERLIB_FUSED=0``) :func:`available` is False and training runs the torch path: the
-same results up to reassociation, about twice as slow (``benchmarks/train.py``); a warning says so once.
+``~/.cache/paperlib/kernels``), once per source, flags, compiler version and CPU (about 1 s); a compiler without
+OpenMP gives single-threaded kernels. Calls are not thread-safe (work arrays are shared); processes are.
+Without a working compiler (or with ``PAPERLIB_FUSED=0``) :func:`available` is False and training runs the
+torch path: the same results up to reassociation, slower (``benchmarks/train.py`` with ``PAPERLIB_FUSED=0``);
+a warning says so once.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -48,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+NATIVE_SOURCES = ("csrc/fused.c", "csrc/fused_impl.h")
+"""The C sources, relative to this module (code digests of cached stage results include them)."""
 SOURCE = Path(__file__).with_name("csrc") / "fused.c"
 HEADERS = (SOURCE.with_name("fused_impl.h"),)
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC",
@@ -64,14 +71,25 @@ def _compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU model and flags (a library built for one CPU may not run on
+    another that shares the cache folder)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
 def _build() -> Path:
-    """The compiled library for this source, flags and compiler (built atomically when missing)."""
+    """The compiled library for this source, flags, compiler and CPU (built atomically when missing). Without
+    OpenMP support (e.g. Apple clang) it is built single-threaded."""
     cc = _compiler()
     if shutil.which(cc) is None:
         raise OSError(f"no C compiler {cc!r} on PATH")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     texts = [f.read_text() for f in (SOURCE, *HEADERS)]
-    key = hashlib.sha256("\0".join([*texts, *FLAGS, version]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, version, _cpu_signature()]).encode()).hexdigest()[:16]
     lib = cache_dir() / f"fused-{key}.so"
     if lib.exists():
         return lib
@@ -79,13 +97,16 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise OSError(f"{cc} failed to build {SOURCE.name}: {res.stderr.strip()[-2000:]}")
-        os.replace(tmp, lib)
+        errors = []
+        for flags in (FLAGS, tuple(f for f in FLAGS if f != "-fopenmp")):
+            res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+            if res.returncode == 0:
+                os.replace(tmp, lib)
+                return lib
+            errors.append(res.stderr.strip()[-1500:])
+        raise OSError(f"{cc} failed to build {SOURCE.name}: {errors[-1]}")
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return lib
 
 
 @cache
@@ -102,6 +123,15 @@ def _library() -> ctypes.CDLL | None:
                       "(same results up to floating-point reassociation). Install a C compiler with OpenMP "
                       "(gcc) to enable them.", RuntimeWarning, stacklevel=3)
         return None
+
+
+def describe() -> dict[str, str | bool]:
+    """How this process trains, for the run records: whether the fused kernels are used and which library."""
+    lib = _library()
+    if lib is None:
+        return {"fused_cpu_kernels": False,
+                "reason": "PAPERLIB_FUSED=0" if os.environ.get("PAPERLIB_FUSED", "1") == "0" else "no C compiler"}
+    return {"fused_cpu_kernels": True, "library": Path(lib._name).name}
 
 
 def available() -> bool:

@@ -27,10 +27,12 @@ Conventions (all from method.md §1):
   regress the *detached* residual x̃ − x̂; loss = MSE + α_aux · MSE_aux (both means over B and d).
 
 Speed: the training path (:meth:`BatchTopKSAE.training_loss`) never forms the dense [B, n] code
-matrix for the decoder. After the (dense, no-grad) encoder matmul and the BatchTopK selection, the
-selected (token, latent) pairs are held as a CSR pattern; two custom autograd Functions then do the
-decode (``embedding_bag``) and both backwards (sampled dense-dense products and sparse-transpose
-matmuls), so the only dense O(B·n·d) operation of a step is the encoder forward matmul.
+matrix for the decoder. After the (dense, no-grad) encoder matmul, the only dense O(B·n·d) operation of
+a step, the BatchTopK selection keeps the chosen (token, latent) pairs as a CSR pattern. On CPU the fused
+kernels of :mod:`paperlib.sae.kernels` (C with OpenMP, built on first use) then do the selection, the decode
+and every gradient in a few passes (:class:`_FusedSparseMSE`); elsewhere (CUDA, or no C compiler) two custom
+autograd Functions do the decode (``embedding_bag``) and both backwards (sampled dense-dense products and
+sparse-transpose matmuls). Both agree up to floating-point reassociation.
 :meth:`BatchTopKSAE.dense_training_loss` is the naive dense reference with identical semantics.
 """
 

@@ -73,6 +73,7 @@ from paperlib.data.stream import (
     default_rows_per_chunk,
     train_tokens,
 )
+from paperlib.sae import kernels
 from paperlib.sae.arms import RunSpec, parse_run
 from paperlib.sae.trainer import TrainConfig, Trainer, check_loss, default_device, is_done
 
@@ -274,6 +275,7 @@ class PassRun:
             run=self.spec.name, spec=dataclasses.asdict(self.spec), seed=self.spec.seed, profile=profile.as_dict(),
             train_config=dataclasses.asdict(self.cfg), device=str(self.device),
             input_standardisation=t.input_standardisation_summary(), one_pass=self.pass_info,
+            kernels=kernels.describe(),
             tokens=dict(n_available=T, steps=self.total, tokens_seen=self.total * self.cfg.batch_size,
                         epochs=self.cfg.train_epochs, stream_positions=self.position, range="train"),
             **provenance()))

@@ -57,6 +57,7 @@ from paperlib.config.io import (
     write_json,
 )
 from paperlib.config.profiles import INPUT_NORMS, Profile, get_profile
+from paperlib.sae import kernels
 from paperlib.sae.arms import PenaltyInputs, RunSpec, arm_of, parse_run
 from paperlib.sae.models import BatchTopKSAE, MetaSAE
 
@@ -761,7 +762,7 @@ def _train_locked(profile: Profile, spec: RunSpec, cfg: TrainConfig, acts: Any, 
     write_json(out_dir / "config.json", dict(
         run=spec.name, spec=dataclasses.asdict(spec), seed=spec.seed, profile=profile.as_dict(),
         train_config=dataclasses.asdict(cfg), device=str(dev),
-        input_standardisation=trainer.input_standardisation_summary(),
+        input_standardisation=trainer.input_standardisation_summary(), kernels=kernels.describe(),
         tokens=dict(n_available=T, steps=total, tokens_seen=total * cfg.batch_size,
                     epochs=cfg.train_epochs, **(data_info or {})),
         **provenance(),

@@ -72,11 +72,29 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def native_sources(tree: ast.AST) -> tuple[str, ...]:
+    """The files a module names in a top-level ``NATIVE_SOURCES = ("csrc/x.c", ...)`` (paths relative to it)."""
+    for node in getattr(tree, "body", []):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "NATIVE_SOURCES"
+                                                for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
 @functools.cache
 def module_digest(module: str) -> str:
-    """Digest of one module's code: its AST without docstrings (comments and layout never enter)."""
+    """Digest of one module's code: its AST without docstrings (comments and layout never enter), and the bytes
+    of the native sources it compiles (:func:`native_sources`)."""
     tree = _strip_docstrings(ast.parse(module_source(module)))
-    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+    h = hashlib.sha256(ast.dump(tree, include_attributes=False).encode())
+    for rel in native_sources(tree):
+        h.update(native_source(module, rel))
+    return h.hexdigest()
+
+
+def native_source(module: str, rel: str) -> bytes:
+    """The bytes of a native source file named by ``module`` (tests replace this to simulate an edit)."""
+    return module_path(module).parent.joinpath(rel).read_bytes()
 
 
 def _is_module(name: str) -> bool:

@@ -274,3 +274,22 @@ def test_penalty_torch_fallbacks_equal_the_fused_kernels(monkeypatch):
     monkeypatch.setattr(kernels, "available", lambda: False)
     for a, b in zip(fused, grads(), strict=True):
         assert torch.allclose(a, b, atol=1e-14)
+
+
+def test_a_compiler_without_openmp_builds_single_threaded_kernels(tmp_path):
+    """Apple's clang has no -fopenmp: the build retries without it, and the kernels still give the same numbers."""
+    cc = tmp_path / "cc-no-openmp"
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "unsupported: -fopenmp" >&2; exit 1; }; '
+                  'done\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    script = ("import numpy as np\nfrom paperlib.sae import kernels\n"
+              "x = np.arange(12.0).reshape(3, 4); c = np.empty(3, np.int64)\n"
+              "kernels.count_at_least(x, 5.0, c)\nprint(kernels.describe()['fused_cpu_kernels'], c.tolist())\n")
+    env = {**__import__("os").environ, "CC": str(cc), "PAPERLIB_KERNEL_CACHE": str(tmp_path / "k")}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert res.stdout.split("\n")[0] == "True [0, 3, 4]"
+
+
+def test_describe_names_the_library_in_use():
+    info = kernels.describe()
+    assert info["fused_cpu_kernels"] is True and info["library"].startswith("fused-")

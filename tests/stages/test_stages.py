@@ -214,6 +214,21 @@ def test_a_trainer_edit_means_retraining(env, monkeypatch):
     cache.clear_digests()
 
 
+def test_an_edit_of_the_kernels_c_source_means_retraining(env, monkeypatch):
+    p, _ = env
+    assert cache.native_sources(__import__("ast").parse(cache.module_source("paperlib.sae.kernels"))) == (
+        "csrc/fused.c", "csrc/fused_impl.h")
+    assert train.is_trained(R(p, "solo"))
+    real = cache.native_source
+    with monkeypatch.context() as m:
+        m.setattr(cache, "native_source", lambda mod, rel: real(mod, rel) + (b"/* edited */" if
+                                                                              rel.endswith(".h") else b""))
+        cache.clear_digests()
+        assert not train.is_trained(Run.of(p, "solo"))
+    cache.clear_digests()
+    assert train.is_trained(Run.of(p, "solo"))
+
+
 def test_stage_keys_need_no_computation_and_list_stale_work(env):
     p, calls = env
     n = calls["n"]
