@@ -256,8 +256,9 @@ def latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum) 
     """Per latent j (its entries e, token i): gW_dec[j] = Σ vals[e]·g[i]; with gs[e] = gv[e]·1[vals[e] > 0],
     gW_enc[:, j] = Σ gs[e]·xc[i] (W_enc's [d, n] layout) and colsum[j] = Σ gs[e] (fp64)."""
     n, d = gW_dec.shape
-    _fn("latent_grads", g)(_p(crow_t), _p(perm), _p(rows_t), _p(vals), _p(gv), _p(g), _p(xc), ctypes.c_int64(n),
-                           ctypes.c_int64(d), _p(gW_dec), _p(gW_enc), _p(colsum), ctypes.c_int(threads()))
+    if _fn("latent_grads", g)(_p(crow_t), _p(perm), _p(rows_t), _p(vals), _p(gv), _p(g), _p(xc), ctypes.c_int64(n),
+                              ctypes.c_int64(d), _p(gW_dec), _p(gW_enc), _p(colsum), ctypes.c_int(threads())) != 0:
+        raise MemoryError(f"latent_grads could not allocate its work array ({2 * int(crow_t[-1])} values)")
 
 
 def row_penalty(W: np.ndarray, H: np.ndarray, sigma2: float, p: np.ndarray, e: np.ndarray) -> None:

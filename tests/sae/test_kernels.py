@@ -220,8 +220,8 @@ torch.set_num_threads(int(sys.argv[1]))
 from paperlib.sae.models import BatchTopKSAE
 from paperlib.sae.trainer import make_adam
 torch.manual_seed(0)
-x = torch.randn(512, 48) * 2 + 1
-sae = BatchTopKSAE(48, 192, 8, seed=0, dead_after=2, k_aux=16)
+x = torch.randn(512, 160) * 2 + 1  # d = 160: two full 64-column chunks (vector path) and a tail of 32
+sae = BatchTopKSAE(160, 192, 8, seed=0, dead_after=2, k_aux=16)
 opt = make_adam(sae, 1e-3)
 for step in range(6):
     opt.zero_grad(set_to_none=True)

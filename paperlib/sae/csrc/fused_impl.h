@@ -202,11 +202,15 @@ void S(decode_residual)(const int64_t *restrict crow, const int64_t *restrict co
  * gW_enc[:, j] = sum gs[e] xc[i] (W_enc's [d, n] layout, through a TILE-latent tile) and colsum[j] = sum gs[e].
  * Work items are (column chunk, latent tile), chunk-major: a thread's g[:, chunk] and xc[:, chunk]
  * (B * 2 * 256 bytes) stay in its L2; a latent's chunk accumulates in registers. */
-void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict perm, const int64_t *restrict rows_t,
+int S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict perm, const int64_t *restrict rows_t,
                      const T *restrict vals, const T *restrict gv, const T *restrict g, const T *restrict xc,
                      int64_t n, int64_t d, T *restrict gW_dec, T *restrict gW_enc, double *restrict colsum,
                      int nt) {
     const int64_t n_chunks = (d + CW - 1) / CW, n_tiles = (n + TILE - 1) / TILE;
+    /* the entries' values and masked code gradients in latent-major order, read sequentially by every chunk */
+    T *vt = malloc((size_t)(crow_t[n] > 0 ? crow_t[n] : 1) * 2 * sizeof(T));
+    if (vt == NULL) return -1;
+    T *st = vt + crow_t[n];
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
@@ -214,7 +218,9 @@ void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict per
             double cs = 0.0;
             for (int64_t q = crow_t[j]; q < crow_t[j + 1]; q++) {
                 const int64_t e = perm[q];
-                cs += vals[e] > 0 ? gv[e] : (T)0;
+                vt[q] = vals[e];
+                st[q] = vals[e] > 0 ? gv[e] : (T)0;
+                cs += st[q];
             }
             colsum[j] = cs;
         }
@@ -229,9 +235,7 @@ void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict per
                     for (int u = 0; u < NV; u++) { aa[u] = vzero(); tt[u] = vzero(); }
                     const int64_t q1 = crow_t[j + 1];
                     for (int64_t q = crow_t[j]; q < q1; q++) {
-                        const int64_t e = perm[q];
-                        const T v = vals[e];
-                        const T gs = v > 0 ? gv[e] : (T)0;
+                        const T v = vt[q], gs = st[q];
                         const T *restrict gi = g + rows_t[q] * d + t0, *restrict xi = xc + rows_t[q] * d + t0;
                         if (q + PREFETCH_AHEAD < q1) {
                             PREFETCH_CHUNK(g + rows_t[q + PREFETCH_AHEAD] * d + t0);
@@ -249,9 +253,7 @@ void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict per
                     T aa[CW], tt[CW];
                     for (int64_t t = 0; t < CW; t++) { aa[t] = 0; tt[t] = 0; }
                     for (int64_t q = crow_t[j]; q < crow_t[j + 1]; q++) {
-                        const int64_t e = perm[q];
-                        const T v = vals[e];
-                        const T gs = v > 0 ? gv[e] : (T)0;
+                        const T v = vt[q], gs = st[q];
                         const T *restrict gi = g + rows_t[q] * d + t0, *restrict xi = xc + rows_t[q] * d + t0;
                         if (q + PREFETCH_AHEAD < crow_t[j + 1]) {
                             PREFETCH_CHUNK(g + rows_t[q + PREFETCH_AHEAD] * d + t0);
@@ -266,6 +268,8 @@ void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict per
                     for (int64_t j = j0; j < j1; j++) gW_enc[(t0 + t) * n + j] = tile[(j - j0) * CW + t];
             }
     }
+    free(vt);
+    return 0;
 }
 
 /* Decomposability penalty per row: e[i] = |W[i] - H[i]|^2, p[i] = exp(-e[i] / sigma^2). */
