@@ -64,17 +64,6 @@ def naive_dense_step(sae: BatchTopKSAE, opt: torch.optim.Optimizer, x: torch.Ten
     return float(loss.detach())
 
 
-def _time(fn, reps: int) -> float:
-    """Minimum wall time of ``reps`` calls after one warm-up (robust to a loaded machine)."""
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 GEOMETRIES = {"default": None, "reference": (4608, 4096)}
 """n and B per geometry (``None``: the default profile's own)."""
 

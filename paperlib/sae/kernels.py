@@ -44,7 +44,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import warnings
 from functools import cache
@@ -54,13 +53,14 @@ import numpy as np
 import torch
 
 NATIVE_SOURCES = ("csrc/fused.c", "csrc/fused_impl.h")
-"""The C sources, relative to this module (code digests of cached stage results include them)."""
-SOURCE = Path(__file__).with_name("csrc") / "fused.c"
-HEADERS = (SOURCE.with_name("fused_impl.h"),)
+"""The C sources, relative to this module; the first is compiled (code digests of cached stage results include
+them all)."""
+SOURCES = tuple(Path(__file__).parent / rel for rel in NATIVE_SOURCES)
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC",
          "-std=gnu11")
-_I64 = ctypes.POINTER(ctypes.c_int64)
-_F64 = ctypes.POINTER(ctypes.c_double)
+ENABLED = True
+"""Use the kernels where they apply (:func:`applies`); ``False`` makes training take the torch ops in this
+process (the tests compare both). ``PAPERLIB_FUSED=0`` in the environment does the same without building."""
 
 
 def cache_dir() -> Path:
@@ -88,7 +88,7 @@ def _build() -> Path:
     if shutil.which(cc) is None:
         raise OSError(f"no C compiler {cc!r} on PATH")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    texts = [f.read_text() for f in (SOURCE, *HEADERS)]
+    texts = [f.read_text() for f in SOURCES]
     key = hashlib.sha256("\0".join([*texts, *FLAGS, version, _cpu_signature()]).encode()).hexdigest()[:16]
     lib = cache_dir() / f"fused-{key}.so"
     if lib.exists():
@@ -99,44 +99,67 @@ def _build() -> Path:
     try:
         errors = []
         for flags in (FLAGS, tuple(f for f in FLAGS if f != "-fopenmp")):
-            res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+            res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCES[0]), "-lm"], capture_output=True, text=True)
             if res.returncode == 0:
                 os.replace(tmp, lib)
                 return lib
             errors.append(res.stderr.strip()[-1500:])
-        raise OSError(f"{cc} failed to build {SOURCE.name}: {errors[-1]}")
+        raise OSError(f"{cc} failed to build {SOURCES[0].name}: {errors[-1]}")
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _disabled_by_environment() -> bool:
+    return os.environ.get("PAPERLIB_FUSED", "1") == "0"
+
+
 @cache
-def _library() -> ctypes.CDLL | None:
-    if os.environ.get("PAPERLIB_FUSED", "1") == "0":
+def _loaded() -> tuple[ctypes.CDLL, Path] | None:
+    """The loaded library and its file, or ``None`` (disabled, or no working compiler: warned once)."""
+    if _disabled_by_environment():
         return None
     try:
-        lib = ctypes.CDLL(str(_build()))
-        for s in ("f32", "f64"):
-            getattr(lib, f"keep_top_{s}").restype = ctypes.c_int64
-        return lib
+        path = _build()
+        lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as err:
         warnings.warn(f"fused CPU kernels unavailable ({err}); training uses the slower torch path "
                       "(same results up to floating-point reassociation). Install a C compiler with OpenMP "
                       "(gcc) to enable them.", RuntimeWarning, stacklevel=3)
         return None
+    for s in ("f32", "f64"):
+        getattr(lib, f"keep_top_{s}").restype = ctypes.c_int64
+    return lib, path
 
 
 def describe() -> dict[str, str | bool]:
     """How this process trains, for the run records: whether the fused kernels are used and which library."""
-    lib = _library()
-    if lib is None:
+    loaded = _loaded()
+    if loaded is None:
         return {"fused_cpu_kernels": False,
-                "reason": "PAPERLIB_FUSED=0" if os.environ.get("PAPERLIB_FUSED", "1") == "0" else "no C compiler"}
-    return {"fused_cpu_kernels": True, "library": Path(lib._name).name}
+                "reason": "PAPERLIB_FUSED=0" if _disabled_by_environment() else "no C compiler"}
+    return {"fused_cpu_kernels": True, "library": loaded[1].name}
 
 
 def available() -> bool:
-    """The kernels are built and loaded (a C compiler with OpenMP exists, ``PAPERLIB_FUSED`` is not 0)."""
-    return _library() is not None
+    """The kernels are built and loaded (a C compiler exists, ``PAPERLIB_FUSED`` is not 0)."""
+    return _loaded() is not None
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """The kernels are enabled and loaded and take these tensors: CPU, one float dtype (float32 or float64),
+    contiguous."""
+    if not (ENABLED and available()):
+        return False
+    dtype = tensors[0].dtype if tensors else torch.float32
+    return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors) and \
+        dtype in (torch.float32, torch.float64)
+
+
+def _lib() -> ctypes.CDLL:
+    loaded = _loaded()
+    if loaded is None:
+        raise RuntimeError("fused CPU kernels are not available (see kernels.available())")
+    return loaded[0]
 
 
 def _suffix(a: np.ndarray) -> str:
@@ -158,10 +181,7 @@ def _p(a: np.ndarray):
 
 
 def _fn(name: str, a: np.ndarray):
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("fused CPU kernels are not available (see kernels.available())")
-    return getattr(lib, f"{name}_{_suffix(a)}")
+    return getattr(_lib(), f"{name}_{_suffix(a)}")
 
 
 def threads() -> int:
@@ -211,13 +231,10 @@ def keep_top_count(offsets: np.ndarray, cols: np.ndarray, vals: np.ndarray, coun
 
 def by_latent(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stable counting sort of the entries (int64 rows, cols) by latent: (crow_t [n + 1], perm, rows[perm])."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("fused CPU kernels are not available (see kernels.available())")
     m = cols.size
     crow_t, pos = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
     perm, rows_t = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64)
-    lib.by_latent(_p(rows), _p(cols), ctypes.c_int64(m), ctypes.c_int64(n), _p(crow_t), _p(pos), _p(perm),
+    _lib().by_latent(_p(rows), _p(cols), ctypes.c_int64(m), ctypes.c_int64(n), _p(crow_t), _p(pos), _p(perm),
                   _p(rows_t))
     return crow_t, perm, rows_t
 
@@ -256,9 +273,10 @@ def latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum) 
     """Per latent j (its entries e, token i): gW_dec[j] = Σ vals[e]·g[i]; with gs[e] = gv[e]·1[vals[e] > 0],
     gW_enc[:, j] = Σ gs[e]·xc[i] (W_enc's [d, n] layout) and colsum[j] = Σ gs[e] (fp64)."""
     n, d = gW_dec.shape
-    if _fn("latent_grads", g)(_p(crow_t), _p(perm), _p(rows_t), _p(vals), _p(gv), _p(g), _p(xc), ctypes.c_int64(n),
-                              ctypes.c_int64(d), _p(gW_dec), _p(gW_enc), _p(colsum), ctypes.c_int(threads())) != 0:
-        raise MemoryError(f"latent_grads could not allocate its work array ({2 * int(crow_t[-1])} values)")
+    entries = scratch("latent_entries", 2 * int(crow_t[-1]), g.dtype)  # values and masked gradients, latent-major
+    _fn("latent_grads", g)(_p(crow_t), _p(perm), _p(rows_t), _p(vals), _p(gv), _p(g), _p(xc), ctypes.c_int64(n),
+                           ctypes.c_int64(d), _p(gW_dec), _p(gW_enc), _p(colsum), _p(entries),
+                           ctypes.c_int(threads()))
 
 
 def row_penalty(W: np.ndarray, H: np.ndarray, sigma2: float, p: np.ndarray, e: np.ndarray) -> None:
@@ -297,4 +315,4 @@ def renorm_rows(W: np.ndarray) -> None:
 
 
 if __name__ == "__main__":  # build the library ahead of time: python -m paperlib.sae.kernels
-    print(_build() if available() else "unavailable", file=sys.stdout)
+    print(_loaded()[1] if available() else "unavailable")

@@ -80,7 +80,7 @@ def batch_topk_indices(pre: torch.Tensor, k: int) -> torch.Tensor:
     """
     if pre.ndim != 2:
         raise ValueError(f"pre must be [B, n], got shape {tuple(pre.shape)}")
-    if 0 < k < pre.shape[1] and fused_available(pre):
+    if 0 < k < pre.shape[1] and kernels.applies(pre):
         sel = batch_topk_select(pre, k)
         if sel is not None:
             return sel[0] * pre.shape[1] + sel[1]
@@ -112,19 +112,6 @@ def _batch_topk_indices_torch(pre: torch.Tensor, k: int) -> torch.Tensor:
     if cand.numel() > total:
         cand = cand[top_count_mask(flat[cand], total)]
     return cand
-
-
-FUSED = True
-"""Use the fused CPU kernels (:mod:`paperlib.sae.kernels`) where they apply; ``False`` forces the torch ops
-(the tests compare both)."""
-
-
-def fused_available(*tensors: torch.Tensor) -> bool:
-    """The fused CPU kernels apply: CPU tensors of one float dtype (float32 or float64), contiguous."""
-    first = tensors[0]
-    return FUSED and kernels.available() and all(
-        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
-        and t.dtype == first.dtype for t in tensors)
 
 
 SELECT_FACTORS = (0.97, 0.75)
@@ -164,6 +151,19 @@ def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, ...] | N
     kernels.gather_at_least(a, t, offsets, cols, vals)
     crow, rows, cols, vals = kernels.keep_top_count(offsets, cols, vals, total)
     return tuple(torch.from_numpy(v) for v in (rows, cols, vals, crow))
+
+
+def select_pattern(pre: torch.Tensor, k: int) -> tuple[SparsePattern, torch.Tensor]:
+    """The BatchTopK selection of ``relu(pre)`` as (pattern, values): by the fused kernels, or by the torch path
+    when they decline (few positive entries, k = n). ``pre`` may be ReLU'd in place on the torch path."""
+    B, n = pre.shape
+    sel = batch_topk_select(pre, k) if k < n else None
+    if sel is not None:
+        rows, cols, vals, crow = sel
+        return SparsePattern(rows, cols, (B, n), crow), vals
+    pre.relu_()
+    flat = _batch_topk_indices_torch(pre, k)
+    return SparsePattern.from_flat(flat, (B, n)), pre.view(-1)[flat]
 
 
 def kth_largest(vals: torch.Tensor, count: int) -> torch.Tensor:
@@ -226,7 +226,7 @@ class SparsePattern:
     @cached_property
     def _by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(crow_t, perm, rows_t): a stable sort of the entries by latent."""
-        if self.cols.device.type == "cpu" and kernels.available():
+        if self.cols.device.type == "cpu" and kernels.applies():
             return tuple(torch.from_numpy(a) for a in kernels.by_latent(
                 self.rows.numpy(), self.cols.numpy(), self.shape[1]))
         perm = torch.argsort(self.cols, stable=True)
@@ -583,7 +583,7 @@ class BatchTopKSAE(nn.Module):
 
     def reconstruct(self, x: torch.Tensor, thresholds=None) -> torch.Tensor:
         """Raw-scale reconstruction of raw x (normalise, encode, decode, map back)."""
-        if thresholds is None and 0 < self.k < self.n_latents and fused_available(self.W_enc, self.W_dec, self.b_dec):
+        if thresholds is None and 0 < self.k < self.n_latents and kernels.applies(self.W_enc, self.W_dec, self.b_dec):
             with torch.no_grad():
                 return self._fused_reconstruct(x)
         xn, mean, scale = self.normalize_with_stats(x)
@@ -602,16 +602,9 @@ class BatchTopKSAE(nn.Module):
         self._check_input(x)
         xn, xc, mean, scale = self._fused_normalize(x, work=True)
         pre = torch.mm(xc, self.W_enc, out=self._work("pre", (xc.shape[0], self.n_latents), xc.dtype))
-        sel = batch_topk_select(pre, self.k)
-        if sel is None:
-            pre.relu_()
-            flat = _batch_topk_indices_torch(pre, self.k)
-            pattern = SparsePattern.from_flat(flat, pre.shape)
-            rows, cols, vals, crow = pattern.rows, pattern.cols, pre.view(-1)[flat], pattern.crow
-        else:
-            rows, cols, vals, crow = sel
+        pattern, vals = select_pattern(pre, self.k)
         out = torch.empty_like(xn)
-        kernels.decode_residual(crow.numpy(), cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
+        kernels.decode_residual(pattern.crow.numpy(), pattern.cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
                                 self.b_dec.detach().numpy(), xn.numpy(), 0.0, out.numpy(), out.numpy(),
                                 np.empty(0, dtype=out.numpy().dtype), np.empty(xn.shape[0]), False)
         return self._dim_unstandardise(out.mul_(scale).add_(mean))
@@ -625,7 +618,7 @@ class BatchTopKSAE(nn.Module):
         """Remove from W_dec.grad the component parallel to each (unit-norm) row."""
         if self.W_dec.grad is None:
             return
-        if fused_available(self.W_dec, self.W_dec.grad):
+        if kernels.applies(self.W_dec, self.W_dec.grad):
             kernels.project_rows(self.W_dec.detach().numpy(), self.W_dec.grad.numpy())
             return
         W = self.W_dec
@@ -635,7 +628,7 @@ class BatchTopKSAE(nn.Module):
     @torch.no_grad()
     def renorm_decoder(self) -> None:
         """Renormalise W_dec rows to unit norm."""
-        if fused_available(self.W_dec):
+        if kernels.applies(self.W_dec):
             kernels.renorm_rows(self.W_dec.detach().numpy())
             return
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -646,13 +639,9 @@ class BatchTopKSAE(nn.Module):
 
     @torch.no_grad()
     def _update_state(self, rows_sel_cols: torch.Tensor, min_selected: torch.Tensor | None) -> None:
-        fired = torch.zeros(self.n_latents, dtype=torch.bool, device=rows_sel_cols.device)
-        fired[rows_sel_cols] = True
-        self._update_fired(fired, min_selected)
-
-    @torch.no_grad()
-    def _update_fired(self, fired: torch.Tensor, min_selected: torch.Tensor | None) -> None:
-        """Advance the dead counters (``fired`` [n] bool: selected with a positive value) and the running threshold."""
+        """Advance the dead counters (``rows_sel_cols``: the latent of every entry selected with a positive value,
+        repeats allowed) and the running threshold."""
+        fired = torch.bincount(rows_sel_cols, minlength=self.n_latents) > 0  # faster than a boolean index_put
         self.steps_since_fired.add_(1).masked_fill_(fired, 0)
         if min_selected is not None:
             if float(self.threshold) < 0:
@@ -669,7 +658,7 @@ class BatchTopKSAE(nn.Module):
         detached). ``normalized=True`` means x is already standardised (:meth:`normalize`, incl. the
         per-dim step). ``update_state`` advances the dead counters and the running threshold.
         """
-        if fused_available(self.W_enc, self.W_dec, self.b_dec):
+        if kernels.applies(self.W_enc, self.W_dec, self.b_dec):
             return self._fused_training_loss(x, normalized, update_state)
         if normalized:
             xn = x.to(self.W_enc.dtype)
@@ -736,15 +725,7 @@ class BatchTopKSAE(nn.Module):
         B, n = xn.shape[0], self.n_latents
         with torch.no_grad():
             pre = torch.mm(xc, self.W_enc, out=self._work("pre", (B, n), xc.dtype))
-            sel = batch_topk_select(pre, self.k) if self.k < n else None
-            if sel is None:  # few positive pre-activations (or k = n): the torch selection on relu(pre)
-                pre.relu_()
-                flat = _batch_topk_indices_torch(pre, self.k)
-                pattern = SparsePattern.from_flat(flat, (B, n))
-                vals = pre.view(-1)[flat]
-            else:
-                rows, cols, vals, crow = sel
-                pattern = SparsePattern(rows, cols, (B, n), crow)
+            pattern, vals = select_pattern(pre, self.k)
             dead = self.dead_mask()
         mse, recon = fused_sparse_mse(self.W_enc, self.W_dec, self.b_dec, xn, xc, vals, pattern)
         n_dead = int(dead.sum())
@@ -752,11 +733,9 @@ class BatchTopKSAE(nn.Module):
         if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
             aux = self._aux_loss(xn, xn - recon, dead)
         if update_state:  # a latent "fires" when selected with a positive activation
-            with torch.no_grad():
-                positive = vals > 0
-                pos = vals[positive]
-                fired = torch.zeros(n, dtype=torch.long).index_add_(0, pattern.cols, positive.long()) > 0
-                self._update_fired(fired, pos.min() if pos.numel() else None)
+            positive = vals > 0
+            pos = vals[positive]
+            self._update_state(pattern.cols[positive], pos.min() if pos.numel() else None)
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(vals.numel() / B), n_dead=torch.tensor(n_dead), recon=recon)
 

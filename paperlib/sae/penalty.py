@@ -27,17 +27,11 @@ def row_penalty_terms(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: float) -
         raise ValueError(f"sigma2 must be > 0, got {sigma2}")
     if W_dec.shape != W_hat.shape or W_dec.ndim != 2:
         raise ValueError(f"W_dec {tuple(W_dec.shape)} and W_hat {tuple(W_hat.shape)} must be equal [n, d]")
-    if _fused(W_dec, W_hat):
-        p, e = _FusedRowPenalty.apply(W_dec, W_hat.detach(), float(sigma2))
-        return p, e
+    if kernels.applies(W_dec, W_hat):
+        return _FusedRowPenalty.apply(W_dec, W_hat.detach(), float(sigma2))
     diff = W_dec - W_hat.detach()
     e = (diff * diff).sum(dim=1)
     return torch.exp(-e / sigma2), e
-
-
-def _fused(W_dec: torch.Tensor, W_hat: torch.Tensor) -> bool:
-    return (kernels.available() and W_dec.device.type == "cpu" and W_dec.dtype in (torch.float32, torch.float64)
-            and W_hat.dtype == W_dec.dtype and W_dec.is_contiguous() and W_hat.is_contiguous())
 
 
 class _FusedRowPenalty(torch.autograd.Function):
@@ -133,7 +127,7 @@ class _OrthoPenalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         Wn, r, norm, i, j, c = ctx.saved_tensors
-        if _fused(Wn, Wn):
+        if kernels.applies(Wn):
             return _ortho_backward_fused(Wn, r, norm, i, j, c, float(g) * 2.0 / Wn.shape[0]), None
         coef = (2.0 / Wn.shape[0]) * g * c
         dWn = torch.zeros_like(Wn)

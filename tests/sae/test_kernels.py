@@ -23,12 +23,6 @@ def _rng(seed=0):
     return np.random.default_rng(seed)
 
 
-@pytest.fixture
-def torch_path(monkeypatch):
-    """Run models with the torch ops instead of the fused kernels."""
-    monkeypatch.setattr(models, "FUSED", False)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_normalize_center_against_numpy(dtype):
     x = (_rng().standard_normal((9, 7)) * 3 + 2).astype(dtype)
@@ -174,7 +168,7 @@ def test_fused_step_matches_the_torch_path_in_float32(dead, monkeypatch):
         sae.steps_since_fired[::4] = 5
     x = torch.randn(256, 24) * 2 + 1
     fused, gf = _step_outputs(sae, x)
-    monkeypatch.setattr(models, "FUSED", False)
+    monkeypatch.setattr(kernels, "ENABLED", False)
     ref, gr = _step_outputs(sae, x)
     assert abs(float(fused["loss"]) - float(ref["loss"])) < 1e-6 * float(ref["loss"])
     assert torch.allclose(fused["recon"], ref["recon"], atol=1e-5)
@@ -188,7 +182,7 @@ def test_fused_state_update_and_reconstruction_match_the_torch_path(monkeypatch)
     for _ in range(3):
         a.training_loss(x)
     rec_a = a.reconstruct(x)
-    monkeypatch.setattr(models, "FUSED", False)
+    monkeypatch.setattr(kernels, "ENABLED", False)
     for _ in range(3):
         b.training_loss(x)
     assert torch.equal(a.steps_since_fired, b.steps_since_fired)
@@ -197,7 +191,7 @@ def test_fused_state_update_and_reconstruction_match_the_torch_path(monkeypatch)
     meta = MetaSAE(24, 12, 3, seed=1)
     W = torch.randn(96, 24)
     rows = meta.reconstruct_rows(W)
-    monkeypatch.setattr(models, "FUSED", True)
+    monkeypatch.setattr(kernels, "ENABLED", True)
     assert torch.allclose(meta.reconstruct_rows(W), rows, atol=1e-5)
 
 
@@ -271,7 +265,7 @@ def test_penalty_torch_fallbacks_equal_the_fused_kernels(monkeypatch):
         return out
 
     fused = grads()
-    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(kernels, "ENABLED", False)
     for a, b in zip(fused, grads(), strict=True):
         assert torch.allclose(a, b, atol=1e-14)
 

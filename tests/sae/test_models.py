@@ -246,10 +246,10 @@ def _trained_like(seed=0, d=12, n=40, k=4):
 def test_default_path_bitwise_equals_reference_formula(monkeypatch):
     """With identity buffers the torch path is the reference formula bit for bit (the fused CPU kernels agree with
     it up to reassociation: tests/sae/test_kernels.py)."""
-    from paperlib.sae import models
+    from paperlib.sae import kernels
     from paperlib.sae.models import SparsePattern, sparse_decode
 
-    monkeypatch.setattr(models, "FUSED", False)
+    monkeypatch.setattr(kernels, "ENABLED", False)
     x = _x()
     a = _trained_like()
     assert a.input_standardisation == "none" and a.config()["input_standardisation"] == "none"

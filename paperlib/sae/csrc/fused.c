@@ -6,7 +6,6 @@
  * deviates from IEEE arithmetic (no -ffast-math: NaN and inf propagate).
  */
 #include <math.h>
-#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 

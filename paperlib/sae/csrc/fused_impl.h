@@ -202,15 +202,13 @@ void S(decode_residual)(const int64_t *restrict crow, const int64_t *restrict co
  * gW_enc[:, j] = sum gs[e] xc[i] (W_enc's [d, n] layout, through a TILE-latent tile) and colsum[j] = sum gs[e].
  * Work items are (column chunk, latent tile), chunk-major: a thread's g[:, chunk] and xc[:, chunk]
  * (B * 2 * 256 bytes) stay in its L2; a latent's chunk accumulates in registers. */
-int S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict perm, const int64_t *restrict rows_t,
+void S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict perm, const int64_t *restrict rows_t,
                      const T *restrict vals, const T *restrict gv, const T *restrict g, const T *restrict xc,
                      int64_t n, int64_t d, T *restrict gW_dec, T *restrict gW_enc, double *restrict colsum,
-                     int nt) {
+                     T *restrict entries, int nt) {
     const int64_t n_chunks = (d + CW - 1) / CW, n_tiles = (n + TILE - 1) / TILE;
-    /* the entries' values and masked code gradients in latent-major order, read sequentially by every chunk */
-    T *vt = malloc((size_t)(crow_t[n] > 0 ? crow_t[n] : 1) * 2 * sizeof(T));
-    if (vt == NULL) return -1;
-    T *st = vt + crow_t[n];
+    /* entries [2 m]: the values and masked code gradients in latent-major order, read in order by every chunk */
+    T *restrict vt = entries, *restrict st = entries + crow_t[n];
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
@@ -268,8 +266,6 @@ int S(latent_grads)(const int64_t *restrict crow_t, const int64_t *restrict perm
                     for (int64_t j = j0; j < j1; j++) gW_enc[(t0 + t) * n + j] = tile[(j - j0) * CW + t];
             }
     }
-    free(vt);
-    return 0;
 }
 
 /* Decomposability penalty per row: e[i] = |W[i] - H[i]|^2, p[i] = exp(-e[i] / sigma^2). */
