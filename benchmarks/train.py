@@ -16,7 +16,14 @@ Per geometry, in one process and on the same fixed batch:
   full weight, plus the n_m meta steps that end each block for ``joint``), reported per primary token.
 
 The table prints tok/s, each arm's cost per token relative to solo (``× solo cost``: 1.10 means 10% more
-time per token) and the solo step's share of the bound (``solo / bound``). The implementations are timed in
+time per token) and the solo step's share of the bound (``solo / bound``).
+
+Each arm's ``floor`` is the cost relative to solo that the dense products the arm adds would alone impose on
+this solo step, timed in the same rounds: the meta SAE's encoder matmul over all n decoder rows ([n, d] @ [d, m],
+``meta_mm``), once per primary step for ``randcritic`` and, for ``joint``, also once per meta step (n_m per n_p
+primary steps); the chunked Gram matrices of the OrtSAE penalty (``gram``). An exact method cannot go below it
+however fast its sparse and element-wise work; ``floor@0.75`` is the same with a solo step at 0.75 of the
+bound (a faster solo step makes every fixed overhead a larger ratio). The implementations are timed in
 rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
 each time is the minimum over rounds, per primary step. ``--dead`` marks a fraction of latents dead (AuxK
 active). SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``).
@@ -110,6 +117,12 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
 
         work[name], steps[name] = block, n_p
     mark_dead(naive)
+    rows, w_meta = torch.randn(n, d), torch.randn(d, prof.meta.n_meta)
+    meta_out = torch.empty(n, prof.meta.n_meta)
+    blocks = torch.randn(n, d).tensor_split(prof.grid.ortho_chunks)
+    work["meta_mm"] = lambda: torch.mm(rows, w_meta, out=meta_out)
+    work["gram"] = lambda: [b @ b.t() for b in blocks]
+    steps.update(meta_mm=1, gram=1)
     best = {name: float("inf") for name in work}
     for fn in work.values():
         fn()  # warm-up
@@ -123,6 +136,11 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
     for name in ("naive", *ARMS):
         out[f"{name}_cost"] = out["solo"] / out[name]
     out["solo_vs_bound"] = out["solo"] / out["bound"]
+    extra = {"joint": best["meta_mm"] * (1 + prof.meta.n_meta_steps / n_p), "randcritic": best["meta_mm"],
+             "ortho": best["gram"]}
+    for name, t in extra.items():
+        out[f"{name}_floor"] = 1 + t / best["solo"]
+        out[f"{name}_floor75"] = 1 + t * 0.75 / best["bound"]
     return out
 
 
@@ -138,14 +156,17 @@ def main() -> None:
     print(f"{time.strftime('%F %T')} torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     cols = ["bound", "naive", "solo", *ARMS]
+    floors = [f"{a}_{f}" for a in ARMS for f in ("floor", "floor75")]
     print(f"{'geometry':>9} {'n':>5} {'B':>5} {'dead':>5} " + " ".join(f"{c + ' tok/s':>16}" for c in cols)
-          + f" {'solo/bound':>10} " + " ".join(f"{c + ' ×solo cost':>18}" for c in ("naive", *ARMS)))
+          + f" {'solo/bound':>10} " + " ".join(f"{c + ' ×solo cost':>18}" for c in ("naive", *ARMS))
+          + " " + " ".join(f"{c.replace('floor75', 'floor@0.75'):>18}" for c in floors))
     for g in args.geometry:
         for dead in args.dead:
             r = bench(g, args.reps, dead)
             print(f"{g:>9} {r['n']:>5} {r['batch']:>5} {r['dead_frac']:>5.2f} "
                   + " ".join(f"{r[c]:>16,.0f}" for c in cols) + f" {r['solo_vs_bound']:>10.2f} "
-                  + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS)), flush=True)
+                  + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS))
+                  + " " + " ".join(f"{r[c]:>18.3f}" for c in floors), flush=True)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,20 @@ def _crow(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return crow
 
 
+def fired_entries(vals: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(latent of every selected entry with a positive value, the smallest such value or ``None``): what the dead
+    counters and the running threshold are advanced with. When every value is positive (always on the fused
+    path) no boolean indexing is needed (~1 ms per step for the default profile's 65,536 entries)."""
+    if vals.numel() == 0:
+        return cols, None
+    low = vals.min()
+    if low > 0:
+        return cols, low
+    positive = vals > 0
+    pos = vals[positive]
+    return cols[positive], (pos.min() if pos.numel() else None)
+
+
 class SparsePattern:
     """The selected (token, latent) entries of a batch, in two CSR layouts.
 
@@ -343,6 +357,7 @@ class _FusedSparseMSE(torch.autograd.Function):
             gb = g.sum(0) - W_enc.detach() @ torch.from_numpy(colsum).to(dt)
             ctx.grads = (gW_enc, gW_dec, gb)
         ctx.mark_non_differentiable(recon)
+        ctx.set_materialize_grads(False)  # recon is not differentiable: no [B, d] zero gradient for it (~1 ms a step)
         return torch.tensor(float(sq.sum()) / (B * d), dtype=dt), recon
 
     @staticmethod
@@ -680,9 +695,7 @@ class BatchTopKSAE(nn.Module):
         if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
             aux = self._aux_loss(xn, (xn - recon).detach(), dead)
         if update_state:  # a latent "fires" when selected with a positive activation
-            positive = sel_vals > 0
-            pos = sel_vals[positive]
-            self._update_state(pattern.cols[positive], pos.min() if pos.numel() else None)
+            self._update_state(*fired_entries(sel_vals, pattern.cols))
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(flat.numel() / B), n_dead=torch.tensor(n_dead),
                     recon=recon.detach())
@@ -733,9 +746,7 @@ class BatchTopKSAE(nn.Module):
         if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
             aux = self._aux_loss(xn, xn - recon, dead)
         if update_state:  # a latent "fires" when selected with a positive activation
-            positive = vals > 0
-            pos = vals[positive]
-            self._update_state(pattern.cols[positive], pos.min() if pos.numel() else None)
+            self._update_state(*fired_entries(vals, pattern.cols))
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(vals.numel() / B), n_dead=torch.tensor(n_dead), recon=recon)
 

@@ -46,6 +46,7 @@ class _FusedRowPenalty(torch.autograd.Function):
         ctx.save_for_backward(W, H, p)
         ctx.sigma2 = sigma2
         ctx.mark_non_differentiable(e)
+        ctx.set_materialize_grads(False)  # e is not differentiable: no zero gradient for it
         return p, e
 
     @staticmethod

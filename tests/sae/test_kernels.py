@@ -208,6 +208,24 @@ def test_fused_penalty_gradient_matches_autograd_of_the_formula():
     assert torch.allclose(p, ref.detach(), atol=1e-14) and torch.allclose(g, W.grad, atol=1e-15)
 
 
+def test_fused_functions_take_missing_upstream_gradients():
+    """Autograd no longer materialises zero gradients for the non-differentiable outputs (the reconstruction, the
+    squared errors): the backward works without them."""
+    sae = BatchTopKSAE(24, 96, 6, seed=0)
+    x = torch.randn(64, 24)
+    out = sae.training_loss(x)
+    out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in (sae.W_enc, sae.W_dec, sae.b_dec))
+    W = torch.randn(10, 6, requires_grad=True)
+    p, e = row_penalty_terms(W, torch.randn(10, 6), 1.0)
+    p.sum().backward()
+    assert W.grad is not None and torch.isfinite(W.grad).all()
+    W2 = torch.randn(10, 6, requires_grad=True)
+    p2, _ = row_penalty_terms(W2, torch.randn(10, 6), 1.0)
+    (p2.sum() * 0).backward()
+    assert torch.equal(W2.grad, torch.zeros_like(W2))
+
+
 _THREADS_SCRIPT = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))

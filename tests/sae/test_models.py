@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paperlib.sae.models import BatchTopKSAE, MetaSAE, batch_topk_indices, batch_topk_mask, kth_largest, top_count_mask
+from paperlib.sae.models import (BatchTopKSAE, MetaSAE, batch_topk_indices, batch_topk_mask, fired_entries, kth_largest,
+                                 top_count_mask)
 
 
 def _x(B=64, d=12, seed=0, dtype=torch.float32):
@@ -403,3 +404,17 @@ def test_sparse_pattern_products_equal_dense_references():
     torch.testing.assert_close(pattern.transposed_times(vals, rhs), dense.t() @ rhs)
     assert torch.equal(pattern.rows_t, pattern.rows[pattern.perm])
     assert torch.equal(pattern.cols[pattern.perm], pattern.cols[pattern.perm].sort().values)
+
+
+@pytest.mark.parametrize("vals", [[0.5, 2.0, 0.1], [0.5, 0.0, 2.0, -1.0], [0.0, 0.0], [], [float("nan"), 1.0, 0.25],
+                                  [float("nan")]])
+def test_fired_entries_equal_the_boolean_selection(vals):
+    v = torch.tensor(vals, dtype=torch.float32)
+    cols = torch.arange(10, 10 + v.numel())
+    got_cols, got_min = fired_entries(v, cols)
+    positive = v > 0  # brute force: every entry with a positive value, and the smallest of those
+    assert torch.equal(got_cols, cols[positive])
+    if positive.any():
+        assert float(got_min) == float(v[positive].min())
+    else:
+        assert got_min is None
