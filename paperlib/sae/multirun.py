@@ -26,7 +26,10 @@ safetensors file (its :meth:`~paperlib.sae.trainer.Trainer.state_tensors`, the b
 state) and then a JSON pointer (step, meta steps, stream position, metrics line count, configuration, pass
 settings), both atomically. Runs resume independently: a pass restarts at the smallest stream position of its runs,
 and a run whose checkpoint is further along waits for the stream to reach it. Resuming gives the bitwise same
-weights as an uninterrupted pass in both modes (tested by interrupting). Stream mode needs no activation cache;
+weights as an uninterrupted pass in both modes (tested by interrupting). Ctrl-C (or the pool's stop signal) lets
+the current chunk finish, checkpoints every unfinished run at the step it reached and then raises
+:class:`KeyboardInterrupt` naming them; a second Ctrl-C stops at once (resume then starts from the last
+checkpoints). Stream mode needs no activation cache;
 ``input_norm = "dim+token"`` needs statistics over the whole range before step 0 and is refused there.
 
 Outputs per run (``<out_root>/<run>/``): ``sae/``, ``meta/``, ``metrics.jsonl``, ``config.json`` (with the pass's
@@ -53,6 +56,7 @@ from tqdm.auto import tqdm
 
 from paperlib.config import paths
 from paperlib.config.checks import NonFiniteError
+from paperlib.config.interrupt import stop_after_step
 from paperlib.config.io import (
     atomic_path,
     damaged,
@@ -373,28 +377,40 @@ def _stream(p: Profile, states: list[PassRun], source: ChunkSource, plan: ChunkP
     bar = tqdm(total=total, initial=min(st.trainer.step for st in states), unit="step", disable=not progress,
                desc=f"one pass, {len(states)} runs ({source.kind})")
     active = list(states)
-    while active:
-        if max_steps is not None and all(st.trainer.step >= max_steps for st in active):
-            for st in active:
-                if st.last_saved != st.trainer.step:
-                    st.save_checkpoint()
-            break
-        at_g = [st for st in active if st.position == g]
-        if at_g:
-            chunk = _read_chunk(source, plan, g, at_g[0].device)
-            lead = max(st.trainer.step for st in active)
-            for st in at_g:
-                st.feed(chunk, plan.n_chunks)
-                if st.done:
-                    st.finish(p, source)
-                elif st.checkpoint_due():
-                    st.save_checkpoint()
-            bar.update(max(st.trainer.step for st in active) - lead)
-        active = [st for st in active if not st.done]
-        g += 1
-        if _chunk_hook is not None:
-            _chunk_hook(g)
+    with stop_after_step() as interrupt:
+        while active:
+            if max_steps is not None and all(st.trainer.step >= max_steps for st in active):
+                _save_unsaved(active)
+                break
+            at_g = [st for st in active if st.position == g]
+            if at_g:
+                chunk = _read_chunk(source, plan, g, at_g[0].device)
+                lead = max(st.trainer.step for st in active)
+                for st in at_g:
+                    st.feed(chunk, plan.n_chunks)
+                    if st.done:
+                        st.finish(p, source)
+                    elif st.checkpoint_due():
+                        st.save_checkpoint()
+                bar.update(max(st.trainer.step for st in active) - lead)
+            active = [st for st in active if not st.done]
+            g += 1
+            if _chunk_hook is not None:
+                _chunk_hook(g)
+            if interrupt.requested and active:  # at a chunk boundary: every unfinished run saves where it is
+                _save_unsaved(active)
+                bar.close()
+                raise KeyboardInterrupt(
+                    f"one pass stopped by {interrupt.signal_name} at stream position {g}: "
+                    + ", ".join(f"{st.spec.name} after step {st.trainer.step} of {st.total}" for st in active)
+                    + f"; their checkpoints are saved under {active[0].dir.parent} and the next call resumes there")
     bar.close()
+
+
+def _save_unsaved(states: list[PassRun]) -> None:
+    for st in states:
+        if st.last_saved != st.trainer.step:
+            st.save_checkpoint()
 
 
 def profile_source(profile: str | Profile, *, stream: bool = False, progress: bool = True, lm: Any = None

@@ -80,6 +80,38 @@ def test_killed_pass_resumes_to_the_same_weights(tmp_path, monkeypatch):
         assert _metrics(d) == _metrics(ref[name])
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGUSR1"])
+def test_an_interrupt_stops_the_pass_at_a_chunk_boundary_with_checkpoints_and_resumes_bitwise(
+        tmp_path, monkeypatch, signame, interactive_sigint):
+    """Ctrl-C (or the pool's stop signal) during a pass: the chunk completes, every unfinished run checkpoints the
+    step it reached (not only its last periodic checkpoint), KeyboardInterrupt names the runs, and a resume ends
+    bitwise equal to an uninterrupted pass."""
+    import os
+    import signal
+
+    ref = _train(tmp_path / "ref", RUNS)
+    reached = {}
+
+    def interrupt(g):
+        if g == 9:  # the runs are then past a periodic checkpoint (every 3 steps)
+            os.kill(os.getpid(), getattr(signal, signame))
+
+    monkeypatch.setattr(multirun, "_chunk_hook", interrupt)
+    with pytest.raises(KeyboardInterrupt, match=rf"stopped by {signame} at stream position 9: solo after step \d+"):
+        _train(tmp_path / "cut", RUNS)
+    monkeypatch.setattr(multirun, "_chunk_hook", None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored (the fixture's)
+    for name in RUNS:
+        ck = json.loads((tmp_path / "cut" / name / "checkpoint" / "checkpoint.json").read_text())
+        reached[name] = ck["step"]
+        assert not (tmp_path / "cut" / name / "done.json").exists()
+    assert min(reached.values()) % PROFILE.sae.checkpoint_every != 0  # a step between periodic checkpoints was kept
+    out = _train(tmp_path / "cut", RUNS)
+    for name, d in out.items():
+        assert _weights(d) == _weights(ref[name])
+        assert _metrics(d) == _metrics(ref[name])
+
+
 def test_runs_checkpointed_at_different_positions_resume_together(tmp_path):
     ref = _train(tmp_path / "ref", RUNS)
     _train(tmp_path / "cut", ["solo"], max_steps=4)
