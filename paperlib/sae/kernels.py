@@ -101,12 +101,19 @@ def _build() -> Path:
         for flags in (FLAGS, tuple(f for f in FLAGS if f != "-fopenmp")):
             res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCES[0]), "-lm"], capture_output=True, text=True)
             if res.returncode == 0:
+                os.chmod(tmp, 0o777 & ~_umask())  # mkstemp's 0600 would hide it from other users of a shared cache
                 os.replace(tmp, lib)
                 return lib
             errors.append(res.stderr.strip()[-1500:])
         raise OSError(f"{cc} failed to build {SOURCES[0].name}: {errors[-1]}")
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _disabled_by_environment() -> bool:

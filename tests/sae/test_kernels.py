@@ -4,6 +4,7 @@ when no C compiler exists."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -260,7 +261,7 @@ def test_without_a_compiler_training_warns_once_and_uses_the_torch_path(tmp_path
               "    out = sae.training_loss(torch.randn(64, 12))\n"
               "    out['loss'].backward()\n"
               "print(kernels.available(), sum('fused CPU kernels unavailable' in str(x.message) for x in w))\n")
-    env = {**__import__("os").environ, "CC": "no-such-compiler", "PAPERLIB_KERNEL_CACHE": str(tmp_path)}
+    env = {**os.environ, "CC": "no-such-compiler", "PAPERLIB_KERNEL_CACHE": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert res.stdout.split() == ["False", "1"]
 
@@ -297,9 +298,14 @@ def test_a_compiler_without_openmp_builds_single_threaded_kernels(tmp_path):
     script = ("import numpy as np\nfrom paperlib.sae import kernels\n"
               "x = np.arange(12.0).reshape(3, 4); c = np.empty(3, np.int64)\n"
               "kernels.count_at_least(x, 5.0, c)\nprint(kernels.describe()['fused_cpu_kernels'], c.tolist())\n")
-    env = {**__import__("os").environ, "CC": str(cc), "PAPERLIB_KERNEL_CACHE": str(tmp_path / "k")}
+    env = {**os.environ, "CC": str(cc), "PAPERLIB_KERNEL_CACHE": str(tmp_path / "k")}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert res.stdout.split("\n")[0] == "True [0, 3, 4]"
+    libs = list((tmp_path / "k").glob("fused-*.so"))
+    assert len(libs) == 1 and not list((tmp_path / "k").glob("*.so.tmp*"))
+    mode, umask = libs[0].stat().st_mode & 0o777, os.umask(0)
+    os.umask(umask)
+    assert mode == 0o777 & ~umask  # as a compiler's own output (not mkstemp's 0600): a shared cache serves every user
 
 
 def test_describe_names_the_library_in_use():
