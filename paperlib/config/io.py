@@ -48,7 +48,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 class LockedError(RuntimeError):
-    """Another live process holds the lock of what this process wants to build."""
+    """Another live process holds the lock of what this process wants to build (its pid in ``holder``)."""
+
+    def __init__(self, message: str, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @contextlib.contextmanager
@@ -65,7 +69,7 @@ def exclusive(lock_path: str | os.PathLike, what: str) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise LockedError(f"{what} is being built by another process (pid {holder}, lock {path}); wait for it "
-                              "to finish, or stop it first") from None
+                              "to finish, or stop it first", holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -261,12 +262,18 @@ def lock_path(name: str, run: Any = None, profile: Profile | str | None = None) 
 @contextlib.contextmanager
 def waiting_lock(path: Path, what: str, poll_s: float | None = None) -> Iterator[None]:
     """Hold :func:`~paperlib.config.io.exclusive` on ``path``, waiting (polling every ``poll_s`` s, default
-    :data:`LOCK_POLL_S`) while another process holds it, instead of failing."""
+    :data:`LOCK_POLL_S`) while another process holds it, instead of failing; says once on stderr whom it waits
+    for (a silent wait looks like a hang)."""
+    told = False
     while True:
         try:
             held = exclusive(path, what)
             held.__enter__()
-        except LockedError:
+        except LockedError as err:
+            if not told:
+                print(f"waiting for {what}: another process (pid {err.holder}) holds {path}; this one goes on when "
+                      "it finishes", file=sys.stderr, flush=True)
+                told = True
             time.sleep(LOCK_POLL_S if poll_s is None else poll_s)
             continue
         try:

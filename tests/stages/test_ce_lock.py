@@ -37,7 +37,7 @@ def test_two_concurrent_ce_jobs_compute_the_clean_reference_once(tmp_artifacts, 
     assert cache.is_fresh("ce_reference", profile=PROFILE)
 
 
-def test_a_ce_job_waits_for_the_lock_holder(tmp_artifacts, monkeypatch):
+def test_a_ce_job_waits_for_the_lock_holder(tmp_artifacts, monkeypatch, capsys):
     monkeypatch.setattr(cache, "LOCK_POLL_S", 0.05)
     lock = cache.lock_path("ce_reference", profile=PROFILE)
     entered = threading.Event()
@@ -53,3 +53,5 @@ def test_a_ce_job_waits_for_the_lock_holder(tmp_artifacts, monkeypatch):
         assert not entered.is_set()
     t.join(10)
     assert entered.is_set()
+    told = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("waiting for test:")]
+    assert len(told) == 1 and f"(pid {__import__('os').getpid()})" in told[0] and str(lock) in told[0]
