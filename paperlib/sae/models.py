@@ -615,7 +615,7 @@ class BatchTopKSAE(nn.Module):
     def _fused_reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """BatchTopK reconstruction of raw x by the fused kernels (no gradient)."""
         self._check_input(x)
-        xn, xc, mean, scale = self._fused_normalize(x, work=True)
+        xn, xc, mean, scale = self._fused_normalize(x)
         pre = torch.mm(xc, self.W_enc, out=self._work("pre", (xc.shape[0], self.n_latents), xc.dtype))
         pattern, vals = select_pattern(pre, self.k)
         out = torch.empty_like(xn)
@@ -708,7 +708,7 @@ class BatchTopKSAE(nn.Module):
         if normalized:
             xn = x.to(dt).contiguous()
             return xn, xn - b
-        return self._fused_normalize(x, work=True)[:2]
+        return self._fused_normalize(x)[:2]
 
     def _work(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A work array of the fused training path, kept between steps (a fresh one costs a page fault per 4 KiB:
@@ -719,14 +719,11 @@ class BatchTopKSAE(nn.Module):
             t = work[name] = torch.empty(shape, dtype=dtype)
         return t
 
-    def _fused_normalize(self, x: torch.Tensor, work: bool = False) -> tuple[torch.Tensor, ...]:
+    def _fused_normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(x̃, x̃ − b_dec, mean [B, 1], scale [B, 1]) of raw x by the fused kernel (cf. :meth:`normalize_with_stats`).
-        ``work``: x̃ and x̃ − b_dec are work arrays, valid until the next such call (no autograd graph may keep them)."""
+        x̃ and x̃ − b_dec are work arrays, valid until the next such call (no autograd graph may keep them)."""
         xs = self._dim_standardise(x.to(self.W_enc.dtype)).contiguous()
-        if work:
-            xn, xc = (self._work(name, tuple(xs.shape), xs.dtype) for name in ("xn", "xc"))
-        else:
-            xn, xc = torch.empty_like(xs), torch.empty_like(xs)
+        xn, xc = (self._work(name, tuple(xs.shape), xs.dtype) for name in ("xn", "xc"))
         mean, scale = xs.new_empty(xs.shape[0], 1), xs.new_empty(xs.shape[0], 1)
         kernels.normalize_center(xs.numpy(), self.b_dec.detach().numpy(), xn.numpy(), xc.numpy(), mean.numpy(),
                                  scale.numpy(), EPS)

@@ -28,5 +28,8 @@ def test_bench_reports_consistent_ratios_and_floors(monkeypatch, dead):
     assert r["solo_vs_bound"] == pytest.approx(r["solo"] / r["bound"])
     for arm in train.ARMS:
         assert r[f"{arm}_floor"] > 1 and r[f"{arm}_floor75"] > 1
-    # the joint arm's dense floor adds its meta steps' matmuls to the random critic's
+    # the joint arm's dense floor adds its meta steps' matmuls (n_m per n_p primary steps) to the random critic's
+    meta = train.get_profile("default").meta
+    assert r["joint_floor"] - 1 == pytest.approx((1 + meta.n_meta_steps / meta.n_primary_steps)
+                                                 * (r["randcritic_floor"] - 1))
     assert r["joint_floor"] > r["randcritic_floor"]
