@@ -4,7 +4,11 @@ import circles, ``paperlib`` imports only at module top, no private names across
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import paperlib
 
@@ -106,3 +110,11 @@ def test_public_api_importable_from_the_package_and_its_modules():
 
     assert (BatchTopKSAE, count, decomposability_penalty, welch) == (B2, c2, d2, w2)
     assert callable(phi) and callable(within_stats)
+
+
+def test_the_code_passes_the_linter():
+    """``make lint`` (ruff, configured in pyproject.toml) is part of ``make test``: a lint error fails CI."""
+    ruff = pytest.importorskip("ruff")
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "paperlib", "tests", "benchmarks"],
+                         cwd=ROOT.parent, capture_output=True, text=True)
+    assert res.returncode == 0, f"ruff {getattr(ruff, '__version__', '')}:\n{res.stdout}{res.stderr}"

@@ -135,6 +135,7 @@ def _loaded() -> tuple[ctypes.CDLL, Path] | None:
         return None
     for s in ("f32", "f64"):
         getattr(lib, f"keep_top_{s}").restype = ctypes.c_int64
+        getattr(lib, f"gather_at_least_once_{s}").restype = ctypes.c_int64
     return lib, path
 
 
@@ -219,6 +220,23 @@ def gather_at_least(pre: np.ndarray, t, offsets: np.ndarray, cols: np.ndarray, v
                                 _p(offsets), _p(cols), _p(vals), ctypes.c_int(threads()))
 
 
+def gather_at_least_once(pre: np.ndarray, t, counts: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`count_at_least` and :func:`gather_at_least` in one pass over ``pre``: (cols, vals) of the entries ≥ t
+    in row-major, column order (work arrays, valid until the next call), ``counts`` filled; ``None`` when more
+    than about ``cap`` entries pass (use the two passes). Each thread gathers its block of rows into its own
+    share of the ``cap`` slots."""
+    B, n = pre.shape
+    nt = threads()
+    cap = max(int(cap), nt * n)
+    cols, vals = scratch("once_cols", cap, np.int64), scratch("once_vals", cap, pre.dtype)
+    buf_c, buf_v = scratch("once_rowbuf_c", nt * n, np.int64), scratch("once_rowbuf_v", nt * n, pre.dtype)
+    ends = np.empty(nt, dtype=np.int64)
+    m = _fn("gather_at_least_once", pre)(_p(pre), ctypes.c_int64(B), ctypes.c_int64(n), _scalar_type(pre)(t),
+                                         ctypes.c_int64(cap), _p(counts), _p(cols), _p(vals), _p(buf_c), _p(buf_v),
+                                         _p(ends), ctypes.c_int(nt))
+    return None if m < 0 else (cols[:m], vals[:m])
+
+
 def keep_top_count(offsets: np.ndarray, cols: np.ndarray, vals: np.ndarray, count: int):
     """Exactly ``count`` of the candidates (row-major order): every one above the count-th largest value v,
     then the first ones equal to v. Returns (crow [B + 1], rows, cols, vals) of the kept entries."""
@@ -239,10 +257,11 @@ def keep_top_count(offsets: np.ndarray, cols: np.ndarray, vals: np.ndarray, coun
 def by_latent(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stable counting sort of the entries (int64 rows, cols) by latent: (crow_t [n + 1], perm, rows[perm])."""
     m = cols.size
-    crow_t, pos = np.empty(n + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+    nt = threads()
+    crow_t, pos = np.empty(n + 1, dtype=np.int64), np.empty(nt * n, dtype=np.int64)
     perm, rows_t = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64)
     _lib().by_latent(_p(rows), _p(cols), ctypes.c_int64(m), ctypes.c_int64(n), _p(crow_t), _p(pos), _p(perm),
-                  _p(rows_t))
+                     _p(rows_t), ctypes.c_int(nt))
     return crow_t, perm, rows_t
 
 

@@ -139,16 +139,20 @@ def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, ...] | N
         t = t_sub * a.dtype.type(factor)
         if not t > 0:
             return None
-        kernels.count_at_least(a, t, counts)
+        once = kernels.gather_at_least_once(a, t, counts, 2 * total)  # one pass; None: more than ~2·k·B pass
+        if once is None:
+            kernels.count_at_least(a, t, counts)
         np.cumsum(counts, out=offsets[1:])
         if offsets[-1] >= total:
             break
     else:
         return None
-    m = int(offsets[-1])
-    cols = np.empty(m, dtype=np.int64)
-    vals = np.empty(m, dtype=a.dtype)
-    kernels.gather_at_least(a, t, offsets, cols, vals)
+    if once is None:
+        m = int(offsets[-1])
+        cols, vals = np.empty(m, dtype=np.int64), np.empty(m, dtype=a.dtype)
+        kernels.gather_at_least(a, t, offsets, cols, vals)
+    else:
+        cols, vals = once
     crow, rows, cols, vals = kernels.keep_top_count(offsets, cols, vals, total)
     return tuple(torch.from_numpy(v) for v in (rows, cols, vals, crow))
 

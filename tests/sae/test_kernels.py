@@ -58,6 +58,46 @@ def test_count_and_gather_at_least_against_numpy(dtype):
     np.testing.assert_array_equal(vals, pre[rr, cc])
 
 
+@pytest.fixture
+def threads_of():
+    """Run a kernel at a given thread count (restores torch's intra-op count afterwards)."""
+    before = torch.get_num_threads()
+
+    def run(nt, fn, *args):
+        torch.set_num_threads(nt)
+        try:
+            return fn(*args)
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_pass_gather_equals_the_two_passes(dtype, threads_of):
+    rng = _rng(4)
+    pre = rng.standard_normal((37, 53)).astype(dtype)  # 3 blocks of 16 columns and a tail of 5
+    pre[2, 3] = pre[4, 50] = np.nan
+    t = dtype(0.4)
+    pre[5, :] = t  # a full row: the region of its thread may be too small for it
+    pre[6, :] = -1.0
+    ref_counts = (pre >= t).sum(axis=1)
+    rr, cc = np.nonzero(pre >= t)
+    total = int(ref_counts.sum())
+    for nt in (1, 2, 3):
+        for cap in (total, total + 60, 4 * total):  # tight (row buffers used), small slack, roomy
+            counts = np.full(37, -1, np.int64)
+            out = threads_of(nt, kernels.gather_at_least_once, pre, t, counts, cap)
+            if out is None:  # a thread's share of the slots was too small for its rows: only when slots are few
+                assert nt > 1 and cap < 4 * total, (nt, cap)
+                continue
+            np.testing.assert_array_equal(counts, ref_counts)
+            np.testing.assert_array_equal(out[0], cc)
+            np.testing.assert_array_equal(out[1], pre[rr, cc])
+    # more entries than slots: declined (the caller counts first), nothing returned
+    assert threads_of(2, kernels.gather_at_least_once, np.ones((40, 200), dtype), dtype(0.5),
+                      np.empty(40, np.int64), 1000) is None
+
+
 def test_keep_top_count_keeps_the_largest_and_the_first_ties():
     offsets = np.array([0, 3, 5, 8])
     cols = np.array([0, 2, 5, 1, 4, 0, 3, 6])
@@ -79,6 +119,19 @@ def test_by_latent_is_a_stable_sort_by_column():
     np.testing.assert_array_equal(perm, ref)
     np.testing.assert_array_equal(rows_t, rows[ref])
     np.testing.assert_array_equal(crow_t, np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=9))]))
+
+
+def test_by_latent_in_parallel_is_the_one_thread_sort(threads_of):
+    rng = _rng(6)
+    rows = np.sort(rng.integers(0, 500, 20000))  # enough entries for the parallel path
+    cols = rng.integers(0, 300, 20000)
+    cols[:700] = 7  # a latent whose entries span thread blocks
+    ref = np.argsort(cols, kind="stable")
+    for nt in (1, 2, 3):
+        crow_t, perm, rows_t = threads_of(nt, kernels.by_latent, rows, cols, 300)
+        np.testing.assert_array_equal(perm, ref)
+        np.testing.assert_array_equal(rows_t, rows[ref])
+        np.testing.assert_array_equal(crow_t, np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=300))]))
 
 
 def _entries(rng, B, n, per_row):
@@ -297,10 +350,12 @@ def test_a_compiler_without_openmp_builds_single_threaded_kernels(tmp_path):
     cc.chmod(0o755)
     script = ("import numpy as np\nfrom paperlib.sae import kernels\n"
               "x = np.arange(12.0).reshape(3, 4); c = np.empty(3, np.int64)\n"
-              "kernels.count_at_least(x, 5.0, c)\nprint(kernels.describe()['fused_cpu_kernels'], c.tolist())\n")
+              "kernels.count_at_least(x, 5.0, c)\nprint(kernels.describe()['fused_cpu_kernels'], c.tolist())\n"
+              "cols, vals = kernels.gather_at_least_once(x, 5.0, c, 100)\n"
+              "rows = np.repeat(np.arange(3), c)\nprint(cols.tolist(), kernels.by_latent(rows, cols, 4)[1].tolist())\n")
     env = {**os.environ, "CC": str(cc), "PAPERLIB_KERNEL_CACHE": str(tmp_path / "k")}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert res.stdout.split("\n")[0] == "True [0, 3, 4]"
+    assert res.stdout.split("\n")[:2] == ["True [0, 3, 4]", "[1, 2, 3, 0, 1, 2, 3] [3, 0, 4, 1, 5, 2, 6]"]
     libs = list((tmp_path / "k").glob("fused-*.so"))
     assert len(libs) == 1 and not list((tmp_path / "k").glob("*.so.tmp*"))
     mode, umask = libs[0].stat().st_mode & 0o777, os.umask(0)

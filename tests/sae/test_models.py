@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paperlib.sae.models import (BatchTopKSAE, MetaSAE, batch_topk_indices, batch_topk_mask, fired_entries, kth_largest,
-                                 top_count_mask)
+from paperlib.sae.models import (
+    BatchTopKSAE,
+    MetaSAE,
+    batch_topk_indices,
+    batch_topk_mask,
+    fired_entries,
+    kth_largest,
+    top_count_mask,
+)
 
 
 def _x(B=64, d=12, seed=0, dtype=torch.float32):

@@ -8,6 +8,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TILE 16        /* latents per tile of latent_grads: one 64-byte line of float in W_enc's row */
 #define TOKEN_BLOCK 64 /* tokens per work item of decode_residual */
@@ -24,7 +27,7 @@
 #include <immintrin.h>
 /* The entries >= t of a float row, in column order, by AVX-512 compress (masked stores only: nothing past the
  * row's own range is written, so rows gathered by other threads are never touched). */
-static inline void gather_row_avx512(const float *restrict row, int64_t n, float t, int64_t *restrict cols,
+static inline int64_t gather_row_avx512(const float *restrict row, int64_t n, float t, int64_t *restrict cols,
                                      float *restrict vals) {
     const __m512 tv = _mm512_set1_ps(t);
     __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -47,6 +50,7 @@ static inline void gather_row_avx512(const float *restrict row, int64_t n, float
     }
     for (; j < n; j++)
         if (row[j] >= t) { cols[o] = j; vals[o] = row[j]; o++; }
+    return o;
 }
 #define GATHER_ROW gather_row_avx512 /* float rows only; n < 2^31 (column indices are compressed as int32) */
 #endif
@@ -79,17 +83,42 @@ static inline void gather_row_avx512(const float *restrict row, int64_t n, float
 #undef CW
 #undef HSUM_STEPS
 
-/* Stable counting sort of the entries by latent: crow_t [n + 1], perm, rows_t = rows[perm]. */
+/* Stable counting sort of the entries by latent: crow_t [n + 1], perm, rows_t = rows[perm]. Thread q of nq counts
+ * and then places its block of entries [m q / nq, m (q + 1) / nq) with its own positions pos[q n : (q + 1) n]
+ * (pos has nt n elements): the blocks are in entry order, so the result is that of one thread. */
 void by_latent(const int64_t *restrict rows, const int64_t *restrict cols, int64_t m, int64_t n,
                int64_t *restrict crow_t, int64_t *restrict pos, int64_t *restrict perm,
-               int64_t *restrict rows_t) {
-    memset(crow_t, 0, (size_t)(n + 1) * sizeof(int64_t));
-    for (int64_t e = 0; e < m; e++) crow_t[cols[e] + 1]++;
-    for (int64_t j = 0; j < n; j++) crow_t[j + 1] += crow_t[j];
-    memcpy(pos, crow_t, (size_t)n * sizeof(int64_t));
-    for (int64_t e = 0; e < m; e++) {
-        int64_t q = pos[cols[e]]++;
-        perm[q] = e;
-        rows_t[q] = rows[e];
+               int64_t *restrict rows_t, int nt) {
+    if (m < 4096) nt = 1; /* a parallel region costs more than sorting a few thousand entries */
+#pragma omp parallel num_threads(nt)
+    {
+        int q = 0, nq = 1;
+#ifdef _OPENMP
+        q = omp_get_thread_num();
+        nq = omp_get_num_threads();
+#endif
+        const int64_t e0 = m * q / nq, e1 = m * (q + 1) / nq;
+        int64_t *restrict mine = pos + (int64_t)q * n;
+        memset(mine, 0, (size_t)n * sizeof(int64_t));
+        for (int64_t e = e0; e < e1; e++) mine[cols[e]]++;
+#pragma omp barrier
+#pragma omp single
+        {
+            crow_t[0] = 0;
+            for (int64_t j = 0; j < n; j++) {
+                int64_t at = crow_t[j];
+                for (int r = 0; r < nq; r++) {
+                    const int64_t c = pos[(int64_t)r * n + j];
+                    pos[(int64_t)r * n + j] = at;
+                    at += c;
+                }
+                crow_t[j + 1] = at;
+            }
+        }
+        for (int64_t e = e0; e < e1; e++) {
+            const int64_t at = mine[cols[e]]++;
+            perm[at] = e;
+            rows_t[at] = rows[e];
+        }
     }
 }

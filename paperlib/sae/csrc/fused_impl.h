@@ -51,30 +51,78 @@ void S(count_at_least)(const T *restrict pre, int64_t B, int64_t n, T t, int64_t
     }
 }
 
-/* The entries >= t of each row, in column order; blocks of 16 without one are skipped by a vector test. */
+/* The entries >= t of one row, in column order, into cols / vals; returns their number. Blocks of 16 without one
+ * are skipped by a vector test. */
+static inline int64_t S(gather_row)(const T *restrict row, int64_t n, T t, int64_t *restrict cols, T *restrict vals) {
+#ifdef GATHER_ROW
+    if (n < ((int64_t)1 << 31)) return GATHER_ROW(row, n, t, cols, vals);
+#endif
+    int64_t o = 0, j = 0;
+    for (; j + 16 <= n; j += 16) {
+        int64_t hits = 0;
+#pragma omp simd reduction(+:hits)
+        for (int64_t u = 0; u < 16; u++) hits += row[j + u] >= t;
+        if (!hits) continue;
+        for (int64_t u = j; u < j + 16; u++)
+            if (row[u] >= t) { cols[o] = u; vals[o] = row[u]; o++; }
+    }
+    for (; j < n; j++)
+        if (row[j] >= t) { cols[o] = j; vals[o] = row[j]; o++; }
+    return o;
+}
+
+/* The entries >= t of each row, in column order, into cols / vals[offsets[i]:offsets[i + 1]]. */
 void S(gather_at_least)(const T *restrict pre, int64_t B, int64_t n, T t, const int64_t *restrict offsets,
                         int64_t *restrict cols, T *restrict vals, int nt) {
 #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t i = 0; i < B; i++) {
-        const T *restrict row = pre + i * n;
-        int64_t o = offsets[i], j = 0;
-#ifdef GATHER_ROW
-        if (n < ((int64_t)1 << 31)) {
-            GATHER_ROW(row, n, t, cols + o, vals + o);
-            j = n;
-        }
+    for (int64_t i = 0; i < B; i++) S(gather_row)(pre + i * n, n, t, cols + offsets[i], vals + offsets[i]);
+}
+
+/* count_at_least and gather_at_least in one pass over pre (which is read once instead of twice): thread q of nq
+ * gathers its block of rows [B q / nq, B (q + 1) / nq) into its own region [cap q / nq, cap (q + 1) / nq) of
+ * cols / vals, a row that might not fit through its row buffer (rowbuf_c / rowbuf_v [nt n]); then the regions
+ * are moved together in row order. Writes counts[i] and returns the number of entries (cols / vals are then
+ * those of the two-pass path), or -1 when a region was too small (cols / vals unusable; use the two passes). */
+int64_t S(gather_at_least_once)(const T *restrict pre, int64_t B, int64_t n, T t, int64_t cap,
+                                int64_t *restrict counts, int64_t *restrict cols, T *restrict vals,
+                                int64_t *restrict rowbuf_c, T *restrict rowbuf_v, int64_t *restrict ends, int nt) {
+    int overflow = 0, used = 1;
+#pragma omp parallel num_threads(nt) reduction(|:overflow)
+    {
+        int q = 0, nq = 1;
+#ifdef _OPENMP
+        q = omp_get_thread_num();
+        nq = omp_get_num_threads();
 #endif
-        for (; j + 16 <= n; j += 16) {
-            int64_t hits = 0;
-#pragma omp simd reduction(+:hits)
-            for (int64_t u = 0; u < 16; u++) hits += row[j + u] >= t;
-            if (!hits) continue;
-            for (int64_t u = j; u < j + 16; u++)
-                if (row[u] >= t) { cols[o] = u; vals[o] = row[u]; o++; }
+        if (q == 0) used = nq;
+        const int64_t i0 = B * q / nq, i1 = B * (q + 1) / nq, hi = cap * (q + 1) / nq;
+        int64_t o = cap * q / nq;
+        for (int64_t i = i0; i < i1; i++) {
+            const T *restrict row = pre + i * n;
+            if (hi - o >= n) {
+                counts[i] = S(gather_row)(row, n, t, cols + o, vals + o);
+            } else {
+                int64_t *restrict bc = rowbuf_c + (int64_t)q * n;
+                T *restrict bv = rowbuf_v + (int64_t)q * n;
+                const int64_t c = S(gather_row)(row, n, t, bc, bv);
+                if (c > hi - o) { overflow = 1; break; }
+                memcpy(cols + o, bc, (size_t)c * sizeof(int64_t));
+                memcpy(vals + o, bv, (size_t)c * sizeof(T));
+                counts[i] = c;
+            }
+            o += counts[i];
         }
-        for (; j < n; j++)
-            if (row[j] >= t) { cols[o] = j; vals[o] = row[j]; o++; }
+        ends[q] = o;
     }
+    if (overflow) return -1;
+    int64_t m = ends[0];
+    for (int q = 1; q < used; q++) {
+        const int64_t lo = cap * q / used, c = ends[q] - lo;
+        memmove(cols + m, cols + lo, (size_t)c * sizeof(int64_t));
+        memmove(vals + m, vals + lo, (size_t)c * sizeof(T));
+        m += c;
+    }
+    return m;
 }
 
 /* Keep every candidate above v and the first `need` equal to v (row-major order); returns the count. */
