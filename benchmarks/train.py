@@ -8,7 +8,9 @@ Two geometries (d = 576, k = 32):
 
 Per geometry, in one process and on the same fixed batch:
 
-- ``bound``: the encoder forward alone, relu(x @ W_enc) (2·B·d·n FLOPs, the only unavoidable dense work);
+- ``bound``: the encoder forward alone, relu(x @ W_enc) (2·B·d·n FLOPs, the only unavoidable dense work), into a
+  [B, n] buffer kept between calls as the training step does (a fresh result per call would add page faults:
+  ~10% at the default geometry, ~45% at the reference one on the development machine);
 - ``naive``: a textbook dense BatchTopK step (flattened ``torch.topk`` over [B·n], dense codes, dense
   decode matmul, dense autograd backward, decoder constraint, Adam);
 - ``solo``: one primary step of :class:`paperlib.sae.trainer.Trainer`;
@@ -25,8 +27,9 @@ primary steps); the chunked Gram matrices of the OrtSAE penalty (``gram``). An e
 however fast its sparse and element-wise work; ``floor@0.75`` is the same with a solo step at 0.75 of the
 bound (a faster solo step makes every fixed overhead a larger ratio). The implementations are timed in
 rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
-each time is the minimum over rounds, per primary step. ``--dead`` marks a fraction of latents dead (AuxK
-active). SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``).
+each time is the minimum over rounds, per primary step. ``--dead`` marks fractions of latents dead (AuxK
+active): by default none, and 0.007 (16 of the default profile's 2304), as in its runs, where AuxK is active in
+most steps. SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``).
 
 Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 5]``.
 On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads make small parallel
@@ -105,7 +108,8 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
     naive = BatchTopKSAE(d, n, k, seed=0)
     opt = torch.optim.Adam(naive.parameters(), lr=prof.sae.lr, betas=(0.9, 0.99))
     steps = {"bound": 3, "naive": 1}
-    work = {"bound": lambda: [torch.relu(x @ W) for _ in range(3)],
+    pre = torch.empty(batch, n)
+    work = {"bound": lambda: [torch.mm(x, W, out=pre).relu_() for _ in range(3)],
             "naive": lambda: (naive_dense_step(naive, opt, x), mark_dead(naive))}
     for name, spec in (("solo", RunSpec("solo")), *ARMS.items()):
         tr = _trainer(prof, spec, d)
@@ -149,8 +153,9 @@ def main() -> None:
     ap.add_argument("--geometry", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dead", type=float, nargs="+", default=[0.0],
-                    help="fraction of latents marked dead (AuxK active)")
+    ap.add_argument("--dead", type=float, nargs="+", default=[0.0, 0.007],
+                    help="fractions of latents marked dead (AuxK active); 0.007 is the default profile's runs "
+                         "(up to 16 of 2304 latents dead, AuxK active in 50-90%% of their steps)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%F %T')} torch {torch.__version__}, threads {torch.get_num_threads()}, "
