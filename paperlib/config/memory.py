@@ -4,7 +4,8 @@ A training step allocates and frees several multi-MB arrays (the gradients of W_
 reconstruction, the meta SAE's reconstruction of the rows, the penalty's gradient). glibc's malloc serves
 such sizes with fresh ``mmap`` regions or trims them off the heap when they are freed, so the next step's
 arrays arrive as untouched pages and pay one page fault (and a page of zeroing) per 4 KiB on first write.
-Measured on the default profile's step (2 threads): ~2,900 faults per solo step, ~3 ms of a ~40 ms step.
+Measured on the default profile's solo step with AuxK active (16 dead latents): 2,700–4,400 faults a step
+without this setting, 50–120 with it; 3,000 faults cost ~3 ms on the development machine (a step: ~40–50 ms).
 
 :func:`keep_freed_memory` raises glibc's two thresholds (``mallopt``): blocks up to ``MMAP_THRESHOLD``
 come from the heap, and freed memory at the top of the heap is kept up to ``TRIM_THRESHOLD``, so a step

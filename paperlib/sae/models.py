@@ -375,6 +375,51 @@ class _FusedSparseMSE(torch.autograd.Function):
                 None, None, None, None)
 
 
+class _AuxK(torch.autograd.Function):
+    """The AuxK term of :meth:`BatchTopKSAE._aux_loss`, mean((top-k_aux ReLU(x_c W_enc[:, D]) W_dec[D] − r)²) over
+    the dead latents D, for the fused path: the same values and gradients bit for bit (the backward runs the torch
+    operations autograd runs for that expression, in its order and operand layouts), without autograd's
+    full-size intermediates. The gather backward of W_enc[:, D] and W_dec[D] would build a zero [d, n] and a zero
+    [n, d] array and add them to the gradients every step; here the dead columns' and rows' gradients are sparse
+    tensors that autograd adds in place. The squared error's gradient takes two passes over [B, d] instead of
+    four, the bias gradient negates a [d] sum instead of a [B, d] array, and x_c = x̃ − b_dec comes from the step
+    (the fused normalisation writes it with the same rounding)."""
+
+    @staticmethod
+    def forward(ctx, W_enc, W_dec, b_dec, xc, residual, dead_idx, ka):  # noqa: D102
+        We, Wd = W_enc[:, dead_idx], W_dec[dead_idx]
+        pre = torch.relu(xc @ We)
+        keep = None
+        act = pre
+        if ka < dead_idx.numel():
+            keep = torch.zeros_like(pre, dtype=torch.bool)
+            keep.scatter_(1, pre.topk(ka, dim=1, sorted=False).indices, True)
+            act = pre * keep
+        e = (act @ Wd).sub_(residual)
+        ctx.save_for_backward(xc, We, Wd, pre, act, e, dead_idx, keep)
+        ctx.shapes = (W_enc.shape, W_dec.shape)
+        return e.pow(2).mean()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        xc, We, Wd, pre, act, e, dead_idx, keep = ctx.saved_tensors
+        (d, n), _ = ctx.shapes
+        ge = (2.0 * e).mul_(g / e.numel())  # mean's then pow's backward: (g / N) · (2 e)
+        g_act = ge.mm(Wd.t())
+        g_Wd = act.t().mm(ge)
+        g_pre = g_act * keep if keep is not None else g_act
+        g_pl = torch.ops.aten.threshold_backward(g_pre, pre, 0)  # ReLU's backward on its output
+        g_xc = g_pl.mm(We.t())
+        g_We = xc.t().mm(g_pl)
+        g_b = g_xc.sum(0, keepdim=True).view(-1).neg_()  # b_dec's share: sum_to(−g_xc) (negation is exact)
+        D = dead_idx.numel()
+        rows = torch.arange(d).repeat_interleave(D)
+        gW_enc = torch.sparse_coo_tensor(torch.stack([rows, dead_idx.repeat(d)]), g_We.reshape(-1), (d, n),
+                                         is_coalesced=True)
+        gW_dec = torch.sparse_coo_tensor(dead_idx[None], g_Wd, (n, Wd.shape[1]), is_coalesced=True)
+        return gW_enc, gW_dec, g_b, None, None, None, None
+
+
 def fused_sparse_mse(W_enc, W_dec, b_dec, xn, xc, vals, pattern: SparsePattern):
     """(mse, reconstruction) of the selected codes ``vals`` at ``pattern`` (see :class:`_FusedSparseMSE`)."""
     return _FusedSparseMSE.apply(W_enc, W_dec, b_dec, xn, xc, vals, pattern)
@@ -745,7 +790,9 @@ class BatchTopKSAE(nn.Module):
         n_dead = int(dead.sum())
         aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
         if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
-            aux = self._aux_loss(xn, xn - recon, dead)
+            dead_idx = dead.nonzero().squeeze(1)
+            aux = _AuxK.apply(self.W_enc, self.W_dec, self.b_dec, xc, xn - recon, dead_idx,
+                              min(self.k_aux, dead_idx.numel()))
         if update_state:  # a latent "fires" when selected with a positive activation
             self._update_state(*fired_entries(vals, pattern.cols))
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),

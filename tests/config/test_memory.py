@@ -10,7 +10,7 @@ import pytest
 
 from paperlib.config import memory
 
-# A training step with AuxK active (16 dead latents) at a small geometry, one thread; prints the minor page
+# A default-profile training step with AuxK active (16 dead latents), one thread; prints the minor page
 # faults per step after a warm-up. The Trainer applies keep_freed_memory itself.
 _STEPS = """
 import resource, torch
@@ -19,10 +19,10 @@ from paperlib.config.profiles import get_profile
 from paperlib.sae.arms import RunSpec
 from paperlib.sae.trainer import TrainConfig, Trainer
 torch.set_num_threads(1)
-prof = get_profile("default", n_latents=1024, batch_size=1024, n_meta=96)
-t = Trainer(TrainConfig.from_profile(prof, RunSpec("solo"), 128), torch.device("cpu"))
+prof = get_profile("default")  # n = 2304, B = 2048
+t = Trainer(TrainConfig.from_profile(prof, RunSpec("solo"), 576), torch.device("cpu"))
 t.total_steps, t.step = 100, 50
-x = torch.randn(1024, 128, generator=torch.Generator().manual_seed(0))
+x = torch.randn(2048, 576, generator=torch.Generator().manual_seed(0))
 def step():
     t.macro_step(x)
     t.primary.steps_since_fired.zero_()

@@ -425,3 +425,50 @@ def test_fired_entries_equal_the_boolean_selection(vals):
         assert float(got_min) == float(v[positive].min())
     else:
         assert got_min is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_dead, k_aux", [(14, 40), (14, 6), (1, 8)])  # all dead used, top-k_aux of them, one
+def test_fused_auxk_equals_autograd_of_the_formula_bit_for_bit(dtype, n_dead, k_aux):
+    """_AuxK (the fused path's AuxK term) against autograd of BatchTopKSAE._aux_loss: the same loss and the same
+    gradients, bit for bit, with the dead columns' and rows' gradients arriving as sparse tensors."""
+    from paperlib.sae.models import _AuxK
+
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(12, 40, 4, seed=0, k_aux=k_aux).to(dtype)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    xn = _x(dtype=dtype)
+    residual = torch.randn_like(xn)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[torch.randperm(40, generator=torch.Generator().manual_seed(1))[:n_dead]] = True
+    dead_idx = dead.nonzero().squeeze(1)
+    params = (sae.W_enc, sae.W_dec, sae.b_dec)
+    ref = sae._aux_loss(xn, residual, dead)
+    ref_grads = torch.autograd.grad(ref * 0.37, params)  # an upstream factor, as aux_alpha gives
+    out = _AuxK.apply(*params, xn - sae.b_dec.detach(), residual, dead_idx, min(k_aux, n_dead))
+    grads = torch.autograd.grad(out * 0.37, params, retain_graph=True)
+    assert torch.equal(out, ref)
+    assert grads[0].is_sparse and grads[1].is_sparse
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert torch.equal(got.to_dense(), want)
+    # through .backward(): added into the existing dense gradients, as in a training step
+    for p, g in zip(params, (torch.ones_like(q) for q in params), strict=True):
+        p.grad = g
+    (out * 0.37).backward()
+    for p, want in zip(params, ref_grads, strict=True):
+        assert torch.equal(p.grad, 1 + want)
+    assert not any(p.grad.is_sparse for p in params)
+
+
+def test_fused_normalisation_centres_with_the_same_rounding_as_torch():
+    """_AuxK takes x̃ − b_dec from the fused normalisation: it must equal the torch subtraction bit for bit."""
+    from paperlib.sae import kernels
+
+    if not kernels.available():
+        pytest.skip("no C compiler for the fused kernels")
+    sae = _trained_like()
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    xn, xc = sae._normalize_center(_x(B=300), False)
+    assert torch.equal(xc, xn - sae.b_dec.detach())
