@@ -168,7 +168,7 @@ def main() -> None:
     for g in args.geometry:
         for dead in args.dead:
             r = bench(g, args.reps, dead)
-            print(f"{g:>9} {r['n']:>5} {r['batch']:>5} {r['dead_frac']:>5.2f} "
+            print(f"{g:>9} {r['n']:>5} {r['batch']:>5} {r['dead_frac']:>5.3f} "
                   + " ".join(f"{r[c]:>16,.0f}" for c in cols) + f" {r['solo_vs_bound']:>10.2f} "
                   + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS))
                   + " " + " ".join(f"{r[c]:>18.3f}" for c in floors), flush=True)
