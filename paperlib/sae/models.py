@@ -383,7 +383,8 @@ class _AuxK(torch.autograd.Function):
     [n, d] array and add them to the gradients every step; here the dead columns' and rows' gradients are sparse
     tensors that autograd adds in place. The squared error's gradient takes two passes over [B, d] instead of
     four, the bias gradient negates a [d] sum instead of a [B, d] array, and x_c = x̃ − b_dec comes from the step
-    (the fused normalisation writes it with the same rounding)."""
+    (the fused normalisation writes it with the same rounding; the caller passes a copy, since the step's work
+    array is reused by the next call, possibly before this backward)."""
 
     @staticmethod
     def forward(ctx, W_enc, W_dec, b_dec, xc, residual, dead_idx, ka):  # noqa: D102
@@ -790,8 +791,8 @@ class BatchTopKSAE(nn.Module):
         n_dead = int(dead.sum())
         aux = torch.zeros((), dtype=mse.dtype, device=mse.device)
         if n_dead > 0 and self.k_aux > 0 and self.aux_alpha > 0:
-            dead_idx = dead.nonzero().squeeze(1)
-            aux = _AuxK.apply(self.W_enc, self.W_dec, self.b_dec, xc, xn - recon, dead_idx,
+            dead_idx = dead.nonzero().squeeze(1)  # x_c is a work array: the graph keeps a copy (a later call reuses it)
+            aux = _AuxK.apply(self.W_enc, self.W_dec, self.b_dec, xc.clone(), xn - recon, dead_idx,
                               min(self.k_aux, dead_idx.numel()))
         if update_state:  # a latent "fires" when selected with a positive activation
             self._update_state(*fired_entries(vals, pattern.cols))

@@ -472,3 +472,23 @@ def test_fused_normalisation_centres_with_the_same_rounding_as_torch():
         sae.b_dec.normal_(0, 0.3)
     xn, xc = sae._normalize_center(_x(B=300), False)
     assert torch.equal(xc, xn - sae.b_dec.detach())
+
+
+def test_two_fused_losses_before_one_backward_give_the_sum_of_their_gradients():
+    """The fused path reuses work arrays between calls: a graph must not depend on them, or accumulating two
+    batches' losses before one backward (AuxK active) would silently use the second batch's inputs."""
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(24, 96, 6, seed=0, dead_after=1, k_aux=8)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    sae.steps_since_fired[::4] = 5  # AuxK active
+    x1, x2 = _x(B=128, d=24, seed=1), _x(B=128, d=24, seed=2)
+    sep = []
+    for x in (x1, x2):
+        out = sae.training_loss(x, update_state=False)
+        sep.append(_grads(sae, out["loss"]))
+    l1 = sae.training_loss(x1, update_state=False)["loss"]
+    l2 = sae.training_loss(x2, update_state=False)["loss"]
+    both = _grads(sae, l1 + l2)
+    for a, b, c in zip(both, *sep, strict=True):
+        torch.testing.assert_close(a, b + c, rtol=1e-5, atol=1e-6)
