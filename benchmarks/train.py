@@ -10,7 +10,7 @@ Per geometry, in one process and on the same fixed batch:
 
 - ``bound``: the encoder forward alone, relu(x @ W_enc) (2·B·d·n FLOPs, the only unavoidable dense work), into a
   [B, n] buffer kept between calls as the training step does (a fresh result per call would add page faults:
-  ~10% at the default geometry, ~45% at the reference one on the development machine);
+  ~9% at the default geometry, ~48% at the reference one on the development machine);
 - ``naive``: a textbook dense BatchTopK step (flattened ``torch.topk`` over [B·n], dense codes, dense
   decode matmul, dense autograd backward, decoder constraint, Adam);
 - ``solo``: one primary step of :class:`paperlib.sae.trainer.Trainer`;
