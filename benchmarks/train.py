@@ -4,7 +4,7 @@ Two geometries (d = 576, k = 32):
 
 - ``default``: the default profile's own n and batch size (n = 2304, B = 2048), what ``make reproduce``
   trains;
-- ``reference``: n = 8·d = 4608 at B = 4096 (issue 16's reference step, as in ``make bench-peers``).
+- ``reference``: n = 8·d = 4608 at B = 4096 (the wider SAE and larger batch that ``make bench-peers`` also times).
 
 Per geometry, in one process and on the same fixed batch:
 

@@ -398,13 +398,13 @@ class _AuxK(torch.autograd.Function):
             act = pre * keep
         e = (act @ Wd).sub_(residual)
         ctx.save_for_backward(xc, We, Wd, pre, act, e, dead_idx, keep)
-        ctx.shapes = (W_enc.shape, W_dec.shape)
+        ctx.n = W_enc.shape[1]
         return e.pow(2).mean()
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         xc, We, Wd, pre, act, e, dead_idx, keep = ctx.saved_tensors
-        (d, n), _ = ctx.shapes
+        (d, D), n = We.shape, ctx.n
         ge = (2.0 * e).mul_(g / e.numel())  # mean's then pow's backward: (g / N) · (2 e)
         g_act = ge.mm(Wd.t())
         g_Wd = act.t().mm(ge)
@@ -413,7 +413,6 @@ class _AuxK(torch.autograd.Function):
         g_xc = g_pl.mm(We.t())
         g_We = xc.t().mm(g_pl)
         g_b = g_xc.sum(0, keepdim=True).view(-1).neg_()  # b_dec's share: sum_to(−g_xc) (negation is exact)
-        D = dead_idx.numel()
         rows = torch.arange(d).repeat_interleave(D)
         gW_enc = torch.sparse_coo_tensor(torch.stack([rows, dead_idx.repeat(d)]), g_We.reshape(-1), (d, n),
                                          is_coalesced=True)

@@ -4,6 +4,8 @@ bitwise exact, the shuffle buffer draws distinct rows and loses none."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -86,9 +88,6 @@ def test_an_interrupt_stops_the_pass_at_a_chunk_boundary_with_checkpoints_and_re
     """Ctrl-C (or the pool's stop signal) during a pass: the chunk completes, every unfinished run checkpoints the
     step it reached (not only its last periodic checkpoint), KeyboardInterrupt names the runs, and a resume ends
     bitwise equal to an uninterrupted pass."""
-    import os
-    import signal
-
     ref = _train(tmp_path / "ref", RUNS)
     reached = {}
 
