@@ -51,7 +51,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from paperlib.config.io import atomic_path
-from paperlib.sae import kernels
+from paperlib.sae import kernels, screen
 
 EPS = 1e-5
 THRESHOLD_BETA = 0.99
@@ -665,8 +665,7 @@ class BatchTopKSAE(nn.Module):
         """BatchTopK reconstruction of raw x by the fused kernels (no gradient)."""
         self._check_input(x)
         xn, xc, mean, scale = self._fused_normalize(x)
-        pre = torch.mm(xc, self.W_enc, out=self._work("pre", (xc.shape[0], self.n_latents), xc.dtype))
-        pattern, vals = select_pattern(pre, self.k)
+        pattern, vals = self._encode_select(xc)
         out = torch.empty_like(xn)
         kernels.decode_residual(pattern.crow.numpy(), pattern.cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
                                 self.b_dec.detach().numpy(), xn.numpy(), 0.0, out.numpy(), out.numpy(),
@@ -781,10 +780,9 @@ class BatchTopKSAE(nn.Module):
     def _fused_training_loss(self, x: torch.Tensor, normalized: bool, update_state: bool) -> dict[str, torch.Tensor]:
         """:meth:`training_loss` by the fused CPU kernels (same semantics up to floating-point reassociation)."""
         xn, xc = self._normalize_center(x, normalized)
-        B, n = xn.shape[0], self.n_latents
+        B = xn.shape[0]
         with torch.no_grad():
-            pre = torch.mm(xc, self.W_enc, out=self._work("pre", (B, n), xc.dtype))
-            pattern, vals = select_pattern(pre, self.k)
+            pattern, vals = self._encode_select(xc)
             dead = self.dead_mask()
         mse, recon = fused_sparse_mse(self.W_enc, self.W_dec, self.b_dec, xn, xc, vals, pattern)
         n_dead = int(dead.sum())
@@ -797,6 +795,17 @@ class BatchTopKSAE(nn.Module):
             self._update_state(*fired_entries(vals, pattern.cols))
         return dict(loss=mse + self.aux_alpha * aux, mse=mse.detach(), aux=aux.detach(),
                     l0=torch.tensor(vals.numel() / B), n_dead=torch.tensor(n_dead), recon=recon)
+
+    def _encode_select(self, xc: torch.Tensor) -> tuple[SparsePattern, torch.Tensor]:
+        """The BatchTopK selection of ReLU(x_c W_enc) on the fused path: by the screened encoder
+        (:mod:`paperlib.sae.screen`) where it runs, else from the full product."""
+        B, n = xc.shape[0], self.n_latents
+        work = self._work("pre", (B, n), xc.dtype)
+        sel = screen.select(xc, self.W_enc, self.k, work) if screen.applies(xc, self.W_enc) else None
+        if sel is not None:
+            rows, cols, vals, crow = sel
+            return SparsePattern(rows, cols, (B, n), crow), vals
+        return select_pattern(torch.mm(xc, self.W_enc, out=work), self.k)
 
     def _aux_loss(self, xn: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK term on the dead latents' columns only, densely: per token the top min(k_aux, #dead) dead

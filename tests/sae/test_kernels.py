@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from paperlib.sae import kernels, models
+from paperlib.sae import blas, kernels, models
 from paperlib.sae.models import BatchTopKSAE, MetaSAE, batch_topk_indices
 from paperlib.sae.penalty import row_penalty_terms
 
@@ -366,3 +366,123 @@ def test_a_compiler_without_openmp_builds_single_threaded_kernels(tmp_path):
 def test_describe_names_the_library_in_use():
     info = kernels.describe()
     assert info["fused_cpu_kernels"] is True and info["library"].startswith("fused-")
+    assert info["bf16_screen"] is blas.available()  # the run records say whether the screened encoder ran
+
+
+# -- the screened encoder's kernels (float32 only) ---------------------------------------------------------------
+def _bf16_reference(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bits of float32 x by torch's rounding (to nearest, ties to even), subnormals flushed to signed 0."""
+    bits = torch.from_numpy(np.ascontiguousarray(x)).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    flushed = (np.signbit(x).astype(np.uint16) << 15).astype(np.uint16)
+    return np.where(np.abs(x) < np.float32(2.0 ** -126), flushed, bits)
+
+
+def _awkward_floats(shape, seed) -> np.ndarray:
+    """Normal floats over a wide range, with ties-to-even cases, subnormals, zeros of both signs and huge values."""
+    rng = _rng(seed)
+    x = (rng.standard_normal(shape) * np.exp2(rng.integers(-20, 20, shape))).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[:6] = [0.0, -0.0, 1e-40, -3e-39, np.float32(1 + 2 ** -8), np.float32(1 + 3 * 2 ** -8)]  # exact ties
+    flat[6:8] = [3.0e38, -1.5e38]
+    return x
+
+
+def test_bf16_conversions_round_to_nearest_even_and_flush_subnormals(threads_of):
+    x = _awkward_floats((37, 53), 5)  # rows of 53: three 16-blocks and a tail
+    for nt in (1, 2, 3):
+        xh, norm, dnorm = np.empty(x.shape, np.uint16), np.empty(37), np.empty(37)
+        threads_of(nt, kernels.rows_to_bf16, x, xh, norm, dnorm)
+        np.testing.assert_array_equal(xh, _bf16_reference(x))
+        back = (xh.astype(np.uint32) << 16).view(np.float32)
+        np.testing.assert_allclose(norm, np.sqrt((x.astype(np.float64) ** 2).sum(1)), rtol=1e-14)
+        np.testing.assert_allclose(dnorm, np.sqrt(((x - back).astype(np.float64) ** 2).sum(1)), rtol=1e-14)
+    for d, n in ((40, 96), (37, 53), (16, 16), (5, 3)):  # full 16 x 16 tiles, edges, a partial last block
+        W = _awkward_floats((d, n), d)
+        WT, WhT, norm, dnorm = np.empty((n, d), np.float32), np.empty((n, d), np.uint16), np.empty(n), np.empty(n)
+        threads_of(2, kernels.cols_to_bf16_t, W, WT, WhT, norm, dnorm)
+        np.testing.assert_array_equal(WT, W.T)
+        np.testing.assert_array_equal(WhT, _bf16_reference(W.T))
+        back = (WhT.astype(np.uint32) << 16).view(np.float32)
+        np.testing.assert_allclose(norm, np.sqrt((W.T.astype(np.float64) ** 2).sum(1)), rtol=1e-14)
+        np.testing.assert_allclose(dnorm, np.sqrt(((W.T - back).astype(np.float64) ** 2).sum(1)), rtol=1e-14)
+
+
+def test_bf16_conversion_keeps_nan_and_makes_overflow_infinite():
+    x = np.array([[np.nan, np.float32(3.4e38), 1.0]], np.float32)
+    xh, norm, dnorm = np.empty((1, 3), np.uint16), np.empty(1), np.empty(1)
+    kernels.rows_to_bf16(x, xh, norm, dnorm)
+    back = (xh.astype(np.uint32) << 16).view(np.float32)
+    assert np.isnan(back[0, 0]) and np.isinf(back[0, 1]) and back[0, 2] == 1.0
+    assert not np.isfinite(dnorm[0])  # the caller sees a non-finite norm and declines
+
+
+def _bound_reference(P, bound, t):
+    a, b, c, f = bound
+    e = a[:, None] * b[None, :] + c[:, None] * f[None, :] + np.float32(2.0 ** -20) * np.abs(P) + np.float32(2.0 ** -100)
+    return P + e >= t, P - e >= t, P - e, P + e
+
+
+def _screen_case(seed=6, B=37, n=53):
+    rng = _rng(seed)
+    P = rng.standard_normal((B, n)).astype(np.float32)
+    P[3, :] = 2.0  # a full row
+    P[4, 7] = np.nan  # NaN never passes
+    bound = tuple(np.abs(rng.standard_normal(m)).astype(np.float32) * 0.05 for m in (B, n, B, n))
+    return P, bound, np.float32(0.8)
+
+
+def test_screen_count_gather_and_compact_against_numpy(threads_of):
+    P, bound, t = _screen_case()
+    up, low, lo_ref, hi_ref = _bound_reference(P, bound, t)
+    rr, cc = np.nonzero(up)
+    for nt in (1, 2, 3):
+        cu, cl = np.empty(37, np.int64), np.empty(37, np.int64)
+        threads_of(nt, kernels.screen_count, P, bound, t, cu, cl)
+        np.testing.assert_array_equal(cu, up.sum(1))
+        np.testing.assert_array_equal(cl, low.sum(1))
+        offsets = np.concatenate([[0], np.cumsum(cu)])
+        cols, lo, hi = (np.empty(len(cc), dt) for dt in (np.int64, np.float32, np.float32))
+        threads_of(nt, kernels.screen_gather, P, bound, t, offsets, cols, lo, hi)
+        np.testing.assert_array_equal(cols, cc)
+        np.testing.assert_array_equal(lo, lo_ref[rr, cc])
+        np.testing.assert_array_equal(hi, hi_ref[rr, cc])
+        total = len(cc)
+        for cap in (total, total + 60, 4 * total):
+            cu1, cl1 = np.full(37, -1, np.int64), np.full(37, -1, np.int64)
+            once = threads_of(nt, kernels.screen_gather_once, P, bound, t, cu1, cl1, cap)
+            if once is None:  # a thread's share of the slots was too small: only when slots are few
+                assert nt > 1 and cap < 4 * total, (nt, cap)
+                continue
+            np.testing.assert_array_equal(cu1, cu)
+            np.testing.assert_array_equal(cl1, cl)
+            for got, ref in zip(once, (cols, lo, hi), strict=True):
+                np.testing.assert_array_equal(got, ref)
+    crow, kept = kernels.screen_compact(offsets, cols, hi, np.float32(1.0))
+    mask = hi >= np.float32(1.0)
+    np.testing.assert_array_equal(kept, cols[mask])
+    np.testing.assert_array_equal(crow, np.concatenate([[0], np.cumsum(np.bincount(rr[mask], minlength=37))]))
+    big = np.full((40, 200), 5.0, np.float32)
+    tiny = tuple(np.zeros(m, np.float32) for m in (40, 200, 40, 200))
+    assert kernels.screen_gather_once(big, tiny, np.float32(1.0), np.empty(40, np.int64), np.empty(40, np.int64),
+                                      1000) is None  # more entries than slots: declined
+
+
+def test_dot_entries_within_the_summation_bound_and_independent_of_threads(threads_of):
+    rng = _rng(7)
+    for B, d, n in ((19, 576, 40), (11, 100, 30), (5, 7, 9)):  # chunked, a partial last chunk, shorter than a chunk
+        x = rng.standard_normal((B, d)).astype(np.float32)
+        WT = rng.standard_normal((n, d)).astype(np.float32)
+        counts = rng.integers(0, n, B)
+        crow = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        cols = np.concatenate([np.sort(rng.choice(n, c, replace=False)) for c in counts]).astype(np.int64)
+        rows = np.repeat(np.arange(B), counts)
+        exact = np.einsum("ed,ed->e", x[rows].astype(np.float64), WT[cols].astype(np.float64))
+        gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+        limit = gamma * np.einsum("ed,ed->e", np.abs(x[rows]).astype(np.float64), np.abs(WT[cols]).astype(np.float64))
+        outs = []
+        for nt in (1, 2, 3):
+            out = np.empty(len(cols), np.float32)
+            threads_of(nt, kernels.dot_entries, crow, cols, x, WT, out)
+            outs.append(out)
+        assert np.all(np.abs(outs[0] - exact) <= limit)
+        assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes()

@@ -122,3 +122,370 @@ void by_latent(const int64_t *restrict rows, const int64_t *restrict cols, int64
         }
     }
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Screened BatchTopK encoder (float only; see paperlib/sae/screen.py): a bfloat16 product screens the entries,
+ * exact float dot products are computed for the candidates only.
+ * ------------------------------------------------------------------------------------------------------------ */
+
+/* Round float bits to bfloat16 bits to nearest, ties to even, without branches (vectorisable). Zeros and
+ * subnormals become (signed) zero: the matmul would flush them anyway, and the caller's error bound then sees
+ * their whole value as rounding error. NaN stays NaN; values rounding past bfloat16's range become infinite (the
+ * caller's norms then turn non-finite). */
+static inline uint32_t to_bf16_bits(uint32_t b) {
+    const uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    const uint32_t nan = (b >> 16) | 0x0040u, zero = (b >> 16) & 0x8000u;
+    const uint32_t h = (b & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
+    return (b & 0x7f800000u) == 0 ? zero : h;
+}
+
+static inline float bits_to_float(uint32_t b) {
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+static inline uint32_t float_to_bits(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b;
+}
+
+/* Per row i of x [B, d]: xh[i] = bfloat16(x[i]), norm[i] = |x[i]| and dnorm[i] = |x[i] - xh[i]| (sums in
+ * double; the difference of a float and its rounding is exact in float). */
+void rows_to_bf16(const float *restrict x, int64_t B, int64_t d, uint16_t *restrict xh, double *restrict norm,
+                  double *restrict dnorm, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < B; i++) {
+        const float *restrict xi = x + i * d;
+        uint16_t *restrict hi = xh + i * d;
+        double s = 0.0, q = 0.0;
+#pragma omp simd reduction(+:s, q)
+        for (int64_t t = 0; t < d; t++) {
+            const uint32_t h = to_bf16_bits(float_to_bits(xi[t]));
+            const float r = xi[t] - bits_to_float(h << 16);
+            hi[t] = (uint16_t)h;
+            s += (double)xi[t] * xi[t];
+            q += (double)r * r;
+        }
+        norm[i] = sqrt(s);
+        dnorm[i] = sqrt(q);
+    }
+}
+
+
+/* 16 x 16 transpose of r[0..15] in registers: off-diagonal blocks of 8, 4, 2 and 1 swapped in turn. */
+#define TSWAP8(x, y) do { const vec_f32 x_ = x, y_ = y; \
+    x = __builtin_shufflevector(x_, y_, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23); \
+    y = __builtin_shufflevector(x_, y_, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); } while (0)
+#define TSWAP4(x, y) do { const vec_f32 x_ = x, y_ = y; \
+    x = __builtin_shufflevector(x_, y_, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27); \
+    y = __builtin_shufflevector(x_, y_, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31); } while (0)
+#define TSWAP2(x, y) do { const vec_f32 x_ = x, y_ = y; \
+    x = __builtin_shufflevector(x_, y_, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29); \
+    y = __builtin_shufflevector(x_, y_, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31); } while (0)
+#define TSWAP1(x, y) do { const vec_f32 x_ = x, y_ = y; \
+    x = __builtin_shufflevector(x_, y_, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30); \
+    y = __builtin_shufflevector(x_, y_, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31); } while (0)
+static inline void transpose16(vec_f32 r[16]) {
+    for (int i = 0; i < 16; i++) if (!(i & 8)) TSWAP8(r[i], r[i + 8]);
+    for (int i = 0; i < 16; i++) if (!(i & 4)) TSWAP4(r[i], r[i + 4]);
+    for (int i = 0; i < 16; i++) if (!(i & 2)) TSWAP2(r[i], r[i + 2]);
+    for (int i = 0; i < 16; i++) if (!(i & 1)) TSWAP1(r[i], r[i + 1]);
+}
+
+typedef uint32_t vec_u32 __attribute__((vector_size(64)));
+typedef uint16_t vec_u16 __attribute__((vector_size(32)));
+typedef double vec_f64x8 __attribute__((vector_size(64)));
+typedef float vec_f32x8 __attribute__((vector_size(32)));
+
+/* bfloat16 bits (as in to_bf16_bits) and the rounding residual of 16 floats. */
+static inline vec_u32 to_bf16_vec(vec_f32 v, vec_f32 *resid) {
+    vec_u32 bits;
+    memcpy(&bits, &v, sizeof bits);
+    const vec_u32 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const vec_u32 nan = (bits >> 16) | 0x0040u, zero = (bits >> 16) & 0x8000u;
+    const vec_u32 is_nan = (vec_u32)((bits & 0x7fffffffu) > 0x7f800000u);
+    const vec_u32 is_small = (vec_u32)((bits & 0x7f800000u) == 0);
+    vec_u32 h = (nan & is_nan) | (rounded & ~is_nan);
+    h = (zero & is_small) | (h & ~is_small);
+    const vec_u32 back = h << 16;
+    vec_f32 hf;
+    memcpy(&hf, &back, sizeof hf);
+    *resid = v - hf;
+    return h;
+}
+
+/* s += v * v and q += r * r for 16 floats, in double (lanes 0-7 and 8-15 in separate accumulators). */
+static inline void add_squares(vec_f32 v, vec_f32 r, vec_f64x8 s[2], vec_f64x8 q[2]) {
+    const vec_f32x8 v0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    const vec_f32x8 v1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const vec_f32x8 r0 = __builtin_shufflevector(r, r, 0, 1, 2, 3, 4, 5, 6, 7);
+    const vec_f32x8 r1 = __builtin_shufflevector(r, r, 8, 9, 10, 11, 12, 13, 14, 15);
+    const vec_f64x8 a0 = __builtin_convertvector(v0, vec_f64x8), a1 = __builtin_convertvector(v1, vec_f64x8);
+    const vec_f64x8 b0 = __builtin_convertvector(r0, vec_f64x8), b1 = __builtin_convertvector(r1, vec_f64x8);
+    s[0] += a0 * a0; s[1] += a1 * a1; q[0] += b0 * b0; q[1] += b1 * b1;
+}
+
+#ifndef CT
+#define CT 64 /* columns per block of cols_to_bf16_t (a multiple of 16) */
+#endif
+/* Per column j of W [d, n]: WT[j] = W[:, j] (float) and WhT[j] = bfloat16(W[:, j]) as rows of [n, d], with
+ * norm[j] = |W[:, j]| and dnorm[j] = |W[:, j] - WhT[j]| (double sums over W's rows in order). Each thread takes
+ * blocks of CT columns, read CT * 4 bytes a row; full 16 x 16 tiles are transposed in registers, a partial
+ * last block element by element. */
+void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restrict WT, uint16_t *restrict WhT,
+                    double *restrict norm, double *restrict dnorm, int nt) {
+    const int64_t nb = (n + CT - 1) / CT;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t jb = 0; jb < nb; jb++) {
+        const int64_t j0 = jb * CT, w = j0 + CT < n ? CT : n - j0;
+        if (w == CT && d >= 16) {
+            vec_f64x8 s[CT / 16][2] = {{{0}}}, q[CT / 16][2] = {{{0}}};
+            int64_t t0 = 0;
+            for (; t0 + 16 <= d; t0 += 16)
+                for (int sb = 0; sb < CT / 16; sb++) {
+                    const int64_t js = j0 + 16 * sb;
+                    vec_f32 r[16];
+                    for (int l = 0; l < 16; l++) {
+                        r[l] = vload_f32(W + (t0 + l) * n + js);
+                        vec_f32 res;
+                        (void)to_bf16_vec(r[l], &res);
+                        add_squares(r[l], res, s[sb], q[sb]);
+                    }
+                    transpose16(r);
+                    for (int l = 0; l < 16; l++) {
+                        vec_f32 res;
+                        const vec_u16 h = __builtin_convertvector(to_bf16_vec(r[l], &res), vec_u16);
+                        vstore_f32(WT + (js + l) * d + t0, r[l]);
+                        memcpy(WhT + (js + l) * d + t0, &h, sizeof h);
+                    }
+                }
+            for (; t0 < d; t0++)
+                for (int sb = 0; sb < CT / 16; sb++) {
+                    const int64_t js = j0 + 16 * sb;
+                    const vec_f32 v = vload_f32(W + t0 * n + js);
+                    vec_f32 res;
+                    const vec_u32 h = to_bf16_vec(v, &res);
+                    add_squares(v, res, s[sb], q[sb]);
+                    for (int l = 0; l < 16; l++) {
+                        WT[(js + l) * d + t0] = v[l];
+                        WhT[(js + l) * d + t0] = (uint16_t)h[l];
+                    }
+                }
+            for (int l = 0; l < CT; l++) {
+                norm[j0 + l] = sqrt(s[l >> 4][(l >> 3) & 1][l & 7]);
+                dnorm[j0 + l] = sqrt(q[l >> 4][(l >> 3) & 1][l & 7]);
+            }
+            continue;
+        }
+        for (int64_t l = 0; l < w; l++) {
+            double s = 0.0, q = 0.0;
+            for (int64_t t = 0; t < d; t++) {
+                const float v = W[t * n + j0 + l];
+                const uint32_t h = to_bf16_bits(float_to_bits(v));
+                const float r = v - bits_to_float(h << 16);
+                WT[(j0 + l) * d + t] = v;
+                WhT[(j0 + l) * d + t] = (uint16_t)h;
+                s += (double)v * v;
+                q += (double)r * r;
+            }
+            norm[j0 + l] = sqrt(s);
+            dnorm[j0 + l] = sqrt(q);
+        }
+    }
+}
+
+/* The screening bound of entry (i, j) with screened value p: e = a[i] b[j] + c[i] f[j] + 2^-20 |p| + 2^-100
+ * (see screen.py); upper = p + e, lower = p - e. */
+#define SCREEN_E(p, ai, bj, ci, fj) ((ai) * (bj) + (ci) * (fj) + 0x1p-20f * fabsf(p) + 0x1p-100f)
+
+/* Per row i of P [B, n]: cu[i] = #{j: upper >= t}, cl[i] = #{j: lower >= t}. */
+void screen_count(const float *restrict P, int64_t B, int64_t n, const float *restrict a, const float *restrict b,
+                  const float *restrict c, const float *restrict f, float t, int64_t *restrict cu,
+                  int64_t *restrict cl, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < B; i++) {
+        const float *restrict row = P + i * n;
+        const float ai = a[i], ci = c[i];
+        int u = 0, l = 0;
+#pragma omp simd reduction(+:u, l)
+        for (int64_t j = 0; j < n; j++) {
+            const float p = row[j], e = SCREEN_E(p, ai, b[j], ci, f[j]);
+            u += p + e >= t;
+            l += p - e >= t;
+        }
+        cu[i] = u;
+        cl[i] = l;
+    }
+}
+
+/* The entries of one row (its bound terms ai, ci) with upper >= t, in column order, into cols / lo / hi (their
+ * lower and upper bounds); returns their number and adds the number with lower >= t to *cl. The AVX-512 path
+ * stores through masks only, so nothing past the row's own entries is written. */
+static inline int64_t screen_row(const float *restrict row, int64_t n, float ai, float ci, const float *restrict b,
+                                 const float *restrict f, float t, int64_t *restrict cols, float *restrict lo,
+                                 float *restrict hi, int64_t *restrict cl) {
+    int64_t o = 0, j = 0, l = 0;
+#if defined(__AVX512F__)
+    if (n < ((int64_t)1 << 31)) {
+        const __m512 tv = _mm512_set1_ps(t), av = _mm512_set1_ps(ai), cv = _mm512_set1_ps(ci);
+        const __m512 rel = _mm512_set1_ps(0x1p-20f), tiny = _mm512_set1_ps(0x1p-100f);
+        __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i step = _mm512_set1_epi32(16);
+        for (; j + 16 <= n; j += 16, idx = _mm512_add_epi32(idx, step)) {
+            const __m512 p = _mm512_loadu_ps(row + j);
+            const __m512 e = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(av, _mm512_loadu_ps(b + j)),
+                                                                       _mm512_mul_ps(cv, _mm512_loadu_ps(f + j))),
+                                                         _mm512_mul_ps(rel, _mm512_abs_ps(p))), tiny);
+            const __m512 up = _mm512_add_ps(p, e);
+            const __mmask16 k = _mm512_cmp_ps_mask(up, tv, _CMP_GE_OQ);
+            if (!k) continue;
+            const __m512 down = _mm512_sub_ps(p, e);
+            l += __builtin_popcount((unsigned)_mm512_mask_cmp_ps_mask(k, down, tv, _CMP_GE_OQ));
+            const int c = __builtin_popcount((unsigned)k);
+            const __mmask16 first = (__mmask16)((1u << c) - 1);
+            _mm512_mask_storeu_ps(hi + o, first, _mm512_maskz_compress_ps(k, up));
+            _mm512_mask_storeu_ps(lo + o, first, _mm512_maskz_compress_ps(k, down));
+            const __m512i ci32 = _mm512_maskz_compress_epi32(k, idx);
+            _mm512_mask_storeu_epi64(cols + o, (__mmask8)(c >= 8 ? 0xff : (1u << c) - 1),
+                                     _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ci32)));
+            if (c > 8)
+                _mm512_mask_storeu_epi64(cols + o + 8, (__mmask8)((1u << (c - 8)) - 1),
+                                         _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ci32, 1)));
+            o += c;
+        }
+    }
+#endif
+    for (; j < n; j++) {
+        const float p = row[j], e = SCREEN_E(p, ai, b[j], ci, f[j]);
+        if (p + e >= t) { cols[o] = j; lo[o] = p - e; hi[o] = p + e; l += p - e >= t; o++; }
+    }
+    *cl += l;
+    return o;
+}
+
+/* The entries of row i with upper >= t, in column order, into cols / lo / hi [offsets[i], offsets[i + 1]). */
+void screen_gather(const float *restrict P, int64_t B, int64_t n, const float *restrict a, const float *restrict b,
+                   const float *restrict c, const float *restrict f, float t, const int64_t *restrict offsets,
+                   int64_t *restrict cols, float *restrict lo, float *restrict hi, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < B; i++) {
+        int64_t unused = 0;
+        const int64_t o = offsets[i];
+        screen_row(P + i * n, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o, &unused);
+    }
+}
+
+/* screen_count and screen_gather in one pass over P: thread q of nq gathers its block of rows into its own region
+ * [cap q / nq, cap (q + 1) / nq) of cols / lo / hi (a row that might not fit goes through the row buffers rb_*
+ * [nt n]); then the regions are moved together in row order. Writes cu and cl; returns the number of entries,
+ * or -1 when a region was too small (then use the two passes). */
+int64_t screen_gather_once(const float *restrict P, int64_t B, int64_t n, const float *restrict a,
+                           const float *restrict b, const float *restrict c, const float *restrict f, float t,
+                           int64_t cap, int64_t *restrict cu, int64_t *restrict cl, int64_t *restrict cols,
+                           float *restrict lo, float *restrict hi, int64_t *restrict rb_c, float *restrict rb_lo,
+                           float *restrict rb_hi, int64_t *restrict ends, int nt) {
+    int overflow = 0, used = 1;
+#pragma omp parallel num_threads(nt) reduction(|:overflow)
+    {
+        int q = 0, nq = 1;
+#ifdef _OPENMP
+        q = omp_get_thread_num();
+        nq = omp_get_num_threads();
+#endif
+        if (q == 0) used = nq;
+        const int64_t i0 = B * q / nq, i1 = B * (q + 1) / nq, top = cap * (q + 1) / nq;
+        int64_t o = cap * q / nq;
+        for (int64_t i = i0; i < i1; i++) {
+            const float *restrict row = P + i * n;
+            cl[i] = 0;
+            if (top - o >= n) {
+                cu[i] = screen_row(row, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o, cl + i);
+            } else {
+                int64_t *restrict bc = rb_c + (int64_t)q * n;
+                float *restrict bl = rb_lo + (int64_t)q * n, *restrict bh = rb_hi + (int64_t)q * n;
+                const int64_t k = screen_row(row, n, a[i], c[i], b, f, t, bc, bl, bh, cl + i);
+                if (k > top - o) { overflow = 1; break; }
+                memcpy(cols + o, bc, (size_t)k * sizeof(int64_t));
+                memcpy(lo + o, bl, (size_t)k * sizeof(float));
+                memcpy(hi + o, bh, (size_t)k * sizeof(float));
+                cu[i] = k;
+            }
+            o += cu[i];
+        }
+        ends[q] = o;
+    }
+    if (overflow) return -1;
+    int64_t m = ends[0];
+    for (int q = 1; q < used; q++) {
+        const int64_t from = cap * q / used, k = ends[q] - from;
+        memmove(cols + m, cols + from, (size_t)k * sizeof(int64_t));
+        memmove(lo + m, lo + from, (size_t)k * sizeof(float));
+        memmove(hi + m, hi + from, (size_t)k * sizeof(float));
+        m += k;
+    }
+    return m;
+}
+
+/* The gathered entries (row i: [offsets[i], offsets[i + 1])) with hi >= t, in order: crow [B + 1], cols_o. */
+void screen_compact(const int64_t *restrict offsets, const int64_t *restrict cols, const float *restrict hi,
+                    int64_t B, float t, int64_t *restrict crow, int64_t *restrict cols_o) {
+    int64_t o = 0;
+    crow[0] = 0;
+    for (int64_t i = 0; i < B; i++) {
+        for (int64_t e = offsets[i]; e < offsets[i + 1]; e++)
+            if (hi[e] >= t) cols_o[o++] = cols[e];
+        crow[i + 1] = o;
+    }
+}
+
+#define DOT_CW 64 /* floats per column chunk of dot_entries (256 bytes) */
+/* out[e] = x[i] . WT[cols[e]] for the entries e in [crow[i], crow[i + 1]) of every row i (x [B, d], WT [n, d]).
+ * Work items are (column chunk, token block), chunk-major, so a thread's WT[:, chunk] (n * 256 bytes) stays in
+ * its L2, as in decode_residual. Each dot product is summed in one fixed order: per chunk, four 16-lane vectors
+ * added as (v0 + v1) + (v2 + v3) and their lanes as a tree (a partial, part [c m + e]); the partials in chunk
+ * order; a last partial chunk (d not a multiple of 64) in element order. */
+void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, const float *restrict x,
+                 const float *restrict WT, int64_t B, int64_t d, float *restrict part, float *restrict out, int nt) {
+    const int64_t n_chunks = (d + DOT_CW - 1) / DOT_CW, m = crow[B];
+    const int64_t n_blocks = (B + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t c = 0; c < n_chunks; c++)
+            for (int64_t ib = 0; ib < n_blocks; ib++) {
+                const int64_t t0 = c * DOT_CW, w = t0 + DOT_CW < d ? DOT_CW : d - t0;
+                const int64_t i1 = (ib + 1) * TOKEN_BLOCK < B ? (ib + 1) * TOKEN_BLOCK : B;
+                float *restrict pc = part + c * m;
+                for (int64_t i = ib * TOKEN_BLOCK; i < i1; i++) {
+                    const float *restrict xi = x + i * d + t0;
+                    const int64_t e1 = crow[i + 1];
+                    if (w == DOT_CW) {
+                        const vec_f32 x0 = vload_f32(xi), x1 = vload_f32(xi + 16), x2 = vload_f32(xi + 32),
+                                      x3 = vload_f32(xi + 48);
+                        for (int64_t e = crow[i]; e < e1; e++) {
+                            const float *restrict wr = WT + cols[e] * d + t0;
+                            if (e + PREFETCH_AHEAD < e1) PREFETCH_CHUNK(WT + cols[e + PREFETCH_AHEAD] * d + t0);
+                            const vec_f32 v = (x0 * vload_f32(wr) + x1 * vload_f32(wr + 16)) +
+                                              (x2 * vload_f32(wr + 32) + x3 * vload_f32(wr + 48));
+                            pc[e] = hsum_f32(v);
+                        }
+                    } else {
+                        for (int64_t e = crow[i]; e < e1; e++) {
+                            const float *restrict wr = WT + cols[e] * d + t0;
+                            float s = 0.0f;
+                            for (int64_t t = 0; t < w; t++) s += xi[t] * wr[t];
+                            pc[e] = s;
+                        }
+                    }
+                }
+            }
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < m; e++) {
+            float s = part[e];
+            for (int64_t c = 1; c < n_chunks; c++) s += part[c * m + e];
+            out[e] = s;
+        }
+    }
+}

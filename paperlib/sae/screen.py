@@ -1,0 +1,135 @@
+"""The exact BatchTopK encoder of a float32 training step, screened by a bfloat16 product.
+
+The selection keeps the k·B largest of ReLU(x_c W_enc) over the batch. Only those entries enter the rest of the
+step, yet the full float32 product (2·B·d·n FLOPs) is most of a step's time. Here a bfloat16 product with float32
+sums (:mod:`paperlib.sae.blas`, several times faster where the CPU has bfloat16 arithmetic) gives every entry a
+value p̃ and a rigorous error bound e, so the exact float32 value p = x_c[i] · W_enc[:, j] lies in [p̃ − e, p̃ + e].
+Then:
+
+1. a threshold t is accepted when at least k·B entries have p̃ − e ≥ t (so the k·B-th largest exact value is
+   ≥ t); the entries with p̃ + e ≥ t are gathered;
+2. t* = the k·B-th largest lower bound among them (≥ t, and again a lower bound of the k·B-th largest exact
+   value); every entry that can reach t* (p̃ + e ≥ t*) is a candidate, and no other entry can be selected;
+3. the candidates' exact values are float32 dot products in one fixed summation order
+   (:func:`kernels.dot_entries`), and the selection among them is that of the full product: every value above
+   the k·B-th largest v, then the first ones equal to v in row-major order (:func:`kernels.keep_top_count`).
+
+So the selected entries and values are those of the full float32 product whose entries are these dot products:
+the same as the unscreened path up to floating-point reassociation, whatever the screen let through. The screen
+only decides the cost (about 1.5–3·k·B candidates in trained and fresh SAEs of the default profile).
+
+The bound. With x̂, Ŵ the bfloat16 roundings (unit roundoff u = 2⁻⁸; subnormals flushed to zero, so their whole
+value counts as rounding error), Δx = x − x̂, ΔW = W − Ŵ and γ = d·2⁻²⁴ / (1 − d·2⁻²⁴):
+
+    |p̃ − p| ≤ ‖Δx_i‖‖W_j‖ + ‖x̂_i‖‖ΔW_j‖ + 2γ‖x̂_i‖‖Ŵ_j‖ + γ‖x_i‖‖W_j‖ + (flushed underflow),
+
+by x·W − x̂·Ŵ = Δx·W + x̂·ΔW, Cauchy–Schwarz, and the float32 summation bound γ·Σ|terms| for any order (applied
+twice to MKL's sums, whose order and pairing are not documented, and once to ours). The code uses
+e = a_i b_j + c_i f_j + 2⁻²⁰|p̃| + 2⁻¹⁰⁰ with a_i = (‖Δx_i‖ + 5γ(1 + u)²‖x_i‖)(1 + 2⁻¹⁶), b_j = ‖W_j‖,
+c_i = (1 + u)‖x_i‖(1 + 2⁻¹⁶) and f_j = ‖ΔW_j‖ (norms in float64): the factor 1 + 2⁻¹⁶ and the 2⁻²⁰|p̃| term cover
+the float32 rounding of e and of p̃ ± e, and 2⁻¹⁰⁰ covers products and sums below float32's normal range.
+
+:func:`select` returns ``None`` (the caller then takes the full float32 product) when the product is not
+available, the dtype is not float32, a norm is not finite, or no positive threshold passes: fewer than k·B
+entries are surely positive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from paperlib.sae import blas, kernels
+
+U_BF16 = 2.0 ** -8
+GUESS_FACTORS = (0.97, 0.75, 0.5)
+"""Thresholds tried, as multiples of the k·rows-th largest lower bound in a strided subsample of ~32 rows."""
+GATHER_SLOTS = 4
+"""Slots of the one-pass gather, in multiples of k·B (the two passes run when more entries pass)."""
+
+
+def applies(xc: torch.Tensor, W_enc: torch.Tensor) -> bool:
+    """The screened encoder can run: float32 CPU tensors, the kernels and the bfloat16 product are available."""
+    return (xc.dtype == torch.float32 and W_enc.dtype == torch.float32 and kernels.applies(xc, W_enc)
+            and blas.available())
+
+
+def bounds(x_norm: np.ndarray, x_dnorm: np.ndarray, w_norm: np.ndarray, w_dnorm: np.ndarray,
+           d: int) -> tuple[np.ndarray, ...] | None:
+    """(a, b, c, f) of the screening bound e = a_i b_j + c_i f_j + … (float32), or ``None`` if a norm is not
+    finite."""
+    if not (np.isfinite(x_norm).all() and np.isfinite(x_dnorm).all() and np.isfinite(w_norm).all()
+            and np.isfinite(w_dnorm).all()):
+        return None
+    gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+    inflate = 1 + 2.0 ** -16
+    a = ((x_dnorm + 5 * gamma * (1 + U_BF16) ** 2 * x_norm) * inflate).astype(np.float32)
+    c = ((1 + U_BF16) * x_norm * inflate).astype(np.float32)
+    return a, w_norm.astype(np.float32), c, w_dnorm.astype(np.float32)
+
+
+def _guess(P: np.ndarray, bound: tuple[np.ndarray, ...], k: int) -> float:
+    """The k·rows-th largest lower bound p̃ − e in a strided subsample of about 32 rows."""
+    stride = max(1, P.shape[0] // 32)
+    a, b, c, f = bound
+    sub = P[::stride]
+    low = sub - (a[::stride, None] * b + c[::stride, None] * f + np.float32(2.0 ** -20) * np.abs(sub))
+    low = low.reshape(-1)
+    count = min(k * sub.shape[0], low.size)
+    return float(np.partition(low, low.size - count)[low.size - count])
+
+
+def select(xc: torch.Tensor, W_enc: torch.Tensor, k: int, P_work: torch.Tensor):
+    """The BatchTopK selection of ReLU(xc W_enc) (k·B entries) as (rows, cols, vals, crow) in row-major order,
+    all values positive, or ``None`` (see the module docstring). ``P_work`` is a float32 [B, n] work array."""
+    B, d = xc.shape
+    n = W_enc.shape[1]
+    total = k * B
+    if not 0 < k < n:
+        return None
+    x, W, P = xc.detach().numpy(), W_enc.detach().numpy(), P_work.numpy()
+    xh = kernels.scratch("screen_xh", B * d, np.uint16).reshape(B, d)
+    WT = kernels.scratch("screen_WT", n * d, np.float32).reshape(n, d)
+    WhT = kernels.scratch("screen_WhT", n * d, np.uint16).reshape(n, d)
+    x_norm, x_dnorm, w_norm, w_dnorm = (np.empty(m) for m in (B, B, n, n))
+    kernels.rows_to_bf16(x, xh, x_norm, x_dnorm)
+    kernels.cols_to_bf16_t(W, WT, WhT, w_norm, w_dnorm)
+    bound = bounds(x_norm, x_dnorm, w_norm, w_dnorm, d)
+    if bound is None:
+        return None
+    blas.gemm_bf16_nt(xh, WhT, P)
+    t_sub = _guess(P, bound, k)
+    cu, cl = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
+    for factor in GUESS_FACTORS:
+        t = np.float32(t_sub * factor)
+        if not (np.isfinite(t) and t > 0):
+            return None
+        once = kernels.screen_gather_once(P, bound, t, cu, cl, GATHER_SLOTS * total)
+        if once is None:
+            kernels.screen_count(P, bound, t, cu, cl)
+        if int(cl.sum()) >= total:
+            break
+    else:
+        return None
+    offsets = np.zeros(B + 1, dtype=np.int64)
+    np.cumsum(cu, out=offsets[1:])
+    if once is None:
+        m = int(offsets[-1])
+        cols = kernels.scratch("screen_cols", m, np.int64)
+        lo, hi = kernels.scratch("screen_lo", m, np.float32), kernels.scratch("screen_hi", m, np.float32)
+        kernels.screen_gather(P, bound, t, offsets, cols, lo, hi)
+    else:
+        cols, lo, hi = once
+    return _exact_top(offsets, cols, lo, hi, x, WT, total)
+
+
+def _exact_top(offsets, cols, lo, hi, x, WT, total):
+    """Steps 2–3 of the module docstring on the gathered entries (row i: [offsets[i], offsets[i + 1]))."""
+    m = cols.size
+    t_star = np.partition(lo, m - total)[m - total]
+    crow, cols = kernels.screen_compact(offsets, cols, hi, t_star)
+    vals = np.empty(cols.size, dtype=np.float32)
+    kernels.dot_entries(crow, cols, x, WT, vals)
+    np.maximum(vals, 0, out=vals)
+    crow, rows, cols, vals = kernels.keep_top_count(crow, cols, vals, total)
+    return tuple(torch.from_numpy(v) for v in (rows, cols, vals, crow))
