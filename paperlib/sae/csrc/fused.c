@@ -440,12 +440,30 @@ void screen_compact(const int64_t *restrict offsets, const int64_t *restrict col
     }
 }
 
+/* Lane sums of 16 vectors at once: lane l of the result is v[l]'s lanes added in hsum_f32's tree (pairs 8 apart,
+ * then 4, 2, 1, each addition with the same operands), so every entry's sum is the one hsum_f32 gives alone. */
+static inline vec_f32 hsum16(vec_f32 v[16]) {
+    vec_f32 u[8], w[4], z[2];
+    for (int i = 0; i < 8; i++)
+        u[i] = __builtin_shufflevector(v[i], v[i + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(v[i], v[i + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++)
+        w[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+               __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++)
+        z[i] = __builtin_shufflevector(w[i], w[i + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+               __builtin_shufflevector(w[i], w[i + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    return __builtin_shufflevector(z[0], z[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           __builtin_shufflevector(z[0], z[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+}
+
 #define DOT_CW 64 /* floats per column chunk of dot_entries (256 bytes) */
 /* out[e] = x[i] . WT[cols[e]] for the entries e in [crow[i], crow[i + 1]) of every row i (x [B, d], WT [n, d]).
  * Work items are (column chunk, token block), chunk-major, so a thread's WT[:, chunk] (n * 256 bytes) stays in
  * its L2, as in decode_residual. Each dot product is summed in one fixed order: per chunk, four 16-lane vectors
  * added as (v0 + v1) + (v2 + v3) and their lanes as a tree (a partial, part [c m + e]); the partials in chunk
- * order; a last partial chunk (d not a multiple of 64) in element order. */
+ * order; a last partial chunk (d not a multiple of 64) in element order. Up to 16 entries' partials are added
+ * together (hsum16), each in hsum_f32's own order. */
 void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, const float *restrict x,
                  const float *restrict WT, int64_t B, int64_t d, float *restrict part, float *restrict out, int nt) {
     const int64_t n_chunks = (d + DOT_CW - 1) / DOT_CW, m = crow[B];
@@ -464,12 +482,20 @@ void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, con
                     if (w == DOT_CW) {
                         const vec_f32 x0 = vload_f32(xi), x1 = vload_f32(xi + 16), x2 = vload_f32(xi + 32),
                                       x3 = vload_f32(xi + 48);
-                        for (int64_t e = crow[i]; e < e1; e++) {
-                            const float *restrict wr = WT + cols[e] * d + t0;
-                            if (e + PREFETCH_AHEAD < e1) PREFETCH_CHUNK(WT + cols[e + PREFETCH_AHEAD] * d + t0);
-                            const vec_f32 v = (x0 * vload_f32(wr) + x1 * vload_f32(wr + 16)) +
-                                              (x2 * vload_f32(wr + 32) + x3 * vload_f32(wr + 48));
-                            pc[e] = hsum_f32(v);
+                        for (int64_t e0 = crow[i]; e0 < e1; e0 += 16) {
+                            const int64_t g = e1 - e0 < 16 ? e1 - e0 : 16;
+                            vec_f32 v[16];
+                            for (int64_t u = 0; u < 16; u++) {
+                                if (u >= g) { v[u] = vzero_f32(); continue; }
+                                const int64_t e = e0 + u;
+                                const float *restrict wr = WT + cols[e] * d + t0;
+                                if (e + PREFETCH_AHEAD < e1) PREFETCH_CHUNK(WT + cols[e + PREFETCH_AHEAD] * d + t0);
+                                v[u] = (x0 * vload_f32(wr) + x1 * vload_f32(wr + 16)) +
+                                       (x2 * vload_f32(wr + 32) + x3 * vload_f32(wr + 48));
+                            }
+                            const vec_f32 sums = hsum16(v);
+                            if (g == 16) vstore_f32(pc + e0, sums);
+                            else for (int64_t u = 0; u < g; u++) pc[e0 + u] = sums[u];
                         }
                     } else {
                         for (int64_t e = crow[i]; e < e1; e++) {
