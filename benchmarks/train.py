@@ -11,6 +11,7 @@ Per geometry, in one process and on the same fixed batch:
 - ``bound``: the encoder forward alone, relu(x @ W_enc) (2·B·d·n FLOPs, the only unavoidable dense work), into a
   [B, n] buffer kept between calls as the training step does (a fresh result per call would add page faults:
   ~9% at the default geometry, ~48% at the reference one on the development machine);
+- ``screen_mm``: the screened encoder's bfloat16 product alone (see below);
 - ``naive``: a textbook dense BatchTopK step (flattened ``torch.topk`` over [B·n], dense codes, dense
   decode matmul, dense autograd backward, decoder constraint, Adam);
 - ``solo``: one primary step of :class:`paperlib.sae.trainer.Trainer`;
@@ -20,11 +21,18 @@ Per geometry, in one process and on the same fixed batch:
 The table prints tok/s, each arm's cost per token relative to solo (``× solo cost``: 1.10 means 10% more
 time per token) and the solo step's share of the bound (``solo / bound``).
 
+Where the screened encoder runs (:mod:`paperlib.sae.screen`, a CPU with bfloat16 arithmetic), the step does not
+compute the float32 product that ``bound`` times: its dense product is a bfloat16 one with float32 sums, timed
+alone as ``screen_mm`` (same batch and weights, operands converted beforehand), and exact float32 dot products
+for the few candidates it lets through. So ``solo / bound`` can exceed 1 where the sparse work is small relative
+to the product (the larger geometry).
+
 Each arm's ``floor`` is the cost relative to solo that the dense products the arm adds would alone impose on
-this solo step, timed in the same rounds: the meta SAE's encoder matmul over all n decoder rows ([n, d] @ [d, m],
-``meta_mm``), once per primary step for ``randcritic`` and, for ``joint``, also once per meta step (n_m per n_p
-primary steps); the chunked Gram matrices of the OrtSAE penalty (``gram``). An exact method cannot go below it
-however fast its sparse and element-wise work; ``floor@0.75`` is the same with a solo step at 0.75 of the
+this solo step, timed in the same rounds, computed as the step computes them (the bfloat16 product where the
+screen runs): the meta SAE's encoder product over all n decoder rows ([n, d] @ [d, m], ``meta_mm``), once per
+primary step for ``randcritic`` and, for ``joint``, also once per meta step (n_m per n_p primary steps); the
+chunked Gram matrices of the OrtSAE penalty (``gram``). No implementation with these dense products can go below
+it, however fast its sparse and element-wise work; ``floor@0.75`` is the same with a solo step at 0.75 of the
 bound (a faster solo step makes every fixed overhead a larger ratio). The implementations are timed in
 rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
 each time is the minimum over rounds, per primary step. ``--dead`` marks fractions of latents dead (AuxK
@@ -45,6 +53,7 @@ import time
 import torch
 
 from paperlib.config.profiles import get_profile
+from paperlib.sae import blas, kernels, screen
 from paperlib.sae.arms import RunSpec
 from paperlib.sae.models import BatchTopKSAE
 from paperlib.sae.trainer import TrainConfig, Trainer
@@ -80,6 +89,21 @@ GEOMETRIES = {"default": None, "reference": (4608, 4096)}
 ARMS = {"joint": RunSpec("joint", lambda2=0.3, sigma2=1.0),
         "randcritic": RunSpec("randcritic", lambda2=0.3, sigma2=1.0),
         "ortho": RunSpec("ortho", gamma=0.1)}
+
+
+def dense_product(x: torch.Tensor, W: torch.Tensor):
+    """The dense product the training step computes for ``x @ W``: the screened encoder's bfloat16 product (with
+    its float32 sums, operands converted as the step does) where it runs, else the float32 product."""
+    out = torch.empty(x.shape[0], W.shape[1])
+    if not screen.applies(x, W):
+        return lambda: torch.mm(x, W, out=out)
+    ops = []
+    for t in (x, W.t().contiguous()):  # 64-byte aligned, as the step's work arrays
+        bits = t.bfloat16().view(torch.int16).numpy().view("uint16")
+        op = kernels.aligned_empty(bits.size, bits.dtype).reshape(bits.shape)
+        op[...] = bits
+        ops.append(op)
+    return lambda: blas.gemm_bf16_nt(ops[0], ops[1], out.numpy())
 
 
 def _trainer(prof, spec: RunSpec, d: int) -> Trainer:
@@ -122,11 +146,11 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
         work[name], steps[name] = block, n_p
     mark_dead(naive)
     rows, w_meta = torch.randn(n, d), torch.randn(d, prof.meta.n_meta)
-    meta_out = torch.empty(n, prof.meta.n_meta)
     blocks = torch.randn(n, d).tensor_split(prof.grid.ortho_chunks)
-    work["meta_mm"] = lambda: torch.mm(rows, w_meta, out=meta_out)
+    work["screen_mm"] = dense_product(x, W)
+    work["meta_mm"] = dense_product(rows, w_meta)
     work["gram"] = lambda: [b @ b.t() for b in blocks]
-    steps.update(meta_mm=1, gram=1)
+    steps.update(screen_mm=1, meta_mm=1, gram=1)
     best = {name: float("inf") for name in work}
     for fn in work.values():
         fn()  # warm-up
@@ -160,7 +184,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%F %T')} torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    cols = ["bound", "naive", "solo", *ARMS]
+    print(f"screened encoder (bfloat16 product): {'yes' if blas.available() else 'no (float32 product)'}")
+    cols = ["bound", "screen_mm", "naive", "solo", *ARMS]
     floors = [f"{a}_{f}" for a in ARMS for f in ("floor", "floor75")]
     print(f"{'geometry':>9} {'n':>5} {'B':>5} {'dead':>5} " + " ".join(f"{c + ' tok/s':>16}" for c in cols)
           + f" {'solo/bound':>10} " + " ".join(f"{c + ' ×solo cost':>18}" for c in ("naive", *ARMS))

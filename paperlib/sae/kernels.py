@@ -1,6 +1,7 @@
 """Fused CPU kernels of the sparse training step: C with OpenMP, built on first use, called on numpy arrays.
 
-The primary step's only dense O(B·n·d) work is the encoder matmul (torch/MKL). What follows it is a dozen
+The primary step's only dense O(B·n·d) work is the encoder product (MKL: float32, or bfloat16 screening where
+the screened encoder runs). What follows it is a dozen
 torch ops, each a full pass over its data plus a temporary: the BatchTopK selection over the [B, n]
 pre-activations, the decode, four sparse products, the decoder constraint. The kernels in
 ``csrc/fused.c`` fuse them into few passes:
@@ -19,7 +20,13 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
   by column chunks in the same way;
 - ``project_rows`` / ``renorm_rows``: the decoder constraint;
 - ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient;
-- ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair.
+- ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair;
+- ``rows_to_bf16`` / ``cols_to_bf16_t`` / ``screen_count`` / ``screen_gather`` / ``screen_gather_once`` /
+  ``screen_compact`` / ``dot_entries`` (float32 only): the screened encoder of :mod:`paperlib.sae.screen`, which
+  replaces the float32 encoder matmul where the CPU has bfloat16 arithmetic. The operands' bfloat16 roundings
+  and the norms of what rounding removed (W_enc also transposed, for the dot products), the screen over the
+  bfloat16 product's [B, n] values with their error bounds, and the candidates' exact float32 dot products, in
+  256-byte column chunks as in ``decode_residual``, each summed in one fixed order.
 
 Semantics are those of the torch path of :mod:`paperlib.sae.models` up to floating-point reassociation:
 vectorised sums reassociate and multiply-adds are fused (``-ffp-contract=fast``); there is no
@@ -139,6 +146,7 @@ def _loaded() -> tuple[ctypes.CDLL, Path] | None:
         getattr(lib, f"keep_top_{s}").restype = ctypes.c_int64
         getattr(lib, f"gather_at_least_once_{s}").restype = ctypes.c_int64
     lib.screen_gather_once.restype = ctypes.c_int64
+    lib.amx_screen.restype = ctypes.c_int64
     return lib, path
 
 
@@ -360,12 +368,16 @@ def rows_to_bf16(x: np.ndarray, xh: np.ndarray, norm: np.ndarray, dnorm: np.ndar
                         ctypes.c_int(threads()))
 
 
-def cols_to_bf16_t(W: np.ndarray, WT: np.ndarray, WhT: np.ndarray, norm: np.ndarray, dnorm: np.ndarray) -> None:
-    """Per column j of the float32 W [d, n]: WT[j] = W[:, j], WhT[j] = bfloat16(W[:, j]) (rows of [n, d]),
-    norm[j] = ‖W[:, j]‖ and dnorm[j] = ‖W[:, j] − WhT[j]‖ (float64)."""
+def cols_to_bf16_t(W: np.ndarray, WT: np.ndarray, WhT: np.ndarray, norm: np.ndarray, dnorm: np.ndarray,
+                   vnni: bool = False) -> None:
+    """Per column j of the float32 W [d, n]: WT[j] = W[:, j], WhT[j] = bfloat16(W[:, j]) (rows of [n, d]; with
+    ``vnni``, WhT[t // 2, j, t % 2] = bfloat16(W[t, j]), shape [d / 2, n, 2] for an even d: AMX's B layout),
+    norm[j] = ‖W[:, j]‖ and dnorm[j] = ‖W[:, j] − bfloat16(W[:, j])‖ (float64)."""
     d, n = W.shape
+    if vnni and d % 2:
+        raise ValueError(f"cols_to_bf16_t: the paired (vnni) layout needs an even number of rows, got {d}")
     _lib().cols_to_bf16_t(_p(W), ctypes.c_int64(d), ctypes.c_int64(n), _p(WT), _p(WhT), _p(norm), _p(dnorm),
-                          ctypes.c_int(threads()))
+                          ctypes.c_int(int(vnni)), ctypes.c_int(threads()))
 
 
 def screen_count(P: np.ndarray, bound: tuple[np.ndarray, ...], t: float, cu: np.ndarray, cl: np.ndarray) -> None:
@@ -400,6 +412,46 @@ def screen_gather_once(P: np.ndarray, bound: tuple[np.ndarray, ...], t, cu: np.n
     m = _lib().screen_gather_once(_p(P), ctypes.c_int64(B), ctypes.c_int64(n), *(_p(v) for v in bound),
                                   ctypes.c_float(t), ctypes.c_int64(cap), _p(cu), _p(cl), _p(cols), _p(lo), _p(hi),
                                   _p(rb_c), _p(rb_lo), _p(rb_hi), _p(ends), ctypes.c_int(nt))
+    return None if m < 0 else (cols[:m], lo[:m], hi[:m])
+
+
+@cache
+def amx_ready() -> bool:
+    """The kernels were built with AMX and Linux granted this process the tile state."""
+    return available() and _lib().amx_request() == 1
+
+
+AMX_ROWS = 128
+"""Rows per block of :func:`amx_screen` (``AMX_ROWS`` in the C source)."""
+
+
+def amx_screen(xh: np.ndarray, Wv: np.ndarray, n: int, bound: tuple[np.ndarray, ...] | None, t, cu: np.ndarray | None,
+               cl: np.ndarray | None, cap: int, P: np.ndarray | None = None):
+    """The bfloat16 product of xh [B, d] (uint16) and W in :func:`cols_to_bf16_t`'s vnni layout, on AMX
+    (:func:`amx_ready`; B and d multiples of 32, n of 16), screened as :func:`screen_gather_once` (same results,
+    ``None`` when more than about ``cap`` entries pass) without writing the product; with ``P`` [B, n] the
+    product is written there instead (no screen; returns ``None``)."""
+    B, d = xh.shape
+    if B % 32 or d % 32 or n % 16:
+        raise ValueError(f"amx_screen needs B and d multiples of 32 and n of 16, got B={B}, d={d}, n={n}")
+    nt = threads()
+    if P is not None:
+        dummy = np.zeros(1, np.float32)
+        idx = np.zeros(1, np.int64)
+        _lib().amx_screen(_p(xh), _p(Wv), ctypes.c_int64(B), ctypes.c_int64(d), ctypes.c_int64(n),
+                          *(_p(dummy) for _ in range(4)), ctypes.c_float(0), ctypes.c_int64(0), _p(idx), _p(idx),
+                          _p(idx), _p(dummy), _p(dummy), _p(idx), _p(dummy), _p(dummy), _p(np.zeros(nt, np.int64)),
+                          _p(P), ctypes.c_int(nt))
+        return None
+    cap = max(int(cap), nt * n)
+    cols = scratch("screen_cols", cap, np.int64)
+    lo, hi = scratch("screen_lo", cap, np.float32), scratch("screen_hi", cap, np.float32)
+    st_c = scratch("amx_st_c", nt * AMX_ROWS * n, np.int64)
+    st_lo, st_hi = (scratch(name, nt * AMX_ROWS * n, np.float32) for name in ("amx_st_lo", "amx_st_hi"))
+    ends = np.empty(nt, dtype=np.int64)
+    m = _lib().amx_screen(_p(xh), _p(Wv), ctypes.c_int64(B), ctypes.c_int64(d), ctypes.c_int64(n),
+                          *(_p(v) for v in bound), ctypes.c_float(t), ctypes.c_int64(cap), _p(cu), _p(cl), _p(cols),
+                          _p(lo), _p(hi), _p(st_c), _p(st_lo), _p(st_hi), _p(ends), None, ctypes.c_int(nt))
     return None if m < 0 else (cols[:m], lo[:m], hi[:m])
 
 

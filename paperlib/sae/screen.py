@@ -68,43 +68,62 @@ def bounds(x_norm: np.ndarray, x_dnorm: np.ndarray, w_norm: np.ndarray, w_dnorm:
     return a, w_norm.astype(np.float32), c, w_dnorm.astype(np.float32)
 
 
-def _guess(P: np.ndarray, bound: tuple[np.ndarray, ...], k: int) -> float:
-    """The k·rows-th largest lower bound p̃ − e in a strided subsample of about 32 rows."""
-    stride = max(1, P.shape[0] // 32)
+def _guess(P_sub: np.ndarray, rows: np.ndarray, bound: tuple[np.ndarray, ...], k: int) -> float:
+    """The k·len(rows)-th largest lower bound p̃ − e among the screened values P_sub of the given rows."""
     a, b, c, f = bound
-    sub = P[::stride]
-    low = sub - (a[::stride, None] * b + c[::stride, None] * f + np.float32(2.0 ** -20) * np.abs(sub))
+    low = P_sub - (a[rows, None] * b + c[rows, None] * f + np.float32(2.0 ** -20) * np.abs(P_sub))
     low = low.reshape(-1)
-    count = min(k * sub.shape[0], low.size)
+    count = min(k * len(rows), low.size)
     return float(np.partition(low, low.size - count)[low.size - count])
+
+
+def uses_amx(B: int, d: int, n: int) -> bool:
+    """The screen runs fused with its product on AMX (:func:`kernels.amx_screen`) at this shape."""
+    return kernels.amx_ready() and B % 32 == 0 and d % 32 == 0 and n % 16 == 0
 
 
 def select(xc: torch.Tensor, W_enc: torch.Tensor, k: int, P_work: torch.Tensor):
     """The BatchTopK selection of ReLU(xc W_enc) (k·B entries) as (rows, cols, vals, crow) in row-major order,
-    all values positive, or ``None`` (see the module docstring). ``P_work`` is a float32 [B, n] work array."""
+    all values positive, or ``None`` (see the module docstring). ``P_work`` is a float32 [B, n] work array (the
+    screened product is written there unless the screen runs fused with it on AMX)."""
     B, d = xc.shape
     n = W_enc.shape[1]
     total = k * B
     if not 0 < k < n:
         return None
+    amx = uses_amx(B, d, n)
     x, W, P = xc.detach().numpy(), W_enc.detach().numpy(), P_work.numpy()
     xh = kernels.scratch("screen_xh", B * d, np.uint16).reshape(B, d)
     WT = kernels.scratch("screen_WT", n * d, np.float32).reshape(n, d)
-    WhT = kernels.scratch("screen_WhT", n * d, np.uint16).reshape(n, d)
+    Wh = kernels.scratch("screen_WhT", n * d, np.uint16)  # [n, d], or [d / 2, n, 2] for AMX
     x_norm, x_dnorm, w_norm, w_dnorm = (np.empty(m) for m in (B, B, n, n))
     kernels.rows_to_bf16(x, xh, x_norm, x_dnorm)
-    kernels.cols_to_bf16_t(W, WT, WhT, w_norm, w_dnorm)
+    kernels.cols_to_bf16_t(W, WT, Wh, w_norm, w_dnorm, vnni=amx)
     bound = bounds(x_norm, x_dnorm, w_norm, w_dnorm, d)
     if bound is None:
         return None
-    blas.gemm_bf16_nt(xh, WhT, P)
-    t_sub = _guess(P, bound, k)
+    rows = np.arange(0, B, max(1, B // 32))
+    if amx:
+        sub = kernels.scratch("screen_sub", -(-len(rows) // 32) * 32 * d, np.uint16).reshape(-1, d)
+        sub[:len(rows)], sub[len(rows):] = xh[rows], 0
+        P_sub = np.empty((sub.shape[0], n), np.float32)
+        kernels.amx_screen(sub, Wh, n, None, 0, None, None, 0, P=P_sub)
+        t_sub = _guess(P_sub[:len(rows)], rows, bound, k)
+    else:
+        blas.gemm_bf16_nt(xh, Wh.reshape(n, d), P)
+        t_sub = _guess(P[rows], rows, bound, k)
     cu, cl = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
     for factor in GUESS_FACTORS:
         t = np.float32(t_sub * factor)
         if not (np.isfinite(t) and t > 0):
             return None
-        once = kernels.screen_gather_once(P, bound, t, cu, cl, GATHER_SLOTS * total)
+        if amx:
+            once = kernels.amx_screen(xh, Wh, n, bound, t, cu, cl, GATHER_SLOTS * total)
+            if once is None:  # more entries than slots: the product written out, then the two passes
+                kernels.amx_screen(xh, Wh, n, None, 0, None, None, 0, P=P)
+                amx = False
+        else:
+            once = kernels.screen_gather_once(P, bound, t, cu, cl, GATHER_SLOTS * total)
         if once is None:
             kernels.screen_count(P, bound, t, cu, cl)
         if int(cl.sum()) >= total:

@@ -486,3 +486,39 @@ def test_dot_entries_within_the_summation_bound_and_independent_of_threads(threa
             outs.append(out)
         assert np.all(np.abs(outs[0] - exact) <= limit)
         assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes()
+
+
+@pytest.mark.skipif(not kernels.amx_ready(), reason="no AMX")
+def test_amx_product_and_fused_screen(threads_of):
+    rng = _rng(8)
+    for B, d, n in ((160, 96, 208), (64, 64, 16), (256, 576, 320)):  # a partial row block, 16-wide edges, 576
+        x = rng.standard_normal((B, d)).astype(np.float32)
+        W = (rng.standard_normal((d, n)) / 8).astype(np.float32)
+        xh, xn, xd = np.empty((B, d), np.uint16), np.empty(B), np.empty(B)
+        kernels.rows_to_bf16(x, xh, xn, xd)
+        WT, Wv, wn, wd = np.empty((n, d), np.float32), np.empty(n * d, np.uint16), np.empty(n), np.empty(n)
+        kernels.cols_to_bf16_t(W, WT, Wv, wn, wd, vnni=True)
+        np.testing.assert_array_equal(Wv.reshape(d // 2, n, 2).transpose(0, 2, 1).reshape(d, n), _bf16_reference(W))
+        P = np.empty((B, n), np.float32)
+        threads_of(2, kernels.amx_screen, xh, Wv, n, None, 0, None, None, 0, P)
+        a64 = (xh.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        w64 = (_bf16_reference(W).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+        assert np.all(np.abs(P - a64 @ w64) <= 2 * gamma * (np.abs(a64) @ np.abs(w64)))
+        bound = tuple(np.abs(rng.standard_normal(m)).astype(np.float32) * 0.01 for m in (B, n, B, n))
+        t = np.float32(np.quantile(P, 0.97))
+        cu, cl = np.empty(B, np.int64), np.empty(B, np.int64)
+        ref = [v.copy() for v in kernels.screen_gather_once(P, bound, t, cu, cl, B * n)]
+        for nt in (1, 2, 3):
+            cu2, cl2 = np.full(B, -1, np.int64), np.full(B, -1, np.int64)
+            got = threads_of(nt, kernels.amx_screen, xh, Wv, n, bound, t, cu2, cl2, B * n)
+            np.testing.assert_array_equal(cu2, cu)
+            np.testing.assert_array_equal(cl2, cl)
+            for g, r in zip(got, ref, strict=True):
+                np.testing.assert_array_equal(g, r)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        kernels.amx_screen(np.zeros((33, 32), np.uint16), np.zeros(32 * 16, np.uint16), 16, None, 0, None, None, 0,
+                           P=np.empty((33, 16), np.float32))
+    with pytest.raises(ValueError, match="even number of rows"):
+        kernels.cols_to_bf16_t(np.zeros((3, 4), np.float32), np.empty((4, 3), np.float32), np.empty(12, np.uint16),
+                               np.empty(4), np.empty(4), vnni=True)

@@ -48,9 +48,35 @@ def _cases():
     yield "zeros and subnormals", xc, W, 5
 
 
+PATHS = ["mkl", "amx"] if kernels.amx_ready() else ["mkl"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Each test runs on the MKL product with the separate screen and, where the CPU has AMX, on the fused one;
+    ``amx-overflow`` also makes the fused screen run out of slots (it then writes the product and screens it)."""
+    if request.param == "mkl":
+        monkeypatch.setattr(screen, "uses_amx", lambda *shape: False)
+    return request.param
+
+
+def _shaped_for_amx(xc, W):
+    """Zero-padded to AMX's multiples (B, d of 32, n of 16): the padding adds exact zeros to every product; padded
+    rows and columns hold zeros, which the tests cut away."""
+    B, d = xc.shape
+    n = W.shape[1]
+    Bp, dp, n_p = -(-B // 32) * 32, -(-d // 32) * 32, -(-n // 16) * 16
+    xp, Wp = torch.zeros(Bp, dp), torch.zeros(dp, n_p)
+    xp[:B, :d], Wp[:d, :n] = xc, W
+    return xp, Wp
+
+
 @pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
-def test_screened_selection_equals_the_full_product(case):
+def test_screened_selection_equals_the_full_product(case, path):
     _, xc, W, k = case
+    if path == "amx":
+        xc, W = _shaped_for_amx(xc, W)
+        assert screen.uses_amx(xc.shape[0], xc.shape[1], W.shape[1])
     B, n = xc.shape[0], W.shape[1]
     got = screen.select(xc, W, k, torch.empty(B, n))
     assert got is not None
@@ -90,6 +116,23 @@ def test_the_bound_covers_the_screen_error_and_the_comparison_can_fail(monkeypat
         (_, _, cols, _), _ = _full_selection(x2, W2, 8)
         differs += got is None or not np.array_equal(got[1].numpy(), cols)
     assert differs > 0
+
+
+def test_the_fused_screen_out_of_slots_falls_back_to_the_written_product(monkeypatch):
+    if not kernels.amx_ready():
+        pytest.skip("no AMX")
+    g = torch.Generator().manual_seed(3)
+    xc, W = torch.randn(256, 64, generator=g), torch.randn(64, 192, generator=g) / 8
+    monkeypatch.setattr(screen, "GATHER_SLOTS", 0)  # slots for one row per thread only
+    calls = []
+    true_screen = kernels.amx_screen
+    monkeypatch.setattr(kernels, "amx_screen", lambda *a, **kw: calls.append(kw.get("P") is not None)
+                        or true_screen(*a, **kw))
+    got = screen.select(xc, W, 8, torch.empty(256, 192))
+    (crow, rows, cols, vals), _ = _full_selection(xc, W, 8)
+    for a, b in zip(got, (rows, cols, vals, crow), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
+    assert calls == [True, False, True]  # the subsample's product, the fused screen (out of slots), the product
 
 
 def test_declines_what_it_cannot_decide():

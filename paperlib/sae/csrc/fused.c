@@ -227,15 +227,18 @@ static inline void add_squares(vec_f32 v, vec_f32 r, vec_f64x8 s[2], vec_f64x8 q
     s[0] += a0 * a0; s[1] += a1 * a1; q[0] += b0 * b0; q[1] += b1 * b1;
 }
 
+/* Where cols_to_bf16_t puts W[t, j]'s bfloat16: WhT [n, d], or with vnni the pairs of rows [d / 2, n, 2]. */
+#define WH_AT(t, j) (vnni ? (((t) >> 1) * n + (j)) * 2 + ((t) & 1) : (j) * d + (t))
 #ifndef CT
 #define CT 64 /* columns per block of cols_to_bf16_t (a multiple of 16) */
 #endif
-/* Per column j of W [d, n]: WT[j] = W[:, j] (float) and WhT[j] = bfloat16(W[:, j]) as rows of [n, d], with
+/* Per column j of W [d, n]: WT[j] = W[:, j] (float) and WhT[j] = bfloat16(W[:, j]) as rows of [n, d] (with vnni:
+ * WhT[t / 2, j, t % 2] = bfloat16(W[t, j]), [d / 2, n, 2] for an even d, the B operand layout of AMX), with
  * norm[j] = |W[:, j]| and dnorm[j] = |W[:, j] - WhT[j]| (double sums over W's rows in order). Each thread takes
  * blocks of CT columns, read CT * 4 bytes a row; full 16 x 16 tiles are transposed in registers, a partial
  * last block element by element. */
 void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restrict WT, uint16_t *restrict WhT,
-                    double *restrict norm, double *restrict dnorm, int nt) {
+                    double *restrict norm, double *restrict dnorm, int vnni, int nt) {
     const int64_t nb = (n + CT - 1) / CT;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t jb = 0; jb < nb; jb++) {
@@ -247,17 +250,26 @@ void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restri
                 for (int sb = 0; sb < CT / 16; sb++) {
                     const int64_t js = j0 + 16 * sb;
                     vec_f32 r[16];
+                    vec_u32 hb[16];
                     for (int l = 0; l < 16; l++) {
                         r[l] = vload_f32(W + (t0 + l) * n + js);
                         vec_f32 res;
-                        (void)to_bf16_vec(r[l], &res);
+                        hb[l] = to_bf16_vec(r[l], &res);
                         add_squares(r[l], res, s[sb], q[sb]);
                     }
+                    if (vnni) /* rows 2p and 2p + 1 interleaved: WhT is then [d / 2, n, 2], AMX's B layout */
+                        for (int p = 0; p < 8; p++) {
+                            const vec_u32 lo = hb[2 * p], hi = hb[2 * p + 1] << 16;
+                            uint32_t packed[16];
+                            for (int l = 0; l < 16; l++) packed[l] = lo[l] | hi[l];
+                            memcpy(WhT + ((t0 / 2 + p) * n + js) * 2, packed, sizeof packed);
+                        }
                     transpose16(r);
                     for (int l = 0; l < 16; l++) {
+                        vstore_f32(WT + (js + l) * d + t0, r[l]);
+                        if (vnni) continue;
                         vec_f32 res;
                         const vec_u16 h = __builtin_convertvector(to_bf16_vec(r[l], &res), vec_u16);
-                        vstore_f32(WT + (js + l) * d + t0, r[l]);
                         memcpy(WhT + (js + l) * d + t0, &h, sizeof h);
                     }
                 }
@@ -270,7 +282,7 @@ void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restri
                     add_squares(v, res, s[sb], q[sb]);
                     for (int l = 0; l < 16; l++) {
                         WT[(js + l) * d + t0] = v[l];
-                        WhT[(js + l) * d + t0] = (uint16_t)h[l];
+                        WhT[WH_AT(t0, js + l)] = (uint16_t)h[l];
                     }
                 }
             for (int l = 0; l < CT; l++) {
@@ -286,7 +298,7 @@ void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restri
                 const uint32_t h = to_bf16_bits(float_to_bits(v));
                 const float r = v - bits_to_float(h << 16);
                 WT[(j0 + l) * d + t] = v;
-                WhT[(j0 + l) * d + t] = (uint16_t)h;
+                WhT[WH_AT(t, j0 + l)] = (uint16_t)h;
                 s += (double)v * v;
                 q += (double)r * r;
             }
@@ -515,3 +527,155 @@ void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, con
         }
     }
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The screen fused with its bfloat16 product on AMX: the product's 32 x 32 blocks are screened while in L1, so the
+ * [B, n] values are never written to memory (they would be 19 MB a step at the default geometry).
+ * ------------------------------------------------------------------------------------------------------------ */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define HAVE_AMX 1
+#define AMX_ROWS 128 /* rows per block of amx_screen: its A operand (128 x d bfloat16) stays in L2 */
+
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* Ask Linux for the AMX tile state (once per process; 1 when granted). */
+int amx_request(void) {
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+/* The 32 x w block C = xh[i0:i0 + 32] . Wv[:, j0:j0 + w] (w = 16 or 32; float32 sums) into cbuf [32, 32]. */
+static inline void amx_block(const uint16_t *restrict xh, const uint16_t *restrict Wv, int64_t d, int64_t n,
+                             int64_t i0, int64_t j0, int64_t w, float *restrict cbuf) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k0 = 0; k0 < d; k0 += 32) {
+        _tile_loadd(4, xh + i0 * d + k0, d * 2);
+        _tile_loadd(5, xh + (i0 + 16) * d + k0, d * 2);
+        _tile_loadd(6, Wv + ((k0 / 2) * n + j0) * 2, n * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if (w == 32) {
+            _tile_loadd(7, Wv + ((k0 / 2) * n + j0 + 16) * 2, n * 4);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, cbuf, 128);
+    _tile_stored(2, cbuf + 16 * 32, 128);
+    if (w == 32) {
+        _tile_stored(1, cbuf + 16, 128);
+        _tile_stored(3, cbuf + 16 * 32 + 16, 128);
+    }
+}
+
+/* The screened product of xh [B, d] and Wv ([d / 2, n, 2], cols_to_bf16_t's vnni layout), B and d multiples of 32,
+ * n of 16. With P non-NULL, writes it ([B, n], no screen). Otherwise screens as screen_gather_once (same outputs,
+ * same region scheme: cap slots, thread q's share [cap q / nq, cap (q + 1) / nq)), staging each block of AMX_ROWS
+ * rows' entries in st_c / st_lo / st_hi ([nt AMX_ROWS n]) in column order before moving them to the region.
+ * Returns the number of entries, -1 when a region was too small. */
+int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int64_t B, int64_t d, int64_t n,
+                   const float *restrict a, const float *restrict b, const float *restrict c, const float *restrict f,
+                   float t, int64_t cap, int64_t *restrict cu, int64_t *restrict cl, int64_t *restrict cols,
+                   float *restrict lo, float *restrict hi, int64_t *restrict st_c, float *restrict st_lo,
+                   float *restrict st_hi, int64_t *restrict ends, float *restrict P, int nt) {
+    int overflow = 0, used = 1;
+    const int64_t n_blocks = (B + AMX_ROWS - 1) / AMX_ROWS;
+#pragma omp parallel num_threads(nt) reduction(|:overflow)
+    {
+        int q = 0, nq = 1;
+#ifdef _OPENMP
+        q = omp_get_thread_num();
+        nq = omp_get_num_threads();
+#endif
+        if (q == 0) used = nq;
+        tile_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette_id = 1;
+        for (int r = 0; r < 8; r++) { cfg.rows[r] = 16; cfg.colsb[r] = 64; }
+        _tile_loadconfig(&cfg);
+        float cbuf[32 * 32] __attribute__((aligned(64)));
+        int64_t *restrict sc = st_c + (int64_t)q * AMX_ROWS * n;
+        float *restrict sl = st_lo + (int64_t)q * AMX_ROWS * n, *restrict sh = st_hi + (int64_t)q * AMX_ROWS * n;
+        int64_t cnt[AMX_ROWS];
+        const int64_t rb0 = n_blocks * q / nq, rb1 = n_blocks * (q + 1) / nq, top = cap * (q + 1) / nq;
+        int64_t o = cap * q / nq;
+        const __m512 tv = _mm512_set1_ps(t), rel = _mm512_set1_ps(0x1p-20f), tiny = _mm512_set1_ps(0x1p-100f);
+        const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        for (int64_t rb = rb0; rb < rb1 && !overflow; rb++) {
+            const int64_t r0 = rb * AMX_ROWS, nr = r0 + AMX_ROWS < B ? AMX_ROWS : B - r0;
+            for (int64_t r = 0; r < nr; r++) { cnt[r] = 0; if (!P) cl[r0 + r] = 0; }
+            for (int64_t j0 = 0; j0 < n; j0 += 32) {
+                const int64_t w = j0 + 32 <= n ? 32 : 16;
+                for (int64_t s0 = 0; s0 < nr; s0 += 32) {
+                    amx_block(xh, Wv, d, n, r0 + s0, j0, w, cbuf);
+                    for (int64_t r = s0; r < s0 + 32; r++) {
+                        const int64_t i = r0 + r;
+                        if (P) {
+                            memcpy(P + i * n + j0, cbuf + (r - s0) * 32, (size_t)w * sizeof(float));
+                            continue;
+                        }
+                        const __m512 av = _mm512_set1_ps(a[i]), cv = _mm512_set1_ps(c[i]);
+                        for (int64_t h = 0; h < w; h += 16) {
+                            const int64_t j = j0 + h;
+                            const __m512 p = _mm512_loadu_ps(cbuf + (r - s0) * 32 + h);
+                            const __m512 e = _mm512_add_ps(
+                                _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(av, _mm512_loadu_ps(b + j)),
+                                                            _mm512_mul_ps(cv, _mm512_loadu_ps(f + j))),
+                                              _mm512_mul_ps(rel, _mm512_abs_ps(p))), tiny);
+                            const __m512 up = _mm512_add_ps(p, e);
+                            const __mmask16 k = _mm512_cmp_ps_mask(up, tv, _CMP_GE_OQ);
+                            if (!k) continue;
+                            const __m512 down = _mm512_sub_ps(p, e);
+                            cl[i] += __builtin_popcount((unsigned)_mm512_mask_cmp_ps_mask(k, down, tv, _CMP_GE_OQ));
+                            const int m = __builtin_popcount((unsigned)k);
+                            const __mmask16 first = (__mmask16)((1u << m) - 1);
+                            const int64_t at = r * n + cnt[r];
+                            _mm512_mask_storeu_ps(sh + at, first, _mm512_maskz_compress_ps(k, up));
+                            _mm512_mask_storeu_ps(sl + at, first, _mm512_maskz_compress_ps(k, down));
+                            const __m512i base = _mm512_set1_epi64(j);
+                            _mm512_mask_compressstoreu_epi64(sc + at, (__mmask8)(k & 0xff), _mm512_add_epi64(base, lane));
+                            _mm512_mask_compressstoreu_epi64(sc + at + __builtin_popcount((unsigned)(k & 0xff)),
+                                                             (__mmask8)(k >> 8),
+                                                             _mm512_add_epi64(base, _mm512_add_epi64(lane, _mm512_set1_epi64(8))));
+                            cnt[r] += m;
+                        }
+                    }
+                }
+            }
+            if (P) continue;
+            for (int64_t r = 0; r < nr; r++) {
+                if (cnt[r] > top - o) { overflow = 1; break; }
+                memcpy(cols + o, sc + r * n, (size_t)cnt[r] * sizeof(int64_t));
+                memcpy(lo + o, sl + r * n, (size_t)cnt[r] * sizeof(float));
+                memcpy(hi + o, sh + r * n, (size_t)cnt[r] * sizeof(float));
+                cu[r0 + r] = cnt[r];
+                o += cnt[r];
+            }
+        }
+        _tile_release();
+        ends[q] = o;
+    }
+    if (overflow) return -1;
+    if (P) return 0;
+    int64_t m = ends[0];
+    for (int q = 1; q < used; q++) {
+        const int64_t from = cap * q / used, k = ends[q] - from;
+        memmove(cols + m, cols + from, (size_t)k * sizeof(int64_t));
+        memmove(lo + m, lo + from, (size_t)k * sizeof(float));
+        memmove(hi + m, hi + from, (size_t)k * sizeof(float));
+        m += k;
+    }
+    return m;
+}
+#else
+int amx_request(void) { return 0; }
+int64_t amx_screen(void) { return -2; }
+#endif
