@@ -371,11 +371,13 @@ def rows_to_bf16(x: np.ndarray, xh: np.ndarray, norm: np.ndarray, dnorm: np.ndar
 def cols_to_bf16_t(W: np.ndarray, WT: np.ndarray, WhT: np.ndarray, norm: np.ndarray, dnorm: np.ndarray,
                    vnni: bool = False) -> None:
     """Per column j of the float32 W [d, n]: WT[j] = W[:, j], WhT[j] = bfloat16(W[:, j]) (rows of [n, d]; with
-    ``vnni``, WhT[t // 2, j, t % 2] = bfloat16(W[t, j]), shape [d / 2, n, 2] for an even d: AMX's B layout),
-    norm[j] = ‖W[:, j]‖ and dnorm[j] = ‖W[:, j] − bfloat16(W[:, j])‖ (float64)."""
+    ``vnni``, AMX's B tiles instead: per block of 16 columns, per 32 rows, 16 rows of 64 bytes holding rows 2r and
+    2r + 1 interleaved per column; d a multiple of 32, n of 16), norm[j] = ‖W[:, j]‖ and
+    dnorm[j] = ‖W[:, j] − bfloat16(W[:, j])‖ (float64)."""
     d, n = W.shape
-    if vnni and d % 2:
-        raise ValueError(f"cols_to_bf16_t: the paired (vnni) layout needs an even number of rows, got {d}")
+    if vnni and (d % 32 or n % 16):
+        raise ValueError(f"cols_to_bf16_t: AMX's tile layout (vnni) needs d a multiple of 32 and n of 16, got "
+                         f"d={d}, n={n}")
     _lib().cols_to_bf16_t(_p(W), ctypes.c_int64(d), ctypes.c_int64(n), _p(WT), _p(WhT), _p(norm), _p(dnorm),
                           ctypes.c_int(int(vnni)), ctypes.c_int(threads()))
 
@@ -432,6 +434,8 @@ def amx_screen(xh: np.ndarray, Wv: np.ndarray, n: int, bound: tuple[np.ndarray, 
     ``None`` when more than about ``cap`` entries pass) without writing the product; with ``P`` [B, n] the
     product is written there instead (no screen; returns ``None``)."""
     B, d = xh.shape
+    if not amx_ready():  # also what grants this process the tile state: an AMX instruction without it is fatal
+        raise RuntimeError("amx_screen: no AMX here (the CPU, the compiler or the kernel lacks it); see amx_ready()")
     if B % 32 or d % 32 or n % 16:
         raise ValueError(f"amx_screen needs B and d multiples of 32 and n of 16, got B={B}, d={d}, n={n}")
     nt = threads()

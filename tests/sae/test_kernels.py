@@ -498,7 +498,8 @@ def test_amx_product_and_fused_screen(threads_of):
         kernels.rows_to_bf16(x, xh, xn, xd)
         WT, Wv, wn, wd = np.empty((n, d), np.float32), np.empty(n * d, np.uint16), np.empty(n), np.empty(n)
         kernels.cols_to_bf16_t(W, WT, Wv, wn, wd, vnni=True)
-        np.testing.assert_array_equal(Wv.reshape(d // 2, n, 2).transpose(0, 2, 1).reshape(d, n), _bf16_reference(W))
+        tiles = Wv.reshape(n // 16, d // 32, 16, 16, 2)  # column block, row block, pair r, column, row parity
+        np.testing.assert_array_equal(tiles.transpose(1, 2, 4, 0, 3).reshape(d, n), _bf16_reference(W))
         P = np.empty((B, n), np.float32)
         threads_of(2, kernels.amx_screen, xh, Wv, n, None, 0, None, None, 0, P)
         a64 = (xh.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
@@ -519,6 +520,6 @@ def test_amx_product_and_fused_screen(threads_of):
     with pytest.raises(ValueError, match="multiples of 32"):
         kernels.amx_screen(np.zeros((33, 32), np.uint16), np.zeros(32 * 16, np.uint16), 16, None, 0, None, None, 0,
                            P=np.empty((33, 16), np.float32))
-    with pytest.raises(ValueError, match="even number of rows"):
-        kernels.cols_to_bf16_t(np.zeros((3, 4), np.float32), np.empty((4, 3), np.float32), np.empty(12, np.uint16),
-                               np.empty(4), np.empty(4), vnni=True)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernels.cols_to_bf16_t(np.zeros((48, 16), np.float32), np.empty((16, 48), np.float32),
+                               np.empty(48 * 16, np.uint16), np.empty(16), np.empty(16), vnni=True)

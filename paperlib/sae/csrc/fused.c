@@ -227,13 +227,16 @@ static inline void add_squares(vec_f32 v, vec_f32 r, vec_f64x8 s[2], vec_f64x8 q
     s[0] += a0 * a0; s[1] += a1 * a1; q[0] += b0 * b0; q[1] += b1 * b1;
 }
 
-/* Where cols_to_bf16_t puts W[t, j]'s bfloat16: WhT [n, d], or with vnni the pairs of rows [d / 2, n, 2]. */
-#define WH_AT(t, j) (vnni ? (((t) >> 1) * n + (j)) * 2 + ((t) & 1) : (j) * d + (t))
+/* Where cols_to_bf16_t puts W[t, j]'s bfloat16: WhT [n, d], or with vnni AMX's B tiles: for each block of 16
+ * columns and 32 rows, 16 rows of 64 bytes (row r: rows 2r and 2r + 1 of the block, interleaved per column), the
+ * tiles of a column block in row order, contiguous (d a multiple of 32, n of 16). */
+#define WH_AT(t, j) (vnni ? ((((j) >> 4) * (d >> 5) + ((t) >> 5)) * 16 + (((t) & 31) >> 1)) * 32 + ((j) & 15) * 2 + ((t) & 1) \
+                         : (j) * d + (t))
 #ifndef CT
 #define CT 64 /* columns per block of cols_to_bf16_t (a multiple of 16) */
 #endif
 /* Per column j of W [d, n]: WT[j] = W[:, j] (float) and WhT[j] = bfloat16(W[:, j]) as rows of [n, d] (with vnni:
- * WhT[t / 2, j, t % 2] = bfloat16(W[t, j]), [d / 2, n, 2] for an even d, the B operand layout of AMX), with
+ * AMX's B tiles instead, see WH_AT), with
  * norm[j] = |W[:, j]| and dnorm[j] = |W[:, j] - WhT[j]| (double sums over W's rows in order). Each thread takes
  * blocks of CT columns, read CT * 4 bytes a row; full 16 x 16 tiles are transposed in registers, a partial
  * last block element by element. */
@@ -262,7 +265,7 @@ void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restri
                             const vec_u32 lo = hb[2 * p], hi = hb[2 * p + 1] << 16;
                             uint32_t packed[16];
                             for (int l = 0; l < 16; l++) packed[l] = lo[l] | hi[l];
-                            memcpy(WhT + ((t0 / 2 + p) * n + js) * 2, packed, sizeof packed);
+                            memcpy(WhT + WH_AT(t0 + 2 * p, js), packed, sizeof packed);
                         }
                     transpose16(r);
                     for (int l = 0; l < 16; l++) {
@@ -559,11 +562,11 @@ static inline void amx_block(const uint16_t *restrict xh, const uint16_t *restri
     for (int64_t k0 = 0; k0 < d; k0 += 32) {
         _tile_loadd(4, xh + i0 * d + k0, d * 2);
         _tile_loadd(5, xh + (i0 + 16) * d + k0, d * 2);
-        _tile_loadd(6, Wv + ((k0 / 2) * n + j0) * 2, n * 4);
+        _tile_loadd(6, Wv + ((j0 / 16) * (d / 32) + k0 / 32) * 512, 64);
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(2, 5, 6);
         if (w == 32) {
-            _tile_loadd(7, Wv + ((k0 / 2) * n + j0 + 16) * 2, n * 4);
+            _tile_loadd(7, Wv + ((j0 / 16 + 1) * (d / 32) + k0 / 32) * 512, 64);
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(3, 5, 7);
         }
@@ -576,7 +579,7 @@ static inline void amx_block(const uint16_t *restrict xh, const uint16_t *restri
     }
 }
 
-/* The screened product of xh [B, d] and Wv ([d / 2, n, 2], cols_to_bf16_t's vnni layout), B and d multiples of 32,
+/* The screened product of xh [B, d] and Wv (cols_to_bf16_t's vnni tiles), B and d multiples of 32,
  * n of 16. With P non-NULL, writes it ([B, n], no screen). Otherwise screens as screen_gather_once (same outputs,
  * same region scheme: cap slots, thread q's share [cap q / nq, cap (q + 1) / nq)), staging each block of AMX_ROWS
  * rows' entries in st_c / st_lo / st_hi ([nt AMX_ROWS n]) in column order before moving them to the region.
