@@ -16,7 +16,13 @@ Then:
 
 So the selected entries and values are those of the full float32 product whose entries are these dot products:
 the same as the unscreened path up to floating-point reassociation, whatever the screen let through. The screen
-only decides the cost (about 1.5–3·k·B candidates in trained and fresh SAEs of the default profile).
+only decides the cost: it gathers 1.5–1.9·k·B entries, of which 1.3–1.6·k·B need a dot product, in trained and
+freshly initialised SAEs of the default profile (2.5 and 2.0 for its meta SAE, k = 8 of 208).
+
+Where the kernels were built with AMX and Linux grants the tile state, the product and the screen run fused
+(:func:`kernels.amx_screen`): 32 × 32 blocks of the product are screened while in L1, so the [B, n] values are
+never written (B and d multiples of 32, n of 16). Elsewhere MKL writes the product into the work array and the
+screen reads it. Both give the same selection, bit for bit (tested).
 
 The bound. With x̂, Ŵ the bfloat16 roundings (unit roundoff u = 2⁻⁸; subnormals flushed to zero, so their whole
 value counts as rounding error), Δx = x − x̂, ΔW = W − Ŵ and γ = d·2⁻²⁴ / (1 − d·2⁻²⁴):

@@ -165,3 +165,28 @@ def test_training_with_and_without_the_screen_agrees(monkeypatch):
     without, W2 = run(False)
     np.testing.assert_allclose(with_screen, without, rtol=1e-4)  # the same selection; sums reassociated
     assert torch.allclose(W1, W2, atol=1e-5)
+
+
+def test_the_screen_implementation_changes_no_bit_of_training(monkeypatch):
+    """AMX's fused screen, MKL's product with the separate screen, and the fallback when slots run out: the same
+    weights and optimiser state, bit for bit (the screen decides the cost, never the result)."""
+    if not kernels.amx_ready():
+        pytest.skip("no AMX: only one screen implementation here")
+
+    def train(amx: bool, slots: int) -> bytes:
+        monkeypatch.setattr(screen, "uses_amx", lambda *shape: amx)
+        monkeypatch.setattr(screen, "GATHER_SLOTS", slots)
+        sae = BatchTopKSAE(64, 192, 8, seed=1, dead_after=2, k_aux=16)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            out = sae.training_loss(torch.randn(256, 64, generator=g) * 2 + 1)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        state = [*sae.state_dict().values(), *(v for st in opt.state.values() for v in st.values())]
+        return b"".join(t.detach().numpy().tobytes() for t in state)
+
+    reference = train(True, screen.GATHER_SLOTS)
+    assert train(False, screen.GATHER_SLOTS) == reference
+    assert train(True, 0) == reference
