@@ -29,7 +29,9 @@ Protocol (identical in every process):
   encoder-forward bound ``relu(x @ W_enc)`` (W_enc [d, n], no autograd, into a buffer kept between calls:
   see :func:`encoder_bound`) on the same batches, so
   each implementation's "× bound" ratio is against a bound measured in its own process, under
-  the same load.
+  the same load. The bound is the float32 product; where paperlib's screened encoder runs (a CPU with
+  bfloat16 arithmetic, see ``paperlib/sae/screen.py``) its step computes a bfloat16 product and exact float32
+  dot products for the candidates instead, so its ratio can exceed 1.
 
 Implementations (d = 576, n = 8·d = 4608, k = 32, B = 4096 by default):
 

@@ -449,8 +449,10 @@ void screen_compact(const int64_t *restrict offsets, const int64_t *restrict col
     int64_t o = 0;
     crow[0] = 0;
     for (int64_t i = 0; i < B; i++) {
-        for (int64_t e = offsets[i]; e < offsets[i + 1]; e++)
-            if (hi[e] >= t) cols_o[o++] = cols[e];
+        for (int64_t e = offsets[i]; e < offsets[i + 1]; e++) {  /* branch-free: the test is near 50/50 */
+            cols_o[o] = cols[e];
+            o += hi[e] >= t;
+        }
         crow[i + 1] = o;
     }
 }
