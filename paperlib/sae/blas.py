@@ -18,26 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from paperlib.config.numerics import cpu_flags
+
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 """CBLAS enumerators."""
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 @cache
 def _gemm():
     """MKL's ``cblas_gemm_bf16bf16f32`` from torch's CPU library, or ``None``."""
-    if os.environ.get("PAPERLIB_BF16_SCREEN", "1") == "0" or not any(f in _cpu_flags() for f in BF16_CPU_FLAGS):
+    if os.environ.get("PAPERLIB_BF16_SCREEN", "1") == "0" or not any(f in cpu_flags() for f in BF16_CPU_FLAGS):
         return None
     lib_path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:

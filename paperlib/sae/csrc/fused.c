@@ -392,6 +392,21 @@ void screen_gather(const float *restrict P, int64_t B, int64_t n, const float *r
     }
 }
 
+/* Move the per-thread regions of cols / lo / hi (thread q's entries in [cap q / used, ends[q])) together, in
+ * thread order; returns the number of entries. */
+static int64_t join_regions(int64_t *restrict cols, float *restrict lo, float *restrict hi,
+                            const int64_t *restrict ends, int64_t cap, int used) {
+    int64_t m = ends[0];
+    for (int q = 1; q < used; q++) {
+        const int64_t from = cap * q / used, k = ends[q] - from;
+        memmove(cols + m, cols + from, (size_t)k * sizeof(int64_t));
+        memmove(lo + m, lo + from, (size_t)k * sizeof(float));
+        memmove(hi + m, hi + from, (size_t)k * sizeof(float));
+        m += k;
+    }
+    return m;
+}
+
 /* screen_count and screen_gather in one pass over P: thread q of nq gathers its block of rows into its own region
  * [cap q / nq, cap (q + 1) / nq) of cols / lo / hi (a row that might not fit goes through the row buffers rb_*
  * [nt n]); then the regions are moved together in row order. Writes cu and cl; returns the number of entries,
@@ -432,15 +447,7 @@ int64_t screen_gather_once(const float *restrict P, int64_t B, int64_t n, const 
         ends[q] = o;
     }
     if (overflow) return -1;
-    int64_t m = ends[0];
-    for (int q = 1; q < used; q++) {
-        const int64_t from = cap * q / used, k = ends[q] - from;
-        memmove(cols + m, cols + from, (size_t)k * sizeof(int64_t));
-        memmove(lo + m, lo + from, (size_t)k * sizeof(float));
-        memmove(hi + m, hi + from, (size_t)k * sizeof(float));
-        m += k;
-    }
-    return m;
+    return join_regions(cols, lo, hi, ends, cap, used);
 }
 
 /* The gathered entries (row i: [offsets[i], offsets[i + 1])) with hi >= t, in order: crow [B + 1], cols_o. */
@@ -670,15 +677,7 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
     }
     if (overflow) return -1;
     if (P) return 0;
-    int64_t m = ends[0];
-    for (int q = 1; q < used; q++) {
-        const int64_t from = cap * q / used, k = ends[q] - from;
-        memmove(cols + m, cols + from, (size_t)k * sizeof(int64_t));
-        memmove(lo + m, lo + from, (size_t)k * sizeof(float));
-        memmove(hi + m, hi + from, (size_t)k * sizeof(float));
-        m += k;
-    }
-    return m;
+    return join_regions(cols, lo, hi, ends, cap, used);
 }
 #else
 int amx_request(void) { return 0; }
