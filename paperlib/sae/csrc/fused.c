@@ -591,7 +591,8 @@ static inline void amx_block(const uint16_t *restrict xh, const uint16_t *restri
 /* The screened product of xh [B, d] and Wv (cols_to_bf16_t's vnni tiles), B and d multiples of 32,
  * n of 16. With P non-NULL, writes it ([B, n], no screen). Otherwise screens as screen_gather_once (same outputs,
  * same region scheme: cap slots, thread q's share [cap q / nq, cap (q + 1) / nq)), staging each block of AMX_ROWS
- * rows' entries in st_c / st_lo / st_hi ([nt AMX_ROWS n]) in column order before moving them to the region.
+ * rows' entries in st_c / st_lo / st_hi ([nt AMX_ROWS n]) as they come (the row in st_c's upper 32 bits), then
+ * moving them to the region sorted by row.
  * Returns the number of entries, -1 when a region was too small. */
 int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int64_t B, int64_t d, int64_t n,
                    const float *restrict a, const float *restrict b, const float *restrict c, const float *restrict f,
@@ -620,9 +621,10 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
         const int64_t rb0 = n_blocks * q / nq, rb1 = n_blocks * (q + 1) / nq, top = cap * (q + 1) / nq;
         int64_t o = cap * q / nq;
         const __m512 tv = _mm512_set1_ps(t), rel = _mm512_set1_ps(0x1p-20f), tiny = _mm512_set1_ps(0x1p-100f);
-        const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m512i lane32 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         for (int64_t rb = rb0; rb < rb1 && !overflow; rb++) {
             const int64_t r0 = rb * AMX_ROWS, nr = r0 + AMX_ROWS < B ? AMX_ROWS : B - r0;
+            int64_t ns = 0;  /* entries staged for this block */
             for (int64_t r = 0; r < nr; r++) { cnt[r] = 0; if (!P) cl[r0 + r] = 0; }
             for (int64_t j0 = 0; j0 < n; j0 += 32) {
                 const int64_t w = j0 + 32 <= n ? 32 : 16;
@@ -635,6 +637,7 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
                             continue;
                         }
                         const __m512 av = _mm512_set1_ps(a[i]), cv = _mm512_set1_ps(c[i]);
+                        int64_t low = 0, got = 0;  /* no branch on hits: they are rare and unpredictable */
                         for (int64_t h = 0; h < w; h += 16) {
                             const int64_t j = j0 + h;
                             const __m512 p = _mm512_loadu_ps(cbuf + (r - s0) * 32 + h);
@@ -644,33 +647,40 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
                                               _mm512_mul_ps(rel, _mm512_abs_ps(p))), tiny);
                             const __m512 up = _mm512_add_ps(p, e);
                             const __mmask16 k = _mm512_cmp_ps_mask(up, tv, _CMP_GE_OQ);
-                            if (!k) continue;
                             const __m512 down = _mm512_sub_ps(p, e);
-                            cl[i] += __builtin_popcount((unsigned)_mm512_mask_cmp_ps_mask(k, down, tv, _CMP_GE_OQ));
+                            low += __builtin_popcount((unsigned)_mm512_mask_cmp_ps_mask(k, down, tv, _CMP_GE_OQ));
                             const int m = __builtin_popcount((unsigned)k);
                             const __mmask16 first = (__mmask16)((1u << m) - 1);
-                            const int64_t at = r * n + cnt[r];
-                            _mm512_mask_storeu_ps(sh + at, first, _mm512_maskz_compress_ps(k, up));
-                            _mm512_mask_storeu_ps(sl + at, first, _mm512_maskz_compress_ps(k, down));
-                            const __m512i base = _mm512_set1_epi64(j);
-                            _mm512_mask_compressstoreu_epi64(sc + at, (__mmask8)(k & 0xff), _mm512_add_epi64(base, lane));
-                            _mm512_mask_compressstoreu_epi64(sc + at + __builtin_popcount((unsigned)(k & 0xff)),
-                                                             (__mmask8)(k >> 8),
-                                                             _mm512_add_epi64(base, _mm512_add_epi64(lane, _mm512_set1_epi64(8))));
-                            cnt[r] += m;
+                            /* appended in arrival order, tagged with the row (sorted by row after the block):
+                             * sequential writes instead of one scattered stream per row */
+                            _mm512_mask_storeu_ps(sh + ns, first, _mm512_maskz_compress_ps(k, up));
+                            _mm512_mask_storeu_ps(sl + ns, first, _mm512_maskz_compress_ps(k, down));
+                            const __m512i ci32 = _mm512_maskz_compress_epi32(k, _mm512_add_epi32(_mm512_set1_epi32((int)j), lane32));
+                            const __m512i tag = _mm512_set1_epi64(r << 32);
+                            _mm512_mask_storeu_epi64(sc + ns, (__mmask8)(m >= 8 ? 0xff : (1u << m) - 1),
+                                                     _mm512_add_epi64(tag, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ci32))));
+                            if (m > 8)
+                                _mm512_mask_storeu_epi64(sc + ns + 8, (__mmask8)((1u << (m - 8)) - 1),
+                                                         _mm512_add_epi64(tag, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ci32, 1))));
+                            ns += m;
+                            got += m;
                         }
+                        cl[i] += low;
+                        cnt[r] += got;
                     }
                 }
             }
             if (P) continue;
-            for (int64_t r = 0; r < nr; r++) {
-                if (cnt[r] > top - o) { overflow = 1; break; }
-                memcpy(cols + o, sc + r * n, (size_t)cnt[r] * sizeof(int64_t));
-                memcpy(lo + o, sl + r * n, (size_t)cnt[r] * sizeof(float));
-                memcpy(hi + o, sh + r * n, (size_t)cnt[r] * sizeof(float));
-                cu[r0 + r] = cnt[r];
-                o += cnt[r];
+            if (ns > top - o) { overflow = 1; break; }
+            int64_t pos[AMX_ROWS];  /* a stable counting sort by row: each row's entries stay in column order */
+            for (int64_t r = 0, at = o; r < nr; r++) { pos[r] = at; at += cnt[r]; cu[r0 + r] = cnt[r]; }
+            for (int64_t e = 0; e < ns; e++) {
+                const int64_t r = sc[e] >> 32, at = pos[r]++;
+                cols[at] = sc[e] & 0xffffffff;
+                lo[at] = sl[e];
+                hi[at] = sh[e];
             }
+            o += ns;
         }
         _tile_release();
         ends[q] = o;
