@@ -27,8 +27,10 @@ Conventions (all from method.md §1):
   regress the *detached* residual x̃ − x̂; loss = MSE + α_aux · MSE_aux (both means over B and d).
 
 Speed: the training path (:meth:`BatchTopKSAE.training_loss`) never forms the dense [B, n] code
-matrix for the decoder. After the (dense, no-grad) encoder matmul, the only dense O(B·n·d) operation of
-a step, the BatchTopK selection keeps the chosen (token, latent) pairs as a CSR pattern. On CPU the fused
+matrix for the decoder. After the (dense, no-grad) encoder product, the only dense O(B·n·d) operation of
+a step (in float32 on CPUs with bfloat16 arithmetic a bfloat16 screen plus exact float32 dot products for its
+candidates, :mod:`paperlib.sae.screen`), the BatchTopK selection keeps the chosen (token, latent) pairs as a
+CSR pattern. On CPU the fused
 kernels of :mod:`paperlib.sae.kernels` (C with OpenMP, built on first use) then do the selection, the decode
 and every gradient in a few passes (:class:`_FusedSparseMSE`); elsewhere (CUDA, or no C compiler) two custom
 autograd Functions do the decode (``embedding_bag``) and both backwards (sampled dense-dense products and
