@@ -360,9 +360,17 @@ def renorm_rows(W: np.ndarray) -> None:
     _fn("renorm_rows", W)(_p(W), ctypes.c_int64(n), ctypes.c_int64(d), ctypes.c_int(threads()))
 
 
+def _float32(name: str, *arrays: np.ndarray) -> None:
+    """The screened encoder's kernels are compiled for float32 only: refuse anything else by name."""
+    for a in arrays:
+        if a.dtype != np.float32:
+            raise TypeError(f"{name} takes float32 arrays, got {a.dtype}")
+
+
 def rows_to_bf16(x: np.ndarray, xh: np.ndarray, norm: np.ndarray, dnorm: np.ndarray) -> None:
     """Per row of the float32 x [B, d]: xh = bfloat16(x) (uint16 bits; round to nearest even, subnormals to
     zero), norm = ‖x_i‖ and dnorm = ‖x_i − xh_i‖ (float64)."""
+    _float32("rows_to_bf16", x)
     B, d = x.shape
     _lib().rows_to_bf16(_p(x), ctypes.c_int64(B), ctypes.c_int64(d), _p(xh), _p(norm), _p(dnorm),
                         ctypes.c_int(threads()))
@@ -374,6 +382,7 @@ def cols_to_bf16_t(W: np.ndarray, WT: np.ndarray, WhT: np.ndarray, norm: np.ndar
     ``vnni``, AMX's B tiles instead: per block of 16 columns, per 32 rows, 16 rows of 64 bytes holding rows 2r and
     2r + 1 interleaved per column; d a multiple of 32, n of 16), norm[j] = ‖W[:, j]‖ and
     dnorm[j] = ‖W[:, j] − bfloat16(W[:, j])‖ (float64)."""
+    _float32("cols_to_bf16_t", W, WT)
     d, n = W.shape
     if vnni and (d % 32 or n % 16):
         raise ValueError(f"cols_to_bf16_t: AMX's tile layout (vnni) needs d a multiple of 32 and n of 16, got "
@@ -385,6 +394,7 @@ def cols_to_bf16_t(W: np.ndarray, WT: np.ndarray, WhT: np.ndarray, norm: np.ndar
 def screen_count(P: np.ndarray, bound: tuple[np.ndarray, ...], t: float, cu: np.ndarray, cl: np.ndarray) -> None:
     """Per row of the screened values P [B, n] (float32): cu = #{upper ≥ t}, cl = #{lower ≥ t}, where upper /
     lower = p ± e and e = a_i b_j + c_i f_j + 2⁻²⁰|p| + 2⁻¹⁰⁰ with ``bound`` = (a [B], b [n], c [B], f [n])."""
+    _float32("screen_count", P, *bound)
     B, n = P.shape
     _lib().screen_count(_p(P), ctypes.c_int64(B), ctypes.c_int64(n), *(_p(v) for v in bound), ctypes.c_float(t),
                         _p(cu), _p(cl), ctypes.c_int(threads()))
@@ -394,6 +404,7 @@ def screen_gather(P: np.ndarray, bound: tuple[np.ndarray, ...], t: float, offset
                   lo: np.ndarray, hi: np.ndarray) -> None:
     """The entries of row i with upper ≥ t (see :func:`screen_count`), in column order, into cols / lo / hi
     [offsets[i], offsets[i + 1]) with their lower and upper bounds."""
+    _float32("screen_gather", P, lo, hi, *bound)
     B, n = P.shape
     _lib().screen_gather(_p(P), ctypes.c_int64(B), ctypes.c_int64(n), *(_p(v) for v in bound), ctypes.c_float(t),
                          _p(offsets), _p(cols), _p(lo), _p(hi), ctypes.c_int(threads()))
@@ -403,6 +414,7 @@ def screen_gather_once(P: np.ndarray, bound: tuple[np.ndarray, ...], t, cu: np.n
     """:func:`screen_count` and :func:`screen_gather` in one pass over P: (cols, lo, hi) of the entries with
     upper ≥ t in row-major, column order (work arrays, valid until the next call), ``cu`` / ``cl`` filled;
     ``None`` when more than about ``cap`` entries pass (use the two passes)."""
+    _float32("screen_gather_once", P, *bound)
     B, n = P.shape
     nt = threads()
     cap = max(int(cap), nt * n)
@@ -438,6 +450,8 @@ def amx_screen(xh: np.ndarray, Wv: np.ndarray, n: int, bound: tuple[np.ndarray, 
         raise RuntimeError("amx_screen: no AMX here (the CPU, the compiler or the kernel lacks it); see amx_ready()")
     if B % 32 or d % 32 or n % 16:
         raise ValueError(f"amx_screen needs B and d multiples of 32 and n of 16, got B={B}, d={d}, n={n}")
+    if xh.dtype != np.uint16 or Wv.dtype != np.uint16:
+        raise TypeError(f"amx_screen takes bfloat16 bits as uint16, got {xh.dtype} and {Wv.dtype}")
     nt = threads()
     if P is not None:
         dummy = np.zeros(1, np.float32)
@@ -462,6 +476,7 @@ def amx_screen(xh: np.ndarray, Wv: np.ndarray, n: int, bound: tuple[np.ndarray, 
 def dot_entries(crow: np.ndarray, cols: np.ndarray, x: np.ndarray, WT: np.ndarray, out: np.ndarray) -> None:
     """out[e] = x[i] · WT[cols[e]] (float32) for the entries [crow[i], crow[i + 1]) of each row i, every dot
     product summed in one fixed order (independent of the thread count)."""
+    _float32("dot_entries", x, WT, out)
     B, d = x.shape
     part = scratch("dot_part", -(-d // 64) * int(crow[-1]), np.float32)
     _lib().dot_entries(_p(crow), _p(cols), _p(x), _p(WT), ctypes.c_int64(B), ctypes.c_int64(d), _p(part), _p(out),

@@ -523,3 +523,14 @@ def test_amx_product_and_fused_screen(threads_of):
     with pytest.raises(ValueError, match="multiple of 32"):
         kernels.cols_to_bf16_t(np.zeros((48, 16), np.float32), np.empty((16, 48), np.float32),
                                np.empty(48 * 16, np.uint16), np.empty(16), np.empty(16), vnni=True)
+
+
+def test_the_float32_only_kernels_refuse_other_dtypes_by_name():
+    x64 = np.zeros((4, 8))
+    with pytest.raises(TypeError, match="rows_to_bf16 takes float32"):
+        kernels.rows_to_bf16(x64, np.empty((4, 8), np.uint16), np.empty(4), np.empty(4))
+    with pytest.raises(TypeError, match="dot_entries takes float32"):
+        kernels.dot_entries(np.zeros(5, np.int64), np.zeros(0, np.int64), x64, x64, np.empty(0, np.float32))
+    bound = tuple(np.zeros(m, np.float32) for m in (4, 8, 4, 8))
+    with pytest.raises(TypeError, match="screen_count takes float32"):
+        kernels.screen_count(x64, bound, 0.5, np.empty(4, np.int64), np.empty(4, np.int64))
