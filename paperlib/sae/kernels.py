@@ -26,7 +26,8 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
   replaces the float32 encoder matmul where the CPU has bfloat16 arithmetic. The operands' bfloat16 roundings
   and the norms of what rounding removed (W_enc also transposed, for the dot products), the screen over the
   bfloat16 product's [B, n] values with their error bounds, and the candidates' exact float32 dot products, in
-  256-byte column chunks as in ``decode_residual``, each summed in one fixed order.
+  256-byte column chunks as in ``decode_residual``, each summed in one fixed order; ``amx_screen``: the
+  bfloat16 product on AMX with the screen fused into it (the [B, n] values are never written).
 
 Semantics are those of the torch path of :mod:`paperlib.sae.models` up to floating-point reassociation:
 vectorised sums reassociate and multiply-adds are fused (``-ffp-contract=fast``); there is no
