@@ -92,8 +92,8 @@ ARMS = {"joint": RunSpec("joint", lambda2=0.3, sigma2=1.0),
 
 
 def dense_product(x: torch.Tensor, W: torch.Tensor):
-    """The dense product the training step computes for ``x @ W``: the screened encoder's bfloat16 product (with
-    its float32 sums, operands converted as the step does) where it runs, else the float32 product."""
+    """The dense product the training step computes for ``x @ W``: the screened encoder's bfloat16 product (float32
+    sums rounded to bfloat16, operands converted as the step does) where it runs, else the float32 product."""
     out = torch.empty(x.shape[0], W.shape[1])
     if not screen.applies(x, W):
         return lambda: torch.mm(x, W, out=out)
@@ -103,7 +103,8 @@ def dense_product(x: torch.Tensor, W: torch.Tensor):
         op = kernels.aligned_empty(bits.size, bits.dtype).reshape(bits.shape)
         op[...] = bits
         ops.append(op)
-    return lambda: blas.gemm_bf16_nt(ops[0], ops[1], out.numpy())
+    out_bits = out.numpy().view("uint16").reshape(-1)[:out.numel()].reshape(out.shape)
+    return lambda: blas.gemm_bf16_nt(ops[0], ops[1], out_bits)
 
 
 def _trainer(prof, spec: RunSpec, d: int) -> Trainer:

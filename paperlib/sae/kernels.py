@@ -1,6 +1,6 @@
 """Fused CPU kernels of the sparse training step: C with OpenMP, built on first use, called on numpy arrays.
 
-The primary step's only dense O(B·n·d) work is the encoder product (MKL: float32, or bfloat16 screening where
+The primary step's only dense O(B·n·d) work is the encoder product (MKL: float32, or a bfloat16 screen where
 the screened encoder runs). What follows it is a dozen
 torch ops, each a full pass over its data plus a temporary: the BatchTopK selection over the [B, n]
 pre-activations, the decode, four sparse products, the decoder constraint. The kernels in
@@ -392,30 +392,53 @@ def cols_to_bf16_t(W: np.ndarray, WT: np.ndarray, WhT: np.ndarray, norm: np.ndar
                           ctypes.c_int(int(vnni)), ctypes.c_int(threads()))
 
 
+REL_FLOAT32 = 2.0 ** -20
+"""The screening bound's relative term for screened values written in float32: it covers the float32 rounding
+of e and of p ± e (see :mod:`paperlib.sae.screen`)."""
+REL_BFLOAT16 = 2.0 ** -7 + 2.0 ** -20
+"""The same for screened values rounded to bfloat16 by the product (to nearest, as oneDNN's conversion
+instructions do; ``tests/sae/test_blas.py`` checks it): the rounding moved each value by at most
+2⁻⁸/(1 − 2⁻⁸) of its rounded magnitude, which 2⁻⁷ covers, and 2⁻²⁰ covers the float32 rounding of e and p ± e."""
+
+
+def _screened(name: str, P: np.ndarray) -> tuple[int, float]:
+    """(bf16 flag, relative bound term) of screened values P: float32, or bfloat16 bits as uint16."""
+    if P.dtype == np.float32:
+        return 0, REL_FLOAT32
+    if P.dtype == np.uint16:
+        return 1, REL_BFLOAT16
+    raise TypeError(f"{name} takes screened values as float32 or bfloat16 bits (uint16), got {P.dtype}")
+
+
 def screen_count(P: np.ndarray, bound: tuple[np.ndarray, ...], t: float, cu: np.ndarray, cl: np.ndarray) -> None:
-    """Per row of the screened values P [B, n] (float32): cu = #{upper ≥ t}, cl = #{lower ≥ t}, where upper /
-    lower = p ± e and e = a_i b_j + c_i f_j + 2⁻²⁰|p| + 2⁻¹⁰⁰ with ``bound`` = (a [B], b [n], c [B], f [n])."""
-    _float32("screen_count", P, *bound)
+    """Per row of the screened values P [B, n] (float32, or bfloat16 bits as uint16): cu = #{upper ≥ t},
+    cl = #{lower ≥ t}, where upper / lower = p ± e and e = a_i b_j + c_i f_j + rel·|p| + 2⁻¹⁰⁰ with ``bound`` =
+    (a [B], b [n], c [B], f [n]) and rel = :data:`REL_FLOAT32` or :data:`REL_BFLOAT16` by P's dtype."""
+    _float32("screen_count", *bound)
+    bf16, rel = _screened("screen_count", P)
     B, n = P.shape
-    _lib().screen_count(_p(P), ctypes.c_int64(B), ctypes.c_int64(n), *(_p(v) for v in bound), ctypes.c_float(t),
-                        _p(cu), _p(cl), ctypes.c_int(threads()))
+    _lib().screen_count(_p(P), ctypes.c_int(bf16), ctypes.c_float(rel), ctypes.c_int64(B), ctypes.c_int64(n),
+                        *(_p(v) for v in bound), ctypes.c_float(t), _p(cu), _p(cl), ctypes.c_int(threads()))
 
 
 def screen_gather(P: np.ndarray, bound: tuple[np.ndarray, ...], t: float, offsets: np.ndarray, cols: np.ndarray,
                   lo: np.ndarray, hi: np.ndarray) -> None:
     """The entries of row i with upper ≥ t (see :func:`screen_count`), in column order, into cols / lo / hi
     [offsets[i], offsets[i + 1]) with their lower and upper bounds."""
-    _float32("screen_gather", P, lo, hi, *bound)
+    _float32("screen_gather", lo, hi, *bound)
+    bf16, rel = _screened("screen_gather", P)
     B, n = P.shape
-    _lib().screen_gather(_p(P), ctypes.c_int64(B), ctypes.c_int64(n), *(_p(v) for v in bound), ctypes.c_float(t),
-                         _p(offsets), _p(cols), _p(lo), _p(hi), ctypes.c_int(threads()))
+    _lib().screen_gather(_p(P), ctypes.c_int(bf16), ctypes.c_float(rel), ctypes.c_int64(B), ctypes.c_int64(n),
+                         *(_p(v) for v in bound), ctypes.c_float(t), _p(offsets), _p(cols), _p(lo), _p(hi),
+                         ctypes.c_int(threads()))
 
 
 def screen_gather_once(P: np.ndarray, bound: tuple[np.ndarray, ...], t, cu: np.ndarray, cl: np.ndarray, cap: int):
     """:func:`screen_count` and :func:`screen_gather` in one pass over P: (cols, lo, hi) of the entries with
     upper ≥ t in row-major, column order (work arrays, valid until the next call), ``cu`` / ``cl`` filled;
     ``None`` when more than about ``cap`` entries pass (use the two passes)."""
-    _float32("screen_gather_once", P, *bound)
+    _float32("screen_gather_once", *bound)
+    bf16, rel = _screened("screen_gather_once", P)
     B, n = P.shape
     nt = threads()
     cap = max(int(cap), nt * n)
@@ -424,9 +447,10 @@ def screen_gather_once(P: np.ndarray, bound: tuple[np.ndarray, ...], t, cu: np.n
     rb_c = scratch("screen_rb_c", nt * n, np.int64)
     rb_lo, rb_hi = scratch("screen_rb_lo", nt * n, np.float32), scratch("screen_rb_hi", nt * n, np.float32)
     ends = np.empty(nt, dtype=np.int64)
-    m = _lib().screen_gather_once(_p(P), ctypes.c_int64(B), ctypes.c_int64(n), *(_p(v) for v in bound),
-                                  ctypes.c_float(t), ctypes.c_int64(cap), _p(cu), _p(cl), _p(cols), _p(lo), _p(hi),
-                                  _p(rb_c), _p(rb_lo), _p(rb_hi), _p(ends), ctypes.c_int(nt))
+    m = _lib().screen_gather_once(_p(P), ctypes.c_int(bf16), ctypes.c_float(rel), ctypes.c_int64(B),
+                                  ctypes.c_int64(n), *(_p(v) for v in bound), ctypes.c_float(t), ctypes.c_int64(cap),
+                                  _p(cu), _p(cl), _p(cols), _p(lo), _p(hi), _p(rb_c), _p(rb_lo), _p(rb_hi), _p(ends),
+                                  ctypes.c_int(nt))
     return None if m < 0 else (cols[:m], lo[:m], hi[:m])
 
 

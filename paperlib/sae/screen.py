@@ -21,8 +21,9 @@ freshly initialised SAEs of the default profile (2.5 and 2.0 for its meta SAE, k
 
 Where the kernels were built with AMX and Linux grants the tile state, the product and the screen run fused
 (:func:`kernels.amx_screen`): 32 × 32 blocks of the product are screened while in L1, so the [B, n] values are
-never written (B and d multiples of 32, n of 16). Elsewhere MKL writes the product into the work array and the
-screen reads it. Both give the same selection, bit for bit (tested).
+never written (B and d multiples of 32, n of 16). Elsewhere torch's bfloat16 ``mm`` (oneDNN, :mod:`paperlib.sae.blas`)
+writes the product, rounded to bfloat16, into the first half of the work array and the screen reads it. Both give
+the same selection, bit for bit (tested): the screen decides what is computed exactly, never the result.
 
 The bound. With x̂, Ŵ the bfloat16 roundings (unit roundoff u = 2⁻⁸; subnormals flushed to zero, so their whole
 value counts as rounding error), Δx = x − x̂, ΔW = W − Ŵ and γ = d·2⁻²⁴ / (1 − d·2⁻²⁴):
@@ -30,10 +31,12 @@ value counts as rounding error), Δx = x − x̂, ΔW = W − Ŵ and γ = d·2�
     |p̃ − p| ≤ ‖Δx_i‖‖W_j‖ + ‖x̂_i‖‖ΔW_j‖ + 2γ‖x̂_i‖‖Ŵ_j‖ + γ‖x_i‖‖W_j‖ + (flushed underflow),
 
 by x·W − x̂·Ŵ = Δx·W + x̂·ΔW, Cauchy–Schwarz, and the float32 summation bound γ·Σ|terms| for any order (applied
-twice to MKL's sums, whose order and pairing are not documented, and once to ours). The code uses
-e = a_i b_j + c_i f_j + 2⁻²⁰|p̃| + 2⁻¹⁰⁰ with a_i = (‖Δx_i‖ + 5γ(1 + u)²‖x_i‖)(1 + 2⁻¹⁶), b_j = ‖W_j‖,
-c_i = (1 + u)‖x_i‖(1 + 2⁻¹⁶) and f_j = ‖ΔW_j‖ (norms in float64): the factor 1 + 2⁻¹⁶ and the 2⁻²⁰|p̃| term cover
-the float32 rounding of e and of p̃ ± e, and 2⁻¹⁰⁰ covers products and sums below float32's normal range.
+twice to the library's sums, whose order and pairing are not documented, and once to ours). The code uses
+e = a_i b_j + c_i f_j + rel·|p̃| + 2⁻¹⁰⁰ with a_i = (‖Δx_i‖ + 5γ(1 + u)²‖x_i‖)(1 + 2⁻¹⁶), b_j = ‖W_j‖,
+c_i = (1 + u)‖x_i‖(1 + 2⁻¹⁶) and f_j = ‖ΔW_j‖ (norms in float64): the factor 1 + 2⁻¹⁶ and rel = 2⁻²⁰ cover the
+float32 rounding of e and of p̃ ± e, and 2⁻¹⁰⁰ covers products and sums below float32's normal range. Where the
+product's sums are rounded to bfloat16 (oneDNN, to nearest: a move of at most 2⁻⁸/(1 − 2⁻⁸)·|p̃|),
+rel = 2⁻⁷ + 2⁻²⁰ (``kernels.REL_BFLOAT16``).
 
 :func:`select` returns ``None`` (the caller then takes the full float32 product) when the product is not
 available, the dtype is not float32, a norm is not finite, or no positive threshold passes: fewer than k·B
@@ -74,10 +77,11 @@ def bounds(x_norm: np.ndarray, x_dnorm: np.ndarray, w_norm: np.ndarray, w_dnorm:
     return a, w_norm.astype(np.float32), c, w_dnorm.astype(np.float32)
 
 
-def _guess(P_sub: np.ndarray, rows: np.ndarray, bound: tuple[np.ndarray, ...], k: int) -> float:
-    """The k·len(rows)-th largest lower bound p̃ − e among the screened values P_sub of the given rows."""
+def _guess(P_sub: np.ndarray, rows: np.ndarray, bound: tuple[np.ndarray, ...], k: int, rel: float) -> float:
+    """The k·len(rows)-th largest lower bound p̃ − e among the screened values P_sub (float32) of the given rows,
+    ``rel`` the bound's relative term."""
     a, b, c, f = bound
-    low = P_sub - (a[rows, None] * b + c[rows, None] * f + np.float32(2.0 ** -20) * np.abs(P_sub))
+    low = P_sub - (a[rows, None] * b + c[rows, None] * f + np.float32(rel) * np.abs(P_sub))
     low = low.reshape(-1)
     count = min(k * len(rows), low.size)
     return float(np.partition(low, low.size - count)[low.size - count])
@@ -114,10 +118,12 @@ def select(xc: torch.Tensor, W_enc: torch.Tensor, k: int, P_work: torch.Tensor):
         sub[:len(rows)], sub[len(rows):] = xh[rows], 0
         P_sub = np.empty((sub.shape[0], n), np.float32)
         kernels.amx_screen(sub, Wh, n, None, 0, None, None, 0, P=P_sub)
-        t_sub = _guess(P_sub[:len(rows)], rows, bound, k)
-    else:
+        t_sub = _guess(P_sub[:len(rows)], rows, bound, k, kernels.REL_FLOAT32)
+    else:  # the product rounded to bfloat16, in the first half of the work array
+        P = P.view(np.uint16).reshape(-1)[:B * n].reshape(B, n)
         blas.gemm_bf16_nt(xh, Wh.reshape(n, d), P)
-        t_sub = _guess(P[rows], rows, bound, k)
+        P_sub = (P[rows].astype(np.uint32) << 16).view(np.float32)
+        t_sub = _guess(P_sub, rows, bound, k, kernels.REL_BFLOAT16)
     cu, cl = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
     for factor in GUESS_FACTORS:
         t = np.float32(t_sub * factor)

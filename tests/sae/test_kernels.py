@@ -416,10 +416,16 @@ def test_bf16_conversion_keeps_nan_and_makes_overflow_infinite():
     assert not np.isfinite(dnorm[0])  # the caller sees a non-finite norm and declines
 
 
-def _bound_reference(P, bound, t):
+def _bound_reference(P, bound, t, rel=kernels.REL_FLOAT32):
     a, b, c, f = bound
-    e = a[:, None] * b[None, :] + c[:, None] * f[None, :] + np.float32(2.0 ** -20) * np.abs(P) + np.float32(2.0 ** -100)
+    e = a[:, None] * b[None, :] + c[:, None] * f[None, :] + np.float32(rel) * np.abs(P) + np.float32(2.0 ** -100)
     return P + e >= t, P - e >= t, P - e, P + e
+
+
+def _as_bf16_bits(P):
+    """(P rounded to bfloat16 as uint16 bits, those values as float32)."""
+    h = torch.from_numpy(P).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    return h, (h.astype(np.uint32) << 16).view(np.float32)
 
 
 def _screen_case(seed=6, B=37, n=53):
@@ -431,9 +437,14 @@ def _screen_case(seed=6, B=37, n=53):
     return P, bound, np.float32(0.8)
 
 
-def test_screen_count_gather_and_compact_against_numpy(threads_of):
+@pytest.mark.parametrize("width", ["float32", "bfloat16"])
+def test_screen_count_gather_and_compact_against_numpy(threads_of, width):
     P, bound, t = _screen_case()
-    up, low, lo_ref, hi_ref = _bound_reference(P, bound, t)
+    if width == "float32":
+        up, low, lo_ref, hi_ref = _bound_reference(P, bound, t)
+    else:  # a product rounded to bfloat16: the kernels read its bits, and the bound's relative term is wider
+        P, values = _as_bf16_bits(P)
+        up, low, lo_ref, hi_ref = _bound_reference(values, bound, t, kernels.REL_BFLOAT16)
     rr, cc = np.nonzero(up)
     for nt in (1, 2, 3):
         cu, cl = np.empty(37, np.int64), np.empty(37, np.int64)
@@ -532,5 +543,5 @@ def test_the_float32_only_kernels_refuse_other_dtypes_by_name():
     with pytest.raises(TypeError, match="dot_entries takes float32"):
         kernels.dot_entries(np.zeros(5, np.int64), np.zeros(0, np.int64), x64, x64, np.empty(0, np.float32))
     bound = tuple(np.zeros(m, np.float32) for m in (4, 8, 4, 8))
-    with pytest.raises(TypeError, match="screen_count takes float32"):
+    with pytest.raises(TypeError, match="screen_count takes screened values as float32 or bfloat16"):
         kernels.screen_count(x64, bound, 0.5, np.empty(4, np.int64), np.empty(4, np.int64))

@@ -316,24 +316,42 @@ void cols_to_bf16_t(const float *restrict W, int64_t d, int64_t n, float *restri
     }
 }
 
-/* The screening bound of entry (i, j) with screened value p: e = a[i] b[j] + c[i] f[j] + 2^-20 |p| + 2^-100
- * (see screen.py); upper = p + e, lower = p - e. */
-#define SCREEN_E(p, ai, bj, ci, fj) ((ai) * (bj) + (ci) * (fj) + 0x1p-20f * fabsf(p) + 0x1p-100f)
+/* The screening bound of entry (i, j) with screened value p: e = a[i] b[j] + c[i] f[j] + rel |p| + 2^-100
+ * (see screen.py: rel = 2^-20 for a product written in float32, 2^-7 + 2^-20 for one rounded to bfloat16);
+ * upper = p + e, lower = p - e. */
+#define SCREEN_E(p, ai, bj, ci, fj, rel) ((ai) * (bj) + (ci) * (fj) + (rel) * fabsf(p) + 0x1p-100f)
 
-/* Per row i of P [B, n]: cu[i] = #{j: upper >= t}, cl[i] = #{j: lower >= t}. */
-void screen_count(const float *restrict P, int64_t B, int64_t n, const float *restrict a, const float *restrict b,
-                  const float *restrict c, const float *restrict f, float t, int64_t *restrict cu,
-                  int64_t *restrict cl, int nt) {
+/* Entry j of a row of screened values: float32, or bfloat16 bits (exactly widened to float32). */
+static inline float screened_value(const void *restrict row, int64_t j, int bf16) {
+    return bf16 ? bits_to_float((uint32_t)((const uint16_t *)row)[j] << 16) : ((const float *)row)[j];
+}
+
+/* Per row i of P [B, n] (float32, or bfloat16 bits with bf16): cu[i] = #{j: upper >= t}, cl[i] = #{j: lower >= t}. */
+void screen_count(const void *restrict P, int bf16, float rel, int64_t B, int64_t n, const float *restrict a,
+                  const float *restrict b, const float *restrict c, const float *restrict f, float t,
+                  int64_t *restrict cu, int64_t *restrict cl, int nt) {
+    const size_t width = bf16 ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t i = 0; i < B; i++) {
-        const float *restrict row = P + i * n;
+        const void *restrict row = (const char *)P + i * n * width;
         const float ai = a[i], ci = c[i];
         int u = 0, l = 0;
+        if (bf16) {
+            const uint16_t *restrict r16 = row;
 #pragma omp simd reduction(+:u, l)
-        for (int64_t j = 0; j < n; j++) {
-            const float p = row[j], e = SCREEN_E(p, ai, b[j], ci, f[j]);
-            u += p + e >= t;
-            l += p - e >= t;
+            for (int64_t j = 0; j < n; j++) {
+                const float p = bits_to_float((uint32_t)r16[j] << 16), e = SCREEN_E(p, ai, b[j], ci, f[j], rel);
+                u += p + e >= t;
+                l += p - e >= t;
+            }
+        } else {
+            const float *restrict r32 = row;
+#pragma omp simd reduction(+:u, l)
+            for (int64_t j = 0; j < n; j++) {
+                const float p = r32[j], e = SCREEN_E(p, ai, b[j], ci, f[j], rel);
+                u += p + e >= t;
+                l += p - e >= t;
+            }
         }
         cu[i] = u;
         cl[i] = l;
@@ -346,12 +364,12 @@ void screen_count(const float *restrict P, int64_t B, int64_t n, const float *re
  * nothing past them is written; returns their number and adds the number with lower >= t to *low. Branch-free:
  * hits are rare and unpredictable (a branch on them cost the AMX screen 1.1 of 4.7 ms). */
 static inline int screen_vec16(__m512 p, const float *restrict b, const float *restrict f, __m512 av, __m512 cv,
-                               __m512 tv, int64_t j, int64_t tag, int64_t *restrict cols, float *restrict lo,
+                               __m512 relv, __m512 tv, int64_t j, int64_t tag, int64_t *restrict cols, float *restrict lo,
                                float *restrict hi, int64_t *restrict low) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 e = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(av, _mm512_loadu_ps(b + j)),
                                                                _mm512_mul_ps(cv, _mm512_loadu_ps(f + j))),
-                                                 _mm512_mul_ps(_mm512_set1_ps(0x1p-20f), _mm512_abs_ps(p))),
+                                                 _mm512_mul_ps(relv, _mm512_abs_ps(p))),
                                    _mm512_set1_ps(0x1p-100f));
     const __m512 up = _mm512_add_ps(p, e), down = _mm512_sub_ps(p, e);
     const __mmask16 k = _mm512_cmp_ps_mask(up, tv, _CMP_GE_OQ);
@@ -373,22 +391,35 @@ static inline int screen_vec16(__m512 p, const float *restrict b, const float *r
 }
 #endif
 
-/* The entries of one row (its bound terms ai, ci) with upper >= t, in column order, into cols / lo / hi (their
- * lower and upper bounds); returns their number and adds the number with lower >= t to *cl. The AVX-512 path
- * stores through masks only, so nothing past the row's own entries is written. */
-static inline int64_t screen_row(const float *restrict row, int64_t n, float ai, float ci, const float *restrict b,
-                                 const float *restrict f, float t, int64_t *restrict cols, float *restrict lo,
-                                 float *restrict hi, int64_t *restrict cl) {
+#if defined(__AVX512F__)
+/* 16 screened values of a row from column j, widened to float32 (exact for bfloat16 bits). */
+static inline __m512 load_screened16(const void *restrict row, int64_t j, int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + j))), 16));
+    return _mm512_loadu_ps((const float *)row + j);
+}
+#endif
+
+/* The entries of one row (its bound terms ai, ci; values float32 or, with bf16, bfloat16 bits) with upper >= t,
+ * in column order, into cols / lo / hi (their lower and upper bounds); returns their number and adds the number
+ * with lower >= t to *cl. The AVX-512 path stores through masks only, so nothing past the row's own entries is
+ * written. */
+static inline int64_t screen_row(const void *restrict row, int bf16, float rel, int64_t n, float ai, float ci,
+                                 const float *restrict b, const float *restrict f, float t, int64_t *restrict cols,
+                                 float *restrict lo, float *restrict hi, int64_t *restrict cl) {
     int64_t o = 0, j = 0, l = 0;
 #if defined(__AVX512F__)
     if (n < ((int64_t)1 << 31)) {
         const __m512 tv = _mm512_set1_ps(t), av = _mm512_set1_ps(ai), cv = _mm512_set1_ps(ci);
+        const __m512 relv = _mm512_set1_ps(rel);
         for (; j + 16 <= n; j += 16)
-            o += screen_vec16(_mm512_loadu_ps(row + j), b, f, av, cv, tv, j, 0, cols + o, lo + o, hi + o, &l);
+            o += screen_vec16(load_screened16(row, j, bf16), b, f, av, cv, relv, tv, j, 0, cols + o, lo + o, hi + o,
+                              &l);
     }
 #endif
     for (; j < n; j++) {
-        const float p = row[j], e = SCREEN_E(p, ai, b[j], ci, f[j]);
+        const float p = screened_value(row, j, bf16), e = SCREEN_E(p, ai, b[j], ci, f[j], rel);
         if (p + e >= t) { cols[o] = j; lo[o] = p - e; hi[o] = p + e; l += p - e >= t; o++; }
     }
     *cl += l;
@@ -396,14 +427,17 @@ static inline int64_t screen_row(const float *restrict row, int64_t n, float ai,
 }
 
 /* The entries of row i with upper >= t, in column order, into cols / lo / hi [offsets[i], offsets[i + 1]). */
-void screen_gather(const float *restrict P, int64_t B, int64_t n, const float *restrict a, const float *restrict b,
-                   const float *restrict c, const float *restrict f, float t, const int64_t *restrict offsets,
-                   int64_t *restrict cols, float *restrict lo, float *restrict hi, int nt) {
+void screen_gather(const void *restrict P, int bf16, float rel, int64_t B, int64_t n, const float *restrict a,
+                   const float *restrict b, const float *restrict c, const float *restrict f, float t,
+                   const int64_t *restrict offsets, int64_t *restrict cols, float *restrict lo, float *restrict hi,
+                   int nt) {
+    const size_t width = bf16 ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t i = 0; i < B; i++) {
         int64_t unused = 0;
         const int64_t o = offsets[i];
-        screen_row(P + i * n, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o, &unused);
+        screen_row((const char *)P + i * n * width, bf16, rel, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o,
+                   &unused);
     }
 }
 
@@ -426,7 +460,7 @@ static int64_t join_regions(int64_t *restrict cols, float *restrict lo, float *r
  * [cap q / nq, cap (q + 1) / nq) of cols / lo / hi (a row that might not fit goes through the row buffers rb_*
  * [nt n]); then the regions are moved together in row order. Writes cu and cl; returns the number of entries,
  * or -1 when a region was too small (then use the two passes). */
-int64_t screen_gather_once(const float *restrict P, int64_t B, int64_t n, const float *restrict a,
+int64_t screen_gather_once(const void *restrict P, int bf16, float rel, int64_t B, int64_t n, const float *restrict a,
                            const float *restrict b, const float *restrict c, const float *restrict f, float t,
                            int64_t cap, int64_t *restrict cu, int64_t *restrict cl, int64_t *restrict cols,
                            float *restrict lo, float *restrict hi, int64_t *restrict rb_c, float *restrict rb_lo,
@@ -443,14 +477,14 @@ int64_t screen_gather_once(const float *restrict P, int64_t B, int64_t n, const 
         const int64_t i0 = B * q / nq, i1 = B * (q + 1) / nq, top = cap * (q + 1) / nq;
         int64_t o = cap * q / nq;
         for (int64_t i = i0; i < i1; i++) {
-            const float *restrict row = P + i * n;
+            const void *restrict row = (const char *)P + i * n * (bf16 ? sizeof(uint16_t) : sizeof(float));
             cl[i] = 0;
             if (top - o >= n) {
-                cu[i] = screen_row(row, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o, cl + i);
+                cu[i] = screen_row(row, bf16, rel, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o, cl + i);
             } else {
                 int64_t *restrict bc = rb_c + (int64_t)q * n;
                 float *restrict bl = rb_lo + (int64_t)q * n, *restrict bh = rb_hi + (int64_t)q * n;
-                const int64_t k = screen_row(row, n, a[i], c[i], b, f, t, bc, bl, bh, cl + i);
+                const int64_t k = screen_row(row, bf16, rel, n, a[i], c[i], b, f, t, bc, bl, bh, cl + i);
                 if (k > top - o) { overflow = 1; break; }
                 memcpy(cols + o, bc, (size_t)k * sizeof(int64_t));
                 memcpy(lo + o, bl, (size_t)k * sizeof(float));
@@ -635,7 +669,7 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
         int64_t cnt[AMX_ROWS];
         const int64_t rb0 = n_blocks * q / nq, rb1 = n_blocks * (q + 1) / nq, top = cap * (q + 1) / nq;
         int64_t o = cap * q / nq;
-        const __m512 tv = _mm512_set1_ps(t);
+        const __m512 tv = _mm512_set1_ps(t), relv = _mm512_set1_ps(0x1p-20f);
         for (int64_t rb = rb0; rb < rb1 && !overflow; rb++) {
             const int64_t r0 = rb * AMX_ROWS, nr = r0 + AMX_ROWS < B ? AMX_ROWS : B - r0;
             int64_t ns = 0;  /* entries staged for this block */
@@ -655,8 +689,8 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
                         for (int64_t h = 0; h < w; h += 16) {
                             /* appended in arrival order, tagged with the row (sorted by row after the block):
                              * sequential writes instead of one scattered stream per row */
-                            const int m = screen_vec16(_mm512_loadu_ps(cbuf + (r - s0) * 32 + h), b, f, av, cv, tv,
-                                                       j0 + h, r << 32, sc + ns, sl + ns, sh + ns, &low);
+                            const int m = screen_vec16(_mm512_loadu_ps(cbuf + (r - s0) * 32 + h), b, f, av, cv, relv,
+                                                       tv, j0 + h, r << 32, sc + ns, sl + ns, sh + ns, &low);
                             ns += m;
                             got += m;
                         }
