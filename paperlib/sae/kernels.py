@@ -18,6 +18,9 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
 - ``latent_grads``: per latent, the decoder-row gradient, the encoder-column gradient (written straight
   into W_enc's [d, n] layout through a 16-latent tile) and the column sum that b_dec's gradient needs,
   by column chunks in the same way;
+- ``auxk_rows`` / ``auxk_grads``: the AuxK term over the dead latents, in one pass over the tokens (their
+  dead pre-activations, the per-token top-k_aux by quickselect, the residual's error and the code gradients) and
+  one over the dead latents (their encoder-column and decoder-row gradients, tokens in blocks);
 - ``project_rows`` / ``renorm_rows``: the decoder constraint;
 - ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient;
 - ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair;
@@ -324,6 +327,29 @@ def latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum) 
     _fn("latent_grads", g)(_p(crow_t), _p(perm), _p(rows_t), _p(vals), _p(gv), _p(g), _p(xc), ctypes.c_int64(n),
                            ctypes.c_int64(d), _p(gW_dec), _p(gW_enc), _p(colsum), _p(entries),
                            ctypes.c_int(threads()))
+
+
+def auxk_rows(xc, xn, recon, We, Wd, ka: int, scale, ge, act, gpre, sq) -> None:
+    """AuxK per token i over the D dead latents (We, Wd [D, d]: their encoder columns and decoder rows):
+    pre_ij = xc_i · We_j; the ka largest per token are kept (ties: the lowest latents; all when ka ≥ D);
+    act_ij = pre_ij where kept and positive, else 0 ([B, D]); e_i = Σ_j act_ij Wd_j − (xn_i − recon_i);
+    sq[i] = ‖e_i‖² (fp64); ge_i = scale · e_i ([B, d]); gpre_ij = ge_i · Wd_j where act_ij > 0, else 0 ([B, D])."""
+    B, d = xc.shape
+    D = We.shape[0]
+    nt = threads()
+    work = scratch("auxk_work", 2 * nt * max(D, 1), xc.dtype)
+    _fn("auxk_rows", xc)(_p(xc), _p(xn), _p(recon), _p(We), _p(Wd), ctypes.c_int64(B), ctypes.c_int64(d),
+                         ctypes.c_int64(D), ctypes.c_int64(ka), _scalar_type(xc)(scale), _p(ge), _p(act), _p(gpre),
+                         _p(sq), _p(work), ctypes.c_int(nt))
+
+
+def auxk_grads(xc, ge, act, gpre, gWe, gWd, colsum) -> None:
+    """Per dead latent j, over the tokens in order: gWd_j = Σ_i act_ij ge_i, gWe_j = Σ_i gpre_ij xc_i ([D, d]) and
+    colsum[j] = Σ_i gpre_ij (fp64); each latent summed by one thread (independent of the thread count)."""
+    B, d = xc.shape
+    D = act.shape[1]
+    _fn("auxk_grads", xc)(_p(xc), _p(ge), _p(act), _p(gpre), ctypes.c_int64(B), ctypes.c_int64(d),
+                          ctypes.c_int64(D), _p(gWe), _p(gWd), _p(colsum), ctypes.c_int(threads()))
 
 
 def row_penalty(W: np.ndarray, H: np.ndarray, sigma2: float, p: np.ndarray, e: np.ndarray) -> None:

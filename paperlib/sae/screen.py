@@ -16,8 +16,9 @@ Then:
 
 So the selected entries and values are those of the full float32 product whose entries are these dot products:
 the same as the unscreened path up to floating-point reassociation, whatever the screen let through. The screen
-only decides the cost: it gathers 1.5–1.9·k·B entries, of which 1.3–1.6·k·B need a dot product, in trained and
-freshly initialised SAEs of the default profile (2.5 and 2.0 for its meta SAE, k = 8 of 208).
+only decides the cost: with oneDNN's bfloat16-rounded product it gathers 1.4–2.1·k·B entries, of which 1.4–1.7·k·B
+need a dot product, in trained and freshly initialised SAEs of the default profile (2.0–2.5 and 1.8–2.2 for its
+meta SAE, k = 8 of 208); with the AMX kernel's float32 output, 1.5–1.9 and 1.3–1.6 (2.5 and 2.0).
 
 Where the kernels were built with AMX and Linux grants the tile state, the product and the screen run fused
 (:func:`kernels.amx_screen`): 32 × 32 blocks of the product are screened while in L1, so the [B, n] values are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -428,41 +429,83 @@ def test_fired_entries_equal_the_boolean_selection(vals):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n_dead, k_aux", [(14, 40), (14, 6), (1, 8)])  # all dead used, top-k_aux of them, one
-def test_fused_auxk_equals_autograd_of_the_formula_bit_for_bit(dtype, n_dead, k_aux):
-    """_AuxK (the fused path's AuxK term) against autograd of BatchTopKSAE._aux_loss: the same loss and the same
-    gradients, bit for bit, with the dead columns' and rows' gradients arriving as sparse tensors."""
-    from paperlib.sae.models import _AuxK
+@pytest.mark.parametrize("n_dead, k_aux", [(14, 40), (14, 6), (1, 8), (40, 3)])  # all, top-k_aux, one, every latent
+def test_fused_auxk_equals_autograd_of_the_formula(dtype, n_dead, k_aux):
+    """_FusedAuxK (the fused path's AuxK term) against autograd of BatchTopKSAE._aux_loss: the same loss and
+    gradients up to reassociation, with the dead columns' and rows' gradients arriving as sparse tensors."""
+    from paperlib.sae import kernels
+    from paperlib.sae.models import _FusedAuxK
 
+    if not kernels.available():
+        pytest.skip("no C compiler for the fused kernels")
     torch.manual_seed(0)
     sae = BatchTopKSAE(12, 40, 4, seed=0, k_aux=k_aux).to(dtype)
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.3)
     xn = _x(dtype=dtype)
-    residual = torch.randn_like(xn)
+    recon = torch.randn_like(xn)
+    residual = xn - recon
     dead = torch.zeros(40, dtype=torch.bool)
     dead[torch.randperm(40, generator=torch.Generator().manual_seed(1))[:n_dead]] = True
     dead_idx = dead.nonzero().squeeze(1)
     params = (sae.W_enc, sae.W_dec, sae.b_dec)
     ref = sae._aux_loss(xn, residual, dead)
     ref_grads = torch.autograd.grad(ref * 0.37, params)  # an upstream factor, as aux_alpha gives
-    out = _AuxK.apply(*params, xn - sae.b_dec.detach(), residual, dead_idx, min(k_aux, n_dead))
+    xc = xn - sae.b_dec.detach()
+    out = _FusedAuxK.apply(*params, xc, xn, recon, dead_idx, min(k_aux, n_dead))
     grads = torch.autograd.grad(out * 0.37, params, retain_graph=True)
-    assert torch.equal(out, ref)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(out, ref, **tol)
     assert grads[0].is_sparse and grads[1].is_sparse
     for got, want in zip(grads, ref_grads, strict=True):
-        assert torch.equal(got.to_dense(), want)
+        torch.testing.assert_close(got.to_dense(), want, **tol)
+        assert want.abs().max() > 0  # the comparison has teeth
     # through .backward(): added into the existing dense gradients, as in a training step
     for p, g in zip(params, (torch.ones_like(q) for q in params), strict=True):
         p.grad = g
     (out * 0.37).backward()
     for p, want in zip(params, ref_grads, strict=True):
-        assert torch.equal(p.grad, 1 + want)
+        torch.testing.assert_close(p.grad, 1 + want, **tol)
     assert not any(p.grad.is_sparse for p in params)
 
 
+def test_fused_auxk_keeps_the_lowest_latents_among_ties_and_is_independent_of_the_thread_count():
+    from paperlib.sae import kernels
+
+    if not kernels.available():
+        pytest.skip("no C compiler for the fused kernels")
+    rng = np.random.default_rng(3)
+    B, d, D = 70, 33, 9
+    xc = rng.standard_normal((B, d)).astype(np.float32)
+    We = rng.standard_normal((D, d)).astype(np.float32)
+    We[4] = We[2]  # equal pre-activations: of latents 2 and 4 the lower one is kept first
+    Wd = rng.standard_normal((D, d)).astype(np.float32)
+    xn, recon = rng.standard_normal((B, d)).astype(np.float32), rng.standard_normal((B, d)).astype(np.float32)
+    pre = xc.astype(np.float64) @ We.T.astype(np.float64)
+    outs = []
+    for nt in (1, 2, 3):
+        before = torch.get_num_threads()
+        torch.set_num_threads(nt)
+        try:
+            ge, act, gpre = np.empty((B, d), np.float32), np.empty((B, D), np.float32), np.empty((B, D), np.float32)
+            sq = np.empty(B)
+            kernels.auxk_rows(xc, xn, recon, We, Wd, 3, 0.01, ge, act, gpre, sq)
+            gWe, gWd, cs = np.empty((D, d), np.float32), np.empty((D, d), np.float32), np.empty(D)
+            kernels.auxk_grads(xc, ge, act, gpre, gWe, gWd, cs)
+        finally:
+            torch.set_num_threads(before)
+        outs.append(b"".join(a.tobytes() for a in (ge, act, gpre, sq, gWe, gWd, cs)))
+    assert outs[0] == outs[1] == outs[2]
+    kept = act > 0
+    for i in range(B):
+        order = sorted(range(D), key=lambda j: (-pre[i, j], j))[:3]  # the 3 largest, lowest latent first on ties
+        assert set(np.nonzero(kept[i])[0]) == {j for j in order if pre[i, j] > 0}, i
+        if pre[i, 2] > 0 and 2 in order and 4 not in order[:order.index(2)]:
+            assert not (kept[i, 4] and not kept[i, 2])
+
+
 def test_fused_normalisation_centres_with_the_same_rounding_as_torch():
-    """_AuxK takes x̃ − b_dec from the fused normalisation: it must equal the torch subtraction bit for bit."""
+    """The fused path takes x̃ − b_dec from the fused normalisation: it must equal the torch subtraction bit for bit."""
     from paperlib.sae import kernels
 
     if not kernels.available():
@@ -492,3 +535,26 @@ def test_two_fused_losses_before_one_backward_give_the_sum_of_their_gradients():
     both = _grads(sae, l1 + l2)
     for a, b, c in zip(both, *sep, strict=True):
         torch.testing.assert_close(a, b + c, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("D, ka", [(14, 6), (9, 3), (40, 3), (14, 13), (5, 1), (2, 1), (64, 31)])
+def test_fused_auxk_keeps_the_ka_largest_per_token_against_brute_force(D, ka):
+    """The per-token selection of the fused AuxK kernel (a quickselect) against a stable sort, with many ties."""
+    from paperlib.sae import kernels
+
+    if not kernels.available():
+        pytest.skip("no C compiler for the fused kernels")
+    rng = np.random.default_rng(D * 100 + ka)
+    B, d = 200, 8
+    xc = rng.integers(-2, 3, (B, d)).astype(np.float32)  # small integers: exact products, frequent ties
+    We = rng.integers(-2, 3, (D, d)).astype(np.float32)
+    Wd = rng.standard_normal((D, d)).astype(np.float32)
+    zeros = np.zeros((B, d), np.float32)
+    ge, act, gpre = np.empty((B, d), np.float32), np.empty((B, D), np.float32), np.empty((B, D), np.float32)
+    kernels.auxk_rows(xc, zeros, zeros, We, Wd, ka, 1.0, ge, act, gpre, np.empty(B))
+    pre = xc @ We.T
+    for i in range(B):
+        top = np.argsort(-pre[i], kind="stable")[:ka]  # the ka largest, the lowest latents first among ties
+        want = np.zeros(D, np.float32)
+        want[top] = np.maximum(pre[i, top], 0)
+        np.testing.assert_array_equal(act[i], want)

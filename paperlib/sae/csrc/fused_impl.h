@@ -419,3 +419,141 @@ void S(renorm_rows)(T *restrict W, int64_t n, int64_t d, int nt) {
 #undef vstore
 #undef vzero
 #undef hsum
+
+/* The k-th largest (1 <= k <= m) of v[0..m) by quickselect (median-of-three pivots); permutes v. */
+static T S(kth_largest)(T *restrict v, int64_t m, int64_t k) {
+    int64_t lo = 0, hi = m - 1;
+    const int64_t target = m - k; /* its index in ascending order */
+    while (lo < hi) {
+        T t;
+        if (hi - lo == 1) { /* two left: no distinct middle element */
+            if (v[hi] < v[lo]) { t = v[lo]; v[lo] = v[hi]; v[hi] = t; }
+            return v[target];
+        }
+        const int64_t mid = lo + (hi - lo) / 2;
+        T a = v[lo], b = v[mid], c = v[hi];
+        if (b < a) { t = a; a = b; b = t; }
+        if (c < b) { t = b; b = c; c = t; if (b < a) { t = a; a = b; b = t; } }
+        v[lo] = a; v[mid] = c; v[hi] = b; /* the median as the pivot, at hi */
+        const T p = v[hi];
+        int64_t s = lo;
+        for (int64_t i = lo; i < hi; i++)
+            if (v[i] < p) { t = v[i]; v[i] = v[s]; v[s] = t; s++; }
+        t = v[s]; v[s] = v[hi]; v[hi] = t;
+        if (s == target) return v[s];
+        if (s < target) lo = s + 1; else hi = s - 1;
+    }
+    return v[lo];
+}
+
+/* AuxK over the D dead latents (We, Wd [D, d]: their encoder columns and decoder rows), per token i:
+ * pre_ij = xc_i . We_j; kept: the ka largest pre_ij (ties: the lowest latents; all of them when ka >= D);
+ * act_ij = pre_ij where kept and pre_ij > 0, else 0; e_i = sum_j act_ij Wd_j - (xn_i - recon_i) (the detached
+ * residual); sq[i] = |e_i|^2 (double); ge_i = scale e_i; gpre_ij = ge_i . Wd_j where act_ij > 0, else 0.
+ * act, gpre [B, D]; ge [B, d]; work [2 nt D]. */
+void S(auxk_rows)(const T *restrict xc, const T *restrict xn, const T *restrict recon, const T *restrict We,
+                  const T *restrict Wd, int64_t B, int64_t d, int64_t D, int64_t ka, T scale, T *restrict ge,
+                  T *restrict act, T *restrict gpre, double *restrict sq, T *restrict work, int nt) {
+#pragma omp parallel num_threads(nt)
+    {
+        int q = 0;
+#ifdef _OPENMP
+        q = omp_get_thread_num();
+#endif
+        T *restrict pre = work + (int64_t)q * 2 * D, *restrict tmp = pre + D;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < B; i++) {
+            const T *restrict x = xc + i * d;
+            for (int64_t j = 0; j < D; j++) {
+                const T *restrict w = We + j * d;
+                T s = 0;
+#pragma omp simd reduction(+:s)
+                for (int64_t t = 0; t < d; t++) s += x[t] * w[t];
+                pre[j] = s;
+            }
+            T *restrict a = act + i * D, *restrict gp = gpre + i * D;
+            if (ka >= D) {
+                for (int64_t j = 0; j < D; j++) a[j] = pre[j] > 0 ? pre[j] : 0;
+            } else {
+                memcpy(tmp, pre, (size_t)D * sizeof(T));
+                const T v = S(kth_largest)(tmp, D, ka);
+                int64_t above = 0;
+                for (int64_t j = 0; j < D; j++) above += pre[j] > v;
+                int64_t ties = ka - above;
+                for (int64_t j = 0; j < D; j++) {
+                    const int keep = pre[j] > v || (pre[j] == v && ties-- > 0);
+                    a[j] = keep && pre[j] > 0 ? pre[j] : 0;
+                }
+            }
+            T *restrict g = ge + i * d;
+            const T *restrict xi = xn + i * d, *restrict ri = recon + i * d;
+            for (int64_t t = 0; t < d; t++) g[t] = 0;
+            for (int64_t j = 0; j < D; j++) {
+                if (!(a[j] > 0)) continue;
+                const T aj = a[j];
+                const T *restrict w = Wd + j * d;
+#pragma omp simd
+                for (int64_t t = 0; t < d; t++) g[t] += aj * w[t];
+            }
+            double s2 = 0.0;
+#pragma omp simd reduction(+:s2)
+            for (int64_t t = 0; t < d; t++) {
+                const T e = g[t] - (xi[t] - ri[t]);
+                s2 += (double)e * e;
+                g[t] = scale * e;
+            }
+            sq[i] = s2;
+            for (int64_t j = 0; j < D; j++) {
+                T s = 0;
+                if (a[j] > 0) {
+                    const T *restrict w = Wd + j * d;
+#pragma omp simd reduction(+:s)
+                    for (int64_t t = 0; t < d; t++) s += g[t] * w[t];
+                }
+                gp[j] = s;
+            }
+        }
+    }
+}
+
+/* AuxK's gradients per dead latent j, over the tokens in order (each latent summed by one thread: independent of
+ * the thread count): gWd_j = sum_i act_ij ge_i, gWe_j = sum_i gpre_ij xc_i ([D, d]) and colsum[j] = sum_i gpre_ij
+ * (double). Each thread takes a range of latents and walks the tokens in blocks of TOKEN_BLOCK, so a block's rows
+ * are read from cache once for all its latents. */
+void S(auxk_grads)(const T *restrict xc, const T *restrict ge, const T *restrict act, const T *restrict gpre,
+                   int64_t B, int64_t d, int64_t D, T *restrict gWe, T *restrict gWd, double *restrict colsum, int nt) {
+#pragma omp parallel num_threads(nt)
+    {
+        int q = 0, nq = 1;
+#ifdef _OPENMP
+        q = omp_get_thread_num();
+        nq = omp_get_num_threads();
+#endif
+        const int64_t j0 = D * q / nq, j1 = D * (q + 1) / nq;
+        memset(gWe + j0 * d, 0, (size_t)((j1 - j0) * d) * sizeof(T));
+        memset(gWd + j0 * d, 0, (size_t)((j1 - j0) * d) * sizeof(T));
+        for (int64_t j = j0; j < j1; j++) colsum[j] = 0.0;
+        for (int64_t i0 = 0; i0 < B; i0 += TOKEN_BLOCK) {
+            const int64_t i1 = i0 + TOKEN_BLOCK < B ? i0 + TOKEN_BLOCK : B;
+            for (int64_t j = j0; j < j1; j++) {
+                T *restrict ae = gWe + j * d, *restrict ad = gWd + j * d;
+                double cs = colsum[j];
+                for (int64_t i = i0; i < i1; i++) {
+                    const T av = act[i * D + j], gv = gpre[i * D + j];
+                    if (av != 0) {
+                        const T *restrict gi = ge + i * d;
+#pragma omp simd
+                        for (int64_t t = 0; t < d; t++) ad[t] += av * gi[t];
+                    }
+                    if (gv != 0) {
+                        const T *restrict xi = xc + i * d;
+#pragma omp simd
+                        for (int64_t t = 0; t < d; t++) ae[t] += gv * xi[t];
+                        cs += gv;
+                    }
+                }
+                colsum[j] = cs;
+            }
+        }
+    }
+}
