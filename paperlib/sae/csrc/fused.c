@@ -10,6 +10,10 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+/* This thread's number q in its team of nq (0 and 1 without OpenMP). */
+#define THREAD_IN_TEAM(q, nq) do { (q) = omp_get_thread_num(); (nq) = omp_get_num_threads(); } while (0)
+#else
+#define THREAD_IN_TEAM(q, nq) do { (q) = 0; (nq) = 1; } while (0)
 #endif
 
 #define TILE 16        /* latents per tile of latent_grads: one 64-byte line of float in W_enc's row */
@@ -92,11 +96,8 @@ void by_latent(const int64_t *restrict rows, const int64_t *restrict cols, int64
     if (m < 4096) nt = 1; /* a parallel region costs more than sorting a few thousand entries */
 #pragma omp parallel num_threads(nt)
     {
-        int q = 0, nq = 1;
-#ifdef _OPENMP
-        q = omp_get_thread_num();
-        nq = omp_get_num_threads();
-#endif
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
         const int64_t e0 = m * q / nq, e1 = m * (q + 1) / nq;
         int64_t *restrict mine = pos + (int64_t)q * n;
         memset(mine, 0, (size_t)n * sizeof(int64_t));
@@ -468,11 +469,8 @@ int64_t screen_gather_once(const void *restrict P, int bf16, float rel, int64_t 
     int overflow = 0, used = 1;
 #pragma omp parallel num_threads(nt) reduction(|:overflow)
     {
-        int q = 0, nq = 1;
-#ifdef _OPENMP
-        q = omp_get_thread_num();
-        nq = omp_get_num_threads();
-#endif
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
         if (q == 0) used = nq;
         const int64_t i0 = B * q / nq, i1 = B * (q + 1) / nq, top = cap * (q + 1) / nq;
         int64_t o = cap * q / nq;
@@ -652,11 +650,8 @@ int64_t amx_screen(const uint16_t *restrict xh, const uint16_t *restrict Wv, int
     const int64_t n_blocks = (B + AMX_ROWS - 1) / AMX_ROWS;
 #pragma omp parallel num_threads(nt) reduction(|:overflow)
     {
-        int q = 0, nq = 1;
-#ifdef _OPENMP
-        q = omp_get_thread_num();
-        nq = omp_get_num_threads();
-#endif
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
         if (q == 0) used = nq;
         tile_config cfg;
         memset(&cfg, 0, sizeof cfg);

@@ -89,11 +89,8 @@ int64_t S(gather_at_least_once)(const T *restrict pre, int64_t B, int64_t n, T t
     int overflow = 0, used = 1;
 #pragma omp parallel num_threads(nt) reduction(|:overflow)
     {
-        int q = 0, nq = 1;
-#ifdef _OPENMP
-        q = omp_get_thread_num();
-        nq = omp_get_num_threads();
-#endif
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
         if (q == 0) used = nq;
         const int64_t i0 = B * q / nq, i1 = B * (q + 1) / nq, hi = cap * (q + 1) / nq;
         int64_t o = cap * q / nq;
@@ -456,10 +453,9 @@ void S(auxk_rows)(const T *restrict xc, const T *restrict xn, const T *restrict 
                   T *restrict act, T *restrict gpre, double *restrict sq, T *restrict work, int nt) {
 #pragma omp parallel num_threads(nt)
     {
-        int q = 0;
-#ifdef _OPENMP
-        q = omp_get_thread_num();
-#endif
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
+        (void)nq;
         T *restrict pre = work + (int64_t)q * 2 * D, *restrict tmp = pre + D;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < B; i++) {
@@ -524,11 +520,8 @@ void S(auxk_grads)(const T *restrict xc, const T *restrict ge, const T *restrict
                    int64_t B, int64_t d, int64_t D, T *restrict gWe, T *restrict gWd, double *restrict colsum, int nt) {
 #pragma omp parallel num_threads(nt)
     {
-        int q = 0, nq = 1;
-#ifdef _OPENMP
-        q = omp_get_thread_num();
-        nq = omp_get_num_threads();
-#endif
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
         const int64_t j0 = D * q / nq, j1 = D * (q + 1) / nq;
         memset(gWe + j0 * d, 0, (size_t)((j1 - j0) * d) * sizeof(T));
         memset(gWd + j0 * d, 0, (size_t)((j1 - j0) * d) * sizeof(T));
