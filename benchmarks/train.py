@@ -35,7 +35,10 @@ chunked Gram matrices of the OrtSAE penalty (``gram``). No implementation with t
 it, however fast its sparse and element-wise work; ``floor@0.75`` is the same with a solo step at 0.75 of the
 bound (a faster solo step makes every fixed overhead a larger ratio). The implementations are timed in
 rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
-each time is the minimum over rounds, per primary step. ``--dead`` marks fractions of latents dead (AuxK
+each tok/s figure is the fastest round, per primary step, and each ratio (``× solo cost``, ``solo/bound``, the
+floors) is the median over rounds of that round's ratio: both implementations of a ratio are timed seconds
+apart, so a machine whose speed varies from minute to minute (the development machine's solo step varied by
+±20% between runs) moves both alike. ``--dead`` marks fractions of latents dead (AuxK
 active): by default none, and 0.007 (16 of the default profile's 2304), as in its runs, where AuxK is active in
 most steps. SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``).
 
@@ -50,6 +53,7 @@ import argparse
 import os
 import time
 
+import numpy as np
 import torch
 
 from paperlib.config.profiles import get_profile
@@ -152,24 +156,26 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
     work["meta_mm"] = dense_product(rows, w_meta)
     work["gram"] = lambda: [b @ b.t() for b in blocks]
     steps.update(screen_mm=1, meta_mm=1, gram=1)
-    best = {name: float("inf") for name in work}
+    times = {name: [] for name in work}
     for fn in work.values():
         fn()  # warm-up
     for _ in range(reps):  # rounds over all implementations: a drift of the machine's speed hits each alike
         for name, fn in work.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / steps[name])
+            times[name].append((time.perf_counter() - t0) / steps[name])
+    best = {name: min(ts) for name, ts in times.items()}
+    t = {name: np.array(ts) for name, ts in times.items()}
     out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=dead_frac)
     out.update({name: batch / t for name, t in best.items()})
     for name in ("naive", *ARMS):
-        out[f"{name}_cost"] = out["solo"] / out[name]
-    out["solo_vs_bound"] = out["solo"] / out["bound"]
-    extra = {"joint": best["meta_mm"] * (1 + prof.meta.n_meta_steps / n_p), "randcritic": best["meta_mm"],
-             "ortho": best["gram"]}
-    for name, t in extra.items():
-        out[f"{name}_floor"] = 1 + t / best["solo"]
-        out[f"{name}_floor75"] = 1 + t * 0.75 / best["bound"]
+        out[f"{name}_cost"] = float(np.median(t[name] / t["solo"]))
+    out["solo_vs_bound"] = float(np.median(t["bound"] / t["solo"]))
+    extra = {"joint": t["meta_mm"] * (1 + prof.meta.n_meta_steps / n_p), "randcritic": t["meta_mm"],
+             "ortho": t["gram"]}
+    for name, dense in extra.items():
+        out[f"{name}_floor"] = 1 + float(np.median(dense / t["solo"]))
+        out[f"{name}_floor75"] = 1 + float(np.median(dense * 0.75 / t["bound"]))
     return out
 
 
