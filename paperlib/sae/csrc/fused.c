@@ -327,35 +327,39 @@ static inline float screened_value(const void *restrict row, int64_t j, int bf16
     return bf16 ? bits_to_float((uint32_t)((const uint16_t *)row)[j] << 16) : ((const float *)row)[j];
 }
 
+/* Row i of screened values P [B, n]: float32, or bfloat16 bits with bf16. */
+static inline const void *screened_row(const void *restrict P, int64_t i, int64_t n, int bf16) {
+    return (const char *)P + i * n * (int64_t)(bf16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+/* cu / cl of one row (see screen_count); always inlined with a constant bf16, so each width gets its own
+ * vectorised loop and never reads the row as the other width. */
+static inline __attribute__((always_inline)) void count_row(const void *restrict row, const int bf16, float rel,
+                                                            int64_t n, float ai, float ci, const float *restrict b,
+                                                            const float *restrict f, float t, int64_t *restrict cu,
+                                                            int64_t *restrict cl) {
+    int u = 0, l = 0;
+#pragma omp simd reduction(+:u, l)
+    for (int64_t j = 0; j < n; j++) {
+        const float p = screened_value(row, j, bf16), e = SCREEN_E(p, ai, b[j], ci, f[j], rel);
+        u += p + e >= t;
+        l += p - e >= t;
+    }
+    *cu = u;
+    *cl = l;
+}
+
 /* Per row i of P [B, n] (float32, or bfloat16 bits with bf16): cu[i] = #{j: upper >= t}, cl[i] = #{j: lower >= t}. */
 void screen_count(const void *restrict P, int bf16, float rel, int64_t B, int64_t n, const float *restrict a,
                   const float *restrict b, const float *restrict c, const float *restrict f, float t,
                   int64_t *restrict cu, int64_t *restrict cl, int nt) {
-    const size_t width = bf16 ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t i = 0; i < B; i++) {
-        const void *restrict row = (const char *)P + i * n * width;
-        const float ai = a[i], ci = c[i];
-        int u = 0, l = 0;
-        if (bf16) {
-            const uint16_t *restrict r16 = row;
-#pragma omp simd reduction(+:u, l)
-            for (int64_t j = 0; j < n; j++) {
-                const float p = bits_to_float((uint32_t)r16[j] << 16), e = SCREEN_E(p, ai, b[j], ci, f[j], rel);
-                u += p + e >= t;
-                l += p - e >= t;
-            }
-        } else {
-            const float *restrict r32 = row;
-#pragma omp simd reduction(+:u, l)
-            for (int64_t j = 0; j < n; j++) {
-                const float p = r32[j], e = SCREEN_E(p, ai, b[j], ci, f[j], rel);
-                u += p + e >= t;
-                l += p - e >= t;
-            }
-        }
-        cu[i] = u;
-        cl[i] = l;
+        const void *restrict row = screened_row(P, i, n, bf16);
+        if (bf16)
+            count_row(row, 1, rel, n, a[i], c[i], b, f, t, cu + i, cl + i);
+        else
+            count_row(row, 0, rel, n, a[i], c[i], b, f, t, cu + i, cl + i);
     }
 }
 
@@ -432,12 +436,11 @@ void screen_gather(const void *restrict P, int bf16, float rel, int64_t B, int64
                    const float *restrict b, const float *restrict c, const float *restrict f, float t,
                    const int64_t *restrict offsets, int64_t *restrict cols, float *restrict lo, float *restrict hi,
                    int nt) {
-    const size_t width = bf16 ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t i = 0; i < B; i++) {
         int64_t unused = 0;
         const int64_t o = offsets[i];
-        screen_row((const char *)P + i * n * width, bf16, rel, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o,
+        screen_row(screened_row(P, i, n, bf16), bf16, rel, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o,
                    &unused);
     }
 }
@@ -475,7 +478,7 @@ int64_t screen_gather_once(const void *restrict P, int bf16, float rel, int64_t 
         const int64_t i0 = B * q / nq, i1 = B * (q + 1) / nq, top = cap * (q + 1) / nq;
         int64_t o = cap * q / nq;
         for (int64_t i = i0; i < i1; i++) {
-            const void *restrict row = (const char *)P + i * n * (bf16 ? sizeof(uint16_t) : sizeof(float));
+            const void *restrict row = screened_row(P, i, n, bf16);
             cl[i] = 0;
             if (top - o >= n) {
                 cu[i] = screen_row(row, bf16, rel, n, a[i], c[i], b, f, t, cols + o, lo + o, hi + o, cl + i);
