@@ -500,8 +500,6 @@ def test_fused_auxk_keeps_the_lowest_latents_among_ties_and_is_independent_of_th
     for i in range(B):
         order = sorted(range(D), key=lambda j: (-pre[i, j], j))[:3]  # the 3 largest, lowest latent first on ties
         assert set(np.nonzero(kept[i])[0]) == {j for j in order if pre[i, j] > 0}, i
-        if pre[i, 2] > 0 and 2 in order and 4 not in order[:order.index(2)]:
-            assert not (kept[i, 4] and not kept[i, 2])
 
 
 def test_fused_normalisation_centres_with_the_same_rounding_as_torch():

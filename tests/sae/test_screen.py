@@ -175,10 +175,11 @@ def test_the_screen_implementation_changes_no_bit_of_training(monkeypatch):
     when its slots run out, a bound 4x looser than needed (more candidates) and, where the CPU has AMX, the fused
     screen and its fallback give the same weights and optimiser state, bit for bit."""
 
+    true_bounds = screen.bounds
+
     def train(amx: bool, slots: int, loosen: float = 1.0) -> bytes:
         monkeypatch.setattr(screen, "uses_amx", lambda *shape: amx)
         monkeypatch.setattr(screen, "GATHER_SLOTS", slots)
-        true_bounds = screen.bounds
         monkeypatch.setattr(screen, "bounds", lambda *args: tuple(v * loosen if i in (0, 2) else v
                                                                   for i, v in enumerate(true_bounds(*args))))
         sae = BatchTopKSAE(64, 192, 8, seed=1, dead_after=2, k_aux=16)
@@ -189,7 +190,6 @@ def test_the_screen_implementation_changes_no_bit_of_training(monkeypatch):
             opt.zero_grad()
             out["loss"].backward()
             opt.step()
-        monkeypatch.setattr(screen, "bounds", true_bounds)
         state = [*sae.state_dict().values(), *(v for st in opt.state.values() for v in st.values())]
         return b"".join(t.detach().numpy().tobytes() for t in state)
 
