@@ -15,6 +15,8 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
   reconstruction and the gradient of every selected code. Work goes by 256-byte column chunks, chunk-major,
   so the decoder columns a thread gathers stay in its L2 and a token's chunk accumulates in registers; the
   code gradients are sums of per-chunk partial dot products, added in chunk order;
+- ``decode_rows``: the same decode without the residual, mapped back to each row's scale (the meta SAE's
+  reconstruction of the decoder rows, every primary step);
 - ``latent_grads``: per latent, the decoder-row gradient, the encoder-column gradient (written straight
   into W_enc's [d, n] layout through a 16-latent tile) and the column sum that b_dec's gradient needs,
   by column chunks in the same way;
@@ -212,13 +214,13 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def normalize_center(x: np.ndarray, b: np.ndarray, xn: np.ndarray, xc: np.ndarray, means: np.ndarray,
+def normalize_center(x: np.ndarray, b: np.ndarray, xn: np.ndarray | None, xc: np.ndarray, means: np.ndarray,
                      scales: np.ndarray, eps: float) -> None:
     """xn[i] = (x[i] − mean_i) / scale_i with scale_i = std_i + eps (unbiased std over the row; statistics in
-    fp64, written to ``means`` / ``scales``) and xc = xn − b."""
+    fp64, written to ``means`` / ``scales``) and xc = xn − b (``xn=None``: only xc is written, same values)."""
     B, d = x.shape
-    _fn("normalize_center", x)(_p(x), _p(b), _p(xn), _p(xc), _p(means), _p(scales), ctypes.c_int64(B),
-                               ctypes.c_int64(d), ctypes.c_double(eps), ctypes.c_int(threads()))
+    _fn("normalize_center", x)(_p(x), _p(b), None if xn is None else _p(xn), _p(xc), _p(means), _p(scales),
+                               ctypes.c_int64(B), ctypes.c_int64(d), ctypes.c_double(eps), ctypes.c_int(threads()))
 
 
 def count_at_least(pre: np.ndarray, t, counts: np.ndarray) -> None:
@@ -317,6 +319,18 @@ def decode_residual(crow, cols, vals, W, b, xn, scale, recon, g, gv, sq, with_gr
     _fn("decode_residual", W)(_p(crow), _p(cols), _p(vals), _p(W), _p(b), _p(xn), ctypes.c_int64(B),
                               ctypes.c_int64(d), _scalar_type(W)(scale), _p(recon), _p(g), _p(gv), _p(gvp), _p(sqp),
                               _p(sq), ctypes.c_int(int(with_grad)), ctypes.c_int(threads()))
+
+
+def decode_rows(crow, cols, vals, W, b, means, scales, out) -> None:
+    """out[i] = (b + Σ_e vals[e]·W[cols[e]]) · scales[i] + means[i]: the decode of :func:`decode_residual` (same
+    order, same bits) mapped back to each row's scale by a rounded product and a rounded sum, as the two array
+    operations ``out * scales + means`` would compute them (never one fused multiply-add)."""
+    B, d = out.shape
+    if means.shape != (B,) or scales.shape != (B,) or means.dtype != W.dtype or scales.dtype != W.dtype:
+        raise ValueError(f"decode_rows: means {means.shape} {means.dtype} and scales {scales.shape} {scales.dtype} "
+                         f"must be [{B}] of the weights' dtype {W.dtype}")
+    _fn("decode_rows", W)(_p(crow), _p(cols), _p(vals), _p(W), _p(b), _p(means), _p(scales), ctypes.c_int64(B),
+                          ctypes.c_int64(d), _p(out), ctypes.c_int(threads()))
 
 
 def latent_grads(crow_t, perm, rows_t, vals, gv, g, xc, gW_dec, gW_enc, colsum) -> None:

@@ -666,13 +666,12 @@ class BatchTopKSAE(nn.Module):
     def _fused_reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """BatchTopK reconstruction of raw x by the fused kernels (no gradient)."""
         self._check_input(x)
-        xn, xc, mean, scale = self._fused_normalize(x)
+        _, xc, mean, scale = self._fused_normalize(x, with_xn=False)
         pattern, vals = self._encode_select(xc)
-        out = torch.empty_like(xn)
-        kernels.decode_residual(pattern.crow.numpy(), pattern.cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
-                                self.b_dec.detach().numpy(), xn.numpy(), 0.0, out.numpy(), out.numpy(),
-                                np.empty(0, dtype=out.numpy().dtype), np.empty(xn.shape[0]), False)
-        return self._dim_unstandardise(out.mul_(scale).add_(mean))
+        out = torch.empty_like(xc)
+        kernels.decode_rows(pattern.crow.numpy(), pattern.cols.numpy(), vals.numpy(), self.W_dec.detach().numpy(),
+                            self.b_dec.detach().numpy(), mean.squeeze(1).numpy(), scale.squeeze(1).numpy(), out.numpy())
+        return self._dim_unstandardise(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.reconstruct(x)
@@ -757,7 +756,7 @@ class BatchTopKSAE(nn.Module):
         b = self.b_dec.detach()
         if normalized:
             xn = x.to(dt).contiguous()
-            return xn, xn - b
+            return xn, torch.sub(xn, b, out=self._work("xc", tuple(xn.shape), dt))
         return self._fused_normalize(x)[:2]
 
     def _work(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -769,14 +768,16 @@ class BatchTopKSAE(nn.Module):
             t = work[name] = torch.empty(shape, dtype=dtype)
         return t
 
-    def _fused_normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _fused_normalize(self, x: torch.Tensor, with_xn: bool = True) -> tuple[torch.Tensor | None, ...]:
         """(x̃, x̃ − b_dec, mean [B, 1], scale [B, 1]) of raw x by the fused kernel (cf. :meth:`normalize_with_stats`).
-        x̃ and x̃ − b_dec are work arrays, valid until the next such call (no autograd graph may keep them)."""
+        x̃ and x̃ − b_dec are work arrays, valid until the next such call (no autograd graph may keep them);
+        ``with_xn=False`` skips writing x̃ (``None`` in its place)."""
         xs = self._dim_standardise(x.to(self.W_enc.dtype)).contiguous()
-        xn, xc = (self._work(name, tuple(xs.shape), xs.dtype) for name in ("xn", "xc"))
+        xc = self._work("xc", tuple(xs.shape), xs.dtype)
+        xn = self._work("xn", tuple(xs.shape), xs.dtype) if with_xn else None
         mean, scale = xs.new_empty(xs.shape[0], 1), xs.new_empty(xs.shape[0], 1)
-        kernels.normalize_center(xs.numpy(), self.b_dec.detach().numpy(), xn.numpy(), xc.numpy(), mean.numpy(),
-                                 scale.numpy(), EPS)
+        kernels.normalize_center(xs.numpy(), self.b_dec.detach().numpy(), None if xn is None else xn.numpy(),
+                                 xc.numpy(), mean.numpy(), scale.numpy(), EPS)
         return xn, xc, mean, scale
 
     def _fused_training_loss(self, x: torch.Tensor, normalized: bool, update_state: bool) -> dict[str, torch.Tensor]:
@@ -873,6 +874,21 @@ class MetaSAE(BatchTopKSAE):
         autograd graph: the penalty's gradient reaches W_dec only)."""
         return self.reconstruct(W_dec.detach())
 
-    def rows_loss(self, W_dec: torch.Tensor, update_state: bool = True) -> dict[str, torch.Tensor]:
-        """Training loss of the meta SAE on the detached primary decoder rows."""
-        return self.training_loss(W_dec.detach(), update_state=update_state)
+    @torch.no_grad()
+    def standardise_rows(self, W_dec: torch.Tensor) -> torch.Tensor:
+        """The rows standardised exactly as :meth:`rows_loss` standardises them (a new tensor): steps on unchanged
+        rows can share it (``rows_loss(..., standardised=)``) instead of recomputing it every step."""
+        W = W_dec.detach()
+        if kernels.applies(self.W_enc, self.W_dec, self.b_dec):
+            return self._fused_normalize(W)[0].clone()
+        return self.normalize(W)
+
+    def rows_loss(self, W_dec: torch.Tensor, update_state: bool = True,
+                  standardised: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training loss of the meta SAE on the detached primary decoder rows; ``standardised``: those rows'
+        :meth:`standardise_rows`, when the caller has it (the same loss, one pass over the rows fewer)."""
+        if standardised is None:
+            return self.training_loss(W_dec.detach(), update_state=update_state)
+        if standardised.shape != W_dec.shape:
+            raise ValueError(f"standardised rows {tuple(standardised.shape)} do not match W_dec {tuple(W_dec.shape)}")
+        return self.training_loss(standardised, normalized=True, update_state=update_state)

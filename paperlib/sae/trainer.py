@@ -383,10 +383,12 @@ class Trainer:
                    l0=float(out["l0"]), dead=int(sae.dead_mask().sum()))
         return rec
 
-    def meta_step(self) -> float:
+    def meta_step(self, rows: torch.Tensor | None = None) -> float:
+        """One Adam step of the meta SAE on the detached decoder rows; ``rows``: their standardisation
+        (:meth:`MetaSAE.standardise_rows`), which the meta phase computes once for its n_m steps."""
         assert self.meta is not None and self.opt_m is not None
         self.opt_m.zero_grad(set_to_none=True)
-        out = self.meta.rows_loss(self.primary.W_dec)
+        out = self.meta.rows_loss(self.primary.W_dec, standardised=rows)
         out["loss"].backward()
         self.meta.project_decoder_grad()
         self.opt_m.step()
@@ -402,8 +404,9 @@ class Trainer:
         """Count a finished primary step; at the end of a block of n_p steps, the meta phase (logged in ``rec``)."""
         self.step += 1
         if self.meta is not None and self.arm.trains_meta and self.step % self.cfg.n_primary_steps == 0:
+            rows = self.meta.standardise_rows(self.primary.W_dec)  # the rows stay fixed during the meta phase
             for _ in range(self.cfg.n_meta_steps):
-                self.last_meta_mse = self.meta_step()
+                self.last_meta_mse = self.meta_step(rows)
             rec["meta_mse"] = self.last_meta_mse
             rec["meta_dead"] = int(self.meta.dead_mask().sum())
         return rec

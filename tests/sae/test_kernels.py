@@ -38,6 +38,9 @@ def test_normalize_center_against_numpy(dtype):
     np.testing.assert_allclose(xc, ref - b, atol=tol)
     np.testing.assert_allclose(s, ref_s, rtol=tol)
     np.testing.assert_allclose(m, x64.mean(axis=1, keepdims=True), atol=tol)
+    xc_only = np.full_like(x, np.nan)
+    kernels.normalize_center(x, b, None, xc_only, m, s, 1e-5)  # without x̃: the same x̃ − b, bit for bit
+    np.testing.assert_array_equal(xc_only, xc)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -168,6 +171,30 @@ def test_decode_residual_and_latent_grads_against_dense(dtype):
     np.testing.assert_allclose(gW_dec, S.T @ g, atol=tol)
     np.testing.assert_allclose(gW_enc, xc.T @ Sg, atol=tol)
     np.testing.assert_allclose(colsum, Sg.sum(0), atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [70, 128])  # with and without a partial last column chunk
+def test_decode_rows_against_dense_and_decode_residual(dtype, d):
+    rng = _rng(6)
+    B, n = 150, 37  # B spans three token blocks
+    rows, cols, crow = _entries(rng, B, n, rng.integers(0, 7, B))
+    vals = rng.standard_normal(cols.size).astype(dtype)
+    W, b = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(d).astype(dtype)
+    mean, scale = rng.standard_normal(B).astype(dtype), (rng.random(B) + 0.5).astype(dtype)
+    out = np.full((B, d), np.nan, dtype)
+    kernels.decode_rows(crow, cols, vals, W, b, mean, scale, out)
+    S = np.zeros((B, n))
+    S[rows, cols] = vals
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, (b + S @ W) * scale[:, None] + mean[:, None], atol=tol)
+    # bit for bit the decode of decode_residual, then a rounded product and a rounded sum (what the two array
+    # operations of the torch path compute; a fused multiply-add would differ in about a quarter of these elements)
+    recon = np.empty((B, d), dtype)
+    kernels.decode_residual(crow, cols, vals, W, b, recon, 0.0, recon, recon, np.empty(0, dtype), np.empty(B), False)
+    np.testing.assert_array_equal(out, recon * scale[:, None] + mean[:, None])
+    with pytest.raises(ValueError, match="means"):
+        kernels.decode_rows(crow, cols, vals, W, b, mean[:-1], scale, out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from paperlib.sae import kernels
 from paperlib.sae.models import (
     BatchTopKSAE,
     MetaSAE,
@@ -187,6 +188,35 @@ def test_save_load_round_trip(tmp_path):
     assert isinstance(MetaSAE.load(tmp_path / "meta"), MetaSAE)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_meta_rows_loss_on_shared_standardised_rows_is_bit_identical(fused, monkeypatch):
+    """The meta phase standardises the rows once for its steps: each step's loss, gradients and state are those
+    of standardising inside every step, bit for bit (fused kernels and torch path)."""
+    monkeypatch.setattr(kernels, "ENABLED", fused and kernels.available())
+    W = torch.randn(64, 12)
+    a, b = MetaSAE(12, 10, 2, seed=1, dead_after=1), MetaSAE(12, 10, 2, seed=1, dead_after=1)
+    rows = b.standardise_rows(W)
+    assert not rows.requires_grad
+    for _ in range(3):  # dead_after=1: AuxK runs from the second step
+        outs = []
+        for m, kw in ((a, {}), (b, {"standardised": rows})):
+            m.zero_grad(set_to_none=True)
+            out = m.rows_loss(W, **kw)
+            out["loss"].backward()
+            outs.append((out, {k: v.grad.clone() for k, v in m.named_parameters()}))
+            with torch.no_grad():
+                for v in m.parameters():
+                    v -= 0.1 * v.grad
+        (oa, ga), (ob, gb) = outs
+        for k in ("loss", "mse", "aux", "recon"):
+            assert torch.equal(oa[k], ob[k]), k
+        assert all(torch.equal(ga[k], gb[k]) for k in ga)
+        assert torch.equal(a.steps_since_fired, b.steps_since_fired) and torch.equal(a.threshold, b.threshold)
+    assert torch.equal(b.standardise_rows(W), rows)  # a new tensor each call, not a work array a step overwrote
+    with pytest.raises(ValueError, match="do not match"):
+        b.rows_loss(W, standardised=rows[:-1])
+
+
 def test_meta_reconstruct_rows_scale():
     meta = MetaSAE(12, 30, 30, seed=0)
     W = torch.randn(20, 12)
@@ -255,7 +285,6 @@ def _trained_like(seed=0, d=12, n=40, k=4):
 def test_default_path_bitwise_equals_reference_formula(monkeypatch):
     """With identity buffers the torch path is the reference formula bit for bit (the fused CPU kernels agree with
     it up to reassociation: tests/sae/test_kernels.py)."""
-    from paperlib.sae import kernels
     from paperlib.sae.models import SparsePattern, sparse_decode
 
     monkeypatch.setattr(kernels, "ENABLED", False)

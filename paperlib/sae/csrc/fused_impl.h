@@ -30,7 +30,16 @@ void S(normalize_center)(const T *restrict x, const T *restrict b, T *restrict x
         const double sc = sqrt(q / denom) + eps, inv = 1.0 / sc;
         means[i] = (T)mean;
         scales[i] = (T)sc;
-        T *restrict yn = xn + i * d, *restrict yc = xc + i * d;
+        T *restrict yc = xc + i * d;
+        if (!xn) { /* x̃ stored and read back before b is subtracted, as below: no fused multiply-add */
+#pragma omp simd
+            for (int64_t t = 0; t < d; t++) yc[t] = (T)((xi[t] - mean) * inv);
+            __asm__ volatile("" ::: "memory");
+#pragma omp simd
+            for (int64_t t = 0; t < d; t++) yc[t] = yc[t] - b[t];
+            continue;
+        }
+        T *restrict yn = xn + i * d;
 #pragma omp simd
         for (int64_t t = 0; t < d; t++) {
             T v = (T)((xi[t] - mean) * inv);
@@ -140,6 +149,43 @@ int64_t S(keep_top)(const int64_t *restrict offsets, const int64_t *restrict col
     return o;
 }
 
+/* One token's full column chunk [t0, t0 + CW) of the decode, b + sum_e vals[e] W[cols[e]] over its entries
+ * [e0, e1), into registers a: entries in pairs on two accumulators (the first starting from b), added at the end. */
+static inline void S(decode_full_chunk)(const int64_t *restrict cols, const T *restrict vals, const T *restrict W,
+                                        const T *restrict b, int64_t e0, int64_t e1, int64_t d, int64_t t0,
+                                        VT a0[NV]) {
+    VT a1[NV];
+    for (int u = 0; u < NV; u++) { a0[u] = vload(b + t0 + u * VL); a1[u] = vzero(); }
+    int64_t e = e0;
+    for (; e + 1 < e1; e += 2) {
+        const T v0 = vals[e], v1 = vals[e + 1];
+        const T *restrict w0 = W + cols[e] * d + t0, *restrict w1 = W + cols[e + 1] * d + t0;
+        if (e + PREFETCH_AHEAD + 1 < e1) {
+            PREFETCH_CHUNK(W + cols[e + PREFETCH_AHEAD] * d + t0);
+            PREFETCH_CHUNK(W + cols[e + PREFETCH_AHEAD + 1] * d + t0);
+        }
+        for (int u = 0; u < NV; u++) { a0[u] += v0 * vload(w0 + u * VL); a1[u] += v1 * vload(w1 + u * VL); }
+    }
+    if (e < e1) {
+        const T v0 = vals[e];
+        const T *restrict w0 = W + cols[e] * d + t0;
+        for (int u = 0; u < NV; u++) a0[u] += v0 * vload(w0 + u * VL);
+    }
+    for (int u = 0; u < NV; u++) a0[u] += a1[u];
+}
+
+/* The same for a last partial chunk of w < CW columns, into r, entries in order. */
+static inline void S(decode_part_chunk)(const int64_t *restrict cols, const T *restrict vals, const T *restrict W,
+                                        const T *restrict b, int64_t e0, int64_t e1, int64_t d, int64_t t0,
+                                        int64_t w, T *restrict r) {
+    for (int64_t t = 0; t < w; t++) r[t] = b[t0 + t];
+    for (int64_t e = e0; e < e1; e++) {
+        const T v = vals[e];
+        const T *restrict wr = W + cols[e] * d + t0;
+        for (int64_t t = 0; t < w; t++) r[t] += v * wr[t];
+    }
+}
+
 /* One token's columns [t0, t0 + w) of the decode (in registers when w == CW), its squared residual and, with
  * with_grad, g and the partial dot products gvp[e] = g[i, chunk] · W[cols[e], chunk]. */
 static inline void S(decode_chunk)(const int64_t *restrict crow, const int64_t *restrict cols,
@@ -153,26 +199,10 @@ static inline void S(decode_chunk)(const int64_t *restrict crow, const int64_t *
     T *restrict gi = g + i * d + t0;
     double s = 0.0;
     if (w == CW) {
-        VT a0[NV], a1[NV];
-        for (int u = 0; u < NV; u++) { a0[u] = vload(b + t0 + u * VL); a1[u] = vzero(); }
-        int64_t e = e0;
-        for (; e + 1 < e1; e += 2) {
-            const T v0 = vals[e], v1 = vals[e + 1];
-            const T *restrict w0 = W + cols[e] * d + t0, *restrict w1 = W + cols[e + 1] * d + t0;
-            if (e + PREFETCH_AHEAD + 1 < e1) {
-                PREFETCH_CHUNK(W + cols[e + PREFETCH_AHEAD] * d + t0);
-                PREFETCH_CHUNK(W + cols[e + PREFETCH_AHEAD + 1] * d + t0);
-            }
-            for (int u = 0; u < NV; u++) { a0[u] += v0 * vload(w0 + u * VL); a1[u] += v1 * vload(w1 + u * VL); }
-        }
-        if (e < e1) {
-            const T v0 = vals[e];
-            const T *restrict w0 = W + cols[e] * d + t0;
-            for (int u = 0; u < NV; u++) a0[u] += v0 * vload(w0 + u * VL);
-        }
+        VT a0[NV];
+        S(decode_full_chunk)(cols, vals, W, b, e0, e1, d, t0, a0);
         VT sv = vzero();
         for (int u = 0; u < NV; u++) {
-            a0[u] += a1[u];
             vstore(r + u * VL, a0[u]);
             VT df = a0[u] - vload(xi + u * VL);
             sv += df * df;
@@ -189,12 +219,7 @@ static inline void S(decode_chunk)(const int64_t *restrict crow, const int64_t *
         }
         return;
     }
-    for (int64_t t = 0; t < w; t++) r[t] = b[t0 + t];
-    for (int64_t e = e0; e < e1; e++) {
-        const T v = vals[e];
-        const T *restrict wr = W + cols[e] * d + t0;
-        for (int64_t t = 0; t < w; t++) r[t] += v * wr[t];
-    }
+    S(decode_part_chunk)(cols, vals, W, b, e0, e1, d, t0, w, r);
     for (int64_t t = 0; t < w; t++) { T df = r[t] - xi[t]; s += (double)df * df; }
     *sqp = s;
     if (!with_grad) return;
@@ -241,6 +266,35 @@ void S(decode_residual)(const int64_t *restrict crow, const int64_t *restrict co
             }
         }
     }
+}
+
+/* The decode mapped back to each row's scale: out[i] = (b + sum_e vals[e] W[cols[e]]) * rscale[i] + rmean[i], the
+ * decode in decode_residual's order, then a rounded product and a rounded sum (never one fused multiply-add, so the
+ * result equals out * rscale + rmean computed as two array operations). Work items as in decode_residual. */
+void S(decode_rows)(const int64_t *restrict crow, const int64_t *restrict cols, const T *restrict vals,
+                    const T *restrict W, const T *restrict b, const T *restrict rmean, const T *restrict rscale,
+                    int64_t B, int64_t d, T *restrict out, int nt) {
+    const int64_t n_chunks = (d + CW - 1) / CW, n_blocks = (B + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+#pragma omp parallel for schedule(static) collapse(2) num_threads(nt)
+    for (int64_t c = 0; c < n_chunks; c++)
+        for (int64_t ib = 0; ib < n_blocks; ib++) {
+            const int64_t t0 = c * CW, w = t0 + CW < d ? CW : d - t0;
+            const int64_t i1 = (ib + 1) * TOKEN_BLOCK < B ? (ib + 1) * TOKEN_BLOCK : B;
+            for (int64_t i = ib * TOKEN_BLOCK; i < i1; i++) {
+                T *restrict r = out + i * d + t0;
+                const T sc = rscale[i], mu = rmean[i];
+                if (w == CW) {
+                    VT a0[NV];
+                    S(decode_full_chunk)(cols, vals, W, b, crow[i], crow[i + 1], d, t0, a0);
+                    for (int u = 0; u < NV; u++) vstore(r + u * VL, a0[u] * sc);
+                } else {
+                    S(decode_part_chunk)(cols, vals, W, b, crow[i], crow[i + 1], d, t0, w, r);
+                    for (int64_t t = 0; t < w; t++) r[t] = r[t] * sc;
+                }
+                __asm__ volatile("" ::: "memory"); /* the products are stored and read back: no contraction */
+                for (int64_t t = 0; t < w; t++) r[t] = r[t] + mu;
+            }
+        }
 }
 
 /* Per latent j (entries e, token i): gW_dec[j] = sum vals[e] g[i]; with gs[e] = gv[e] 1[vals[e] > 0],
