@@ -31,7 +31,7 @@ Each arm's ``floor`` is the cost relative to solo that the dense products the ar
 this solo step, timed in the same rounds, computed as the step computes them (the bfloat16 product where the
 screen runs): the meta SAE's encoder product over all n decoder rows ([n, d] @ [d, m], ``meta_mm``), once per
 primary step for ``randcritic`` and, for ``joint``, also once per meta step (n_m per n_p primary steps); the
-chunked Gram matrices of the OrtSAE penalty (``gram``). No implementation with these dense products can go below
+chunked Gram matrices of the OrtSAE penalty (``gram``, screened by a bfloat16 product as well where it runs). No implementation with these dense products can go below
 it, however fast its sparse and element-wise work; ``floor@0.75`` is the same with a solo step at 0.75 of the
 bound (a faster solo step makes every fixed overhead a larger ratio). The implementations are timed in
 rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
@@ -154,7 +154,8 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
     blocks = torch.randn(n, d).tensor_split(prof.grid.ortho_chunks)
     work["screen_mm"] = dense_product(x, W)
     work["meta_mm"] = dense_product(rows, w_meta)
-    work["gram"] = lambda: [b @ b.t() for b in blocks]
+    grams = [dense_product(b, b.t()) for b in blocks]
+    work["gram"] = lambda: [g() for g in grams]
     steps.update(screen_mm=1, meta_mm=1, gram=1)
     times = {name: [] for name in work}
     for fn in work.values():

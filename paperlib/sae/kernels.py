@@ -26,6 +26,9 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
 - ``project_rows`` / ``renorm_rows``: the decoder constraint;
 - ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient;
 - ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair;
+  ``gram_candidates`` / ``max_square_pick`` (float32 only): its screened Gram matrices (the rows that can hold each
+  row's largest |cosine|, from a bfloat16 product and the screen's bound; the largest square among their exact
+  dot products);
 - ``rows_to_bf16`` / ``cols_to_bf16_t`` / ``screen_count`` / ``screen_gather`` / ``screen_gather_once`` /
   ``screen_compact`` / ``dot_entries`` (float32 only): the screened encoder of :mod:`paperlib.sae.screen`, which
   replaces the float32 encoder matmul where the CPU has bfloat16 arithmetic. The operands' bfloat16 roundings
@@ -536,6 +539,49 @@ def amx_screen(xh: np.ndarray, Wv: np.ndarray, n: int, bound: tuple[np.ndarray, 
                           *(_p(v) for v in bound), ctypes.c_float(t), ctypes.c_int64(cap), _p(cu), _p(cl), _p(cols),
                           _p(lo), _p(hi), _p(st_c), _p(st_lo), _p(st_hi), _p(ends), None, ctypes.c_int(nt))
     return None if m < 0 else (cols[:m], lo[:m], hi[:m])
+
+
+GRAM_SLACK = 2.0 ** -18
+"""Relative slack of :func:`gram_candidates`' threshold: two cosines whose float32 squares round to the same value
+differ by less than 2⁻²³ of their magnitude, so a first-index tie-break among equal squares can pick a cosine
+that far below the largest one."""
+
+
+def gram_candidates(G: np.ndarray, starts: np.ndarray, bound: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(crow [n + 1], cols) of the candidates of every row i of chunked screened Gram matrices. Chunk q is the rows
+    [starts[q], starts[q + 1]) (n = starts[-1]); G holds the chunks' m_q × m_q matrices one after another
+    (bfloat16 bits as uint16, flat); entry bounds e = a_i b_j + c_i f_j + rel·|g| + 2⁻¹⁰⁰ with ``bound`` = (a, b,
+    c, f) [n] and rel = :data:`REL_BFLOAT16`. Row i's candidates are the j ≠ i of its chunk whose upper bound
+    |g| + e reaches (1 − :data:`GRAM_SLACK`) times the largest lower bound |g| − e of the row (at least 0), as row
+    indices in column order: every j that can hold the row's largest |cos| is among them. ``cols`` is a work
+    array, valid until the next call."""
+    _float32("gram_candidates", *bound)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    sizes = np.diff(starts)
+    n = int(starts[-1])
+    if starts[0] != 0 or (sizes < 0).any() or any(v.shape != (n,) for v in bound):
+        raise ValueError(f"gram_candidates: starts must rise from 0 to n and the bound terms be [n], got starts "
+                         f"{starts.tolist()} and terms {[v.shape for v in bound]}")
+    if G.dtype != np.uint16 or G.shape != (int((sizes ** 2).sum()),):
+        raise ValueError(f"gram_candidates: G must be the chunks' Gram matrices as flat bfloat16 bits (uint16, "
+                         f"{int((sizes ** 2).sum())} entries), got {G.shape} {G.dtype}")
+    crow = np.empty(n + 1, dtype=np.int64)
+    cols = scratch("gram_cols", max(1, int((sizes * (sizes - 1)).sum())), np.int64)
+    _lib().gram_candidates(_p(G), _p(starts), ctypes.c_int64(sizes.size), ctypes.c_float(REL_BFLOAT16),
+                           *(_p(v) for v in bound), ctypes.c_float(GRAM_SLACK), _p(np.empty(n, np.float32)),
+                           _p(crow), _p(cols), ctypes.c_int(threads()))
+    return crow, cols[:crow[-1]]
+
+
+def max_square_pick(crow: np.ndarray, cols: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row i (entries [crow[i], crow[i + 1]) in column order): (j*, v*) of the entry with the largest float32
+    v², the first among equal ones (``torch.argmax``'s rule); (−1, 0) for a row without entries."""
+    _float32("max_square_pick", v)
+    n = crow.size - 1
+    jstar, vstar = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+    _lib().max_square_pick(_p(crow), _p(cols), _p(v), ctypes.c_int64(n), _p(jstar), _p(vstar),
+                           ctypes.c_int(threads()))
+    return jstar, vstar
 
 
 def dot_entries(crow: np.ndarray, cols: np.ndarray, x: np.ndarray, WT: np.ndarray, out: np.ndarray) -> None:

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from paperlib.sae import kernels
+from paperlib.sae import blas, kernels, screen
 
 
 def decomposability_penalty(W_dec: torch.Tensor, W_hat: torch.Tensor, sigma2: float) -> torch.Tensor:
@@ -78,23 +79,32 @@ def orthogonality_penalty(W_dec: torch.Tensor, n_chunks: int,
     3. L_orth = (1/n) Σ_i m_i  (mean over all latents).
 
     The trainer uses L = L_SAE + γ · L_orth with γ = ``RunSpec.gamma`` and K = ``profile.grid.ortho_chunks``.
-    The forward forms each chunk's Gram matrix; the gradient reaches only the maximising pair of each row
-    (:class:`_OrthoPenalty`), so the backward costs O(n·d) instead of two more Gram-sized products.
+    The forward finds each row's maximising pair from its chunk's Gram matrix, screened by a bfloat16 product where
+    the CPU has one (:func:`_screened_pairs`: the same pairs and cosines as the full matrix of float32 dot
+    products); the gradient reaches only the maximising pair of each row (:class:`_OrthoPenalty`), so the backward
+    costs O(n·d) instead of two more Gram-sized products.
     """
     chunks = partition_chunks(W_dec.shape[0], n_chunks, generator, W_dec.device)
     return _OrthoPenalty.apply(W_dec, chunks)
 
 
 def _ortho_pairs(Wn: torch.Tensor, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(i, j*, cos(i, j*)) for every latent i in a chunk of at least 2, j* = argmax_{j ≠ i in its chunk} cos²."""
-    rows, partners, cosines = [], [], []
+    """(i, j*, cos(i, j*)) for every latent i in a chunk of at least 2, j* = argmax_{j ≠ i in its chunk} cos²
+    (the first such j in the chunk's order among equal cos²), chunk after chunk."""
     order = torch.cat(chunks)
-    P = Wn[order]  # one gather; every chunk is then a contiguous block of rows
+    P = _gathered_rows(Wn, order)  # every chunk is then a contiguous block of rows
+    sizes = [c.numel() for c in chunks]
+    screened = _screened_pairs(P, sizes)
+    if screened is not None:
+        j, cos = screened
+        keep = torch.cat([torch.full((m,), m > 1) for m in sizes])
+        return order[keep], order[j[keep]], cos[keep]
+    rows, partners, cosines = [], [], []
     start = 0
-    for idx in chunks:
-        Wc = P[start:start + idx.numel()]
-        start += idx.numel()
-        if idx.numel() < 2:
+    for idx, m in zip(chunks, sizes, strict=True):
+        Wc = P[start:start + m]
+        start += m
+        if m < 2:
             continue
         gram = Wc @ Wc.t()
         cos2 = gram * gram
@@ -107,6 +117,47 @@ def _ortho_pairs(Wn: torch.Tensor, chunks: list[torch.Tensor]) -> tuple[torch.Te
         empty = torch.zeros(0, dtype=torch.long, device=Wn.device)
         return empty, empty, Wn.new_zeros(0)
     return torch.cat(rows), torch.cat(partners), torch.cat(cosines)
+
+
+def _gathered_rows(Wn: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Wn[order]; on the fused path into a kept work array (valid until the next call; a fresh [n, d] array costs a
+    page fault per 4 KiB)."""
+    if not kernels.applies(Wn):
+        return Wn[order]
+    P = torch.from_numpy(kernels.scratch("ortho_rows", Wn.numel(), Wn.numpy().dtype).reshape(Wn.shape))
+    return torch.index_select(Wn, 0, order, out=P)
+
+
+def _screened_pairs(P: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(j*, cos(i, j*)) for every row i of P, j* a row of P in i's chunk (the chunks: consecutive blocks of
+    ``sizes`` rows; −1 and 0 in chunks of one row), by the screened encoder's method (:mod:`paperlib.sae.screen`):
+    each chunk's Gram matrix is a bfloat16 product (several times the float32 rate where the CPU has bfloat16
+    arithmetic) with a rigorous bound on every entry; only the j whose |cos| can reach the largest lower bound of
+    its row get an exact float32 dot product in one fixed order (:func:`kernels.gram_candidates`,
+    :func:`kernels.dot_entries`), and the choice among them is that of ``argmax`` of cos² over the full matrix of
+    those dot products, ties to the first (:func:`kernels.max_square_pick`). ``None`` where it does not run (not
+    float32 on CPU, no bfloat16 product, a norm not finite): then each chunk's Gram matrix is the float32 product."""
+    if not screen.applies(P, P):
+        return None
+    x = P.numpy()
+    n, d = x.shape
+    xh = kernels.scratch("gram_xh", n * d, np.uint16).reshape(n, d)
+    norm, dnorm = np.empty(n), np.empty(n)
+    kernels.rows_to_bf16(x, xh, norm, dnorm)
+    bound = screen.bounds(norm, dnorm, norm, dnorm, d)
+    if bound is None:
+        return None
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    G = kernels.scratch("gram_g", sum(m * m for m in sizes), np.uint16)
+    off = 0
+    for r0, m in zip(starts[:-1], sizes, strict=True):
+        blas.gemm_bf16_nt(xh[r0:r0 + m], xh[r0:r0 + m], G[off:off + m * m].reshape(m, m))
+        off += m * m
+    crow, cols = kernels.gram_candidates(G, starts, bound)
+    vals = np.empty(cols.size, dtype=np.float32)
+    kernels.dot_entries(crow, cols, x, x, vals)
+    j, cos = kernels.max_square_pick(crow, cols, vals)
+    return torch.from_numpy(j), torch.from_numpy(cos)
 
 
 class _OrthoPenalty(torch.autograd.Function):

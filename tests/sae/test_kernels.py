@@ -526,6 +526,70 @@ def test_dot_entries_within_the_summation_bound_and_independent_of_threads(threa
         assert outs[0].tobytes() == outs[1].tobytes() == outs[2].tobytes()
 
 
+def test_dot_entries_value_does_not_depend_on_the_other_entries_of_its_row():
+    """A row's last group of at most DOT_FEW entries is summed entry by entry, a larger one through the 16-lane
+    transposition: both give every entry the same sum, bit for bit."""
+    rng = _rng(8)
+    for d in (576, 100):  # whole column chunks, and a partial last one
+        x = rng.standard_normal((1, d)).astype(np.float32)
+        WT = rng.standard_normal((40, d)).astype(np.float32)
+        ref = None
+        for group in (1, 3, 4, 5, 16, 20, 21, 37):  # last groups of 1, 3, 4, 5, 16, 4, 5, 5 entries
+            cols = np.arange(group, dtype=np.int64)
+            out = np.empty(group, np.float32)
+            kernels.dot_entries(np.array([0, group], np.int64), cols, x, WT, out)
+            ref = out if ref is None or out.size > ref.size else ref
+            np.testing.assert_array_equal(out, ref[:group])
+
+
+def _gram_candidates_ref(G, starts, bound, rel, slack, margin):
+    """Brute-force candidate sets of kernels.gram_candidates with the threshold scaled by (1 + margin)."""
+    a, b, c, f = (v.astype(np.float64) for v in bound)
+    off, sets = 0, []
+    for r0, r1 in zip(starts[:-1], starts[1:], strict=True):
+        m = r1 - r0
+        g = np.abs((G[off:off + m * m].astype(np.uint32) << 16).view(np.float32).astype(np.float64).reshape(m, m))
+        off += m * m
+        e = a[r0:r1, None] * b[None, r0:r1] + c[r0:r1, None] * f[None, r0:r1] + rel * g + 2.0 ** -100
+        lo, hi = g - e, g + e
+        np.fill_diagonal(lo, 0.0)
+        t = np.maximum(lo.max(axis=1), 0.0) * (1 - slack) * (1 + margin) if m > 1 else np.zeros(m)
+        for li in range(m):
+            sets.append({r0 + j for j in range(m) if j != li and hi[li, j] >= t[li]})
+    return sets
+
+
+def test_gram_candidates_and_max_square_pick_against_numpy():
+    rng = _rng(9)
+    sizes = np.array([5, 1, 17, 40, 33])  # a chunk of one row has no candidates
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(starts[-1])
+    vals = (rng.standard_normal(int((sizes ** 2).sum())) * 0.2).astype(np.float32)
+    vals[::7] = vals[3]  # equal magnitudes: ties of the lower bounds
+    G = (vals.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 bits (truncated: any bits will do)
+    bound = tuple((rng.random(n) * s).astype(np.float32) for s in (0.05, 1.0, 1.0, 0.02))
+    crow, cols = kernels.gram_candidates(G, starts, bound)
+    got = [set(cols[crow[i]:crow[i + 1]].tolist()) for i in range(n)]
+    assert all(np.all(np.diff(cols[crow[i]:crow[i + 1]]) > 0) for i in range(n))  # column order
+    lo_ref = _gram_candidates_ref(G, starts, bound, kernels.REL_BFLOAT16, kernels.GRAM_SLACK, 1e-5)
+    hi_ref = _gram_candidates_ref(G, starts, bound, kernels.REL_BFLOAT16, kernels.GRAM_SLACK, -1e-5)
+    assert all(lo <= g <= hi for lo, g, hi in zip(lo_ref, got, hi_ref, strict=True))
+    assert got[5] == set() and all(got[i] for i in range(n) if i != 5)
+    v = (rng.integers(-3, 4, cols.size) * 0.25).astype(np.float32)  # many equal squares: ties to the first
+    j, vs = kernels.max_square_pick(crow, cols, v)
+    for i in range(n):
+        seg, vv = cols[crow[i]:crow[i + 1]], v[crow[i]:crow[i + 1]]
+        if seg.size == 0:
+            assert j[i] == -1 and vs[i] == 0
+            continue
+        first = int(np.argmax(vv * vv))
+        assert j[i] == seg[first] and vs[i] == vv[first]
+    with pytest.raises(ValueError, match="flat bfloat16"):
+        kernels.gram_candidates(G[:-1], starts, bound)
+    with pytest.raises(ValueError, match="starts"):
+        kernels.gram_candidates(G, starts[::-1].copy(), bound)
+
+
 @pytest.mark.skipif(not kernels.amx_ready(), reason="no AMX")
 def test_amx_product_and_fused_screen(threads_of):
     rng = _rng(8)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from paperlib.sae import kernels, penalty, screen
 from paperlib.sae.models import MetaSAE
 from paperlib.sae.penalty import decomposability_penalty, orthogonality_penalty, partition_chunks
 
@@ -112,3 +114,87 @@ def test_orthogonality_gradient_through_the_maximising_pairs_equals_the_dense_au
         (0.7 * fn(w, n_chunks, torch.Generator().manual_seed(2))).backward()
         grads.append(w.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-13)
+
+
+needs_screen = pytest.mark.skipif(not screen.applies(torch.zeros(1, 1), torch.zeros(1, 1)),
+                                  reason="no bfloat16 product or no fused kernels: the screened Gram does not run")
+
+
+def _hard_rows(case: str, n=240, d=64, seed=0) -> torch.Tensor:
+    """float32 rows whose largest cosines are hard to tell apart in bfloat16."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, d, generator=g)
+    if case == "near":  # pairs of rows a hair apart: their cosines to every row differ by far less than bf16 resolves
+        W[1::2] = W[0::2] + 1e-4 * torch.randn(n // 2, d, generator=g)
+    elif case == "cluster":  # rows around one direction: every cosine near 1, apart by less than bf16 resolves
+        W = torch.randn(d, generator=g) + 0.05 * W
+    elif case == "ties":  # exact duplicates and negated ones: equal cos², the first index wins
+        W[1::3] = W[0::3][: W[1::3].shape[0]]
+        W[2::3] = -W[0::3][: W[2::3].shape[0]]
+        W[7] = 0.0  # a zero row: clamped norm, every cosine 0
+        W[9] *= 1e-20  # tiny, but normalised like any other
+    return W
+
+
+def _normalised(W: torch.Tensor) -> torch.Tensor:
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)  # as _OrthoPenalty.forward
+
+
+def _pairs_over_full_matrices(Wn: torch.Tensor, chunks):
+    """Each chunk's full matrix of the same float32 dot products (kernels.dot_entries), then argmax of cos² with
+    the diagonal excluded, ties to the first: what the screen must reproduce bit for bit."""
+    rows, partners, cosines = [], [], []
+    for idx in chunks:
+        m = idx.numel()
+        if m < 2:
+            continue
+        x = Wn[idx].contiguous().numpy()
+        crow = (np.arange(m + 1) * m).astype(np.int64)
+        V = np.empty(m * m, np.float32)
+        kernels.dot_entries(crow, np.tile(np.arange(m, dtype=np.int64), m), x, x, V)
+        V = torch.from_numpy(V.reshape(m, m))
+        cos2 = V * V
+        cos2.diagonal().fill_(-1.0)
+        j = cos2.argmax(dim=1)
+        rows.append(idx)
+        partners.append(idx[j])
+        cosines.append(V.gather(1, j[:, None]).squeeze(1))
+    return torch.cat(rows), torch.cat(partners), torch.cat(cosines)
+
+
+@needs_screen
+@pytest.mark.parametrize("case", ["random", "near", "cluster", "ties"])
+@pytest.mark.parametrize("n_chunks", [1, 3, 239])  # 239: chunks of one and two rows
+def test_screened_gram_pairs_equal_argmax_over_the_full_matrix_of_the_same_dot_products(case, n_chunks):
+    Wn = _normalised(_hard_rows(case))
+    chunks = partition_chunks(Wn.shape[0], n_chunks, torch.Generator().manual_seed(4))
+    got = penalty._ortho_pairs(Wn, chunks)
+    ref = _pairs_over_full_matrices(Wn, chunks)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_screen
+def test_the_screened_gram_needs_its_bound(monkeypatch):
+    """Without the bound (only the rows' bfloat16 product decides) rows of a tight cluster get wrong partners: the
+    comparison above can fail."""
+    Wn = _normalised(_hard_rows("cluster"))
+    chunks = partition_chunks(Wn.shape[0], 1, torch.Generator().manual_seed(4))
+    ref = _pairs_over_full_matrices(Wn, chunks)
+    monkeypatch.setattr(kernels, "REL_BFLOAT16", 0.0)
+    monkeypatch.setattr(screen, "bounds", lambda *a: tuple(np.zeros(a[0].size, np.float32) for _ in range(4)))
+    got = penalty._ortho_pairs(Wn, chunks)
+    assert not torch.equal(got[1], ref[1])
+
+
+@needs_screen
+def test_float32_orthogonality_penalty_and_gradient_against_float64_dense():
+    W32 = _hard_rows("random", n=90, d=24, seed=3)  # no near-ties: float32 and float64 pick the same partners
+    out = []
+    for W, fn in ((W32, orthogonality_penalty), (W32.double(), _dense_orthogonality_penalty)):
+        w = W.clone().requires_grad_()
+        val = fn(w, 4, torch.Generator().manual_seed(6))
+        (0.7 * val).backward()
+        out.append((float(val.detach()), w.grad.double()))
+    assert abs(out[0][0] - out[1][0]) < 1e-5
+    assert torch.allclose(out[0][1], out[1][1], atol=1e-4)

@@ -532,6 +532,7 @@ static inline vec_f32 hsum16(vec_f32 v[16]) {
 }
 
 #define DOT_CW 64 /* floats per column chunk of dot_entries (256 bytes) */
+#define DOT_FEW 4  /* a token's last group of at most this many entries skips hsum16's 16-vector transposition */
 /* out[e] = x[i] . WT[cols[e]] for the entries e in [crow[i], crow[i + 1]) of every row i (x [B, d], WT [n, d]).
  * Work items are (column chunk, token block), chunk-major, so a thread's WT[:, chunk] (n * 256 bytes) stays in
  * its L2, as in decode_residual. Each dot product is summed in one fixed order: per chunk, four 16-lane vectors
@@ -558,6 +559,14 @@ void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, con
                                       x3 = vload_f32(xi + 48);
                         for (int64_t e0 = crow[i]; e0 < e1; e0 += 16) {
                             const int64_t g = e1 - e0 < 16 ? e1 - e0 : 16;
+                            if (g <= DOT_FEW) { /* a few entries: hsum_f32 each (the same sums as hsum16's lanes) */
+                                for (int64_t e = e0; e < e1; e++) {
+                                    const float *restrict wr = WT + cols[e] * d + t0;
+                                    pc[e] = hsum_f32((x0 * vload_f32(wr) + x1 * vload_f32(wr + 16)) +
+                                                     (x2 * vload_f32(wr + 32) + x3 * vload_f32(wr + 48)));
+                                }
+                                break;
+                            }
                             vec_f32 v[16];
                             for (int64_t u = 0; u < 16; u++) {
                                 if (u >= g) { v[u] = vzero_f32(); continue; }
@@ -587,6 +596,167 @@ void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, con
             for (int64_t c = 1; c < n_chunks; c++) s += part[c * m + e];
             out[e] = s;
         }
+    }
+}
+
+/* The screened Gram matrices of the orthogonality penalty. Chunk q holds the rows [starts[q], starts[q + 1]) of
+ * the gathered rows (m_q of them); G holds the chunks' screened Gram matrices one after another (m_q x m_q
+ * bfloat16 bits each, rows u_i . u_j rounded to bfloat16), every entry bounded by SCREEN_E with the rows' (a, c)
+ * and (b, f) terms. Per row i, s_i = max over j != i in its chunk of the lower bound |g| - e of |cos(i, j)| (at
+ * least 0); its candidates are the j != i of its chunk whose upper bound |g| + e reaches s_i (1 - slack), in
+ * column order, as row indices into cols [crow[i], crow[i + 1]) (crow [n + 1], n = starts[n_chunks]; cols holds
+ * up to sum m_q (m_q - 1) entries). Rows of a chunk of one row have none. */
+static inline float gram_e(float p, float ai, float bj, float ci, float fj, float rel) {
+    return SCREEN_E(p, ai, bj, ci, fj, rel);
+}
+
+/* |g| of 16 bfloat16 bits at p, widened exactly to float32; and a vector's lanes as int32 (for masks). */
+typedef uint16_t vec_u16x16 __attribute__((vector_size(32)));
+typedef uint32_t vec_u32x16 __attribute__((vector_size(64)));
+typedef int32_t vec_i32x16 __attribute__((vector_size(64)));
+static inline vec_f32 bf16x16_abs(const uint16_t *p) {
+    vec_u16x16 h;
+    memcpy(&h, p, sizeof h);
+    const vec_u32x16 w = (__builtin_convertvector(h, vec_u32x16) << 16) & 0x7fffffffu;
+    vec_f32 f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+/* The bounds of 16 entries from column j: e = a b_j + c f_j + rel |g| + 2^-100 (SCREEN_E, lane by lane). */
+static inline vec_f32 gram_e16(vec_f32 p, int64_t j, float ai, float ci, const float *restrict b,
+                               const float *restrict f, float rel) {
+    return ai * vload_f32(b + j) + ci * vload_f32(f + j) + rel * p + 0x1p-100f;
+}
+
+/* max over j in [j0, j1) of the lower bound |g| - e, at least s (explicit 16-lane vectors: GCC left the
+ * auto-vectorised loop to its scalar version here). */
+static inline float gram_max_lower(const uint16_t *restrict row, int64_t j0, int64_t j1, float ai, float ci,
+                                   const float *restrict b, const float *restrict f, float rel, float s) {
+    int64_t j = j0;
+    if (j1 - j0 >= 16) {
+        vec_f32 sv = vzero_f32() + s;
+        for (; j + 16 <= j1; j += 16) {
+            const vec_f32 p = bf16x16_abs(row + j), lo = p - gram_e16(p, j, ai, ci, b, f, rel);
+            const vec_i32x16 gt = lo > sv;
+            vec_i32x16 li, si;
+            memcpy(&li, &lo, sizeof li);
+            memcpy(&si, &sv, sizeof si);
+            si = (li & gt) | (si & ~gt);
+            memcpy(&sv, &si, sizeof sv);
+        }
+        for (int u = 0; u < 16; u++) s = sv[u] > s ? sv[u] : s;
+    }
+    for (; j < j1; j++) {
+        const float p = fabsf(screened_value(row, j, 1)), lo = p - gram_e(p, ai, b[j], ci, f[j], rel);
+        s = lo > s ? lo : s;
+    }
+    return s;
+}
+
+/* #{j in [j0, j1): upper bound |g| + e >= t}. */
+static inline int64_t gram_count_upper(const uint16_t *restrict row, int64_t j0, int64_t j1, float ai, float ci,
+                                       const float *restrict b, const float *restrict f, float rel, float t) {
+    int64_t k = 0, j = j0;
+    vec_i32x16 acc = {0};
+    for (; j + 16 <= j1; j += 16) {
+        const vec_f32 p = bf16x16_abs(row + j);
+        acc -= p + gram_e16(p, j, ai, ci, b, f, rel) >= t; /* a comparison's lanes are -1 (true) or 0 */
+    }
+    for (int u = 0; u < 16; u++) k += acc[u];
+    for (; j < j1; j++) {
+        const float p = fabsf(screened_value(row, j, 1));
+        k += p + gram_e(p, ai, b[j], ci, f[j], rel) >= t;
+    }
+    return k;
+}
+
+/* Whether some j in [j0, j1) (at most 16 columns) has upper bound |g| + e >= t. */
+static inline int gram_any_upper(const uint16_t *restrict row, int64_t j0, int64_t j1, float ai, float ci,
+                                 const float *restrict b, const float *restrict f, float rel, float t) {
+    if (j1 - j0 < 16) return gram_count_upper(row, j0, j1, ai, ci, b, f, rel, t) > 0;
+    const vec_f32 p = bf16x16_abs(row + j0);
+    const vec_i32x16 hit = p + gram_e16(p, j0, ai, ci, b, f, rel) >= t, none = {0};
+    return memcmp(&hit, &none, sizeof hit) != 0;
+}
+
+/* Row li of a chunk's screened Gram matrix (m entries; the chunk's b, f): the candidates' threshold
+ * s (1 - slack), returned, and their number in *count. The loops leave out the diagonal by their ranges (a test
+ * of the index inside them keeps GCC from vectorising them). */
+static inline __attribute__((always_inline)) float gram_row_count(
+        const uint16_t *restrict row, int64_t m, int64_t li, float ai, float ci, const float *restrict b,
+        const float *restrict f, float rel, float slack, int64_t *restrict count) {
+    float s = gram_max_lower(row, 0, li, ai, ci, b, f, rel, 0.0f);
+    s = gram_max_lower(row, li + 1, m, ai, ci, b, f, rel, s);
+    const float t = s * (1.0f - slack);
+    *count = gram_count_upper(row, 0, li, ai, ci, b, f, rel, t) + gram_count_upper(row, li + 1, m, ai, ci, b, f, rel, t);
+    return t;
+}
+
+/* The candidates of that row (threshold t) as r0 + their column, in column order, into cols; blocks of 16 columns
+ * without one are skipped by a vector test (the diagonal's block is always scanned). */
+static inline __attribute__((always_inline)) void gram_row_fill(
+        const uint16_t *restrict row, int64_t m, int64_t li, int64_t r0, float ai, float ci, const float *restrict b,
+        const float *restrict f, float rel, float t, int64_t *restrict cols) {
+    int64_t o = 0;
+    for (int64_t j0 = 0; j0 < m; j0 += 16) {
+        const int64_t j1 = j0 + 16 < m ? j0 + 16 : m;
+        if (!(li >= j0 && li < j1) && !gram_any_upper(row, j0, j1, ai, ci, b, f, rel, t)) continue;
+        for (int64_t j = j0; j < j1; j++) {
+            const float p = fabsf(screened_value(row, j, 1));
+            if (j != li && p + gram_e(p, ai, b[j], ci, f[j], rel) >= t) cols[o++] = r0 + j;
+        }
+    }
+}
+
+void gram_candidates(const uint16_t *restrict G, const int64_t *restrict starts, int64_t n_chunks, float rel,
+                     const float *restrict a, const float *restrict b, const float *restrict c,
+                     const float *restrict f, float slack, float *restrict thr, int64_t *restrict crow,
+                     int64_t *restrict cols, int nt) {
+    const int64_t n = starts[n_chunks];
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < n_chunks; q++) {
+            const int64_t r0 = starts[q], m = starts[q + 1] - r0;
+            int64_t off = 0;
+            for (int64_t u = 0; u < q; u++) off += (starts[u + 1] - starts[u]) * (starts[u + 1] - starts[u]);
+            for (int64_t li = 0; li < m; li++)
+                thr[r0 + li] = gram_row_count(G + off + li * m, m, li, a[r0 + li], c[r0 + li], b + r0, f + r0, rel,
+                                              slack, crow + r0 + li + 1);
+        }
+#pragma omp single
+        {
+            crow[0] = 0;
+            for (int64_t i = 0; i < n; i++) crow[i + 1] += crow[i];
+        }
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < n_chunks; q++) {
+            const int64_t r0 = starts[q], m = starts[q + 1] - r0;
+            int64_t off = 0;
+            for (int64_t u = 0; u < q; u++) off += (starts[u + 1] - starts[u]) * (starts[u + 1] - starts[u]);
+            for (int64_t li = 0; li < m; li++)
+                gram_row_fill(G + off + li * m, m, li, r0, a[r0 + li], c[r0 + li], b + r0, f + r0, rel, thr[r0 + li],
+                              cols + crow[r0 + li]);
+        }
+    }
+}
+
+/* Per row i of candidates (cols [crow[i], crow[i + 1]) in column order, values v): the candidate with the largest
+ * v^2 (float32 product), the first in column order among equal ones, into jstar[i] / vstar[i]; -1 and 0 for a row
+ * without candidates. */
+void max_square_pick(const int64_t *restrict crow, const int64_t *restrict cols, const float *restrict v,
+                     int64_t n, int64_t *restrict jstar, float *restrict vstar, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t i = 0; i < n; i++) {
+        float best = -1.0f, bv = 0.0f;
+        int64_t bj = -1;
+        for (int64_t e = crow[i]; e < crow[i + 1]; e++) {
+            const float sq = v[e] * v[e];
+            if (sq > best) { best = sq; bj = cols[e]; bv = v[e]; }
+        }
+        jstar[i] = bj;
+        vstar[i] = bv;
     }
 }
 
