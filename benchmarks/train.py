@@ -34,7 +34,8 @@ primary step for ``randcritic`` and, for ``joint``, also once per meta step (n_m
 chunked Gram matrices of the OrtSAE penalty (``gram``, screened by a bfloat16 product as well where it runs). No
 implementation with these dense products can go below it, however fast its sparse and element-wise work;
 ``floor@0.75`` is the same with a solo step at 0.75 of the bound (a faster solo step makes every fixed overhead
-a larger ratio). The implementations are timed in rounds (each once per round, after one warm-up), so a drift of the machine's speed affects all of them alike;
+a larger ratio). The implementations are timed in rounds (each once per round, after one warm-up), so a drift
+of the machine's speed affects all of them alike;
 each tok/s figure is the fastest round, per primary step, and each ratio (``× solo cost``, ``solo/bound``, the
 floors) is the median over rounds of that round's ratio: both implementations of a ratio are timed seconds
 apart, so a machine whose speed varies from minute to minute (the development machine's solo step varied by
