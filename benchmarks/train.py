@@ -155,7 +155,7 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
     blocks = torch.randn(n, d).tensor_split(prof.grid.ortho_chunks)
     work["screen_mm"] = dense_product(x, W)
     work["meta_mm"] = dense_product(rows, w_meta)
-    grams = [dense_product(b, b.t()) for b in blocks]
+    grams = [dense_product(b, b.t().contiguous()) for b in blocks]
     work["gram"] = lambda: [g() for g in grams]
     steps.update(screen_mm=1, meta_mm=1, gram=1)
     times = {name: [] for name in work}
