@@ -709,6 +709,13 @@ static inline __attribute__((always_inline)) void gram_row_fill(
     }
 }
 
+/* Where chunk q's m_q x m_q matrix starts in the chunks' Gram matrices stored one after another. */
+static inline int64_t gram_offset(const int64_t *restrict starts, int64_t q) {
+    int64_t off = 0;
+    for (int64_t u = 0; u < q; u++) off += (starts[u + 1] - starts[u]) * (starts[u + 1] - starts[u]);
+    return off;
+}
+
 void gram_candidates(const uint16_t *restrict G, const int64_t *restrict starts, int64_t n_chunks, float rel,
                      const float *restrict a, const float *restrict b, const float *restrict c,
                      const float *restrict f, float slack, float *restrict thr, int64_t *restrict crow,
@@ -718,9 +725,7 @@ void gram_candidates(const uint16_t *restrict G, const int64_t *restrict starts,
     {
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < n_chunks; q++) {
-            const int64_t r0 = starts[q], m = starts[q + 1] - r0;
-            int64_t off = 0;
-            for (int64_t u = 0; u < q; u++) off += (starts[u + 1] - starts[u]) * (starts[u + 1] - starts[u]);
+            const int64_t r0 = starts[q], m = starts[q + 1] - r0, off = gram_offset(starts, q);
             for (int64_t li = 0; li < m; li++)
                 thr[r0 + li] = gram_row_count(G + off + li * m, m, li, a[r0 + li], c[r0 + li], b + r0, f + r0, rel,
                                               slack, crow + r0 + li + 1);
@@ -732,9 +737,7 @@ void gram_candidates(const uint16_t *restrict G, const int64_t *restrict starts,
         }
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < n_chunks; q++) {
-            const int64_t r0 = starts[q], m = starts[q + 1] - r0;
-            int64_t off = 0;
-            for (int64_t u = 0; u < q; u++) off += (starts[u + 1] - starts[u]) * (starts[u + 1] - starts[u]);
+            const int64_t r0 = starts[q], m = starts[q + 1] - r0, off = gram_offset(starts, q);
             for (int64_t li = 0; li < m; li++)
                 gram_row_fill(G + off + li * m, m, li, r0, a[r0 + li], c[r0 + li], b + r0, f + r0, rel, thr[r0 + li],
                               cols + crow[r0 + li]);
