@@ -533,13 +533,15 @@ def test_dot_entries_value_does_not_depend_on_the_other_entries_of_its_row():
     for d in (576, 100):  # whole column chunks, and a partial last one
         x = rng.standard_normal((1, d)).astype(np.float32)
         WT = rng.standard_normal((40, d)).astype(np.float32)
-        ref = None
-        for group in (1, 3, 4, 5, 16, 20, 21, 37):  # last groups of 1, 3, 4, 5, 16, 4, 5, 5 entries
-            cols = np.arange(group, dtype=np.int64)
+
+        def dots(group: int) -> np.ndarray:  # the first `group` columns as one row's entries
             out = np.empty(group, np.float32)
-            kernels.dot_entries(np.array([0, group], np.int64), cols, x, WT, out)
-            ref = out if ref is None or out.size > ref.size else ref
-            np.testing.assert_array_equal(out, ref[:group])
+            kernels.dot_entries(np.array([0, group], np.int64), np.arange(group, dtype=np.int64), x, WT, out)
+            return out
+
+        alone = np.concatenate([dots(j + 1)[j:] for j in range(37)])  # entry j as the last of j + 1 entries
+        for group in (3, 4, 5, 16, 20, 21, 37):  # last groups of 3, 4, 5, 16, 4, 5 and 5 entries
+            np.testing.assert_array_equal(dots(group), alone[:group])
 
 
 def _gram_candidates_ref(G, starts, bound, rel, slack, margin):
