@@ -534,7 +534,7 @@ def test_dot_entries_value_does_not_depend_on_the_other_entries_of_its_row():
         x = rng.standard_normal((1, d)).astype(np.float32)
         WT = rng.standard_normal((40, d)).astype(np.float32)
 
-        def dots(group: int) -> np.ndarray:  # the first `group` columns as one row's entries
+        def dots(group: int, x=x, WT=WT) -> np.ndarray:  # the first `group` columns as one row's entries
             out = np.empty(group, np.float32)
             kernels.dot_entries(np.array([0, group], np.int64), np.arange(group, dtype=np.int64), x, WT, out)
             return out
