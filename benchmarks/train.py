@@ -35,13 +35,13 @@ chunked Gram matrices of the OrtSAE penalty (``gram``, screened by a bfloat16 pr
 implementation with these dense products can go below it, however fast its sparse and element-wise work;
 ``floor@0.75`` is the same with a solo step at 0.75 of the bound (a faster solo step makes every fixed overhead
 a larger ratio). The implementations are timed in rounds (each once per round, after one warm-up), so a drift
-of the machine's speed affects all of them alike;
-each tok/s figure is the fastest round, per primary step, and each ratio (``× solo cost``, ``solo/bound``, the
-floors) is the median over rounds of that round's ratio: both implementations of a ratio are timed seconds
-apart, so a machine whose speed varies from minute to minute (the development machine's solo step varied by
-±20% between runs) moves both alike. ``--dead`` marks fractions of latents dead (AuxK
-active): by default none, and 0.007 (16 of the default profile's 2304), as in its runs, where AuxK is active in
-most steps. SAELens and dictionary_learning are compared by ``make bench-peers`` (``benchmarks/peers.py``).
+of the machine's speed affects all of them alike; each tok/s figure is the fastest round, per primary step, and
+each ratio (``× solo cost``, ``solo/bound``, the floors) is the median over rounds of that round's ratio: both
+implementations of a ratio are timed seconds apart, so a machine whose speed varies from minute to minute (the
+development machine's solo step varied by ±20% between runs) moves both alike. ``--dead`` marks fractions of
+latents dead (AuxK active): by default none, and 0.007 (16 of the default profile's 2304), as in its runs, where
+AuxK is active in most steps. SAELens and dictionary_learning are compared by ``make bench-peers``
+(``benchmarks/peers.py``).
 
 Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 5]``.
 On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads make small parallel

@@ -97,7 +97,10 @@ def _ortho_pairs(Wn: torch.Tensor, chunks: list[torch.Tensor]) -> tuple[torch.Te
     screened = _screened_pairs(P, sizes)
     if screened is not None:
         j, cos = screened
-        keep = torch.cat([torch.full((m,), m > 1) for m in sizes])
+        keep = j >= 0  # every row has a partner except in chunks of one row
+        if int(keep.sum()) != sum(m for m in sizes if m > 1):
+            raise RuntimeError("screened Gram: a row of a chunk of two or more rows got no candidate partner, which "
+                               "the screen's bound rules out (a defect); PAPERLIB_BF16_SCREEN=0 takes the float32 path")
         return order[keep], order[j[keep]], cos[keep]
     rows, partners, cosines = [], [], []
     start = 0

@@ -188,6 +188,22 @@ def test_the_screened_gram_needs_its_bound(monkeypatch):
 
 
 @needs_screen
+def test_a_row_without_candidates_stops_with_an_error(monkeypatch):
+    """A row of a chunk of two or more rows must get a partner; a screen that gives none stops instead of
+    indexing a wrong one."""
+    Wn = _normalised(_hard_rows("random", n=20, d=8))
+    real = kernels.gram_candidates
+
+    def drop_first(G, starts, bound):
+        crow, cols = real(G, starts, bound)
+        return np.concatenate([[0], crow[1:] - crow[1]]).astype(np.int64), cols[crow[1]:].copy()
+
+    monkeypatch.setattr(kernels, "gram_candidates", drop_first)
+    with pytest.raises(RuntimeError, match="no candidate partner"):
+        penalty._ortho_pairs(Wn, partition_chunks(20, 2, torch.Generator().manual_seed(0)))
+
+
+@needs_screen
 def test_float32_orthogonality_penalty_and_gradient_against_float64_dense():
     W32 = _hard_rows("random", n=90, d=24, seed=3)  # no near-ties: float32 and float64 pick the same partners
     out = []

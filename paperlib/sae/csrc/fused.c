@@ -606,10 +606,6 @@ void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, con
  * least 0); its candidates are the j != i of its chunk whose upper bound |g| + e reaches s_i (1 - slack), in
  * column order, as row indices into cols [crow[i], crow[i + 1]) (crow [n + 1], n = starts[n_chunks]; cols holds
  * up to sum m_q (m_q - 1) entries). Rows of a chunk of one row have none. */
-static inline float gram_e(float p, float ai, float bj, float ci, float fj, float rel) {
-    return SCREEN_E(p, ai, bj, ci, fj, rel);
-}
-
 /* |g| of 16 bfloat16 bits at p, widened exactly to float32; and a vector's lanes as int32 (for masks). */
 typedef uint16_t vec_u16x16 __attribute__((vector_size(32)));
 typedef uint32_t vec_u32x16 __attribute__((vector_size(64)));
@@ -648,7 +644,7 @@ static inline float gram_max_lower(const uint16_t *restrict row, int64_t j0, int
         for (int u = 0; u < 16; u++) s = sv[u] > s ? sv[u] : s;
     }
     for (; j < j1; j++) {
-        const float p = fabsf(screened_value(row, j, 1)), lo = p - gram_e(p, ai, b[j], ci, f[j], rel);
+        const float p = fabsf(screened_value(row, j, 1)), lo = p - SCREEN_E(p, ai, b[j], ci, f[j], rel);
         s = lo > s ? lo : s;
     }
     return s;
@@ -666,7 +662,7 @@ static inline int64_t gram_count_upper(const uint16_t *restrict row, int64_t j0,
     for (int u = 0; u < 16; u++) k += acc[u];
     for (; j < j1; j++) {
         const float p = fabsf(screened_value(row, j, 1));
-        k += p + gram_e(p, ai, b[j], ci, f[j], rel) >= t;
+        k += p + SCREEN_E(p, ai, b[j], ci, f[j], rel) >= t;
     }
     return k;
 }
@@ -704,7 +700,7 @@ static inline __attribute__((always_inline)) void gram_row_fill(
         if (!(li >= j0 && li < j1) && !gram_any_upper(row, j0, j1, ai, ci, b, f, rel, t)) continue;
         for (int64_t j = j0; j < j1; j++) {
             const float p = fabsf(screened_value(row, j, 1));
-            if (j != li && p + gram_e(p, ai, b[j], ci, f[j], rel) >= t) cols[o++] = r0 + j;
+            if (j != li && p + SCREEN_E(p, ai, b[j], ci, f[j], rel) >= t) cols[o++] = r0 + j;
         }
     }
 }
