@@ -607,13 +607,11 @@ void dot_entries(const int64_t *restrict crow, const int64_t *restrict cols, con
  * column order, as row indices into cols [crow[i], crow[i + 1]) (crow [n + 1], n = starts[n_chunks]; cols holds
  * up to sum m_q (m_q - 1) entries). Rows of a chunk of one row have none. */
 /* |g| of 16 bfloat16 bits at p, widened exactly to float32; and a vector's lanes as int32 (for masks). */
-typedef uint16_t vec_u16x16 __attribute__((vector_size(32)));
-typedef uint32_t vec_u32x16 __attribute__((vector_size(64)));
 typedef int32_t vec_i32x16 __attribute__((vector_size(64)));
 static inline vec_f32 bf16x16_abs(const uint16_t *p) {
-    vec_u16x16 h;
+    vec_u16 h;
     memcpy(&h, p, sizeof h);
-    const vec_u32x16 w = (__builtin_convertvector(h, vec_u32x16) << 16) & 0x7fffffffu;
+    const vec_u32 w = (__builtin_convertvector(h, vec_u32) << 16) & 0x7fffffffu;
     vec_f32 f;
     memcpy(&f, &w, sizeof f);
     return f;
