@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from paperlib.config.profiles import Profile, get_profile
-from paperlib.sae.penalty import orthogonality_penalty, row_penalty_terms
+from paperlib.sae.penalty import orthogonality_penalty, row_penalty_terms, row_quantiles
 
 _NUM = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
 HYPER_COLUMNS = ("lambda2", "sigma2", "gamma")
@@ -210,8 +210,7 @@ def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[
     with torch.set_grad_enabled(weight > 0 and torch.is_grad_enabled()):
         p, err = row_penalty_terms(inputs.W_dec, W_hat, spec.sigma2)
         pen = p.mean()
-    with torch.no_grad():
-        q = torch.quantile(p.detach().double(), torch.tensor(ROW_QUANTILES, dtype=torch.float64))
+    q = row_quantiles(p, ROW_QUANTILES)
     term = weight * pen if weight > 0 else None
     logs = {"meta_err": float(err.detach().mean()), "penalty": float(pen.detach())}
     logs.update({f"p_row_q{round(100 * a):02d}": float(v) for a, v in zip(ROW_QUANTILES, q, strict=True)})

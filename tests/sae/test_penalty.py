@@ -214,3 +214,55 @@ def test_float32_orthogonality_penalty_and_gradient_against_float64_dense():
         out.append((float(val.detach()), w.grad.double()))
     assert abs(out[0][0] - out[1][0]) < 1e-5
     assert torch.allclose(out[0][1], out[1][1], atol=1e-4)
+
+
+QS = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _quantile_inputs(rng: np.random.Generator, t: int) -> np.ndarray:
+    n = int(rng.integers(1, 2500))
+    kind = t % 3
+    if kind == 0:
+        return rng.random(n, dtype=np.float32)
+    if kind == 1:  # penalty-like: exp(−e/σ²) over several orders of magnitude
+        return np.exp(-rng.random(n).astype(np.float32) * 30)
+    return (rng.integers(0, 5, n) / 7).astype(np.float32)  # many ties
+
+
+def test_row_quantiles_equal_torch_quantile_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for t in range(1500):
+        v = torch.from_numpy(_quantile_inputs(rng, t))
+        ref = torch.quantile(v.double(), torch.tensor(QS, dtype=torch.float64))
+        got = penalty.row_quantiles(v, QS)
+        assert got.dtype == torch.float64
+        assert torch.equal(got.view(torch.int64), ref.view(torch.int64)), (t, got, ref)
+
+
+def test_row_quantiles_need_the_single_rounding():
+    """The comparison above can fail: interpolating with two roundings (a + w·(b − a) in float64) differs from
+    torch on some of the same inputs, so equality there is not a matter of luck."""
+    rng = np.random.default_rng(0)
+    differs = 0
+    for t in range(1500):
+        v = _quantile_inputs(rng, t).astype(np.float64)
+        ref = torch.quantile(torch.from_numpy(v), torch.tensor(QS, dtype=torch.float64)).numpy()
+        ranks = np.asarray(QS) * (v.size - 1)
+        lo, hi = ranks.astype(np.int64), np.ceil(ranks).astype(np.int64)
+        s = np.sort(v)
+        w = ranks - lo
+        naive = np.where(w < 0.5, s[lo] + w * (s[hi] - s[lo]), s[hi] + (w - 1) * (s[hi] - s[lo]))
+        differs += int(not np.array_equal(naive, ref))
+    assert differs > 0
+
+
+@pytest.mark.parametrize("v", [[1.0, float("nan"), 2.0], [0.5, float("inf")], [3.0]])
+def test_row_quantiles_edge_inputs_follow_torch(v):
+    t = torch.tensor(v, dtype=torch.float32)
+    ref = torch.quantile(t.double(), torch.tensor(QS, dtype=torch.float64))
+    torch.testing.assert_close(penalty.row_quantiles(t, QS), ref, equal_nan=True, rtol=0, atol=0)
+
+
+def test_row_quantiles_of_nothing_is_torch_error():
+    with pytest.raises(RuntimeError):
+        penalty.row_quantiles(torch.zeros(0), QS)
