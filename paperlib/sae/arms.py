@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from paperlib.config.profiles import Profile, get_profile
@@ -199,6 +200,7 @@ def arm_of(name: str) -> Arm:
 
 ROW_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 """Quantiles over decoder rows of the per-row penalty term p_i that joint-type arms log each step."""
+_ROW_Q = np.array(ROW_QUANTILES)
 
 
 def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[torch.Tensor | None, dict]:
@@ -210,7 +212,7 @@ def _meta_penalty(spec: RunSpec, inputs: PenaltyInputs, weight: float) -> tuple[
     with torch.set_grad_enabled(weight > 0 and torch.is_grad_enabled()):
         p, err = row_penalty_terms(inputs.W_dec, W_hat, spec.sigma2)
         pen = p.mean()
-    q = row_quantiles(p, ROW_QUANTILES)
+    q = row_quantiles(p, _ROW_Q)
     term = weight * pen if weight > 0 else None
     logs = {"meta_err": float(err.detach().mean()), "penalty": float(pen.detach())}
     logs.update({f"p_row_q{round(100 * a):02d}": float(v) for a, v in zip(ROW_QUANTILES, q, strict=True)})

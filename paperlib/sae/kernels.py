@@ -392,6 +392,23 @@ def ortho_backward(U, r, clamped, partner, cos, crow_r, src, scale: float, dW) -
                              ctypes.c_int64(d), _scalar_type(U)(scale), _p(dW), ctypes.c_int(threads()))
 
 
+def quantiles(v: np.ndarray, q: np.ndarray) -> np.ndarray | None:
+    """``torch.quantile(torch.from_numpy(v).double(), q)`` (linear interpolation) of a float32 vector, bit for bit,
+    by selection instead of a sort; ``None`` when a value is not finite (the caller then asks torch). ``q``: float64
+    in [0, 1]. The checks are attribute tests and the kernel's own (it runs every training step, where each small
+    array operation costs tens of microseconds)."""
+    _float32("quantiles", v)
+    if v.ndim != 1 or v.size == 0 or q.dtype != np.float64 or q.ndim != 1:
+        raise ValueError(f"quantiles: v must be a non-empty float32 vector and q a float64 vector, got v {v.shape}, "
+                         f"q {q.dtype} {q.shape}")
+    out = np.empty(q.size)
+    work = scratch("quantiles", v.size, np.float64)
+    ok = _lib().quantiles_f32(_p(v), ctypes.c_int64(v.size), _p(q), ctypes.c_int64(q.size), _p(work), _p(out))
+    if ok == -2:
+        raise ValueError(f"quantiles: q must lie in [0, 1], got {q.tolist()}")
+    return out if ok == 0 else None
+
+
 def project_rows(W: np.ndarray, G: np.ndarray) -> None:
     """G[j] −= (G[j] · ŵ_j) ŵ_j with ŵ_j = W[j] / max(‖W[j]‖, 1e-12), in place."""
     n, d = W.shape

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -62,25 +61,18 @@ class _FusedRowPenalty(torch.autograd.Function):
         return G, None, None
 
 
-def row_quantiles(values: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
-    """``torch.quantile(values.double(), qs)`` (linear interpolation) for a 1-D tensor, bit for bit, by selection
-    instead of a full sort: the two order statistics around each rank (``np.partition``), then torch's
-    interpolation a + w·(b − a) for w < 0.5 and b + (w − 1)·(b − a) otherwise, each a fused multiply-add (one
-    rounding, done here in exact rational arithmetic). The trainer logs these every step, where a sort of the n
-    rows cost several times the rest of the log. Non-finite or empty input goes to ``torch.quantile`` itself."""
-    v = values.detach().double().cpu().numpy().reshape(-1)
+def row_quantiles(values: torch.Tensor, qs: Sequence[float] | np.ndarray) -> torch.Tensor:
+    """``torch.quantile(values.double(), qs)`` (linear interpolation, float64) of a 1-D tensor, bit for bit; on the
+    fused path by selection in one kernel call (:func:`kernels.quantiles`) instead of torch's sort and a dozen small
+    ops, which cost the trainer's per-step log as much as the penalty itself. Otherwise, and for values that are
+    not finite, ``torch.quantile``. ``qs`` as a float64 array saves a conversion per call."""
     q = np.asarray(qs, dtype=np.float64)
-    if v.size == 0 or q.ndim != 1 or not (np.isfinite(v).all() and ((q >= 0) & (q <= 1)).all()):
-        return torch.quantile(torch.from_numpy(v), torch.from_numpy(q))
-    ranks = q * float(v.size - 1)
-    below, above = ranks.astype(np.int64), np.ceil(ranks).astype(np.int64)
-    part = np.partition(v, np.unique(np.concatenate([below, above])))
-    out = np.empty(q.size)
-    for i, (lo, hi, w) in enumerate(zip(below, above, ranks - below, strict=True)):
-        a, b = float(part[lo]), float(part[hi])
-        base, coef = (a, w) if abs(w) < 0.5 else (b, w - 1.0)
-        out[i] = float(Fraction(coef) * Fraction(b - a) + Fraction(base))
-    return torch.from_numpy(out)
+    v = values.detach().reshape(-1)
+    if v.dtype == torch.float32 and v.numel() and q.ndim == 1 and kernels.applies(v):
+        out = kernels.quantiles(v.numpy(), q)
+        if out is not None:
+            return torch.from_numpy(out)
+    return torch.quantile(v.double(), torch.from_numpy(q))
 
 
 def partition_chunks(n: int, n_chunks: int, generator: torch.Generator | None = None,
