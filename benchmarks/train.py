@@ -36,7 +36,8 @@ implementation with these dense products can go below it, however fast its spars
 ``floor@0.75`` is the same with a solo step at 0.75 of the bound (a faster solo step makes every fixed overhead
 a larger ratio). The implementations are timed in rounds (each once per round, after one warm-up), so a drift
 of the machine's speed affects all of them alike; each tok/s figure is the fastest round, per primary step, and
-each ratio (``× solo cost``, ``solo/bound``, the floors) is the median over rounds of that round's ratio: both
+each ratio (``× solo cost``, ``solo/bound``, the floors) is the median over rounds of that round's ratio (a line
+below each row gives the interquartile range of the arms' round ratios): both
 implementations of a ratio are timed seconds apart, so a machine whose speed varies from minute to minute (the
 development machine's solo step varied by ±20% between runs) moves both alike. ``--dead`` marks fractions of
 latents dead (AuxK active): by default none, and 0.007 (16 of the default profile's 2304), as in its runs, where
@@ -172,6 +173,7 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
     out.update({name: batch / t for name, t in best.items()})
     for name in ("naive", *ARMS):
         out[f"{name}_cost"] = float(np.median(t[name] / t["solo"]))
+        out[f"{name}_cost_iqr"] = tuple(float(v) for v in np.percentile(t[name] / t["solo"], [25, 75]))
     out["solo_vs_bound"] = float(np.median(t["bound"] / t["solo"]))
     extra = {"joint": t["meta_mm"] * (1 + prof.meta.n_meta_steps / n_p), "randcritic": t["meta_mm"],
              "ortho": t["gram"]}
@@ -206,6 +208,9 @@ def main() -> None:
                   + " ".join(f"{r[c]:>16,.0f}" for c in cols) + f" {r['solo_vs_bound']:>10.2f} "
                   + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS))
                   + " " + " ".join(f"{r[c]:>18.3f}" for c in floors), flush=True)
+            print(f"{'':>27} interquartile range of the rounds' ratios: "
+                  + ", ".join(f"{c} {r[c + '_cost_iqr'][0]:.2f}–{r[c + '_cost_iqr'][1]:.2f}" for c in ARMS)
+                  + f" ({args.reps} rounds)", flush=True)
 
 
 if __name__ == "__main__":
