@@ -44,7 +44,14 @@ latents dead (AuxK active): by default none, and 0.007 (16 of the default profil
 AuxK is active in most steps. SAELens and dictionary_learning are compared by ``make bench-peers``
 (``benchmarks/peers.py``).
 
-Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 5]``.
+``--trained artifacts/default`` (after ``make reproduce``) times the trained state instead of fresh weights on one
+random batch: solo and each arm start from that run's weights (solo, joint-l0.3-s1, randcritic-l0.3-s1, ortho-g0.1,
+with their meta SAEs), keep that run's own dead set fixed, and cycle through n_p batches of its training
+activations. Trained decoders and real activations change how much the screens let through (and with it the
+selection's and dot products' cost), so these ratios are closer to what a run pays than the fresh-weight ones.
+
+Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 5]
+[--trained artifacts/default]``.
 On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads make small parallel
 ops up to ~70x slower under contention.
 """
@@ -54,6 +61,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,7 +70,7 @@ from paperlib.config.profiles import get_profile
 from paperlib.sae import blas, kernels, screen
 from paperlib.sae.arms import RunSpec
 from paperlib.sae.models import BatchTopKSAE
-from paperlib.sae.trainer import TrainConfig, Trainer
+from paperlib.sae.trainer import TrainConfig, Trainer, load_trained_meta, load_trained_sae
 
 
 def naive_dense_step(sae: BatchTopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:
@@ -120,34 +128,77 @@ def _trainer(prof, spec: RunSpec, d: int) -> Trainer:
     return t
 
 
-def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32) -> dict:
+TRAINED_RUNS = {"solo": "solo", "joint": "joint-l0.3-s1", "randcritic": "randcritic-l0.3-s1", "ortho": "ortho-g0.1"}
+"""The runs of a finished default run whose weights ``--trained`` loads for solo and each arm of :data:`ARMS`."""
+
+
+def trained_batches(root: Path, batch: int, count: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` batches of consecutive rows from seeded random offsets of the run's training activations."""
+    path = root / "activations" / "train.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"--trained {root}: no {path}; give the artifacts folder of a finished default run "
+                                "(artifacts/default after `make reproduce`)")
+    acts = np.load(path, mmap_mode="r")
+    starts = np.random.default_rng(seed).integers(0, acts.shape[0] - batch, count)
+    return [torch.from_numpy(np.asarray(acts[s:s + batch], dtype=np.float32)) for s in starts]
+
+
+def load_trained(tr: Trainer, root: Path, name: str) -> None:
+    """The finished run ``name``'s primary (and meta) SAE into ``tr``, weights and state (dead-latent counters)."""
+    run = root / "runs" / TRAINED_RUNS[name]
+    sae = load_trained_sae(run)
+    if (sae.d_in, sae.n_latents) != (tr.primary.d_in, tr.primary.n_latents):
+        raise ValueError(f"--trained: {run} holds an SAE of d={sae.d_in}, n={sae.n_latents}; the benchmark's default "
+                         f"geometry is d={tr.primary.d_in}, n={tr.primary.n_latents}")
+    tr.primary.load_state_dict(sae.state_dict())
+    if tr.meta is not None:
+        tr.meta.load_state_dict(load_trained_meta(run).state_dict())
+
+
+def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32, trained: Path | None = None) -> dict:
     torch.manual_seed(0)
     base = get_profile("default")
     n, batch = GEOMETRIES[geometry] or (base.sae.n_latents, base.sae.batch_size)
     prof = base if GEOMETRIES[geometry] is None else get_profile(
         "default", n_latents=n, k=k, batch_size=batch, n_meta=round(0.09 * n))
-    x = torch.randn(batch, d) * 2 + torch.randn(d)
+    n_p = prof.meta.n_primary_steps
+    if trained is not None:
+        if GEOMETRIES[geometry] is not None:
+            raise ValueError("--trained loads the default profile's runs: use --geometry default")
+        pool = trained_batches(trained, batch, n_p)
+        d = pool[0].shape[1]
+    else:
+        pool = [torch.randn(batch, d) * 2 + torch.randn(d)]
+    x = pool[0]
+    saved_counters: dict[int, torch.Tensor] = {}
 
     def mark_dead(sae: BatchTopKSAE) -> None:
-        """Fix the dead set (repeating one batch would otherwise kill latents step by step)."""
+        """Fix the dead set (repeating one batch would otherwise kill latents step by step): with ``trained``, the
+        run's own at its end; else the first ``dead_frac`` of the latents."""
+        if id(sae) in saved_counters:
+            sae.steps_since_fired.copy_(saved_counters[id(sae)])
+            return
         sae.steps_since_fired.zero_()
         if dead_frac > 0:
             sae.steps_since_fired[: int(dead_frac * n)] = 10**6
 
     W = torch.randn(d, n)
-    n_p = prof.meta.n_primary_steps
     naive = BatchTopKSAE(d, n, k, seed=0)
     opt = torch.optim.Adam(naive.parameters(), lr=prof.sae.lr, betas=(0.9, 0.99))
     steps = {"bound": 3, "naive": 1}
     pre = torch.empty(batch, n)
     work = {"bound": lambda: [torch.mm(x, W, out=pre).relu_() for _ in range(3)],
             "naive": lambda: (naive_dense_step(naive, opt, x), mark_dead(naive))}
+    trainers: dict[str, Trainer] = {}
     for name, spec in (("solo", RunSpec("solo")), *ARMS.items()):
-        tr = _trainer(prof, spec, d)
+        tr = trainers[name] = _trainer(prof, spec, d)
+        if trained is not None:
+            load_trained(tr, trained, name)
+            saved_counters[id(tr.primary)] = tr.primary.steps_since_fired.clone()
 
         def block(tr=tr) -> None:  # n_p primary steps (with the meta phase that ends the block)
-            for _ in range(n_p):
-                tr.macro_step(x)
+            for j in range(n_p):
+                tr.macro_step(pool[j % len(pool)])
                 mark_dead(tr.primary)
 
         work[name], steps[name] = block, n_p
@@ -169,7 +220,8 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
             times[name].append((time.perf_counter() - t0) / steps[name])
     best = {name: min(ts) for name, ts in times.items()}
     t = {name: np.array(ts) for name, ts in times.items()}
-    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=dead_frac)
+    solo_dead = int(trainers["solo"].primary.dead_mask().sum())
+    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=solo_dead / n)
     out.update({name: batch / t for name, t in best.items()})
     for name in ("naive", *ARMS):
         out[f"{name}_cost"] = float(np.median(t[name] / t["solo"]))
@@ -185,13 +237,22 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--geometry", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+    ap.add_argument("--geometry", nargs="+", default=None, choices=list(GEOMETRIES),
+                    help="default: both (only 'default' with --trained)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dead", type=float, nargs="+", default=[0.0, 0.007],
                     help="fractions of latents marked dead (AuxK active); 0.007 is the default profile's runs "
                          "(up to 16 of 2304 latents dead, AuxK active in 50-90%% of their steps)")
+    ap.add_argument("--trained", type=Path, default=None,
+                    help="artifacts folder of a finished default run (artifacts/default): solo and each arm start "
+                         "from that run's trained weights, dead-latent counters (its own dead set, kept fixed) and "
+                         "meta SAE, on batches of its training activations; default geometry only")
     args = ap.parse_args()
+    if args.geometry is None:
+        args.geometry = ["default"] if args.trained is not None else list(GEOMETRIES)
+    if args.trained is not None and args.geometry != ["default"]:
+        ap.error("--trained loads the default profile's runs (n = 2304, B = 2048): use --geometry default")
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%F %T')} torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
@@ -202,8 +263,8 @@ def main() -> None:
           + f" {'solo/bound':>10} " + " ".join(f"{c + ' ×solo cost':>18}" for c in ("naive", *ARMS))
           + " " + " ".join(f"{c.replace('floor75', 'floor@0.75'):>18}" for c in floors))
     for g in args.geometry:
-        for dead in args.dead:
-            r = bench(g, args.reps, dead)
+        for dead in args.dead if args.trained is None else [0.0]:
+            r = bench(g, args.reps, dead, trained=args.trained)
             print(f"{g:>9} {r['n']:>5} {r['batch']:>5} {r['dead_frac']:>5.3f} "
                   + " ".join(f"{r[c]:>16,.0f}" for c in cols) + f" {r['solo_vs_bound']:>10.2f} "
                   + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS))
