@@ -47,8 +47,10 @@ AuxK is active in most steps. SAELens and dictionary_learning are compared by ``
 ``--trained artifacts/default`` (after ``make reproduce``) times the trained state instead of fresh weights on one
 random batch: solo and each arm start from that run's weights (solo, joint-l0.3-s1, randcritic-l0.3-s1, ortho-g0.1,
 with their meta SAEs), keep that run's own dead set fixed, and cycle through n_p batches of its training
-activations. Trained decoders and real activations change how much the screens let through (and with it the
-selection's and dot products' cost), so these ratios are closer to what a run pays than the fresh-weight ones.
+activations; a second row clears every dead set (no AuxK anywhere), since the runs end with different dead
+latents (the last line of each row gives them). Trained decoders and real activations change how much the
+screens let through (and with it the selection's and dot products' cost), so these ratios are closer to what a
+run pays than the fresh-weight ones.
 
 Usage: ``.venv/bin/python benchmarks/train.py [--geometry default reference] [--threads 2] [--reps 5]
 [--trained artifacts/default]``.
@@ -155,7 +157,8 @@ def load_trained(tr: Trainer, root: Path, name: str) -> None:
         tr.meta.load_state_dict(load_trained_meta(run).state_dict())
 
 
-def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32, trained: Path | None = None) -> dict:
+def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32, trained: Path | None = None,
+          trained_dead: bool = True) -> dict:
     torch.manual_seed(0)
     base = get_profile("default")
     n, batch = GEOMETRIES[geometry] or (base.sae.n_latents, base.sae.batch_size)
@@ -194,7 +197,8 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32,
         tr = trainers[name] = _trainer(prof, spec, d)
         if trained is not None:
             load_trained(tr, trained, name)
-            saved_counters[id(tr.primary)] = tr.primary.steps_since_fired.clone()
+            counters = tr.primary.steps_since_fired.clone()
+            saved_counters[id(tr.primary)] = counters if trained_dead else torch.zeros_like(counters)
 
         def block(tr=tr) -> None:  # n_p primary steps (with the meta phase that ends the block)
             for j in range(n_p):
@@ -221,7 +225,8 @@ def bench(geometry: str, reps: int, dead_frac: float, d: int = 576, k: int = 32,
     best = {name: min(ts) for name, ts in times.items()}
     t = {name: np.array(ts) for name, ts in times.items()}
     solo_dead = int(trainers["solo"].primary.dead_mask().sum())
-    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=solo_dead / n)
+    out = dict(geometry=geometry, batch=batch, d=d, n=n, k=k, dead_frac=solo_dead / n,
+               dead={name: int(tr.primary.dead_mask().sum()) for name, tr in trainers.items()})
     out.update({name: batch / t for name, t in best.items()})
     for name in ("naive", *ARMS):
         out[f"{name}_cost"] = float(np.median(t[name] / t["solo"]))
@@ -246,8 +251,8 @@ def main() -> None:
                          "(up to 16 of 2304 latents dead, AuxK active in 50-90%% of their steps)")
     ap.add_argument("--trained", type=Path, default=None,
                     help="artifacts folder of a finished default run (artifacts/default): solo and each arm start "
-                         "from that run's trained weights, dead-latent counters (its own dead set, kept fixed) and "
-                         "meta SAE, on batches of its training activations; default geometry only")
+                         "from that run's trained weights, dead-latent counters (its own dead set, kept fixed; then "
+                         "none) and meta SAE, on batches of its training activations; default geometry only")
     args = ap.parse_args()
     if args.geometry is None:
         args.geometry = ["default"] if args.trained is not None else list(GEOMETRIES)
@@ -263,15 +268,17 @@ def main() -> None:
           + f" {'solo/bound':>10} " + " ".join(f"{c + ' ×solo cost':>18}" for c in ("naive", *ARMS))
           + " " + " ".join(f"{c.replace('floor75', 'floor@0.75'):>18}" for c in floors))
     for g in args.geometry:
-        for dead in args.dead if args.trained is None else [0.0]:
-            r = bench(g, args.reps, dead, trained=args.trained)
+        for dead in args.dead if args.trained is None else [True, False]:  # with --trained: the runs' own or none
+            r = (bench(g, args.reps, dead) if args.trained is None else
+                 bench(g, args.reps, 0.0, trained=args.trained, trained_dead=dead))
             print(f"{g:>9} {r['n']:>5} {r['batch']:>5} {r['dead_frac']:>5.3f} "
                   + " ".join(f"{r[c]:>16,.0f}" for c in cols) + f" {r['solo_vs_bound']:>10.2f} "
                   + " ".join(f"{r[c + '_cost']:>18.2f}" for c in ("naive", *ARMS))
                   + " " + " ".join(f"{r[c]:>18.3f}" for c in floors), flush=True)
             print(f"{'':>27} interquartile range of the rounds' ratios: "
                   + ", ".join(f"{c} {r[c + '_cost_iqr'][0]:.2f}–{r[c + '_cost_iqr'][1]:.2f}" for c in ARMS)
-                  + f" ({args.reps} rounds)", flush=True)
+                  + f" ({args.reps} rounds); dead latents: "
+                  + ", ".join(f"{name} {count}" for name, count in r["dead"].items()), flush=True)
 
 
 if __name__ == "__main__":
