@@ -25,6 +25,8 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
   one over the dead latents (their encoder-column and decoder-row gradients, tokens in blocks);
 - ``project_rows`` / ``renorm_rows``: the decoder constraint;
 - ``row_penalty`` / ``row_penalty_grad``: the decomposability penalty's per-row terms and their gradient;
+  ``quantiles`` (float32 only): the quantiles of those terms that the trainer logs every step, exactly as
+  ``torch.quantile`` computes them (quickselect, then its interpolation as one fused multiply-add);
 - ``ortho_backward``: the orthogonality penalty's gradient through each row's maximising pair;
   ``gram_candidates`` / ``max_square_pick`` (float32 only): its screened Gram matrices (the rows that can hold each
   row's largest |cosine|, from a bfloat16 product and the screen's bound; the largest square among their exact
