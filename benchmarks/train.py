@@ -246,9 +246,10 @@ def main() -> None:
                     help="default: both (only 'default' with --trained)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dead", type=float, nargs="+", default=[0.0, 0.007],
-                    help="fractions of latents marked dead (AuxK active); 0.007 is the default profile's runs "
-                         "(up to 16 of 2304 latents dead, AuxK active in 50-90%% of their steps)")
+    ap.add_argument("--dead", type=float, nargs="+", default=None,
+                    help="fractions of latents marked dead (AuxK active); default 0 and 0.007, the default profile's "
+                         "runs (up to 16 of 2304 latents dead, AuxK active in 50-90%% of their steps); not with "
+                         "--trained, which uses each run's own dead set, then none")
     ap.add_argument("--trained", type=Path, default=None,
                     help="artifacts folder of a finished default run (artifacts/default): solo and each arm start "
                          "from that run's trained weights, dead-latent counters (its own dead set, kept fixed; then "
@@ -258,6 +259,10 @@ def main() -> None:
         args.geometry = ["default"] if args.trained is not None else list(GEOMETRIES)
     if args.trained is not None and args.geometry != ["default"]:
         ap.error("--trained loads the default profile's runs (n = 2304, B = 2048): use --geometry default")
+    if args.trained is not None and args.dead is not None:
+        ap.error("--dead marks latents of fresh weights; --trained uses each run's own dead set (then none): "
+                 "drop --dead")
+    args.dead = args.dead or [0.0, 0.007]
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%F %T')} torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
