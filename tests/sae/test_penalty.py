@@ -230,8 +230,9 @@ def _quantile_inputs(rng: np.random.Generator, t: int) -> np.ndarray:
 
 
 def test_row_quantiles_equal_torch_quantile_bit_for_bit():
+    """The wrapper's dispatch (the kernel itself is checked on 1,500 vectors in test_kernels)."""
     rng = np.random.default_rng(0)
-    for t in range(1500):
+    for t in range(300):
         v = torch.from_numpy(_quantile_inputs(rng, t))
         ref = torch.quantile(v.double(), torch.tensor(QS, dtype=torch.float64))
         got = penalty.row_quantiles(v, QS)

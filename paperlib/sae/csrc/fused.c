@@ -124,29 +124,10 @@ void by_latent(const int64_t *restrict rows, const int64_t *restrict cols, int64
     }
 }
 
-/* a[k] becomes the value of rank k of a[lo..hi) (its sorted position), with a[lo..k) <= a[k] <= a[k+1..hi):
- * quickselect with a median-of-three pivot. */
-static void select_rank(double *restrict a, int64_t lo, int64_t hi, int64_t k) {
-    while (hi - lo > 1) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        double x = a[lo], y = a[mid], z = a[hi - 1];
-        const double pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int64_t i = lo, j = hi - 1;
-        while (i <= j) { /* Hoare partition: a[lo..i) <= pivot <= a(j..hi) */
-            while (a[i] < pivot) i++;
-            while (a[j] > pivot) j--;
-            if (i <= j) { const double t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
-        }
-        if (k <= j) hi = j + 1;
-        else if (k >= i) lo = i;
-        else return; /* j < k < i: a[k] equals the pivot */
-    }
-}
-
 /* torch.quantile(v.double(), q) with linear interpolation, bit for bit: rank r = q (n - 1), below = floor(r),
  * above = ceil(r), w = r - below, then a + w (b - a) for w < 0.5 and b + (w - 1) (b - a) otherwise, each one fused
- * multiply-add as torch's lerp computes it. work holds n doubles; ranks are selected in ascending order, each in
- * the part right of the previous one. Returns -2 when a q is outside [0, 1], -1 when a value is not finite (nothing
+ * multiply-add as torch's lerp computes it. work holds n doubles; ranks are selected (select_rank) in ascending
+ * order, each in the part right of the previous one. Returns -2 when a q is outside [0, 1], -1 when a value is not finite (nothing
  * written), else 0. */
 int quantiles_f32(const float *restrict v, int64_t n, const double *restrict q, int64_t nq, double *restrict work,
                   double *restrict out) {
@@ -166,7 +147,7 @@ int quantiles_f32(const float *restrict v, int64_t n, const double *restrict q, 
             if (hi >= done && hi < next) next = hi;
         }
         if (next >= n) break;
-        select_rank(work, done, n, next);
+        select_rank_f64(work, done, n, next);
         done = next + 1;
     }
     for (int64_t s = 0; s < nq; s++) {

@@ -471,30 +471,29 @@ void S(renorm_rows)(T *restrict W, int64_t n, int64_t d, int nt) {
 #undef vzero
 #undef hsum
 
-/* The k-th largest (1 <= k <= m) of v[0..m) by quickselect (median-of-three pivots); permutes v. */
-static T S(kth_largest)(T *restrict v, int64_t m, int64_t k) {
-    int64_t lo = 0, hi = m - 1;
-    const int64_t target = m - k; /* its index in ascending order */
-    while (lo < hi) {
-        T t;
-        if (hi - lo == 1) { /* two left: no distinct middle element */
-            if (v[hi] < v[lo]) { t = v[lo]; v[lo] = v[hi]; v[hi] = t; }
-            return v[target];
-        }
+/* a[k] becomes the value of rank k (ascending) of a[lo..hi), with a[lo..k) <= a[k] <= a(k..hi): quickselect with a
+ * median-of-three pivot and Hoare's partition (which stays linear on many equal values). */
+static void S(select_rank)(T *restrict a, int64_t lo, int64_t hi, int64_t k) {
+    while (hi - lo > 1) {
         const int64_t mid = lo + (hi - lo) / 2;
-        T a = v[lo], b = v[mid], c = v[hi];
-        if (b < a) { t = a; a = b; b = t; }
-        if (c < b) { t = b; b = c; c = t; if (b < a) { t = a; a = b; b = t; } }
-        v[lo] = a; v[mid] = c; v[hi] = b; /* the median as the pivot, at hi */
-        const T p = v[hi];
-        int64_t s = lo;
-        for (int64_t i = lo; i < hi; i++)
-            if (v[i] < p) { t = v[i]; v[i] = v[s]; v[s] = t; s++; }
-        t = v[s]; v[s] = v[hi]; v[hi] = t;
-        if (s == target) return v[s];
-        if (s < target) lo = s + 1; else hi = s - 1;
+        const T x = a[lo], y = a[mid], z = a[hi - 1];
+        const T pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t i = lo, j = hi - 1;
+        while (i <= j) { /* a[lo..i) <= pivot <= a(j..hi) */
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) { const T t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (k <= j) hi = j + 1;
+        else if (k >= i) lo = i;
+        else return; /* j < k < i: a[k] equals the pivot */
     }
-    return v[lo];
+}
+
+/* The k-th largest (1 <= k <= m) of v[0..m); permutes v. */
+static T S(kth_largest)(T *restrict v, int64_t m, int64_t k) {
+    S(select_rank)(v, 0, m, m - k);
+    return v[m - k];
 }
 
 /* AuxK over the D dead latents (We, Wd [D, d]: their encoder columns and decoder rows), per token i:
