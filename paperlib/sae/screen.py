@@ -85,7 +85,7 @@ def _guess(P_sub: np.ndarray, rows: np.ndarray, bound: tuple[np.ndarray, ...], k
     low = P_sub - (a[rows, None] * b + c[rows, None] * f + np.float32(rel) * np.abs(P_sub))
     low = low.reshape(-1)
     count = min(k * len(rows), low.size)
-    return float(np.partition(low, low.size - count)[low.size - count])
+    return float(kernels.kth_largest(low, count))
 
 
 def uses_amx(B: int, d: int, n: int) -> bool:
@@ -157,8 +157,7 @@ def select(xc: torch.Tensor, W_enc: torch.Tensor, k: int, P_work: torch.Tensor):
 
 def _exact_top(offsets, cols, lo, hi, x, WT, total):
     """Steps 2–3 of the module docstring on the gathered entries (row i: [offsets[i], offsets[i + 1]))."""
-    m = cols.size
-    t_star = np.partition(lo, m - total)[m - total]
+    t_star = kernels.kth_largest(lo, total)
     crow, cols = kernels.screen_compact(offsets, cols, hi, t_star)
     vals = np.empty(cols.size, dtype=np.float32)
     kernels.dot_entries(crow, cols, x, WT, vals)

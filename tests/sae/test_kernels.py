@@ -664,3 +664,58 @@ def test_quantiles_refuse_non_finite_values_and_bad_input():
         kernels.quantiles(np.ones(3, np.float32), np.array([1.5]))
     with pytest.raises(TypeError, match="float32"):
         kernels.quantiles(np.ones(3), q)
+
+
+def _kth_vectors(rng, m):
+    """Step-like float32 vectors: concentrated near a threshold, tied, signed with zeros of both signs,
+    infinities, subnormals, several orders of magnitude."""
+    tied = (rng.integers(0, 7, m) / 3).astype(np.float32)
+    signed = rng.standard_normal(m).astype(np.float32)
+    signed[rng.random(m) < 0.2] = 0.0
+    signed[rng.random(m) < 0.2] = -0.0
+    special = rng.standard_normal(m).astype(np.float32)
+    special[rng.random(m) < 0.01] = np.inf
+    special[rng.random(m) < 0.01] = -np.inf
+    special[rng.random(m) < 0.05] = np.float32(1e-40) * rng.standard_normal()  # subnormal
+    wide = np.exp(rng.uniform(-80, 80, m)).astype(np.float32) * rng.choice([-1, 1], m).astype(np.float32)
+    near = (1 + 0.01 * rng.standard_normal(m)).astype(np.float32)
+    return [tied, signed, special, wide, near]
+
+
+def test_kth_largest_is_the_sorted_order_statistic(threads_of):
+    """Against the sorted vector (brute force) on the step's kinds of values, at sizes on both sides of the numpy
+    cut-off and of the kernel's single-thread cut-off, for the extreme and random ranks, at 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    sizes = [1, 2, 5, kernels.KTH_RADIX_MIN - 1, kernels.KTH_RADIX_MIN, 9000, 16383, 16384, 40000, 140001]
+    for m in sizes:
+        for v in _kth_vectors(rng, m):
+            desc = np.sort(v)[::-1]
+            for k in sorted({1, m, (m + 1) // 2, int(rng.integers(1, m + 1))}):
+                for nt in (1, 2):
+                    got = threads_of(nt, kernels.kth_largest, v, k)
+                    assert got.dtype == np.float32 and got == desc[k - 1], (m, k, nt, got, desc[k - 1])
+
+
+def test_kth_largest_runs_the_radix_kernel_and_keeps_numpy_for_the_rest(monkeypatch):
+    """Large float32 vectors never reach numpy's partition (so the test above checks the kernel); NaN, float64 and
+    small vectors do, with numpy's order (NaN largest); bad ranks are refused."""
+    v = np.random.default_rng(0).standard_normal(50000).astype(np.float32)
+    ref = np.sort(v)[::-1][999]
+    real = np.partition
+
+    def refuse(*a, **k):
+        raise AssertionError("numpy's partition was called")
+    monkeypatch.setattr(np, "partition", refuse)
+    assert kernels.kth_largest(v, 1000) == ref
+    monkeypatch.setattr(np, "partition", real)
+    with_nan = v.copy()
+    with_nan[7] = np.nan
+    assert np.isnan(kernels.kth_largest(with_nan, 1))
+    assert kernels.kth_largest(with_nan, 2) == np.sort(np.delete(with_nan, 7))[::-1][0]
+    assert kernels.kth_largest(v.astype(np.float64), 1000) == np.float64(ref)
+    assert kernels.kth_largest(v[:10], 3) == np.sort(v[:10])[::-1][2]
+    for k in (0, v.size + 1):
+        with pytest.raises(ValueError, match="1 <= k <= its size"):
+            kernels.kth_largest(v, k)
+    with pytest.raises(ValueError, match="1-D"):
+        kernels.kth_largest(v.reshape(100, 500), 3)

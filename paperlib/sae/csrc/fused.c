@@ -159,6 +159,103 @@ int quantiles_f32(const float *restrict v, int64_t n, const double *restrict q, 
     return 0;
 }
 
+/* Radix selection of an order statistic of float32 values. A value's bits map to an unsigned key whose order is
+ * the values' order (negative values: all bits flipped; others: the sign bit set), with -0 just below +0: the
+ * keys' order refines the values', so the element of a given rank in key order equals (as a value) the element
+ * of that rank in value order. Three histograms (12, 12 and 8 bits of the key) narrow the rank to one key. */
+#define RADIX_HIST 4096
+static inline uint32_t radix_key(uint32_t b) { return (b & 0x80000000u) ? ~b : (b | 0x80000000u); }
+static inline float radix_value(uint32_t key) {
+    const uint32_t b = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+/* The bucket holding rank *r (ascending, 0-based) of the counts h[0..nb); *r becomes the rank within it. */
+static inline uint32_t radix_bucket(const uint32_t *restrict h, uint32_t nb, int64_t *restrict r) {
+    int64_t below = 0;
+    uint32_t b = 0;
+    for (; b + 1 < nb && below + h[b] <= *r; b++) below += h[b];
+    *r -= below;
+    return b;
+}
+
+/* The k-th largest (1 <= k <= m, m < 2^32) of v[0..m) into *out, v unchanged. work holds m uint32 (each thread
+ * keeps the keys of the first histogram's bucket from its part of v in place of that part), hists 4 nt
+ * RADIX_HIST uint32 (four histograms per thread, used in turn, so that runs of equal buckets do not wait on one
+ * counter). The two passes over v run on nt threads. Returns 0, -1 when a value is NaN (nothing written: NaN has
+ * no place in this order; numpy's partition puts it last), -2 for k or m out of range. The result is the order
+ * statistic itself, so it does not depend on the thread count. */
+int radix_kth_largest_f32(const float *restrict v, int64_t m, int64_t k, uint32_t *restrict work,
+                          uint32_t *restrict hists, float *restrict out, int nt) {
+    if (m < 1 || k < 1 || k > m || m >= ((int64_t)1 << 32)) return -2;
+    const uint32_t *restrict u = (const uint32_t *)v;
+    if (m < 16384) nt = 1; /* a team costs more than it saves on a few thousand values */
+    int nan = 0;
+    int64_t r = m - k, c = 0;
+    uint32_t b1 = 0;
+    int64_t kept[64];
+    if (nt > 64) nt = 64;
+#pragma omp parallel num_threads(nt) reduction(| : nan)
+    {
+        int q, nq;
+        THREAD_IN_TEAM(q, nq);
+        uint32_t *restrict h = hists + (int64_t)q * 4 * RADIX_HIST;
+        memset(h, 0, 4 * RADIX_HIST * sizeof(uint32_t));
+        const int64_t i0 = m * q / nq, i1 = m * (q + 1) / nq;
+        int bad = 0;
+        int64_t i = i0;
+        for (; i + 4 <= i1; i += 4)
+            for (int s = 0; s < 4; s++) {
+                const uint32_t b = u[i + s];
+                bad |= (b & 0x7fffffffu) > 0x7f800000u;
+                h[s * RADIX_HIST + (radix_key(b) >> 20)]++;
+            }
+        for (; i < i1; i++) {
+            const uint32_t b = u[i];
+            bad |= (b & 0x7fffffffu) > 0x7f800000u;
+            h[radix_key(b) >> 20]++;
+        }
+        nan |= bad;
+#pragma omp barrier
+#pragma omp single
+        if (!nan) {
+            for (int64_t t = 1; t < 4 * (int64_t)nq; t++)
+                for (int b = 0; b < RADIX_HIST; b++) hists[b] += hists[t * RADIX_HIST + b];
+            b1 = radix_bucket(hists, RADIX_HIST, &r);
+        } /* implied barrier */
+        if (!nan) {
+            int64_t o = i0;
+            for (int64_t j = i0; j < i1; j++) {
+                const uint32_t key = radix_key(u[j]);
+                work[o] = key;
+                o += (key >> 20) == b1;
+            }
+            kept[q] = o - i0;
+        }
+    }
+    if (nan) return -1;
+    for (int q = 0; q < nt; q++) { /* the threads' parts, moved together */
+        const int64_t i0 = m * q / nt;
+        memmove(work + c, work + i0, (size_t)kept[q] * sizeof(uint32_t));
+        c += kept[q];
+    }
+    memset(hists, 0, RADIX_HIST * sizeof(uint32_t));
+    for (int64_t i = 0; i < c; i++) hists[(work[i] >> 8) & 0xfffu]++;
+    const uint32_t b2 = radix_bucket(hists, RADIX_HIST, &r);
+    int64_t c2 = 0;
+    for (int64_t i = 0; i < c; i++) {
+        const uint32_t key = work[i];
+        work[c2] = key;
+        c2 += ((key >> 8) & 0xfffu) == b2;
+    }
+    memset(hists, 0, 256 * sizeof(uint32_t));
+    for (int64_t i = 0; i < c2; i++) hists[work[i] & 0xffu]++;
+    const uint32_t b3 = radix_bucket(hists, 256, &r);
+    *out = radix_value((b1 << 20) | (b2 << 8) | b3);
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Screened BatchTopK encoder (float only; see paperlib/sae/screen.py): a bfloat16 product screens the entries,
  * exact float dot products are computed for the candidates only.
