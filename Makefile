@@ -41,6 +41,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/selection.py
 	$(PY) benchmarks/cooccurrence.py
 
 # CPU ratio of one-pass multi-run training (paperlib.sae.multirun) to per-run training for the default grid, in
