@@ -719,3 +719,15 @@ def test_kth_largest_runs_the_radix_kernel_and_keeps_numpy_for_the_rest(monkeypa
             kernels.kth_largest(v, k)
     with pytest.raises(ValueError, match="1-D"):
         kernels.kth_largest(v.reshape(100, 500), 3)
+
+
+def test_kth_largest_when_openmp_grants_fewer_threads_than_asked():
+    """OMP_THREAD_LIMIT=1 with two threads asked: the kernel must use the team it got (its parts' boundaries)."""
+    code = ("import numpy as np, torch\n"
+            "from paperlib.sae import kernels\n"
+            "torch.set_num_threads(2)\n"
+            "v = np.random.default_rng(0).standard_normal(100001).astype(np.float32)\n"
+            "desc = np.sort(v)[::-1]\n"
+            "assert all(kernels.kth_largest(v, k) == desc[k - 1] for k in (1, 77, 50000, 100001))\n")
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)

@@ -195,8 +195,10 @@ int radix_kth_largest_f32(const float *restrict v, int64_t m, int64_t k, uint32_
     int64_t r = m - k, c = 0;
     uint32_t b1 = 0;
     int64_t kept[64];
+    int bad_q[64];
+    int team = 1; /* the team's actual size (OpenMP may grant fewer threads than asked) */
     if (nt > 64) nt = 64;
-#pragma omp parallel num_threads(nt) reduction(| : nan)
+#pragma omp parallel num_threads(nt)
     {
         int q, nq;
         THREAD_IN_TEAM(q, nq);
@@ -216,13 +218,17 @@ int radix_kth_largest_f32(const float *restrict v, int64_t m, int64_t k, uint32_
             bad |= (b & 0x7fffffffu) > 0x7f800000u;
             h[radix_key(b) >> 20]++;
         }
-        nan |= bad;
+        bad_q[q] = bad;
 #pragma omp barrier
 #pragma omp single
-        if (!nan) {
-            for (int64_t t = 1; t < 4 * (int64_t)nq; t++)
-                for (int b = 0; b < RADIX_HIST; b++) hists[b] += hists[t * RADIX_HIST + b];
-            b1 = radix_bucket(hists, RADIX_HIST, &r);
+        {
+            team = nq;
+            for (int t = 0; t < nq; t++) nan |= bad_q[t];
+            if (!nan) {
+                for (int64_t t = 1; t < 4 * (int64_t)nq; t++)
+                    for (int b = 0; b < RADIX_HIST; b++) hists[b] += hists[t * RADIX_HIST + b];
+                b1 = radix_bucket(hists, RADIX_HIST, &r);
+            }
         } /* implied barrier */
         if (!nan) {
             int64_t o = i0;
@@ -235,8 +241,8 @@ int radix_kth_largest_f32(const float *restrict v, int64_t m, int64_t k, uint32_
         }
     }
     if (nan) return -1;
-    for (int q = 0; q < nt; q++) { /* the threads' parts, moved together */
-        const int64_t i0 = m * q / nt;
+    for (int q = 0; q < team; q++) { /* the threads' parts, moved together */
+        const int64_t i0 = m * q / team;
         memmove(work + c, work + i0, (size_t)kept[q] * sizeof(uint32_t));
         c += kept[q];
     }
