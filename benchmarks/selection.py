@@ -22,11 +22,12 @@ import torch
 
 from paperlib.sae import kernels
 
-SIZES = {  # (values, rank k): the default step's selections
+SIZES = {  # (values, rank k): the default step's selections. The guesses take every (B // 32)-th row; the gathered
+    # entries and the candidates are 2.0x and 1.5x k·B (primary), 2.2x and 2.0x (meta), as the screen's docstring says
     "primary guess (32 rows × 2304)": (73_728, 1_024),
     "primary t* (gathered)": (131_072, 65_536),
     "primary final (candidates)": (98_304, 65_536),
-    "meta guess (72 rows × 208)": (14_976, 576),
+    "meta guess (32 rows × 208)": (6_656, 256),
     "meta t* (gathered)": (40_000, 18_432),
     "meta final (candidates)": (36_864, 18_432),
 }

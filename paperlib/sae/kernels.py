@@ -12,7 +12,7 @@ pre-activations, the decode, four sparse products, the decoder constraint. The k
   (``radix_kth_largest``) and one compaction pass;
 - ``radix_kth_largest`` (float32 only): the k-th largest of a vector by three histograms of its values' bits
   (every selection threshold of the screened encoder and of the BatchTopK selection; numpy's introselect took
-  2–5x as long at the default step's sizes, ``benchmarks/selection.py``), linear also when many values are equal;
+  up to 6.7x as long at the default step's sizes, ``benchmarks/selection.py``), linear also when many values are equal;
 - ``by_latent``: the latent-major (transposed) layout of the selected entries, a stable counting sort;
 - ``decode_residual``: per token, the decode, the residual and its squared norm, the MSE gradient of the
   reconstruction and the gradient of every selected code. Work goes by 256-byte column chunks, chunk-major,
